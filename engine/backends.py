@@ -1,0 +1,58 @@
+"""The one seam between the engine and kernels/: which backend trains, and whether it can.
+
+``torch`` (engine/reference.py) runs anywhere. ``triton`` (kernels/) needs triton and a CUDA GPU.
+kernels/ is imported lazily and only here, so the engine imports and runs on machines without
+a GPU or without triton.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from .errors import BackendUnavailable, SpecError
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def triton_usable() -> bool:
+    """True when the triton backend can run: triton importable and a CUDA device present
+    (or the Triton interpreter switched on with TRITON_INTERPRET=1, which tests use on CPU)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve(name: str) -> str:
+    """Map ``auto`` to ``triton`` when usable on a CUDA device, else ``torch``; validate the rest."""
+    if name not in BACKENDS:
+        raise SpecError("backend", "one of " + ", ".join(BACKENDS), name)
+    if name == "auto":
+        return "triton" if (torch.cuda.is_available() and triton_usable()) else "torch"
+    if name == "triton" and not triton_usable():
+        raise BackendUnavailable("backend: 'triton' needs triton and a CUDA GPU, and none is available here; use --backend torch or auto")
+    return name
+
+
+def default_device(backend: str) -> str:
+    if backend == "triton":
+        return "cuda" if torch.cuda.is_available() else "cpu"  # cpu only under TRITON_INTERPRET=1
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def train_chunk_fn(backend: str):
+    """The chunk trainer of a resolved backend; both share the signature of
+    :func:`engine.reference.train_chunk`."""
+    if backend == "torch":
+        from .reference import train_chunk
+        return train_chunk
+    from kernels.train import train_chunk  # the only import of kernels/ in the engine
+    return train_chunk
+
+
+def check_supported(backend: str, model, train) -> None:
+    """Raise UnsupportedShape early (before any training) if the backend cannot train this model."""
+    if backend == "triton":
+        from kernels.train import check_supported as check
+        check(model, train)

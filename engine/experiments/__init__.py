@@ -1,0 +1,1 @@
+"""One module per paper experiment; each exposes a frozen Spec, PRESETS and ``run(spec, out)``."""

@@ -1,0 +1,67 @@
+"""Geometry of trained toy models (Elhage et al. 2022). All functions are batched over instances.
+
+W has shape (K, m, n): column i of W[k] is feature i's embedding W_i. hat W_i = W_i / ||W_i||,
+with ||W_i|| guarded against 0 (an unlearned feature has hat W_i = 0, superposition 0, D_i = 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_EPS = 1e-12
+PHASES = ("not represented", "dedicated", "superposition")
+NOT_REPRESENTED, DEDICATED, SUPERPOSITION = 0, 1, 2
+NORM_THRESHOLD = 0.5
+SUPERPOSITION_THRESHOLD = 0.5
+
+
+def _as_tensor(W) -> torch.Tensor:
+    W = torch.as_tensor(W)
+    return W.double() if W.dtype != torch.float64 else W
+
+
+def feature_norms(W) -> torch.Tensor:
+    """||W_i||, shape (K, n): about 1 when feature i is represented, about 0 when not."""
+    return torch.linalg.vector_norm(_as_tensor(W), dim=1)
+
+
+def _overlaps(W):
+    """(hat W_i . W_j)^2 as (K, n, n) [i, j], and the norms (K, n)."""
+    W = _as_tensor(W)
+    norms = torch.linalg.vector_norm(W, dim=1)
+    Wh = W / norms.clamp_min(_EPS)[:, None, :]
+    return torch.bmm(Wh.transpose(1, 2), W) ** 2, norms
+
+
+def superposition(W) -> torch.Tensor:
+    """s_i = sum over j != i of (hat W_i . W_j)^2, shape (K, n).
+
+    This is the paper's text definition (not its square root, which the notebook's colour bars use).
+    """
+    ov, _ = _overlaps(W)
+    return ov.sum(dim=2) - torch.diagonal(ov, dim1=1, dim2=2)
+
+
+def dimensionality(W) -> torch.Tensor:
+    """D_i = ||W_i||^2 / sum_j (hat W_i . W_j)^2, shape (K, n), in [0, 1].
+
+    1 dedicated, 1/2 antipodal pair, 2/3 triangle, 3/4 tetrahedron, 2/5 pentagon; 0 unlearned.
+    """
+    ov, norms = _overlaps(W)
+    return norms**2 / ov.sum(dim=2).clamp_min(_EPS)
+
+
+def dimensions_per_feature(W) -> torch.Tensor:
+    """D* = m / ||W||_F^2, shape (K,). Its inverse is features per dimension."""
+    W = _as_tensor(W)
+    return W.shape[1] / (W**2).sum(dim=(1, 2)).clamp_min(_EPS)
+
+
+def classify(norm, sup) -> np.ndarray:
+    """Phase of a feature from its norm and superposition (the documented thresholds):
+    not represented if ||W_i|| < 0.5; else superposition if s_i >= 0.5; else dedicated.
+    Returns int codes indexing :data:`PHASES`."""
+    norm = np.asarray(norm)
+    sup = np.asarray(sup)
+    return np.where(norm < NORM_THRESHOLD, NOT_REPRESENTED,
+                    np.where(sup >= SUPERPOSITION_THRESHOLD, SUPERPOSITION, DEDICATED)).astype(np.int64)

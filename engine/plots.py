@@ -1,0 +1,51 @@
+"""Figures as PNGs a person can read (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from .metrics import PHASES  # noqa: E402
+
+# Light grey = not represented, blue = dedicated dimension, red = superposition (the paper's palette).
+PHASE_COLORS = ("#d9d9d9", "#3b75af", "#c44e52")
+
+
+def _phase_panel(ax, density, rel_importance, phases, title):
+    cmap = ListedColormap(PHASE_COLORS)
+    # phases is (len(density), len(rel_importance)); x = density, y = relative importance.
+    ax.pcolormesh(_edges(density), _edges(rel_importance), np.asarray(phases).T, cmap=cmap, vmin=-0.5,
+                  vmax=len(PHASES) - 0.5, shading="flat")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("feature density (1 - S)")
+    ax.set_ylabel("relative importance of the extra feature")
+    ax.set_title(title)
+
+
+def _edges(centres):
+    """Cell edges for log-spaced centres (geometric midpoints)."""
+    c = np.log10(np.asarray(centres, float))
+    if len(c) == 1:
+        return 10 ** np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[1:] + c[:-1]) / 2
+    return 10 ** np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
+def phase_diagram(path: Path, density, rel_importance, empirical, theory, title: str, agreement: float) -> None:
+    """Empirical and analytic phase maps side by side, same axes, one legend for the three phases."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True, sharey=True, constrained_layout=True)
+    _phase_panel(axes[0], density, rel_importance, empirical, "trained models")
+    _phase_panel(axes[1], density, rel_importance, theory, "analytic theory")
+    handles = [Patch(color=c, label=p) for c, p in zip(PHASE_COLORS, PHASES)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle(f"{title} — agreement {agreement:.1%} of grid cells")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

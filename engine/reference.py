@@ -1,0 +1,183 @@
+"""THE plain-PyTorch implementation of the toy models (Anthropic notebook semantics).
+
+It is three things at once: the ``torch`` backend (CPU or CUDA), the oracle every kernel is
+tested against (call it with float64 tensors), and the eager baseline of the benchmarks.
+Nobody copies it; tests and bench import it.
+
+Shapes: K instances, B batch rows, n features, m hidden.
+    W (K, m, n)   column i of W[k] embeds feature i (the paper's orientation)
+    b (K, n)      output bias
+    x (K, B, n)   a batch of sparse features
+    p, I (K, n)   feature probability and importance
+Loss of instance k: mean over batch and features of I_i (x_i - x'_i)^2; instances are summed, so
+each trains independently. Gradients are written out by hand (checked against autograd in
+tests/test_reference.py): this is both faster than autograd on CPU and the formula the kernels use.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from . import rng
+from .spec import ModelSpec, TrainSpec
+
+
+def init_weights(model: ModelSpec, seed: int, instances: torch.Tensor) -> torch.Tensor:
+    """Per-instance Xavier-normal W (K, m, n), std sqrt(2 / (n + m)), for the given global ids (K,).
+
+    Deliberately per instance (not the notebook's xavier_normal_ on the 3-D tensor, whose std
+    shrinks as more instances are trained together). Drawn from the Philox init stream, so an
+    instance's start does not depend on backend or chunking.
+    """
+    std = math.sqrt(2.0 / (model.n_features + model.n_hidden))
+    return rng.normals(seed, instances, model.n_hidden, model.n_features) * std
+
+
+def features_from_uniform(u: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The sampling rule shared by every backend: active iff u < p, then value u / p.
+
+    u: (K, B, n) uniforms in [0, 1); p: (K, n). Given active, u / p is uniform on [0, 1).
+    """
+    p = p[:, None, :]
+    return torch.where(u < p, u / p, torch.zeros((), dtype=u.dtype, device=u.device))
+
+
+def sample_batch(p: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """A fresh batch x (K, B, n) from torch's generator (the torch backend's data stream)."""
+    K, n = p.shape
+    u = torch.rand(K, batch_size, n, generator=generator, device=p.device, dtype=p.dtype)
+    return features_from_uniform(u, p)
+
+
+def forward(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, variant: str) -> torch.Tensor:
+    """x' (K, B, n) = act(W^T W x + b), computed as the notebook does: h = W x, then W^T h."""
+    h = torch.bmm(x, W.transpose(1, 2))
+    z = torch.baddbmm(b[:, None, :], h, W)
+    return torch.relu(z) if variant == "relu-output" else z
+
+
+def instance_loss(W, b, x, importance, variant: str) -> torch.Tensor:
+    """Loss per instance (K,): mean over batch and features of I_i (x_i - x'_i)^2."""
+    d = forward(W, b, x, variant) - x
+    return (importance[:, None, :] * d * d).mean(dim=(1, 2))
+
+
+def loss_and_grads(W, b, x, importance, variant: str):
+    """Per-instance loss (K,) and the gradients dW (K, m, n), db (K, n) of sum_k loss_k.
+
+    With H = x W^T and Z = H W + b:  dZ = 2 I (act(Z) - x) act'(Z) / (B n),
+    db = sum_B dZ,  dW = H^T dZ + (dZ W^T)^T x.  ReLU'(0) is taken as 0, as autograd does.
+    """
+    B, n = x.shape[1], x.shape[2]
+    h = torch.bmm(x, W.transpose(1, 2))
+    z = torch.baddbmm(b[:, None, :], h, W)
+    y = torch.relu(z) if variant == "relu-output" else z
+    d = y - x
+    wd = importance[:, None, :] * d
+    loss = (wd * d).mean(dim=(1, 2))
+    dz = wd * (2.0 / (B * n))
+    if variant == "relu-output":
+        dz = dz * (z > 0)
+    db = dz.sum(dim=1)
+    dh = torch.bmm(dz, W.transpose(1, 2))
+    dW = torch.bmm(h.transpose(1, 2), dz) + torch.bmm(dh.transpose(1, 2), x)
+    return loss, dW, db
+
+
+@dataclass
+class AdamState:
+    """First and second moments for one parameter tensor, plus the shared step count."""
+
+    m: torch.Tensor
+    v: torch.Tensor
+
+
+def adam_update(param, grad, state: AdamState, step: int, lr: float, train: TrainSpec) -> None:
+    """One Adam/AdamW update in place, identical to torch.optim.AdamW / Adam (step is 1-based).
+
+    AdamW decays the parameter by lr*wd before the update (weight decay applies to b too, as in
+    the notebook); Adam adds wd*param to the gradient.
+    """
+    if train.optimizer == "adamw":
+        param.mul_(1.0 - lr * train.weight_decay)
+    elif train.weight_decay:
+        grad = grad + train.weight_decay * param
+    state.m.lerp_(grad, 1.0 - train.beta1)
+    state.v.mul_(train.beta2).addcmul_(grad, grad, value=1.0 - train.beta2)
+    bias1 = 1.0 - train.beta1**step
+    bias2 = 1.0 - train.beta2**step
+    denom = (state.v.sqrt() / math.sqrt(bias2)).add_(train.eps)
+    param.addcdiv_(state.m, denom, value=-lr / bias1)
+
+
+def data_generator(seed: int, first_instance: int, device) -> torch.Generator:
+    """The torch backend's data stream for a chunk starting at global instance ``first_instance``.
+
+    torch's generator is not counter-based, so the torch backend's batches depend on how instances
+    are chunked; runs record the chunk size so a resumed run replays exactly.
+    """
+    g = torch.Generator(device=device)
+    g.manual_seed(zlib.crc32(f"{seed}:{first_instance}".encode()))
+    return g
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """fp32: exact float32 matmuls on CUDA; tf32: tensor-core TF32 (no effect on CPU)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def train_step(W, b, x, importance, variant, states, step: int, lr: float, train: TrainSpec):
+    """Sample-free training step on a given batch: loss (K,) before the update; W, b updated in place."""
+    loss, dW, db = loss_and_grads(W, b, x, importance, variant)
+    adam_update(W, dW, states[0], step, lr, train)
+    adam_update(b, db, states[1], step, lr, train)
+    return loss
+
+
+def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int,
+                device="cpu", history_every: int = 0, on_step=None):
+    """Train K instances with the torch backend.
+
+    p, importance: (K, n) tensors (any float dtype; training runs in float32).
+    Returns W (K, m, n), b (K, n), final_loss (K,) (mean over the last ``train.loss_window``
+    steps) and history (T, K) of the loss every ``history_every`` steps (None if 0), all on CPU.
+    ``on_step(k)`` is called every k steps with k for progress bars.
+    """
+    device = torch.device(device)
+    p = torch.as_tensor(p, dtype=torch.float32, device=device)
+    imp = torch.as_tensor(importance, dtype=torch.float32, device=device)
+    K = p.shape[0]
+    ids = torch.arange(first_instance, first_instance + K)
+    W = init_weights(model, train.seed, ids).to(device)
+    b = torch.zeros(K, model.n_features, device=device)
+    states = [AdamState(torch.zeros_like(W), torch.zeros_like(W)),
+              AdamState(torch.zeros_like(b), torch.zeros_like(b))]
+    gen = data_generator(train.seed, first_instance, device)
+    window_start = train.steps - train.loss_window
+    loss_sum = torch.zeros(K, device=device)
+    history = []
+    report_every = max(1, min(100, train.steps // 100))
+    with matmul_precision(train.precision):
+        for t in range(train.steps):
+            x = sample_batch(p, train.batch_size, gen)
+            loss = train_step(W, b, x, imp, model.variant, states, t + 1, train.lr_at(t), train)
+            if t >= window_start:
+                loss_sum += loss
+            if history_every and t % history_every == 0:
+                history.append(loss.cpu())
+            if on_step is not None and (t + 1) % report_every == 0:
+                on_step(report_every)
+    if on_step is not None:
+        on_step(train.steps % report_every)
+    hist = torch.stack(history) if history else None
+    return W.cpu(), b.cpu(), (loss_sum / train.loss_window).cpu(), hist

@@ -1,0 +1,172 @@
+"""What to train: frozen, validated specs for the model, the data and the training run.
+
+Every spec validates itself on construction and raises :class:`engine.errors.SpecError`
+naming the field and the allowed range. ``to_dict``/``from_dict`` round-trip through JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import SpecError
+
+VARIANTS = ("relu-output", "linear")
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("fp32", "tf32")
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= lo
+    ok = ok and (hi is None or value <= hi)
+    if not ok:
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+        raise SpecError(name, allowed, value)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise SpecError(name, "one of " + ", ".join(choices), value)
+
+
+def _check_float(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise SpecError(name, f"a number in {lb}{lo}, {hi}{rb}", value)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The tied toy model x' = act(W^T W x + b), W of shape (n_hidden, n_features) per instance.
+
+    variant: ``relu-output`` (act = ReLU, the paper's main model) or ``linear`` (act = identity).
+    """
+
+    n_features: int
+    n_hidden: int
+    variant: str = "relu-output"
+
+    def __post_init__(self):
+        _check_int("n_features", self.n_features, 1)
+        _check_int("n_hidden", self.n_hidden, 1)
+        _check_choice("variant", self.variant, VARIANTS)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        return cls(**d)
+
+
+@dataclass(frozen=True, eq=False)
+class DataSpec:
+    """Per-instance, per-feature sparsity and importance.
+
+    feature_probability: (K, n) float, each in (0, 1]; feature i of an example is U[0,1) with this
+        probability, else 0 (density = 1 - sparsity S_i).
+    importance: (K, n) float >= 0, the loss weight I_i. A (n,) vector or a scalar broadcasts.
+    Both are stored as float64 numpy arrays of shape (K, n).
+    """
+
+    feature_probability: np.ndarray
+    importance: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        p = np.asarray(self.feature_probability, dtype=np.float64)
+        if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 1:
+            raise SpecError("feature_probability", "a (K, n) array with K, n >= 1", tuple(p.shape))
+        if not np.all((p > 0) & (p <= 1)):
+            bad = p[~((p > 0) & (p <= 1))].flat[0]
+            raise SpecError("feature_probability", "in (0, 1] for every instance and feature", float(bad))
+        imp = np.ones_like(p) if self.importance is None else np.asarray(self.importance, dtype=np.float64)
+        try:
+            imp = np.broadcast_to(imp, p.shape).copy()
+        except ValueError:
+            raise SpecError("importance", f"broadcastable to {p.shape}", tuple(np.shape(imp))) from None
+        if not np.all(np.isfinite(imp) & (imp >= 0)):
+            raise SpecError("importance", "finite and >= 0", float(imp[~(np.isfinite(imp) & (imp >= 0))].flat[0]))
+        object.__setattr__(self, "feature_probability", p)
+        object.__setattr__(self, "importance", imp)
+
+    @property
+    def n_instances(self) -> int:
+        return self.feature_probability.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.feature_probability.shape[1]
+
+    def select(self, start: int, stop: int) -> "DataSpec":
+        """The instances [start, stop) as their own DataSpec."""
+        return DataSpec(self.feature_probability[start:stop], self.importance[start:stop])
+
+    def to_dict(self) -> dict:
+        return {"feature_probability": self.feature_probability.tolist(), "importance": self.importance.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSpec":
+        return cls(np.array(d["feature_probability"]), np.array(d["importance"]))
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How to train. Defaults are Anthropic's notebook: AdamW(1e-3, wd 0.01), batch 1024, 10k steps.
+
+    schedule: lr multiplier at step t of T: constant 1; linear 1 - t/T; cosine cos(pi/2 * t/(T-1)).
+    precision: ``fp32`` (exact float32 matmuls) or ``tf32`` (tensor-core matmuls, opt-in).
+    seed: keys every random number (init and data) together with the instance index and step.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 1024
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "constant"
+    seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        _check_int("steps", self.steps, 1)
+        _check_int("batch_size", self.batch_size, 1, 2**20)
+        _check_float("lr", self.lr, 0.0, 10.0, lo_open=True)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True)
+        _check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True)
+        _check_float("eps", self.eps, 0.0, 1.0, lo_open=True)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_choice("precision", self.precision, PRECISIONS)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate used at 0-based ``step``."""
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "linear":
+            return self.lr * (1.0 - step / self.steps)
+        return self.lr * math.cos(0.5 * math.pi * step / max(1, self.steps - 1))
+
+    @property
+    def loss_window(self) -> int:
+        """Steps averaged into the reported final loss: the last min(100, max(1, steps // 10))."""
+        return min(100, max(1, self.steps // 10))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSpec":
+        return cls(**d)

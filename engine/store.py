@@ -1,0 +1,109 @@
+"""The run directory: spec.json, chunk checkpoints, Parquet tables, safetensors, summary.json.
+
+Every file is written to a temporary name and renamed into place, so an interrupted run never
+leaves a half-written file behind, and a finished chunk is never trained again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import SpecError
+
+
+class SpecMismatch(SpecError):
+    """An existing run directory was made by a different spec."""
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def write_parquet(path: Path, columns: dict) -> None:
+    """One row per entry of the equal-length columns (numpy arrays or lists)."""
+    table = pa.table({k: pa.array(v) for k, v in columns.items()})
+    _atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
+def write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_tensors(path: Path) -> dict:
+    return load_file(str(path))
+
+
+def _first_difference(old: dict, new: dict) -> str:
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key} is {old.get(key)!r} there but {new.get(key)!r} here"
+    return "they differ"
+
+
+class RunDir:
+    """A run directory for one spec. ``open`` checks it is writable and belongs to that spec."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.chunks = self.root / "chunks"
+        self.figures = self.root / "figures"
+
+    @classmethod
+    def open(cls, root, spec: dict) -> "RunDir":
+        """Create (or reopen to resume) a run directory; nothing existing is overwritten.
+
+        Raises SpecError("--out", ...) if it cannot be written, SpecMismatch if it holds another spec.
+        """
+        run = cls(root)
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+            probe = run.root / ".write-probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise SpecError("--out", "a directory that can be created and written", f"{root}: {e.strerror}") from None
+        spec_path = run.root / "spec.json"
+        if spec_path.exists():
+            try:
+                old = json.loads(spec_path.read_text())
+            except ValueError:
+                raise SpecMismatch("--out", "a new directory or one made by this command (its spec.json is unreadable)",
+                                   str(root)) from None
+            if old != json.loads(json.dumps(spec)):
+                raise SpecMismatch("--out", f"a new directory or one made by the same options ({_first_difference(old, spec)})",
+                                   str(root))
+        else:
+            write_json(spec_path, spec)
+        return run
+
+    def chunk_path(self, index: int) -> Path:
+        return self.chunks / f"chunk_{index:05d}.safetensors"
+
+    def has_chunk(self, index: int) -> bool:
+        return self.chunk_path(index).exists()
+
+    def save_chunk(self, index: int, tensors: dict) -> None:
+        write_tensors(self.chunk_path(index), tensors)
+
+    def load_chunk(self, index: int) -> dict:
+        return read_tensors(self.chunk_path(index))

@@ -1,0 +1,94 @@
+"""engine.train: train K toy models at once on the chosen backend, in memory-sized chunks."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import backends
+from .errors import SpecError
+from .spec import DataSpec, ModelSpec, TrainSpec
+
+
+@dataclass
+class TrainResult:
+    """Trained instances, rows in the order of the DataSpec.
+
+    W (K, m, n), b (K, n), loss (K,) final loss (mean over the last ``loss_window`` steps),
+    history (T, K) loss every ``history_every`` steps or None; all float32 CPU tensors.
+    """
+
+    W: torch.Tensor
+    b: torch.Tensor
+    loss: torch.Tensor
+    history: torch.Tensor | None
+    backend: str
+    device: str
+    seconds: float
+    steps: int
+
+    @property
+    def instance_steps_per_second(self) -> float:
+        return self.W.shape[0] * self.steps / max(self.seconds, 1e-9)
+
+
+def default_chunk_size(model: ModelSpec, train: TrainSpec, backend: str, device: str) -> int:
+    """Instances per chunk so the torch backend's per-step tensors stay within memory.
+
+    About 8 float32 tensors of (B, n) and (B, m) live per instance during a torch step; the
+    triton backend keeps the batch on chip, so only parameters and Adam state count.
+    """
+    if backend == "triton":
+        per_instance = 16 * model.n_features * (model.n_hidden + 1)
+        budget = 4 << 30
+    else:
+        per_instance = 4 * 8 * train.batch_size * (model.n_features + model.n_hidden)
+        budget = (2 << 30) if str(device).startswith("cuda") else (256 << 20)
+    return max(1, budget // per_instance)
+
+
+def plan_chunks(n_instances: int, chunk_size: int) -> list[tuple[int, int]]:
+    """[(start, stop), ...] covering range(n_instances) in order."""
+    return [(s, min(s + chunk_size, n_instances)) for s in range(0, n_instances, chunk_size)]
+
+
+def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *, backend: str = "auto",
+          device: str | None = None, chunk_size: int | None = None, history_every: int = 0,
+          progress: bool = True, first_instance: int = 0) -> TrainResult:
+    """Train ``data.n_instances`` independent toy models.
+
+    backend: ``auto`` (triton when usable on a CUDA GPU, else torch), ``torch`` or ``triton``.
+    first_instance: global index of the first instance (keys the random streams; used by
+        callers that train a large sweep piece by piece).
+    Example::
+
+        from engine import ModelSpec, DataSpec, TrainSpec, train
+        res = train(ModelSpec(20, 5), DataSpec(np.full((8, 20), 0.1), 0.7 ** np.arange(20)),
+                    TrainSpec(steps=2000))
+        res.W.shape  # (8, 5, 20)
+    """
+    training = training or TrainSpec()
+    if data.n_features != model.n_features:
+        raise SpecError("feature_probability", f"of shape (K, {model.n_features}) to match n_features",
+                        tuple(data.feature_probability.shape))
+    name = backends.resolve(backend)
+    backends.check_supported(name, model, training)
+    device = device or backends.default_device(name)
+    chunk_size = chunk_size or default_chunk_size(model, training, name, device)
+    fn = backends.train_chunk_fn(name)
+    K = data.n_instances
+    outs = []
+    t0 = time.perf_counter()
+    with tqdm(total=K * training.steps, unit="inst-step", unit_scale=True, disable=not progress,
+              desc=f"train[{name}]", leave=False) as bar:
+        for start, stop in plan_chunks(K, chunk_size):
+            k = stop - start
+            outs.append(fn(model, data.feature_probability[start:stop], data.importance[start:stop], training,
+                           first_instance + start, device=device, history_every=history_every,
+                           on_step=lambda s, k=k: bar.update(s * k)))
+    seconds = time.perf_counter() - t0
+    hist = torch.cat([o[3] for o in outs], dim=1) if history_every else None
+    return TrainResult(torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]),
+                       torch.cat([o[2] for o in outs]), hist, name, str(device), seconds, training.steps)
