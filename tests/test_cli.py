@@ -1,0 +1,145 @@
+"""`supbench run phase-diagram` end to end on tiny sizes: outputs, resume, and every bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine import backends
+from engine.cli import main
+from engine.experiments import phase_diagram as pd
+
+TINY = ["--grid", "3", "--seeds", "2", "--steps", "40", "--batch-size", "32", "--no-progress"]
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "phase-diagram", *args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_tiny_run_writes_every_output(tmp_path, capsys):
+    code, out, err = run_cli([*TINY, "--backend", "torch", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    r = tmp_path / "r"
+    for f in ["spec.json", "instances.parquet", "cells.parquet", "weights.safetensors", "summary.json",
+              "figures/phase_diagram.png"]:
+        assert (r / f).is_file(), f
+    inst = pq.read_table(r / "instances.parquet").to_pydict()
+    cells = pq.read_table(r / "cells.parquet").to_pydict()
+    w = load_file(str(r / "weights.safetensors"))
+    assert len(inst["final_loss"]) == 18 and len(cells["empirical_phase"]) == 9
+    assert w["W"].shape == (18, 1, 2) and w["b"].shape == (18, 2)
+    assert sum(inst["kept"]) == 9  # one of the two seeds dropped per grid point
+    summary = json.loads((r / "summary.json").read_text())
+    assert summary["agreement"] == pytest.approx(sum(cells["match"]) / 9)
+    assert "agreement with theory" in out and "instance-steps/s" in out and str(r) in out
+    assert (r / "figures/phase_diagram.png").read_bytes()[:4] == b"\x89PNG"
+    spec = pd.PhaseDiagramSpec.from_dict(json.loads((r / "spec.json").read_text()))
+    assert spec.grid == 3 and spec.backend == "torch"
+
+
+def test_three_feature_run(tmp_path, capsys):
+    code, _, err = run_cli([*TINY, "--features", "3", "--backend", "torch", "--out", str(tmp_path / "r3")], capsys)
+    assert code == 0, err
+    assert load_file(str(tmp_path / "r3/weights.safetensors"))["W"].shape == (18, 2, 3)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
+    args = [*TINY, "--backend", "torch", "--chunk-size", "4"]
+    assert run_cli([*args, "--out", str(tmp_path / "whole")], capsys)[0] == 0
+
+    real = backends.train_chunk_fn("torch")
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C in the third chunk
+        return real(*a, **k)
+
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda name: flaky)
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "cut")], capsys)
+    assert code == 130 and "resume" in err
+    assert len(list((tmp_path / "cut/chunks").glob("*.safetensors"))) == 2
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda name: real)
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "cut")], capsys)
+    assert code == 0 and "resuming: 2 of 5 chunks" in err
+    a = load_file(str(tmp_path / "whole/weights.safetensors"))
+    b = load_file(str(tmp_path / "cut/weights.safetensors"))
+    assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])
+    assert pq.read_table(tmp_path / "whole/cells.parquet").equals(pq.read_table(tmp_path / "cut/cells.parquet"))
+
+
+def test_killed_process_loses_no_finished_chunk(tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "engine.cli", "run", "phase-diagram", "--grid", "4", "--seeds", "2",
+           "--steps", "400", "--batch-size", "64", "--chunk-size", "4", "--backend", "torch", "--no-progress",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("chunks/*.safetensors"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in out.glob("chunks/*.safetensors"))
+    assert done and not list(out.glob("chunks/*.tmp"))
+    before = {n: (out / "chunks" / n).read_bytes() for n in done}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert all((out / "chunks" / n).read_bytes() == before[n] for n in done)  # not retrained
+    assert (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--grid", "0"], "--grid"), (["--seeds", "-2"], "--seeds"), (["--steps", "0"], "--steps"),
+    (["--batch-size", "0"], "--batch-size"), (["--density-min", "0"], "--density-min"),
+    (["--density-max", "1.5"], "--density-max"), (["--density-min", "-0.1"], "--density-min"),
+    (["--backend", "cuda"], "--backend"), (["--preset", "huge"], "--preset"), (["--lr", "-1"], "--lr"),
+    (["--features", "4"], "--features"), (["--grid", "abc"], "--grid"), (["--optimizer", "sgd"], "--optimizer"),
+])
+def test_bad_input_is_one_line_exit_2(args, option, tmp_path, capsys):
+    code, out, err = run_cli([*args, "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.skipif(backends.triton_usable() and __import__("torch").cuda.is_available(), reason="GPU present")
+def test_triton_backend_without_gpu_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, _, err = run_cli(["--backend", "triton", "--out", str(tmp_path / "t")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "triton" in err and "GPU" in err
+
+
+def test_unwritable_out_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = run_cli([*TINY, "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and err.startswith("supbench: error: --out") and len(err.strip().splitlines()) == 1
+
+
+def test_mismatched_spec_is_refused_and_nothing_overwritten(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli([*TINY, "--backend", "torch", "--out", str(out)], capsys)[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = run_cli([*TINY[:-1], "--steps", "41", "--backend", "torch", "--out", str(out)], capsys)
+    assert code == 2 and "--out" in err and "steps" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_console_script_prints_one_line_and_no_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "engine.cli", "run", "phase-diagram", "--seeds", "0", "--out",
+                          str(tmp_path / "x")], capture_output=True, text=True,
+                         env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert res.returncode == 2 and res.stderr.strip() == "supbench: error: --seeds: must be an integer in [1, 1000] (got 0)"

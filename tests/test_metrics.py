@@ -1,0 +1,62 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine import metrics
+
+
+def _W(cols):
+    """(1, m, n) from a list of n column vectors."""
+    return torch.tensor(np.array(cols, dtype=float).T[None])
+
+
+def _polygon(k, radius=1.0):
+    a = 2 * math.pi * np.arange(k) / k
+    return [[radius * math.cos(t), radius * math.sin(t)] for t in a]
+
+
+def test_orthogonal_features_are_dedicated():
+    W = _W(np.eye(3))
+    assert torch.allclose(metrics.dimensionality(W), torch.ones(1, 3, dtype=torch.float64))
+    assert torch.allclose(metrics.superposition(W), torch.zeros(1, 3, dtype=torch.float64))
+    assert metrics.dimensions_per_feature(W).item() == pytest.approx(1.0)
+
+
+def test_antipodal_pair_has_dimensionality_half():
+    W = _W([[1.0], [-1.0]])
+    assert torch.allclose(metrics.dimensionality(W), torch.full((1, 2), 0.5, dtype=torch.float64))
+    assert torch.allclose(metrics.superposition(W), torch.ones(1, 2, dtype=torch.float64))
+    assert metrics.dimensions_per_feature(W).item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("k, expected", [(3, 2 / 3), (5, 2 / 5)])
+def test_regular_polygons_in_2d(k, expected):
+    W = _W(_polygon(k, radius=0.8))  # D_i does not depend on the common scale
+    assert torch.allclose(metrics.dimensionality(W), torch.full((1, k), expected, dtype=torch.float64))
+
+
+def test_tetrahedron_in_3d_has_three_quarters():
+    W = _W([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    assert torch.allclose(metrics.dimensionality(W), torch.full((1, 4), 0.75, dtype=torch.float64))
+
+
+def test_unlearned_feature_is_zero_and_guarded():
+    W = _W([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    d = metrics.dimensionality(W)
+    assert d[0, 2].item() == 0.0 and torch.isfinite(d).all()
+    assert metrics.feature_norms(W)[0, 2].item() == 0.0
+    assert metrics.superposition(W)[0, 2].item() == 0.0
+    assert d[0, 0].item() == pytest.approx(1.0)
+
+
+def test_superposition_counts_only_other_features():
+    W = _W([[2.0, 0.0], [1.0, 1.0]])
+    # hat W_0 = (1, 0): (hat W_0 . W_1)^2 = 1; hat W_1 = (1,1)/sqrt2: (hat W_1 . W_0)^2 = 2
+    assert torch.allclose(metrics.superposition(W), torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+
+
+def test_classify_thresholds():
+    assert metrics.classify([0.1, 0.9, 0.9], [0.9, 0.1, 0.9]).tolist() == [
+        metrics.NOT_REPRESENTED, metrics.DEDICATED, metrics.SUPERPOSITION]

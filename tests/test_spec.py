@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from engine import DataSpec, ModelSpec, SpecError, TrainSpec
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(n_features=0, n_hidden=1), "n_features"),
+    (dict(n_features=3, n_hidden=-1), "n_hidden"),
+    (dict(n_features=3, n_hidden=1, variant="tanh"), "variant"),
+])
+def test_model_spec_rejects(kwargs, field):
+    with pytest.raises(SpecError) as e:
+        ModelSpec(**kwargs)
+    assert e.value.field == field and field in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(steps=0), "steps"), (dict(batch_size=-3), "batch_size"), (dict(lr=0.0), "lr"),
+    (dict(optimizer="sgd"), "optimizer"), (dict(schedule="step"), "schedule"),
+    (dict(precision="bf16"), "precision"), (dict(weight_decay=-1), "weight_decay"), (dict(seed=-1), "seed"),
+    (dict(steps=2.5), "steps"),
+])
+def test_train_spec_rejects(kwargs, field):
+    with pytest.raises(SpecError) as e:
+        TrainSpec(**kwargs)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("p", [0.0, -0.1, 1.5, np.nan])
+def test_data_spec_rejects_probability_outside_unit_interval(p):
+    with pytest.raises(SpecError, match=r"feature_probability: must be in \(0, 1\]"):
+        DataSpec(np.full((2, 3), p))
+
+
+def test_data_spec_broadcasts_importance_and_round_trips():
+    d = DataSpec(np.full((4, 3), 0.5), 0.7 ** np.arange(3))
+    assert d.importance.shape == (4, 3) and d.n_instances == 4 and d.n_features == 3
+    d2 = DataSpec.from_dict(d.to_dict())
+    assert np.array_equal(d2.importance, d.importance) and np.array_equal(d2.feature_probability, d.feature_probability)
+    with pytest.raises(SpecError, match="importance"):
+        DataSpec(np.full((4, 3), 0.5), np.ones(5))
+
+
+def test_train_spec_round_trip_and_schedules():
+    t = TrainSpec(steps=101, schedule="cosine")
+    assert TrainSpec.from_dict(t.to_dict()) == t
+    assert t.lr_at(0) == pytest.approx(1e-3) and t.lr_at(100) == pytest.approx(0.0, abs=1e-12)
+    lin = TrainSpec(steps=10, schedule="linear")
+    assert lin.lr_at(5) == pytest.approx(0.5e-3)
+    assert TrainSpec().lr_at(9999) == 1e-3
