@@ -1,7 +1,7 @@
 """The one seam between the engine and kernels/: which backend trains, and whether it can.
 
 ``torch`` (engine/reference.py) runs anywhere. ``triton`` (kernels/) needs triton and a CUDA GPU.
-kernels/ is imported lazily and only here, so the engine imports and runs on machines without
+kernels/ is imported lazily, only through engine/triton_backend.py, so the engine imports and runs on machines without
 a GPU or without triton.
 """
 from __future__ import annotations
@@ -47,12 +47,12 @@ def train_chunk_fn(backend: str):
     if backend == "torch":
         from .reference import train_chunk
         return train_chunk
-    from kernels.train import train_chunk  # the only import of kernels/ in the engine
+    from .triton_backend import train_chunk  # imports kernels/ (needs triton)
     return train_chunk
 
 
 def check_supported(backend: str, model, train) -> None:
     """Raise UnsupportedShape early (before any training) if the backend cannot train this model."""
     if backend == "triton":
-        from kernels.train import check_supported as check
+        from .triton_backend import check_supported as check
         check(model, train)

@@ -143,3 +143,11 @@ def test_console_script_prints_one_line_and_no_traceback(tmp_path):
                           str(tmp_path / "x")], capture_output=True, text=True,
                          env={**os.environ, "TRITON_INTERPRET": "0"})
     assert res.returncode == 2 and res.stderr.strip() == "supbench: error: --seeds: must be an integer in [1, 1000] (got 0)"
+
+
+def test_phase_diagram_runs_on_the_triton_backend(tmp_path, capsys):
+    """Under TRITON_INTERPRET=1 (conftest) the fused kernels train the sweep with no other change."""
+    code, out, err = run_cli([*TINY, "--backend", "triton", "--out", str(tmp_path / "tr")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "tr/summary.json").read_text())["backend"] == "triton"
+    assert load_file(str(tmp_path / "tr/weights.safetensors"))["W"].shape == (18, 1, 2)

@@ -1,0 +1,78 @@
+"""The triton backend: the only engine module that imports kernels/ (loaded lazily by backends.py).
+
+Host-side work lives here (initialisation, the lr/bias-correction table, launch segments,
+history); the kernels do every training step on chip. Same signature as
+engine.reference.train_chunk.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels import train_small
+from . import reference
+from .errors import UnsupportedShape
+from .spec import ModelSpec, TrainSpec
+
+# Steps per kernel launch: state is written back between launches (progress, checkpoints).
+STEPS_PER_LAUNCH = 500
+
+
+def check_supported(model: ModelSpec, train: TrainSpec) -> None:
+    reason = train_small.supported(model.n_features, model.n_hidden)
+    if reason:
+        raise UnsupportedShape(reason)
+
+
+def schedule_table(train: TrainSpec, device) -> torch.Tensor:
+    """(steps, 3) float32 per 0-based step t: 1 - lr_t*wd (AdamW decay; 1 for Adam),
+    lr_t / (1 - beta1^(t+1)), 1 / sqrt(1 - beta2^(t+1)). Computed in float64 on the host."""
+    rows = []
+    for t in range(train.steps):
+        lr = train.lr_at(t)
+        decay = 1.0 - lr * train.weight_decay if train.optimizer == "adamw" else 1.0
+        rows.append((decay, lr / (1.0 - train.beta1 ** (t + 1)), 1.0 / math.sqrt(1.0 - train.beta2 ** (t + 1))))
+    return torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=torch.float32)
+
+
+def new_state(model: ModelSpec, train: TrainSpec, first_instance: int, K: int, device) -> dict:
+    """Initial W (per-instance Xavier, the same Philox init as every backend), b = 0, Adam moments 0."""
+    W = reference.init_weights(model, train.seed, torch.arange(first_instance, first_instance + K)).to(device)
+    b = torch.zeros(K, model.n_features, device=device)
+    return {"W": W.contiguous(), "b": b, "mW": torch.zeros_like(W), "vW": torch.zeros_like(W),
+            "mb": torch.zeros_like(b), "vb": torch.zeros_like(b)}
+
+
+def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_instance: int, step0: int,
+              n_steps: int, loss_acc, hist=None, history_every: int = 0, sched=None, **tile) -> None:
+    """Advance ``state`` by steps [step0, step0 + n_steps) in one launch (used by tests and bench)."""
+    sched = schedule_table(train, p.device) if sched is None else sched
+    train_small.train_steps(
+        state, p, imp, sched, loss_acc, hist, batch=train.batch_size, first_instance=first_instance,
+        step0=step0, n_steps=n_steps, window_start=train.steps - train.loss_window, hist_every=history_every,
+        seed=train.seed, weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2, eps=train.eps,
+        relu=model.variant == "relu-output", decoupled=train.optimizer == "adamw", **tile)
+
+
+def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cuda",
+                history_every: int = 0, on_step=None, **tile):
+    """Train K instances with the fused kernels; returns W, b, final_loss, history on CPU."""
+    check_supported(model, train)
+    device = torch.device(device)
+    p = torch.as_tensor(p, dtype=torch.float32).to(device).contiguous()
+    imp = torch.as_tensor(importance, dtype=torch.float32).to(device).contiguous()
+    K = p.shape[0]
+    state = new_state(model, train, first_instance, K, device)
+    sched = schedule_table(train, device)
+    loss_acc = torch.zeros(K, device=device)
+    hist = torch.zeros(math.ceil(train.steps / history_every), K, device=device) if history_every else None
+    for step0 in range(0, train.steps, STEPS_PER_LAUNCH):
+        n = min(STEPS_PER_LAUNCH, train.steps - step0)
+        run_steps(model, train, state, p, imp, first_instance, step0, n, loss_acc, hist, history_every, sched, **tile)
+        if on_step is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            on_step(n)
+    return (state["W"].cpu(), state["b"].cpu(), (loss_acc / train.loss_window).cpu(),
+            hist.cpu() if hist is not None else None)

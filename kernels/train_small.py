@@ -1,0 +1,174 @@
+"""Fused training of small tied toy models, parameters and Adam state held in registers.
+
+One program trains P instances (P > 1 packs tiny models so a 2-feature model does not leave a
+vector 94% empty) for ``n_steps`` steps in one launch. Per step and batch tile of BB rows:
+sample x on chip (kernels/sampling.py), h = W x, z = W^T h + b, x' = act(z), loss, dz, and the
+gradients accumulate in registers; after the whole batch the AdamW/Adam update is applied in
+registers. Nothing that grows with the batch touches GPU memory. State is written back at the
+end of the launch so the host can report progress, record history and checkpoint.
+
+Shapes (P instances, BB rows, NP >= n and MP >= m, powers of two):
+    W, dW, Adam moments  (P, MP, NP)      x, z, dz  (P, BB, NP)      h, dh  (P, BB, MP)
+Products are broadcast-multiply-reduce over (P, BB, MP, NP); every FLOP is useful work
+(10 B n m per instance-step), there is no Gram-matrix detour and no padding to tl.dot minimums.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .sampling import feature_tile
+
+# Largest P * MP * NP (parameter elements per program) this path accepts. Three such tensors
+# (W and two Adam moments) live in registers; 4096 keeps them at 96 registers per thread at 4 warps.
+MAX_PARAMS_PER_PROGRAM = 4096
+# Target size of the (P, BB, MP, NP) product tile; bounds the live temporaries per program.
+TILE_ELEMS = 4096
+
+
+@triton.jit
+def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED: tl.constexpr):
+    """One Adam/AdamW update, torch.optim's formula (decay = 1 - lr*wd, step_size = lr / (1 - beta1^t))."""
+    if DECOUPLED:
+        param = param * decay
+    else:
+        grad = grad + wd * param
+    m1 = m1 + (1.0 - beta1) * (grad - m1)
+    m2 = beta2 * m2 + (1.0 - beta2) * grad * grad
+    denom = tl.sqrt_rn(m2) * inv_sqrt_bias2 + eps
+    param = param - step_size * (m1 / denom)
+    return param, m1, m2
+
+
+@triton.jit
+def _train_small_kernel(
+    W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr,
+    p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
+    K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
+    seed, wd, beta1, beta2, eps, inv_bn,
+    P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr,
+    RELU: tl.constexpr, DECOUPLED: tl.constexpr,
+):
+    """Train instances [pid*P, pid*P + P) for steps [step0, step0 + n_steps).
+
+    W_ptr, mW_ptr, vW_ptr: (K, m, n) float32, read and written in place.
+    b_ptr, mb_ptr, vb_ptr: (K, n) float32, in place.     p_ptr, imp_ptr: (K, n) float32.
+    sched_ptr: (total_steps, 3) float32 per 0-based step: 1 - lr*wd, lr / (1 - beta1^(t+1)),
+        1 / sqrt(1 - beta2^(t+1)).
+    loss_ptr: (K,) float32, accumulates the loss of steps >= window_start.
+    hist_ptr: (ceil(total_steps / hist_every), K) float32, row t // hist_every gets the loss of
+        step t when t % hist_every == 0 (hist_every = 0: none).
+    inv_bn: 1 / (batch * n), the per-instance mean.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    ip = pid * P + tl.arange(0, P)
+    f = tl.arange(0, NP)
+    j = tl.arange(0, MP)
+    ok_i = ip < K
+    w_offs = ip[:, None, None] * m * n + j[None, :, None] * n + f[None, None, :]
+    w_mask = ok_i[:, None, None] & (j[None, :, None] < m) & (f[None, None, :] < n)
+    pf_offs = ip[:, None] * n + f[None, :]
+    pf_mask = ok_i[:, None] & (f[None, :] < n)
+    # Padding is exact zeros in W and b and zero importance, so padded lanes never contribute.
+    W = tl.load(W_ptr + w_offs, mask=w_mask, other=0.0)
+    mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
+    vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
+    b = tl.load(b_ptr + pf_offs, mask=pf_mask, other=0.0)
+    mb = tl.load(mb_ptr + pf_offs, mask=pf_mask, other=0.0)
+    vb = tl.load(vb_ptr + pf_offs, mask=pf_mask, other=0.0)
+    prob = tl.load(p_ptr + pf_offs, mask=pf_mask, other=1.0)[:, None, :]
+    imp = tl.load(imp_ptr + pf_offs, mask=pf_mask, other=0.0)[:, None, :]
+    loss_acc = tl.load(loss_ptr + ip, mask=ok_i, other=0.0)
+    inst = (first_instance + ip).to(tl.uint32)
+    n4 = (n + 3) // 4
+    grad_scale = 2.0 * inv_bn
+
+    for t in range(step0, step0 + n_steps):
+        dW = tl.zeros((P, MP, NP), tl.float32)
+        db = tl.zeros((P, NP), tl.float32)
+        lsum = tl.zeros((P,), tl.float32)
+        for r0 in range(0, batch, BB):
+            rows = r0 + tl.arange(0, BB)
+            valid = pf_mask[:, None, :] & (rows[None, :, None] < batch)
+            x = feature_tile(seed, inst, t, rows, n4, prob, valid, P, BB, NP)           # (P, BB, NP)
+            h = tl.sum(x[:, :, None, :] * W[:, None, :, :], axis=3)                     # (P, BB, MP)
+            z = tl.sum(h[:, :, :, None] * W[:, None, :, :], axis=2) + b[:, None, :]     # (P, BB, NP)
+            if RELU:
+                y = tl.maximum(z, 0.0)
+            else:
+                y = z
+            d = tl.where(valid, y - x, 0.0)
+            wdiff = imp * d
+            lsum += tl.sum(tl.sum(wdiff * d, axis=2), axis=1)
+            dz = wdiff * grad_scale
+            if RELU:
+                dz = tl.where(z > 0.0, dz, 0.0)
+            db += tl.sum(dz, axis=1)
+            dh = tl.sum(dz[:, :, None, :] * W[:, None, :, :], axis=3)                   # (P, BB, MP)
+            dW += tl.sum(h[:, :, :, None] * dz[:, :, None, :] + dh[:, :, :, None] * x[:, :, None, :], axis=1)
+        loss_t = lsum * inv_bn
+        if t >= window_start:
+            loss_acc += loss_t
+        if hist_every > 0:
+            if t % hist_every == 0:
+                tl.store(hist_ptr + (t // hist_every) * K + ip, loss_t, mask=ok_i)
+        decay = tl.load(sched_ptr + 3 * t)
+        step_size = tl.load(sched_ptr + 3 * t + 1)
+        inv_sqrt_bias2 = tl.load(sched_ptr + 3 * t + 2)
+        W, mW, vW = _adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        b, mb, vb = _adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        # Keep padded lanes exactly zero (AdamW decay keeps 0 at 0, but be explicit and cheap).
+        W = tl.where(w_mask, W, 0.0)
+        b = tl.where(pf_mask, b, 0.0)
+
+    tl.store(W_ptr + w_offs, W, mask=w_mask)
+    tl.store(mW_ptr + w_offs, mW, mask=w_mask)
+    tl.store(vW_ptr + w_offs, vW, mask=w_mask)
+    tl.store(b_ptr + pf_offs, b, mask=pf_mask)
+    tl.store(mb_ptr + pf_offs, mb, mask=pf_mask)
+    tl.store(vb_ptr + pf_offs, vb, mask=pf_mask)
+    tl.store(loss_ptr + ip, loss_acc, mask=ok_i)
+
+
+def tile_config(n: int, m: int, batch: int, pack: int | None = None, rows: int | None = None):
+    """(P, BB, NP, MP): instances per program, batch rows per tile, padded n and m.
+
+    Packs instances until a program holds about MAX_PARAMS_PER_PROGRAM / 4 parameter elements
+    (at most 64), then sizes the row tile to TILE_ELEMS. ``pack`` / ``rows`` override (tests).
+    """
+    NP = triton.next_power_of_2(n)
+    MP = triton.next_power_of_2(m)
+    P = pack or max(1, min(64, (MAX_PARAMS_PER_PROGRAM // 4) // (NP * MP)))
+    BB = rows or max(1, min(64, triton.next_power_of_2(batch), TILE_ELEMS // (P * NP * MP)))
+    return P, BB, NP, MP
+
+
+def supported(n: int, m: int) -> str | None:
+    """None if this path trains (n, m); else the reason, naming the limit."""
+    NP, MP = triton.next_power_of_2(n), triton.next_power_of_2(m)
+    if NP * MP > MAX_PARAMS_PER_PROGRAM:
+        return (f"triton backend: n_hidden x n_features, each padded to a power of two, must be <= "
+                f"{MAX_PARAMS_PER_PROGRAM} on the register-resident path (got {MP} x {NP} = {NP * MP}); "
+                f"use --backend torch for this shape")
+    return None
+
+
+def train_steps(state: dict, p: torch.Tensor, imp: torch.Tensor, sched: torch.Tensor, loss_acc: torch.Tensor,
+                hist: torch.Tensor | None, *, batch: int, first_instance: int, step0: int, n_steps: int,
+                window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float, beta2: float,
+                eps: float, relu: bool, decoupled: bool, pack: int | None = None, rows: int | None = None,
+                num_warps: int = 4) -> None:
+    """Launch one segment of training in place on ``state`` = dict(W, b, mW, vW, mb, vb).
+
+    W-like tensors (K, m, n), b-like and p, imp (K, n), float32 contiguous on one device.
+    """
+    W = state["W"]
+    K, m, n = W.shape
+    P, BB, NP, MP = tile_config(n, m, batch, pack, rows)
+    if hist is None:
+        hist = loss_acc  # never written when hist_every == 0
+    _train_small_kernel[(triton.cdiv(K, P),)](
+        W, state["b"], state["mW"], state["vW"], state["mb"], state["vb"],
+        p, imp, sched, loss_acc, hist,
+        K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
+        seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n),
+        P=P, BB=BB, NP=NP, MP=MP, RELU=relu, DECOUPLED=decoupled, num_warps=num_warps)
