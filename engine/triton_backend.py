@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from kernels import train_small
+from kernels import train_fused
 from . import reference
 from .errors import UnsupportedShape
 from .spec import ModelSpec, TrainSpec
@@ -20,7 +20,7 @@ STEPS_PER_LAUNCH = 500
 
 
 def check_supported(model: ModelSpec, train: TrainSpec) -> None:
-    reason = train_small.supported(model.n_features, model.n_hidden)
+    reason = train_fused.supported(model.n_features, model.n_hidden)
     if reason:
         raise UnsupportedShape(reason)
 
@@ -48,11 +48,12 @@ def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_ins
               n_steps: int, loss_acc, hist=None, history_every: int = 0, sched=None, **tile) -> None:
     """Advance ``state`` by steps [step0, step0 + n_steps) in one launch (used by tests and bench)."""
     sched = schedule_table(train, p.device) if sched is None else sched
-    train_small.train_steps(
+    train_fused.train_steps(
         state, p, imp, sched, loss_acc, hist, batch=train.batch_size, first_instance=first_instance,
         step0=step0, n_steps=n_steps, window_start=train.steps - train.loss_window, hist_every=history_every,
         seed=train.seed, weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2, eps=train.eps,
-        relu=model.variant == "relu-output", decoupled=train.optimizer == "adamw", **tile)
+        relu=model.variant == "relu-output", decoupled=train.optimizer == "adamw", precision=train.precision,
+        **tile)
 
 
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cuda",

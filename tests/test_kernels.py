@@ -43,7 +43,7 @@ def test_sampler_statistics():
         assert vals.min() >= 0 and vals.max() <= 1
 
 
-def _one_step(n, m, K, pack, variant="relu-output", optimizer="adamw", batch=19, seed=0):
+def _one_step(n, m, K, pack, variant="relu-output", optimizer="adamw", batch=19, seed=0, **tile):
     model = ModelSpec(n, m, variant)
     train = TrainSpec(steps=5, batch_size=batch, lr=1e-2, optimizer=optimizer,
                       weight_decay=0.01 if optimizer == "adamw" else 0.02, seed=seed)
@@ -57,7 +57,7 @@ def _one_step(n, m, K, pack, variant="relu-output", optimizer="adamw", batch=19,
     W0, b0 = state["W"].double().cpu(), state["b"].double().cpu()
     loss = torch.zeros(K, device=DEVICE)
     hist = torch.zeros(1, K, device=DEVICE)
-    tb.run_steps(model, train, state, p, imp, first, 0, 1, loss, hist, history_every=1, pack=pack)
+    tb.run_steps(model, train, state, p, imp, first, 0, 1, loss, hist, history_every=1, pack=pack, **tile)
     x = sample_batch(p, batch, 0, seed, first).double().cpu()
     ref_loss, dW, db = reference.loss_and_grads(W0, b0, x, imp.double().cpu(), variant)
     return state, train, (W0, b0, x, imp.double().cpu()), (ref_loss, dW, db), hist
@@ -78,6 +78,23 @@ def test_one_step_matches_float64_reference(n, m):
     reference.train_step(W, b, x, imp, "relu-output", states, 1, train.lr_at(0), train)
     assert rel(state["W"], W) < 1e-5 and rel(state["b"], b) < 1e-5
     assert rel(state["vW"], states[0].v) < 1e-5
+
+
+@pytest.mark.parametrize("n, m, K, tile", [
+    (20, 5, 3, dict(pack=2, use_dot=True)),                              # tl.dot path, packed
+    (3, 2, 5, dict(pack=4, adam_in_registers=False)),                    # Adam moments in memory
+    (33, 7, 2, dict(pack=1, use_dot=True, adam_in_registers=False)),
+    (400, 30, 2, {}),                                                    # the uniform workload's shape
+])
+def test_one_step_on_each_kernel_path(n, m, K, tile):
+    pack = tile.pop("pack", None)
+    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, pack, batch=21, **tile)
+    assert rel(state["mW"] / (1 - train.beta1), dW) < 1e-5 and rel(state["mb"] / (1 - train.beta1), db) < 1e-5
+    assert rel(hist[0], ref_loss) < 1e-5
+    states = [reference.AdamState(torch.zeros_like(W0), torch.zeros_like(W0)),
+              reference.AdamState(torch.zeros_like(b0), torch.zeros_like(b0))]
+    reference.train_step(W0, b0, x, imp, "relu-output", states, 1, train.lr_at(0), train)
+    assert rel(state["W"], W0) < 1e-5 and rel(state["vW"], states[0].v) < 1e-5
 
 
 @pytest.mark.parametrize("variant, optimizer", [("linear", "adamw"), ("relu-output", "adam"), ("linear", "adam")])
@@ -127,8 +144,8 @@ def test_engine_train_on_triton_is_deterministic_and_matches_shapes():
 
 
 def test_unsupported_shape_names_the_limit():
-    with pytest.raises(UnsupportedShape, match="4096"):
-        tb.check_supported(ModelSpec(512, 64), TrainSpec())
+    with pytest.raises(UnsupportedShape, match="32768"):
+        tb.check_supported(ModelSpec(513, 64), TrainSpec())
     tb.check_supported(ModelSpec(512, 8), TrainSpec())
     tb.check_supported(ModelSpec(64, 64), TrainSpec())
 
