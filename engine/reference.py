@@ -108,10 +108,11 @@ def adam_update(param, grad, state: AdamState, step: int, lr: float, train: Trai
         grad = grad + train.weight_decay * param
     state.m.lerp_(grad, 1.0 - train.beta1)
     state.v.mul_(train.beta2).addcmul_(grad, grad, value=1.0 - train.beta2)
+    # step and lr may be 0-d tensors (so torch.compile does not recompile every step).
     bias1 = 1.0 - train.beta1**step
     bias2 = 1.0 - train.beta2**step
-    denom = (state.v.sqrt() / math.sqrt(bias2)).add_(train.eps)
-    param.addcdiv_(state.m, denom, value=-lr / bias1)
+    denom = (state.v.sqrt() / bias2**0.5).add_(train.eps)
+    param.sub_(state.m / denom * (lr / bias1))
 
 
 def data_generator(seed: int, first_instance: int, device) -> torch.Generator:

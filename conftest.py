@@ -1,4 +1,4 @@
-"""Test configuration. TRITON_INTERPRET must be set before triton is first imported, so the
+"""Test configuration for tests/ and bench/. TRITON_INTERPRET must be set before triton is first imported, so the
 Triton kernels run (slowly, exactly) on CPU in CI; GPU-marked tests need a CUDA device."""
 import os
 

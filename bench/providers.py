@@ -1,0 +1,180 @@
+"""Benchmark providers: each runs full training steps (sampling, forward, backward, optimizer)
+for every instance of a workload. ``make(name, workload, device)`` builds one; its ``run()``
+does ``steps_per_call`` steps and returns without synchronising (the runner synchronises).
+
+    eager       engine/reference.py, eager PyTorch, the notebook's way (full fp32 matmuls)
+    compile     torch.compile of the same whole step (full fp32 matmuls)
+    jax         jit + vmap with optax.adamw, the public JAX replication's approach (JAX's default
+                matmul precision: TF32 on these GPUs)
+    triton-fp32 supbench fused kernel, exact fp32 products
+    triton-tf32 supbench fused kernel, TF32 tensor-core products (tl.dot path only)
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from engine import ModelSpec, TrainSpec, reference
+from engine import triton_backend as tb
+
+PROVIDERS = ("eager", "compile", "jax", "triton-fp32", "triton-tf32")
+PRECISION = {"eager": "fp32 (ieee)", "compile": "fp32 (ieee)", "jax": "JAX default (TF32 on H100/H200)",
+             "triton-fp32": "fp32 (ieee)", "triton-tf32": "tf32 (tl.dot path; small models have no tl.dot)"}
+
+
+def available(name: str, device: str) -> str | None:
+    """None if the provider can run here, else why not."""
+    if name == "jax":
+        if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
+            return "jax/optax not installed"
+    if name.startswith("triton") and importlib.util.find_spec("triton") is None:
+        return "triton not installed"
+    return None
+
+
+class _TorchState:
+    def __init__(self, wl, device, dtype=torch.float32):
+        p, imp = wl.arrays()
+        self.p = torch.as_tensor(p, device=device)
+        self.imp = torch.as_tensor(imp, device=device)
+        self.model = ModelSpec(wl.n, wl.m)
+        self.train = TrainSpec(batch_size=wl.batch)
+        self.W = reference.init_weights(self.model, 0, torch.arange(wl.K)).to(device)
+        self.b = torch.zeros(wl.K, wl.n, device=device)
+        self.states = [reference.AdamState(torch.zeros_like(self.W), torch.zeros_like(self.W)),
+                       reference.AdamState(torch.zeros_like(self.b), torch.zeros_like(self.b))]
+
+
+class Eager(_TorchState):
+    steps_per_call = 1
+
+    def __init__(self, wl, device):
+        super().__init__(wl, device)
+        self.gen = reference.data_generator(0, 0, device)
+        self.t = 0
+
+    def run(self):
+        self.t += 1
+        x = reference.sample_batch(self.p, self.train.batch_size, self.gen)
+        return reference.train_step(self.W, self.b, x, self.imp, self.model.variant, self.states, self.t,
+                                    self.train.lr, self.train)
+
+
+class Compiled(_TorchState):
+    """The whole step (sampling included) under torch.compile; step and lr are tensors so the
+    graph is compiled once."""
+
+    steps_per_call = 1
+
+    def __init__(self, wl, device):
+        super().__init__(wl, device)
+        model, train = self.model, self.train
+
+        def step(W, b, mW, vW, mb, vb, p, imp, t, lr):
+            u = torch.rand(p.shape[0], train.batch_size, p.shape[1], device=p.device)
+            x = reference.features_from_uniform(u, p)
+            states = [reference.AdamState(mW, vW), reference.AdamState(mb, vb)]
+            return reference.train_step(W, b, x, imp, model.variant, states, t, lr, train)
+
+        self.fn = torch.compile(step)
+        self.t = torch.zeros((), device=device)
+        self.lr = torch.tensor(train.lr, device=device)
+
+    def run(self):
+        self.t += 1
+        s = self.states
+        return self.fn(self.W, self.b, s[0].m, s[0].v, s[1].m, s[1].v, self.p, self.imp, self.t, self.lr)
+
+
+class Jax:
+    """jit(vmap(step)) with optax.adamw; per-instance keys split from one key each step."""
+
+    steps_per_call = 1
+
+    def __init__(self, wl, device):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        p, imp = wl.arrays()
+        train = TrainSpec(batch_size=wl.batch)
+        opt = optax.adamw(train.lr, b1=train.beta1, b2=train.beta2, eps=train.eps, weight_decay=train.weight_decay)
+        W0 = reference.init_weights(ModelSpec(wl.n, wl.m), 0, torch.arange(wl.K)).numpy()
+        params = (jnp.asarray(W0), jnp.zeros((wl.K, wl.n), jnp.float32))
+
+        def loss_fn(params, x, imp):
+            W, b = params
+            z = (x @ W.T) @ W + b
+            return jnp.mean(imp * (jax.nn.relu(z) - x) ** 2)
+
+        def one(params, opt_state, key, p, imp):
+            u = jax.random.uniform(key, (wl.batch, wl.n))
+            x = jnp.where(u < p, u / p, 0.0)
+            loss, g = jax.value_and_grad(loss_fn)(params, x, imp)
+            updates, opt_state = opt.update(g, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        @jax.jit
+        def step(params, opt_state, key, p, imp):
+            key, sub = jax.random.split(key)
+            keys = jax.random.split(sub, wl.K)
+            params, opt_state, loss = jax.vmap(one)(params, opt_state, keys, p, imp)
+            return params, opt_state, key, loss
+
+        self.step = step
+        self.params = params
+        self.opt_state = jax.vmap(opt.init)(params)
+        self.key = jax.random.PRNGKey(0)
+        self.p, self.imp = jnp.asarray(p), jnp.asarray(imp)
+
+    def run(self):
+        self.params, self.opt_state, self.key, loss = self.step(self.params, self.opt_state, self.key, self.p, self.imp)
+        return loss
+
+    def sync(self):
+        import jax
+        jax.block_until_ready(self.params)
+
+
+class Triton:
+    """The fused kernel, ``steps_per_call`` steps per launch (the engine runs 500 per launch)."""
+
+    def __init__(self, wl, device, precision, steps_per_call):
+        p, imp = wl.arrays()
+        self.model = ModelSpec(wl.n, wl.m)
+        self.train = TrainSpec(batch_size=wl.batch, steps=10_000, precision=precision)
+        self.p = torch.as_tensor(p, device=device)
+        self.imp = torch.as_tensor(imp, device=device)
+        self.state = tb.new_state(self.model, self.train, 0, wl.K, device)
+        self.sched = tb.schedule_table(self.train, device)
+        self.loss = torch.zeros(wl.K, device=device)
+        self.steps_per_call = steps_per_call
+        self.t = 0
+
+    def run(self):
+        # Cycle through the first steps of the schedule; the cost does not depend on t.
+        t0 = self.t % (self.train.steps - self.steps_per_call)
+        tb.run_steps(self.model, self.train, self.state, self.p, self.imp, 0, t0, self.steps_per_call, self.loss,
+                     sched=self.sched)
+        self.t += self.steps_per_call
+        return self.loss
+
+
+def make(name: str, wl, device: str, triton_steps_per_call: int = 100):
+    if name == "eager":
+        return Eager(wl, device)
+    if name == "compile":
+        return Compiled(wl, device)
+    if name == "jax":
+        return Jax(wl, device)
+    if name in ("triton-fp32", "triton-tf32"):
+        return Triton(wl, device, name.split("-")[1], triton_steps_per_call)
+    raise ValueError(f"provider: must be one of {', '.join(PROVIDERS)} (got {name!r})")
+
+
+def synchronize(provider, device: str) -> None:
+    if hasattr(provider, "sync"):
+        provider.sync()
+    elif device.startswith("cuda"):
+        torch.cuda.synchronize()

@@ -1,0 +1,207 @@
+"""Run the benchmark suite and record it: ``python -m bench.suite`` (GPU) or ``--smoke`` (CPU, CI).
+
+Method: for each workload, every available provider is built in this one process, warmed up
+(compilation, autotuning), and its peak GPU memory taken over one call; then several rounds, each
+timing every provider once in rotating order, synchronised before and after, with enough calls
+per timing to last about 50 ms. The median per-step time over rounds is reported with
+instance-steps/s, useful TFLOP/s (10 B n m FLOP per instance-step) and its share of the GPU's
+FP32 peak, and supbench's ratio to each peer. Results go to bench/results/<stamp>-<gpu>.json
+with provenance; smoke runs are marked ``smoke`` and never reported.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+if __name__ == "__main__" and "--smoke" in sys.argv:
+    # The Triton interpreter must be chosen before triton is imported (CPU smoke runs).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+from . import providers  # noqa: E402
+from .workloads import SCALING_K, WORKLOADS
+
+RESULTS = Path(__file__).parent / "results"
+# Dense FP32 (non-tensor-core) peaks, TFLOP/s, from NVIDIA's data sheets (SXM parts).
+FP32_PEAK_TFLOPS = {"H100": 67.0, "H200": 67.0, "A100": 19.5}
+
+
+def fp32_peak(gpu_name: str | None) -> float | None:
+    for key, value in FP32_PEAK_TFLOPS.items():
+        if gpu_name and key in gpu_name:
+            return value
+    return None
+
+
+def provenance(device: str, smoke: bool, argv) -> dict:
+    info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "smoke": smoke,
+            "command": "python -m bench.suite " + " ".join(shlex.quote(a) for a in argv),
+            "python": sys.version.split()[0], "torch": torch.__version__, "device": device,
+            "platform": platform.platform()}
+    for mod in ("triton", "jax", "optax"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                            cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = None
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            info["driver"] = None
+    return info
+
+
+def _timed(prov, device, calls):
+    providers.synchronize(prov, device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        prov.run()
+    providers.synchronize(prov, device)
+    return time.perf_counter() - t0
+
+
+def measure(wl, names, device, rounds, triton_steps, log) -> dict:
+    """Interleaved measurement of one workload; returns per-provider figures and ratios."""
+    built, out = {}, {}
+    for name in names:
+        reason = providers.available(name, device)
+        if reason:
+            out[name] = {"skipped": reason}
+            continue
+        try:
+            prov = providers.make(name, wl, device, triton_steps_per_call=triton_steps)
+            _timed(prov, device, 2)  # warm-up: compile, jit, first launches
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            single = _timed(prov, device, 1)
+            peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+            built[name] = (prov, max(1, math.ceil(0.05 / max(single, 1e-6))))
+            out[name] = {"peak_memory_bytes": peak, "resident_bytes_before": base if peak is not None else None,
+                         "precision": providers.PRECISION[name], "steps_per_call": prov.steps_per_call}
+            if name == "jax":
+                out[name]["peak_memory_bytes"] = None  # JAX's allocator is not torch's; not comparable
+        except Exception as e:  # a peer that cannot run this workload here is recorded, not fatal
+            out[name] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            log(f"  {name}: skipped ({out[name]['skipped']})")
+    times = {name: [] for name in built}
+    order = list(built)
+    for r in range(rounds):
+        for name in order[r % len(order):] + order[:r % len(order)] if order else []:
+            prov, calls = built[name]
+            times[name].append(_timed(prov, device, calls) / (calls * prov.steps_per_call))
+    peak_tf = fp32_peak(torch.cuda.get_device_name() if device.startswith("cuda") else None)
+    for name, ts in times.items():
+        med = sorted(ts)[len(ts) // 2]
+        tflops = wl.useful_flop_per_step / med / 1e12
+        out[name].update({"ms_per_step": med * 1e3, "rounds_ms": [t * 1e3 for t in ts],
+                          "instance_steps_per_s": wl.K / med, "useful_tflops": tflops,
+                          "fp32_peak_share": tflops / peak_tf if peak_tf else None})
+        log(f"  {name:12s} {med * 1e3:9.3f} ms/step  {wl.K / med:12.4g} inst-steps/s  {tflops:7.3f} TFLOP/s")
+    ratios = {}
+    for ours in ("triton-fp32", "triton-tf32"):
+        for peer in ("eager", "compile", "jax"):
+            if ours in times and peer in times:
+                ratios[f"{ours}/{peer}"] = out[peer]["ms_per_step"] / out[ours]["ms_per_step"]
+    return {"workload": asdict(wl), "useful_flop_per_step": wl.useful_flop_per_step, "providers": out,
+            "speedups": ratios}
+
+
+def scaling(base, names, device, rounds, triton_steps, smoke, log) -> dict:
+    """Throughput against K on the basic workload."""
+    ks = (2, 5) if smoke else SCALING_K
+    rows = {}
+    for K in ks:
+        wl = replace(base, K=K)
+        # eager holds ~8 float32 (K, B, n) tensors; skip it where that exceeds a quarter of the GPU.
+        use = [n for n in names if not (n in ("eager", "compile", "jax") and device.startswith("cuda")
+                                        and 32 * K * wl.batch * (wl.n + wl.m) > torch.cuda.get_device_properties(0).total_memory / 4)]
+        log(f"scaling K={K}")
+        rows[str(K)] = measure(wl, use, device, rounds, triton_steps, log)["providers"]
+    return {"workload": asdict(base), "K": list(ks), "providers": rows}
+
+
+def end_to_end(smoke: bool, log) -> dict:
+    """Wall time of `supbench run phase-diagram --preset paper` (tiny options in smoke mode)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["--preset", "paper", "--no-progress", "--out", str(Path(tmp) / "run")]
+        if smoke:
+            args += ["--grid", "3", "--seeds", "2", "--steps", "20", "--batch-size", "16"]
+        cmd = [sys.executable, "-m", "engine.cli", "run", "phase-diagram", *args]
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
+        summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    log(f"end-to-end phase diagram: {wall:.1f} s, agreement {summary['agreement']:.3f}")
+    return {"command": "supbench run phase-diagram " + " ".join(a for a in args if not a.startswith(tmp)),
+            "wall_seconds": wall, "train_seconds": summary["train_seconds"], "agreement": summary["agreement"],
+            "backend": summary["backend"], "n_instances": summary["n_instances"],
+            "instance_steps_per_second": summary["instance_steps_per_second"]}
+
+
+def main(argv=None) -> Path:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (CI); never reported")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--providers", default=",".join(providers.PROVIDERS))
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--triton-steps", type=int, default=None, help="fused steps per kernel launch timed")
+    ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    if not args.smoke and device == "cpu":
+        ap.error("no CUDA GPU here: CPU timings are not results; use --smoke to exercise the code")
+    rounds = args.rounds or (2 if args.smoke else 7)
+    triton_steps = args.triton_steps or (1 if args.smoke else 100)
+    names = [n for n in args.providers.split(",") if n]
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    record = {"provenance": provenance(device, args.smoke, argv), "workloads": {}}
+    for w in args.workloads.split(","):
+        wl = WORKLOADS[w].smoke() if args.smoke else WORKLOADS[w]
+        log(f"workload {w}: n={wl.n} m={wl.m} B={wl.batch} K={wl.K}")
+        record["workloads"][w] = measure(wl, names, device, rounds, triton_steps, log)
+    if not args.no_scaling:
+        base = WORKLOADS["basic"].smoke() if args.smoke else WORKLOADS["basic"]
+        record["scaling"] = scaling(base, [n for n in names if n in ("triton-fp32", "triton-tf32", "eager", "jax")],
+                                    device, max(2, rounds // 2), triton_steps, args.smoke, log)
+    if not args.no_e2e:
+        record["end_to_end"] = end_to_end(args.smoke, log)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    gpu = record["provenance"].get("gpu", "cpu").replace(" ", "_")
+    out = args.out or (Path(tempfile.gettempdir()) / f"supbench-smoke-{stamp}.json" if args.smoke
+                       else RESULTS / f"{stamp}-{gpu}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

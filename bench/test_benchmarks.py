@@ -1,0 +1,89 @@
+"""pytest-benchmark suite. In CI (CPU) it runs in smoke mode: tiny batch and K, torch providers
+and interpreted Triton, so the benchmark code cannot rot; CPU timings are never reported.
+On a GPU, ``SUPBENCH_BENCH=full SUPBENCH_TEST_ON_GPU=1 pytest bench`` times the real workloads
+(the recorded results come from ``python -m bench.suite``, which interleaves providers).
+"""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from bench import providers, report, suite
+from bench.workloads import WORKLOADS
+
+FULL = os.environ.get("SUPBENCH_BENCH") == "full" and torch.cuda.is_available()
+DEVICE = "cuda" if FULL else "cpu"
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("provider", [p for p in providers.PROVIDERS if p != "compile"] + ["compile"])
+def test_training_step(benchmark, workload, provider):
+    if provider == "compile" and not FULL and workload != "basic":
+        pytest.skip("smoke mode compiles one workload only (about 20 s on CPU)")
+    reason = providers.available(provider, DEVICE)
+    if reason:
+        pytest.skip(reason)
+    wl = WORKLOADS[workload] if FULL else WORKLOADS[workload].smoke()
+    prov = providers.make(provider, wl, DEVICE, triton_steps_per_call=100 if FULL else 1)
+
+    def step():
+        prov.run()
+        providers.synchronize(prov, DEVICE)
+
+    benchmark.pedantic(step, rounds=5 if FULL else 2, warmup_rounds=1)
+    benchmark.extra_info.update(workload=workload, K=wl.K, n=wl.n, m=wl.m, batch=wl.batch,
+                                steps_per_call=prov.steps_per_call, precision=providers.PRECISION[provider])
+    # Whatever the provider, the parameters it trained stay finite and moved from the init.
+    if isinstance(prov, providers.Triton):
+        W = prov.state["W"]
+    elif isinstance(prov, providers.Jax):
+        W = torch.as_tensor(__import__("numpy").asarray(prov.params[0]))
+    else:
+        W = prov.W
+    assert torch.isfinite(W).all()
+
+
+def test_eager_and_triton_providers_train_the_same_model():
+    """Same init, same workload: after a few steps both providers have moved W by a similar amount
+    (they draw different random batches, so only the size of the update is compared)."""
+    wl = WORKLOADS["basic"].smoke()
+    eager = providers.make("eager", wl, "cpu")
+    trit = providers.make("triton-fp32", wl, "cpu", triton_steps_per_call=3)
+    W0 = eager.W.clone()
+    assert torch.equal(W0, trit.state["W"].cpu())
+    for _ in range(3):
+        eager.run()
+    trit.run()
+    de = (eager.W - W0).norm().item()
+    dt = (trit.state["W"].cpu() - W0).norm().item()
+    assert de > 0 and dt > 0 and 0.5 < de / dt < 2.0
+
+
+def test_suite_smoke_records_and_report_renders(tmp_path):
+    out = suite.main(["--smoke", "--workloads", "phase,uniform", "--providers", "eager,triton-fp32",
+                      "--rounds", "2", "--out", str(tmp_path / "smoke.json")])
+    rec = json.loads(out.read_text())
+    assert rec["provenance"]["smoke"] is True and rec["provenance"]["torch"] == torch.__version__
+    for w in ("phase", "uniform"):
+        for p in ("eager", "triton-fp32"):
+            r = rec["workloads"][w]["providers"][p]
+            assert r["ms_per_step"] > 0 and len(r["rounds_ms"]) == 2
+            assert math.isclose(r["instance_steps_per_s"], rec["workloads"][w]["workload"]["K"] / (r["ms_per_step"] / 1e3))
+        assert "triton-fp32/eager" in rec["workloads"][w]["speedups"]
+    assert set(rec["scaling"]["providers"]) == {"2", "5"}
+    assert rec["end_to_end"]["agreement"] >= 0
+    # The report ignores smoke records unless told otherwise, and renders them when told.
+    md = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md")])
+    assert "No GPU results recorded yet" in md.read_text()
+    md = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md"), "--allow-smoke"])
+    text = md.read_text()
+    assert "### phase" in text and "triton-fp32/eager" in text and (tmp_path / "bench/results/smoke-scaling.png").exists()
+
+
+def test_suite_refuses_to_time_a_cpu_as_a_result():
+    if torch.cuda.is_available():
+        pytest.skip("GPU present")
+    with pytest.raises(SystemExit):
+        suite.main([])
