@@ -1,0 +1,34 @@
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from engine.errors import SpecError
+from engine.store import RunDir, SpecMismatch, write_parquet, write_tensors, read_tensors
+
+
+def test_run_dir_keeps_its_spec_and_refuses_another(tmp_path):
+    run = RunDir.open(tmp_path / "r", {"a": 1, "b": [1, 2]})
+    assert json.loads((tmp_path / "r/spec.json").read_text()) == {"a": 1, "b": [1, 2]}
+    RunDir.open(tmp_path / "r", {"a": 1, "b": [1, 2]})  # same spec: reopen to resume
+    with pytest.raises(SpecMismatch, match="a is 1 there but 2 here"):
+        RunDir.open(tmp_path / "r", {"a": 2, "b": [1, 2]})
+    run.save_chunk(3, {"W": torch.ones(2, 3)})
+    assert run.has_chunk(3) and not run.has_chunk(2)
+    assert torch.equal(run.load_chunk(3)["W"], torch.ones(2, 3))
+
+
+def test_unwritable_directory_is_a_spec_error(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SpecError) as e:
+        RunDir.open(tmp_path / "f" / "r", {})
+    assert e.value.field == "--out"
+
+
+def test_writes_leave_no_temporary_files(tmp_path):
+    write_parquet(tmp_path / "t.parquet", {"x": [1, 2], "y": ["a", "b"]})
+    write_tensors(tmp_path / "w.safetensors", {"W": torch.zeros(2)})
+    assert pq.read_table(tmp_path / "t.parquet").to_pydict() == {"x": [1, 2], "y": ["a", "b"]}
+    assert torch.equal(read_tensors(tmp_path / "w.safetensors")["W"], torch.zeros(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet", "w.safetensors"]
