@@ -16,6 +16,7 @@ import importlib.util
 import torch
 
 from engine import ModelSpec, TrainSpec, reference
+from engine import torch_backend
 from engine import triton_backend as tb
 
 PROVIDERS = ("eager", "compile", "jax", "triton-fp32", "triton-tf32")
@@ -51,7 +52,7 @@ class Eager(_TorchState):
 
     def __init__(self, wl, device):
         super().__init__(wl, device)
-        self.gen = reference.data_generator(0, 0, device)
+        self.gen = torch_backend.data_generator(0, 0, device)
         self.t = 0
 
     def run(self):

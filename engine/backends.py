@@ -1,6 +1,6 @@
 """The one seam between the engine and kernels/: which backend trains, and whether it can.
 
-``torch`` (engine/reference.py) runs anywhere. ``triton`` (kernels/) needs triton and a CUDA GPU.
+``torch`` (engine/torch_backend.py around engine/reference.py) runs anywhere. ``triton`` (kernels/) needs triton and a CUDA GPU.
 kernels/ is imported lazily, only through engine/triton_backend.py, so the engine imports and runs on machines without
 a GPU or without triton.
 """
@@ -43,9 +43,9 @@ def default_device(backend: str) -> str:
 
 def train_chunk_fn(backend: str):
     """The chunk trainer of a resolved backend; both share the signature of
-    :func:`engine.reference.train_chunk`."""
+    :func:`engine.torch_backend.train_chunk`."""
     if backend == "torch":
-        from .reference import train_chunk
+        from .torch_backend import train_chunk
         return train_chunk
     from .triton_backend import train_chunk  # imports kernels/ (needs triton)
     return train_chunk

@@ -1,8 +1,8 @@
 """THE plain-PyTorch implementation of the toy models (Anthropic notebook semantics).
 
-It is three things at once: the ``torch`` backend (CPU or CUDA), the oracle every kernel is
-tested against (call it with float64 tensors), and the eager baseline of the benchmarks.
-Nobody copies it; tests and bench import it.
+It is three things at once: the math of the ``torch`` backend (engine/torch_backend.py runs its
+training loop), the oracle every kernel is tested against (call it with float64 tensors), and
+the eager baseline of the benchmarks. Nobody copies it; tests and bench import it.
 
 Shapes: K instances, B batch rows, n features, m hidden.
     W (K, m, n)   column i of W[k] embeds feature i (the paper's orientation)
@@ -15,9 +15,7 @@ tests/test_reference.py): this is both faster than autograd on CPU and the formu
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import zlib
 from dataclasses import dataclass
 
 import torch
@@ -115,70 +113,10 @@ def adam_update(param, grad, state: AdamState, step: int, lr: float, train: Trai
     param.sub_(state.m / denom * (lr / bias1))
 
 
-def data_generator(seed: int, first_instance: int, device) -> torch.Generator:
-    """The torch backend's data stream for a chunk starting at global instance ``first_instance``.
-
-    torch's generator is not counter-based, so the torch backend's batches depend on how instances
-    are chunked; runs record the chunk size so a resumed run replays exactly.
-    """
-    g = torch.Generator(device=device)
-    g.manual_seed(zlib.crc32(f"{seed}:{first_instance}".encode()))
-    return g
-
-
-@contextlib.contextmanager
-def matmul_precision(precision: str):
-    """fp32: exact float32 matmuls on CUDA; tf32: tensor-core TF32 (no effect on CPU)."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def train_step(W, b, x, importance, variant, states, step: int, lr: float, train: TrainSpec):
-    """Sample-free training step on a given batch: loss (K,) before the update; W, b updated in place."""
+def train_step(W, b, x, importance, variant, states, step, lr, train: TrainSpec):
+    """One training step on a given batch x (K, B, n): returns the loss (K,) before the update;
+    W, b and the two AdamStates (for W, for b) are updated in place. step is 1-based."""
     loss, dW, db = loss_and_grads(W, b, x, importance, variant)
     adam_update(W, dW, states[0], step, lr, train)
     adam_update(b, db, states[1], step, lr, train)
     return loss
-
-
-def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int,
-                device="cpu", history_every: int = 0, on_step=None):
-    """Train K instances with the torch backend.
-
-    p, importance: (K, n) tensors (any float dtype; training runs in float32).
-    Returns W (K, m, n), b (K, n), final_loss (K,) (mean over the last ``train.loss_window``
-    steps) and history (T, K) of the loss every ``history_every`` steps (None if 0), all on CPU.
-    ``on_step(k)`` is called every k steps with k for progress bars.
-    """
-    device = torch.device(device)
-    p = torch.as_tensor(p, dtype=torch.float32, device=device)
-    imp = torch.as_tensor(importance, dtype=torch.float32, device=device)
-    K = p.shape[0]
-    ids = torch.arange(first_instance, first_instance + K)
-    W = init_weights(model, train.seed, ids).to(device)
-    b = torch.zeros(K, model.n_features, device=device)
-    states = [AdamState(torch.zeros_like(W), torch.zeros_like(W)),
-              AdamState(torch.zeros_like(b), torch.zeros_like(b))]
-    gen = data_generator(train.seed, first_instance, device)
-    window_start = train.steps - train.loss_window
-    loss_sum = torch.zeros(K, device=device)
-    history = []
-    report_every = max(1, min(100, train.steps // 100))
-    with matmul_precision(train.precision):
-        for t in range(train.steps):
-            x = sample_batch(p, train.batch_size, gen)
-            loss = train_step(W, b, x, imp, model.variant, states, t + 1, train.lr_at(t), train)
-            if t >= window_start:
-                loss_sum += loss
-            if history_every and t % history_every == 0:
-                history.append(loss.cpu())
-            if on_step is not None and (t + 1) % report_every == 0:
-                on_step(report_every)
-    if on_step is not None:
-        on_step(train.steps % report_every)
-    hist = torch.stack(history) if history else None
-    return W.cpu(), b.cpu(), (loss_sum / train.loss_window).cpu(), hist

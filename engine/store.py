@@ -99,6 +99,10 @@ class RunDir:
     def chunk_path(self, index: int) -> Path:
         return self.chunks / f"chunk_{index:05d}.safetensors"
 
+    def partial_path(self, index: int) -> Path:
+        """Mid-chunk checkpoint of a chunk still in training."""
+        return self.chunks / f"chunk_{index:05d}.partial.safetensors"
+
     def has_chunk(self, index: int) -> bool:
         return self.chunk_path(index).exists()
 

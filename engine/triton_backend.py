@@ -1,8 +1,8 @@
 """The triton backend: the only engine module that imports kernels/ (loaded lazily by backends.py).
 
 Host-side work lives here (initialisation, the lr/bias-correction table, launch segments,
-history); the kernels do every training step on chip. Same signature as
-engine.reference.train_chunk.
+history, checkpoints); the kernels do every training step on chip. Same signature as
+engine.torch_backend.train_chunk.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from kernels import train_fused
 from . import reference
+from .checkpoint import Checkpoint, next_step, step_tensor
 from .errors import UnsupportedShape
 from .spec import ModelSpec, TrainSpec
 
@@ -57,10 +58,15 @@ def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_ins
 
 
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cuda",
-                history_every: int = 0, on_step=None, **tile):
-    """Train K instances with the fused kernels; returns W, b, final_loss, history on CPU."""
+                history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None, **tile):
+    """Train K instances with the fused kernels; same contract as engine.torch_backend.train_chunk.
+
+    State is written back after every launch of STEPS_PER_LAUNCH steps; that is where progress is
+    reported and, when due, a checkpoint saved. ``tile`` overrides the kernel layout (tests).
+    """
     check_supported(model, train)
     device = torch.device(device)
+    checkpoint = checkpoint or Checkpoint()
     p = torch.as_tensor(p, dtype=torch.float32).to(device).contiguous()
     imp = torch.as_tensor(importance, dtype=torch.float32).to(device).contiguous()
     K = p.shape[0]
@@ -68,9 +74,21 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
     sched = schedule_table(train, device)
     loss_acc = torch.zeros(K, device=device)
     hist = torch.zeros(math.ceil(train.steps / history_every), K, device=device) if history_every else None
-    for step0 in range(0, train.steps, STEPS_PER_LAUNCH):
+    saved = checkpoint.load()
+    if saved:
+        for key in state:
+            state[key].copy_(saved[key])
+        loss_acc.copy_(saved["loss_sum"])
+        if hist is not None:
+            hist.copy_(saved["history"])
+        if on_step is not None:
+            on_step(next_step(saved))
+    for step0 in range(next_step(saved), train.steps, STEPS_PER_LAUNCH):
         n = min(STEPS_PER_LAUNCH, train.steps - step0)
         run_steps(model, train, state, p, imp, first_instance, step0, n, loss_acc, hist, history_every, sched, **tile)
+        if step0 + n < train.steps and checkpoint.due():
+            extra = {"history": hist} if hist is not None else {}
+            checkpoint.save({**state, "loss_sum": loss_acc, "next_step": step_tensor(step0 + n), **extra})
         if on_step is not None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

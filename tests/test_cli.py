@@ -70,7 +70,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(backends, "train_chunk_fn", lambda name: flaky)
     code, _, err = run_cli([*args, "--out", str(tmp_path / "cut")], capsys)
     assert code == 130 and "resume" in err
-    assert len(list((tmp_path / "cut/chunks").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "cut/chunks").glob("chunk_?????.safetensors"))) == 2
     monkeypatch.setattr(backends, "train_chunk_fn", lambda name: real)
     code, _, err = run_cli([*args, "--out", str(tmp_path / "cut")], capsys)
     assert code == 0 and "resuming: 2 of 5 chunks" in err
@@ -87,11 +87,11 @@ def test_killed_process_loses_no_finished_chunk(tmp_path):
            "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("chunks/*.safetensors"))) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(list(out.glob("chunks/chunk_?????.safetensors"))) < 2 and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in out.glob("chunks/*.safetensors"))
+    done = sorted(p.name for p in out.glob("chunks/chunk_?????.safetensors"))
     assert done and not list(out.glob("chunks/*.tmp"))
     before = {n: (out / "chunks" / n).read_bytes() for n in done}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -165,3 +165,31 @@ def test_gpu_phase_diagram_agreement_no_worse_on_triton(tmp_path, capsys):
         agreements[backend] = json.loads((tmp_path / backend / "summary.json").read_text())["agreement"]
     print(f"agreement torch {agreements['torch']:.3f} triton {agreements['triton']:.3f}")
     assert agreements["triton"] >= agreements["torch"] - 0.02 and agreements["triton"] >= 0.85
+
+
+def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=300, batch_size=16, chunk_size=4, backend="torch")
+    pd.run(spec, tmp_path / "whole", progress=False, log=lambda m: None)
+    from engine import reference
+    real, calls = reference.train_step, []
+
+    def dies_midway(*a, **k):
+        calls.append(1)
+        if len(calls) == 450:  # chunk 1, step 150
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(reference, "train_step", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        pd.run(spec, tmp_path / "cut", progress=False, log=lambda m: None, checkpoint_every_s=0)
+    partial = tmp_path / "cut/chunks/chunk_00001.partial.safetensors"
+    assert partial.exists() and (tmp_path / "cut/chunks/chunk_00000.safetensors").exists()
+    monkeypatch.setattr(reference, "train_step", real)
+    summary = pd.run(spec, tmp_path / "cut", progress=False, log=lambda m: None)
+    assert not partial.exists()
+    # Only what was not finished is trained again: 8 instances in 2 chunks; the second died in step 150
+    # and resumes from its last checkpoint, after step 147 (progress reports come every 3 steps).
+    assert summary["instance_steps_trained"] == 4 * (300 - 147)
+    a = load_file(str(tmp_path / "whole/weights.safetensors"))
+    b = load_file(str(tmp_path / "cut/weights.safetensors"))
+    assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])

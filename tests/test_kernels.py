@@ -174,3 +174,25 @@ def test_gpu_triton_and_torch_give_the_same_loss_distribution():
     ks = np.max(np.abs(np.searchsorted(np.sort(a), grid, "right") / K - np.searchsorted(np.sort(b), grid, "right") / K))
     print(f"KS statistic {ks:.3f}; mean loss triton {a.mean():.5f} torch {b.mean():.5f}")
     assert ks < 1.63 * math.sqrt(2 / K)
+
+
+def test_triton_resume_from_a_mid_chunk_checkpoint_is_exact(tmp_path, monkeypatch):
+    from engine.checkpoint import Checkpoint
+    monkeypatch.setattr(tb, "STEPS_PER_LAUNCH", 3)
+    model, train = ModelSpec(5, 2), TrainSpec(steps=10, batch_size=8)
+    p, imp = torch.full((3, 5), 0.5), torch.ones(3, 5)
+    whole = tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2)
+    ckpt = Checkpoint(tmp_path / "c.safetensors", every_s=0)
+    calls = []
+
+    def stop(k):
+        calls.append(k)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2, on_step=stop, checkpoint=ckpt)
+    assert int(ckpt.load()["next_step"]) == 6
+    resumed = tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2, checkpoint=ckpt)
+    for a, b in zip(whole, resumed):
+        assert torch.equal(a, b)

@@ -80,20 +80,3 @@ def test_init_is_per_instance_xavier_and_chunk_independent():
     assert W.shape == (20, 30, 400)
     assert W.std().item() == pytest.approx(math.sqrt(2 / 430), rel=0.02)
     assert torch.equal(W[7:9], reference.init_weights(model, 3, torch.arange(7, 9)))
-
-
-def test_train_chunk_learns_and_is_deterministic():
-    model = ModelSpec(5, 2)
-    p = np.full((6, 5), 0.1)
-    imp = np.tile(0.9 ** np.arange(5), (6, 1))
-    train = TrainSpec(steps=300, batch_size=128, lr=1e-2)
-    W, b, loss, hist = reference.train_chunk(model, p, imp, train, first_instance=0, history_every=50)
-    assert W.shape == (6, 2, 5) and b.shape == (6, 5) and loss.shape == (6,) and hist.shape == (6, 6)
-    assert (hist[-1] < hist[0]).all()
-    W2, b2, loss2, _ = reference.train_chunk(model, p, imp, train, first_instance=0)
-    assert torch.equal(W, W2) and torch.equal(loss, loss2)
-    # Two dense-ish 5->2 models learn the two most important features (||W_i|| ~ 1 for i = 0, 1).
-    dense = TrainSpec(steps=1500, batch_size=256, lr=1e-2)
-    W, _, _, _ = reference.train_chunk(model, np.ones((2, 5)), imp[:2], dense, first_instance=0)
-    norms = torch.linalg.vector_norm(W, dim=1)
-    assert (norms[:, :2] > 0.8).all() and (norms[:, 3:] < 0.3).all()

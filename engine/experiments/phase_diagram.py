@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import backends, metrics, plots, theory
+from ..checkpoint import Checkpoint, next_step
 from ..errors import SpecError
 from ..spec import DataSpec, ModelSpec, TrainSpec, _check_float, _check_int
 from ..store import RunDir, write_json, write_parquet, write_tensors
@@ -122,15 +123,21 @@ def data_spec(spec: PhaseDiagramSpec, table: dict) -> DataSpec:
 
 
 def resolve_chunk_size(spec: PhaseDiagramSpec, device: str) -> int:
-    """At least 8 chunks (so an interruption loses at most an eighth), within memory."""
+    """Instances per chunk, within memory. The torch backend's cost per instance-step barely
+    depends on the chunk size, so it uses at least 8 chunks (finished results appear early);
+    the fused kernels need every instance at once to fill a GPU, and checkpoint inside a chunk."""
     if spec.chunk_size:
         return spec.chunk_size
     mem = default_chunk_size(spec.model, spec.train_spec(), spec.backend, device)
+    if spec.backend == "triton":
+        return max(1, mem)
     return max(1, min(mem, math.ceil(spec.n_instances / 8)))
 
 
-def train_all(spec: PhaseDiagramSpec, run: RunDir, progress: bool = True, log=print) -> dict:
-    """Train every chunk not already in the run directory; returns timing of this invocation."""
+def train_all(spec: PhaseDiagramSpec, run: RunDir, progress: bool = True, log=print,
+              checkpoint_every_s: float = 30.0) -> dict:
+    """Train every chunk not already in the run directory (resuming a chunk from its mid-chunk
+    checkpoint when there is one); returns the timing of this invocation."""
     table = instance_table(spec)
     data = data_spec(spec, table)
     train = spec.train_spec()
@@ -140,20 +147,28 @@ def train_all(spec: PhaseDiagramSpec, run: RunDir, progress: bool = True, log=pr
     todo = [i for i in range(len(chunks)) if not run.has_chunk(i)]
     if len(todo) < len(chunks):
         log(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already trained in {run.root}")
+    for i in range(len(chunks)):
+        if i not in todo:
+            run.partial_path(i).unlink(missing_ok=True)  # stale: its chunk was saved
     trained_instances = sum(chunks[i][1] - chunks[i][0] for i in todo)
+    instance_steps = trained_instances * train.steps
     seconds = 0.0
     with tqdm(total=trained_instances * train.steps, unit="inst-step", unit_scale=True, disable=not progress,
               desc=f"{NAME} [{spec.backend}]") as bar:
         for i in todo:
             start, stop = chunks[i]
             t0 = time.perf_counter()
+            ckpt = Checkpoint(run.partial_path(i), checkpoint_every_s)
+            instance_steps -= next_step(ckpt.load()) * (stop - start)  # restored, not trained now
             W, b, loss, _ = fn(spec.model, data.feature_probability[start:stop], data.importance[start:stop], train,
-                               start, device=device, on_step=lambda s, k=stop - start: bar.update(s * k))
+                               start, device=device, on_step=lambda s, k=stop - start: bar.update(s * k),
+                               checkpoint=ckpt)
             seconds += time.perf_counter() - t0
             run.save_chunk(i, {"W": W, "b": b, "loss": loss})
+            ckpt.remove()  # after the chunk is safe: a kill in between leaves a stale partial, ignored
     return {"n_chunks": len(chunks), "chunks_trained": len(todo), "chunks_resumed": len(chunks) - len(todo),
-            "train_seconds": seconds, "instance_steps_trained": trained_instances * train.steps,
-            "instance_steps_per_second": trained_instances * train.steps / seconds if seconds else None}
+            "train_seconds": seconds, "instance_steps_trained": instance_steps,
+            "instance_steps_per_second": instance_steps / seconds if seconds else None}
 
 
 def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray) -> tuple[dict, dict, float]:
@@ -211,11 +226,11 @@ def environment(device: str) -> dict:
     return env
 
 
-def run(spec: PhaseDiagramSpec, out: Path, progress: bool = True, log=print) -> dict:
+def run(spec: PhaseDiagramSpec, out: Path, progress: bool = True, log=print, checkpoint_every_s: float = 30.0) -> dict:
     """Train (or resume) the sweep, analyse it, write every output. Returns the summary dict."""
     t0 = time.perf_counter()
     run_dir = RunDir.open(out, spec.to_dict())
-    timing = train_all(spec, run_dir, progress=progress, log=log)
+    timing = train_all(spec, run_dir, progress=progress, log=log, checkpoint_every_s=checkpoint_every_s)
     parts = [run_dir.load_chunk(i) for i in range(timing["n_chunks"])]
     W = torch.cat([p["W"] for p in parts])
     b = torch.cat([p["b"] for p in parts])

@@ -1,0 +1,86 @@
+"""The torch backend: the training loop around engine/reference.py (CPU or CUDA).
+
+Same signature as engine.triton_backend.train_chunk. Data come from torch's generator, seeded
+per chunk (torch's generator is not counter-based, so results depend on the chunking; runs
+record their chunk size so a resumed run replays exactly).
+"""
+from __future__ import annotations
+
+import contextlib
+import zlib
+
+import torch
+
+from . import reference
+from .checkpoint import Checkpoint, next_step, step_tensor
+from .spec import ModelSpec, TrainSpec
+
+
+def data_generator(seed: int, first_instance: int, device) -> torch.Generator:
+    """The data stream of a chunk starting at global instance ``first_instance``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(zlib.crc32(f"{seed}:{first_instance}".encode()))
+    return g
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """fp32: exact float32 matmuls on CUDA; tf32: tensor-core TF32 (no effect on CPU)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cpu",
+                history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None):
+    """Train K instances; p, importance (K, n). Returns W (K, m, n), b (K, n), final_loss (K,)
+    (mean over the last ``train.loss_window`` steps) and history (T, K) of the loss every
+    ``history_every`` steps (None if 0), all float32 on CPU. ``on_step(k)`` is called after
+    every k steps (progress bars); ``checkpoint`` saves and restores mid-chunk state.
+    """
+    device = torch.device(device)
+    checkpoint = checkpoint or Checkpoint()
+    p = torch.as_tensor(p, dtype=torch.float32, device=device)
+    imp = torch.as_tensor(importance, dtype=torch.float32, device=device)
+    K = p.shape[0]
+    W = reference.init_weights(model, train.seed, torch.arange(first_instance, first_instance + K)).to(device)
+    b = torch.zeros(K, model.n_features, device=device)
+    states = [reference.AdamState(torch.zeros_like(W), torch.zeros_like(W)),
+              reference.AdamState(torch.zeros_like(b), torch.zeros_like(b))]
+    gen = data_generator(train.seed, first_instance, device)
+    loss_sum = torch.zeros(K, device=device)
+    history = []
+    saved = checkpoint.load()
+    if saved:
+        for t, key in ((W, "W"), (b, "b"), (states[0].m, "mW"), (states[0].v, "vW"), (states[1].m, "mb"),
+                       (states[1].v, "vb"), (loss_sum, "loss_sum")):
+            t.copy_(saved[key])
+        gen.set_state(saved["generator"])
+        history = list(saved["history"].to(device)) if "history" in saved else []
+        if on_step is not None:
+            on_step(next_step(saved))
+    window_start = train.steps - train.loss_window
+    report_every = max(1, min(100, train.steps // 100))
+    with matmul_precision(train.precision):
+        for t in range(next_step(saved), train.steps):
+            x = reference.sample_batch(p, train.batch_size, gen)
+            loss = reference.train_step(W, b, x, imp, model.variant, states, t + 1, train.lr_at(t), train)
+            if t >= window_start:
+                loss_sum += loss
+            if history_every and t % history_every == 0:
+                history.append(loss)
+            if (t + 1) % report_every == 0 or t + 1 == train.steps:
+                if checkpoint.due() and t + 1 < train.steps:
+                    state = {"W": W, "b": b, "mW": states[0].m, "vW": states[0].v, "mb": states[1].m,
+                             "vb": states[1].v, "loss_sum": loss_sum, "generator": gen.get_state(),
+                             "next_step": step_tensor(t + 1)}
+                    if history:
+                        state["history"] = torch.stack(history)
+                    checkpoint.save(state)
+                if on_step is not None:
+                    on_step((t + 1) % report_every or report_every)
+    hist = torch.stack(history).cpu() if history else None
+    return W.cpu(), b.cpu(), (loss_sum / train.loss_window).cpu(), hist
