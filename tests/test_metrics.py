@@ -60,3 +60,22 @@ def test_superposition_counts_only_other_features():
 def test_classify_thresholds():
     assert metrics.classify([0.1, 0.9, 0.9], [0.9, 0.1, 0.9]).tolist() == [
         metrics.NOT_REPRESENTED, metrics.DEDICATED, metrics.SUPERPOSITION]
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 6), n=st.integers(1, 12), seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3))
+def test_metric_invariants_on_random_weights(m, n, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(2, m, n, generator=g, dtype=torch.float64) * scale
+    D = metrics.dimensionality(W)
+    assert ((D >= 0) & (D <= 1 + 1e-9)).all()
+    assert (metrics.superposition(W) >= -1e-9).all()
+    # Dimensionalities of all features sum to at most m (the paper's bound), and the geometry does not
+    # depend on a rotation of the hidden space or on the overall scale.
+    assert (D.sum(dim=1) <= m + 1e-9).all()
+    Q, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    assert torch.allclose(metrics.dimensionality(Q @ W), D, atol=1e-9)
+    assert torch.allclose(metrics.dimensionality(W * 3.0), D, atol=1e-9)
