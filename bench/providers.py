@@ -26,9 +26,8 @@ PRECISION = {"eager": "fp32 (ieee)", "compile": "fp32 (ieee)", "jax": "JAX defau
 
 def available(name: str, device: str) -> str | None:
     """None if the provider can run here, else why not."""
-    if name == "jax":
-        if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
-            return "jax/optax not installed"
+    if name == "jax" and importlib.util.find_spec("jax") is None:
+        return "jax not installed"
     if name.startswith("triton") and importlib.util.find_spec("triton") is None:
         return "triton not installed"
     return None
@@ -88,19 +87,53 @@ class Compiled(_TorchState):
         return self.fn(self.W, self.b, s[0].m, s[0].v, s[1].m, s[1].v, self.p, self.imp, self.t, self.lr)
 
 
+def _jax_adamw(train):
+    """AdamW in plain JAX (torch.optim.AdamW's formula), for machines without optax."""
+    import jax
+    import jax.numpy as jnp
+
+    class Opt:
+        @staticmethod
+        def init(params):
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            return (jnp.zeros((), jnp.int32), zeros, zeros)
+
+        @staticmethod
+        def update(g, state, params):
+            t, m, v = state
+            t = t + 1
+            m = jax.tree_util.tree_map(lambda m, g: train.beta1 * m + (1 - train.beta1) * g, m, g)
+            v = jax.tree_util.tree_map(lambda v, g: train.beta2 * v + (1 - train.beta2) * g * g, v, g)
+            c1, c2 = 1 - train.beta1 ** t, 1 - train.beta2 ** t
+            upd = jax.tree_util.tree_map(
+                lambda p, m, v: -train.lr * (m / c1 / (jnp.sqrt(v / c2) + train.eps) + train.weight_decay * p),
+                params, m, v)
+            return upd, (t, m, v)
+
+    return Opt
+
+
 class Jax:
-    """jit(vmap(step)) with optax.adamw; per-instance keys split from one key each step."""
+    """jit(vmap(step)) with optax.adamw (plain-JAX AdamW where optax is missing); per-instance
+    keys split from one key each step."""
 
     steps_per_call = 1
 
     def __init__(self, wl, device):
         import jax
         import jax.numpy as jnp
-        import optax
 
         p, imp = wl.arrays()
         train = TrainSpec(batch_size=wl.batch)
-        opt = optax.adamw(train.lr, b1=train.beta1, b2=train.beta2, eps=train.eps, weight_decay=train.weight_decay)
+        try:
+            import optax
+            opt = optax.adamw(train.lr, b1=train.beta1, b2=train.beta2, eps=train.eps, weight_decay=train.weight_decay)
+            apply_updates = optax.apply_updates
+            self.optimizer = f"optax {optax.__version__} adamw"
+        except ImportError:
+            opt = _jax_adamw(train)
+            apply_updates = lambda params, upd: jax.tree_util.tree_map(lambda a, b: a + b, params, upd)  # noqa: E731
+            self.optimizer = "plain-JAX adamw (optax not installed)"
         W0 = reference.init_weights(ModelSpec(wl.n, wl.m), 0, torch.arange(wl.K)).numpy()
         params = (jnp.asarray(W0), jnp.zeros((wl.K, wl.n), jnp.float32))
 
@@ -114,7 +147,7 @@ class Jax:
             x = jnp.where(u < p, u / p, 0.0)
             loss, g = jax.value_and_grad(loss_fn)(params, x, imp)
             updates, opt_state = opt.update(g, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
+            return apply_updates(params, updates), opt_state, loss
 
         @jax.jit
         def step(params, opt_state, key, p, imp):

@@ -97,7 +97,8 @@ def measure(wl, names, device, rounds, triton_steps, log) -> dict:
             peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
             built[name] = (prov, max(1, math.ceil(0.05 / max(single, 1e-6))))
             out[name] = {"peak_memory_bytes": peak, "resident_bytes_before": base if peak is not None else None,
-                         "precision": providers.PRECISION[name], "steps_per_call": prov.steps_per_call}
+                         "precision": providers.PRECISION[name], "steps_per_call": prov.steps_per_call,
+                         "optimizer": getattr(prov, "optimizer", "engine.reference.adam_update (AdamW)")}
             if name == "jax":
                 out[name]["peak_memory_bytes"] = None  # JAX's allocator is not torch's; not comparable
         except Exception as e:  # a peer that cannot run this workload here is recorded, not fatal

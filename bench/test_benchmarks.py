@@ -87,3 +87,21 @@ def test_suite_refuses_to_time_a_cpu_as_a_result():
         pytest.skip("GPU present")
     with pytest.raises(SystemExit):
         suite.main([])
+
+
+def test_plain_jax_adamw_matches_optax():
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    import numpy as np
+    from engine import TrainSpec
+
+    tr = TrainSpec()
+    ref = optax.adamw(tr.lr, b1=tr.beta1, b2=tr.beta2, eps=tr.eps, weight_decay=tr.weight_decay)
+    ours = providers._jax_adamw(tr)
+    p = jax.numpy.linspace(-1.0, 1.0, 5)
+    s1, s2 = ref.init(p), ours.init(p)
+    for k in range(5):
+        g = jax.numpy.sin(p * (k + 1))
+        u1, s1 = ref.update(g, s1, p)
+        u2, s2 = ours.update(g, s2, p)
+        assert np.allclose(np.asarray(u1), np.asarray(u2), rtol=1e-5, atol=1e-9)
