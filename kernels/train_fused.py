@@ -26,7 +26,7 @@ from .sampling import feature_tile
 MAX_PARAMS_PER_PROGRAM = 4096
 # Padded m x n above which the products use tl.dot (the (P, BB, MP, NP) temporary gets too big).
 DOT_THRESHOLD = 2048
-# Largest padded m x n at all: W and dW in registers, 128 registers per thread each at 16 warps.
+# Largest padded m x n at all: W and dW in registers, 128 registers per thread together at 16 warps.
 MAX_ELEMS_WITH_DOT = 32768
 # Target size of the (P, BB, MP, NP) product tile; bounds the live temporaries per program.
 TILE_ELEMS = 4096
@@ -47,7 +47,7 @@ def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, beta1, beta
 
 
 @triton.jit
-def _train_small_kernel(
+def _train_fused_kernel(
     W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr,
     p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
     K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
@@ -226,7 +226,7 @@ def train_steps(state: dict, p: torch.Tensor, imp: torch.Tensor, sched: torch.Te
     cfg = tile_config(n, m, batch, pack, rows, use_dot, adam_in_registers)
     if hist is None:
         hist = loss_acc  # never written when hist_every == 0
-    _train_small_kernel[(triton.cdiv(K, cfg.P),)](
+    _train_fused_kernel[(triton.cdiv(K, cfg.P),)](
         W, state["b"], state["mW"], state["vW"], state["mb"], state["vb"],
         p, imp, sched, loss_acc, hist,
         K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
