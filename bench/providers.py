@@ -17,7 +17,6 @@ import torch
 
 from engine import ModelSpec, TrainSpec, reference
 from engine import torch_backend
-from engine import triton_backend as tb
 
 PROVIDERS = ("eager", "compile", "jax", "triton-fp32", "triton-tf32")
 PRECISION = {"eager": "fp32 (ieee)", "compile": "fp32 (ieee)", "jax": "JAX default (TF32 on H100/H200)",
@@ -175,6 +174,9 @@ class Triton:
     """The fused kernel, ``steps_per_call`` steps per launch (the engine runs 500 per launch)."""
 
     def __init__(self, wl, device, precision, steps_per_call):
+        from engine import triton_backend as tb  # needs triton; imported only for this provider
+
+        self.tb = tb
         p, imp = wl.arrays()
         self.model = ModelSpec(wl.n, wl.m)
         self.train = TrainSpec(batch_size=wl.batch, steps=10_000, precision=precision)
@@ -189,7 +191,7 @@ class Triton:
     def run(self):
         # Cycle through the first steps of the schedule; the cost does not depend on t.
         t0 = self.t % (self.train.steps - self.steps_per_call)
-        tb.run_steps(self.model, self.train, self.state, self.p, self.imp, 0, t0, self.steps_per_call, self.loss,
+        self.tb.run_steps(self.model, self.train, self.state, self.p, self.imp, 0, t0, self.steps_per_call, self.loss,
                      sched=self.sched)
         self.t += self.steps_per_call
         return self.loss
