@@ -6,13 +6,14 @@ on CPU, and weight initialisation is identical on every backend and independent 
 instances are split into chunks.
 
 Counter layout of one Philox call (4 x uint32 out):
-    c0 = row * ceil(n/4) + feature_block     (position inside one instance's batch)
+    c0 = position inside one instance's batch (below)
     c1 = step                                (0-based training step)
     c2 = instance (global index, low 32 bits)
     c3 = stream (0 = training data, 1 = initialisation)
     key = seed (low and high 32 bits)
-Output word ``lane`` of block ``j`` serves feature ``4 j + lane``. No counter is shared across
-instances, so nothing overflows however many instances or steps there are.
+n >= 3: c0 = row * ceil(n/4) + f // 4 and word f % 4 serves feature f (a call per row);
+n <= 2: c0 = (row * n + f) // 4 and word (row * n + f) % 4 (a call serves 4/n rows, no draw wasted).
+No counter is shared across instances, so nothing overflows however many instances or steps.
 """
 from __future__ import annotations
 
@@ -62,17 +63,21 @@ def uint_to_uniform(x: torch.Tensor) -> torch.Tensor:
 
 
 def uniforms(seed: int, instances: torch.Tensor, step: int, rows: int, n: int, stream: int = STREAM_DATA):
-    """Uniforms u of shape (K, rows, n) for the given global instance ids (K,) and one step.
-
-    u[k, r, f] uses counter (r * ceil(n/4) + f // 4, step, instances[k], stream), word f % 4.
-    """
-    n4 = math.ceil(n / 4)
+    """Uniforms u of shape (K, rows, n) for the given global instance ids (K,) and one step,
+    in the counter layout above."""
     inst = torch.as_tensor(instances, dtype=torch.int64).reshape(-1, 1, 1)
-    r = torch.arange(rows, dtype=torch.int64).reshape(1, -1, 1)
-    j = torch.arange(n4, dtype=torch.int64).reshape(1, 1, -1)
-    words = philox4x32(r * n4 + j, torch.tensor(step & _MASK), inst & _MASK, torch.tensor(stream), seed)
-    u = torch.stack([uint_to_uniform(w) for w in words], dim=-1)  # (K, rows, n4, 4)
-    return u.reshape(u.shape[0], rows, n4 * 4)[:, :, :n]
+    if n <= 2:
+        calls = math.ceil(rows * n / 4)
+        c0 = torch.arange(calls, dtype=torch.int64).reshape(1, -1, 1)
+    else:
+        n4 = math.ceil(n / 4)
+        c0 = (torch.arange(rows, dtype=torch.int64).reshape(-1, 1) * n4 + torch.arange(n4)).reshape(1, -1, 1)
+    words = philox4x32(c0, torch.tensor(step & _MASK), inst & _MASK, torch.tensor(stream), seed)
+    u = torch.cat([uint_to_uniform(w) for w in words], dim=-1)  # (K, calls, 4): words in order
+    K = u.shape[0]
+    if n <= 2:
+        return u.reshape(K, -1)[:, : rows * n].reshape(K, rows, n)
+    return u.reshape(K, rows, -1)[:, :, :n]
 
 
 def normals(seed: int, instances: torch.Tensor, rows: int, n: int) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """On-chip sparse feature sampling, and a kernel that writes the very batch the trainer draws.
 
 Counter layout (the same as engine/rng.py, which is its bit-exact torch twin): for instance k,
-0-based step t, batch row r and feature f, one Philox4x32-10 call with
-    counters (r * ceil(n/4) + f // 4, t, k, 0), key = seed (low, high 32 bits)
-and output word f % 4. The uniform is the word's top 24 bits / 2^24; the feature is active iff
-u < p_f, and its value is then u / p_f (IEEE division, so CPU and GPU agree bit for bit).
+0-based step t, batch row r and feature f, one Philox4x32-10 call with counters (c0, t, k, 0),
+key = seed (low, high 32 bits), and one of its four output words:
+    n >= 3:  c0 = r * ceil(n/4) + f // 4, word f % 4          (a call serves one row)
+    n <= 2:  c0 = (r * n + f) // 4,        word (r * n + f) % 4 (a call serves 4/n rows)
+so no draw is wasted for n = 1, 2 or any multiple of 4. The uniform is the word's top 24 bits /
+2^24; the feature is active iff u < p_f, and its value is then u / p_f (IEEE division, so CPU and
+GPU agree bit for bit).
 """
 import torch
 import triton
@@ -18,38 +21,37 @@ def _to_uniform(w):
 
 
 @triton.jit
-def uniform_tile(seed, inst, step, rows, n4, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
-    """Uniforms (P, BB, NP) for instances ``inst`` (P,) uint32, batch ``rows`` (BB,) and features 0..NP-1.
+def uniform_tile(seed, inst, step, r0, n4, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
+    """Uniforms (P, BB, NP) for instances ``inst`` (P,) uint32, batch rows r0 .. r0+BB-1 and
+    features 0..NP-1 (NP = n padded to a power of two; n <= 2 means NP = n exactly).
 
-    NP >= 4: one Philox call per 4 features, the four words interleaved back into feature order
-    (no draw wasted). NP < 4 (n = 1, 2, 3): one call per row, word f picked for feature f.
+    NP >= 4: one Philox call per row and 4 features; NP in {1, 2}: one call per 4/NP rows.
+    Either way the four words are interleaved back into order, no draw wasted (r0 and BB must
+    be multiples of 4/NP in the second case).
     """
     if NP >= 4:
+        C: tl.constexpr = BB * (NP // 4)  # calls per tile and instance
+        rows = r0 + tl.arange(0, BB)
         j = tl.arange(0, NP // 4)
-        c0 = (rows[None, :, None] * n4 + j[None, None, :]).to(tl.uint32)
-        c0 = tl.broadcast_to(c0, (P, BB, NP // 4))
-        c2 = tl.broadcast_to(inst[:, None, None], (P, BB, NP // 4))
-        c1 = (tl.zeros((P, BB, NP // 4), tl.int32) + step).to(tl.uint32)
-        c3 = tl.zeros((P, BB, NP // 4), tl.uint32)
-        o0, o1, o2, o3 = tl.philox(seed, c0, c1, c2, c3)
-        # join(join(o0, o2), join(o1, o3))[..., i, c] is word 2 i + c, so the flat order is o0 o1 o2 o3.
-        w = tl.join(tl.join(o0, o2), tl.join(o1, o3))
-        w = tl.reshape(w, (P, BB, NP))
+        c0 = tl.reshape(rows[:, None] * n4 + j[None, :], (C,))
     else:
-        c0 = tl.broadcast_to((rows[None, :, None] * n4).to(tl.uint32), (P, BB, 1))
-        c2 = tl.broadcast_to(inst[:, None, None], (P, BB, 1))
-        c1 = (tl.zeros((P, BB, 1), tl.int32) + step).to(tl.uint32)
-        c3 = tl.zeros((P, BB, 1), tl.uint32)
-        o0, o1, o2, o3 = tl.philox(seed, c0, c1, c2, c3)
-        f = tl.arange(0, NP)[None, None, :]
-        w = tl.where(f == 0, o0, tl.where(f == 1, o1, tl.where(f == 2, o2, o3)))
+        C: tl.constexpr = BB * NP // 4
+        c0 = r0 * NP // 4 + tl.arange(0, C)
+    c0 = tl.broadcast_to(c0.to(tl.uint32)[None, :], (P, C))
+    c2 = tl.broadcast_to(inst[:, None], (P, C))
+    c1 = (tl.zeros((P, C), tl.int32) + step).to(tl.uint32)
+    c3 = tl.zeros((P, C), tl.uint32)
+    o0, o1, o2, o3 = tl.philox(seed, c0, c1, c2, c3)
+    # join(join(o0, o2), join(o1, o3))[..., i, c] is word 2 i + c, so the flat order is o0 o1 o2 o3.
+    w = tl.reshape(tl.join(tl.join(o0, o2), tl.join(o1, o3)), (P, BB, NP))
     return _to_uniform(w)
 
 
 @triton.jit
-def feature_tile(seed, inst, step, rows, n4, prob, valid, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
-    """Sparse features x (P, BB, NP): U[0,1) with probability ``prob`` (P, 1, NP), else 0; 0 where not ``valid``."""
-    u = uniform_tile(seed, inst, step, rows, n4, P, BB, NP)
+def feature_tile(seed, inst, step, r0, n4, prob, valid, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
+    """Sparse features x (P, BB, NP) of rows r0..r0+BB-1: U[0,1) with probability ``prob``
+    (P, 1, NP), else 0; 0 where not ``valid``."""
+    u = uniform_tile(seed, inst, step, r0, n4, P, BB, NP)
     return tl.where((u < prob) & valid, tl.div_rn(u, prob), 0.0)
 
 
@@ -62,7 +64,8 @@ def _sample_kernel(x_ptr, p_ptr, K, n, batch, first_instance, step, seed,
     Grid: (cdiv(K, P), cdiv(batch, BB)).
     """
     pid = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    r0 = tl.program_id(1) * BB
+    rows = r0 + tl.arange(0, BB)
     ip = pid * P + tl.arange(0, P)
     f = tl.arange(0, NP)
     ok_i = ip < K
@@ -70,7 +73,7 @@ def _sample_kernel(x_ptr, p_ptr, K, n, batch, first_instance, step, seed,
     prob = tl.load(p_ptr + ip[:, None] * n + f[None, :], mask=pf_mask, other=1.0)[:, None, :]
     valid = pf_mask[:, None, :] & (rows[None, :, None] < batch)
     inst = (first_instance + ip).to(tl.uint32)
-    x = feature_tile(seed, inst, step, rows, (n + 3) // 4, prob, valid, P, BB, NP)
+    x = feature_tile(seed, inst, step, r0, (n + 3) // 4, prob, valid, P, BB, NP)
     offs = ip[:, None, None] * batch * n + rows[None, :, None].to(tl.int64) * n + f[None, None, :]
     tl.store(x_ptr + offs, x, mask=valid)
 
@@ -84,7 +87,7 @@ def sample_batch(p: torch.Tensor, batch: int, step: int, seed: int, first_instan
     K, n = p.shape
     x = torch.empty(K, batch, n, device=p.device, dtype=torch.float32)
     NP = triton.next_power_of_2(n)
-    BB = min(64, triton.next_power_of_2(batch))
+    BB = max(4, min(64, triton.next_power_of_2(batch)))  # >= 4: n <= 2 draws 4/n rows per call
     P = max(1, min(16, 1024 // (BB * NP)))
     _sample_kernel[(triton.cdiv(K, P), triton.cdiv(batch, BB))](x, p, K, n, batch, first_instance, step, seed,
                                                                  P=P, BB=BB, NP=NP)

@@ -102,7 +102,7 @@ def _train_fused_kernel(
         for r0 in range(0, batch, BB):
             rows = r0 + tl.arange(0, BB)
             valid = pf_mask[:, None, :] & (rows[None, :, None] < batch)
-            x = feature_tile(seed, inst, t, rows, n4, prob, valid, P, BB, NP)           # (P, BB, NP)
+            x = feature_tile(seed, inst, t, r0, n4, prob, valid, P, BB, NP)             # (P, BB, NP)
             if USE_DOT:
                 Wt = tl.trans(W, (0, 2, 1))                                              # (P, NP, MP)
                 h = tl.dot(x, Wt, input_precision=PRECISION)                             # (P, BB, MP)
@@ -193,7 +193,7 @@ def tile_config(n: int, m: int, batch: int, pack: int | None = None, rows: int |
         BB = rows or max(16, min(64, TILE_ELEMS * 4 // (P * NP)))
     else:
         P = pack or max(1, min(64, (MAX_PARAMS_PER_PROGRAM // 4) // (NP * MP)))
-        BB = rows or max(1, min(64, triton.next_power_of_2(batch), TILE_ELEMS // (P * NP * MP)))
+        BB = rows or max(4, min(64, triton.next_power_of_2(batch), TILE_ELEMS // (P * NP * MP)))  # >= 4: see sampling
     params = P * NP * MP
     if adam_in_registers is None:
         adam_in_registers = params <= MAX_PARAMS_PER_PROGRAM

@@ -21,9 +21,10 @@ def rel(a, b):
     return ((a.double().cpu() - b.cpu()).norm() / b.cpu().norm().clamp_min(1e-300)).item()
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 20, 33])
-def test_sampler_is_bit_exact_with_the_torch_philox_twin(n):
-    K, B, step, seed, first = 3, 37, 11, 2**40 + 5, 1000
+@pytest.mark.parametrize("n, B", [(1, 37), (2, 37), (3, 37), (4, 37), (5, 37), (20, 37), (33, 37), (1, 150), (2, 150),
+                                  (3, 150)])
+def test_sampler_is_bit_exact_with_the_torch_philox_twin(n, B):
+    K, step, seed, first = 3, 11, 2**40 + 5, 1000
     p = torch.rand(K, n, generator=torch.Generator().manual_seed(n)) * 0.9 + 0.05
     x = sample_batch(p.to(DEVICE), B, step, seed, first).cpu()
     u = rng.uniforms(seed, torch.arange(first, first + K), step, B, n)
@@ -85,6 +86,8 @@ def test_one_step_matches_float64_reference(n, m):
     (3, 2, 5, dict(pack=4, adam_in_registers=False)),                    # Adam moments in memory
     (33, 7, 2, dict(pack=1, use_dot=True, adam_in_registers=False)),
     (400, 30, 2, {}),                                                    # the uniform workload's shape
+    (2, 1, 3, dict(pack=2, rows=4)),                                     # many row tiles, 2 rows per Philox call
+    (1, 1, 5, dict(pack=4, rows=8)),                                     # 4 rows per Philox call
 ])
 def test_one_step_on_each_kernel_path(n, m, K, tile):
     pack = tile.pop("pack", None)
