@@ -31,6 +31,10 @@ from ..store import RunDir, write_json, write_parquet, write_tensors
 from ..train import default_chunk_size, plan_chunks
 
 NAME = "phase-diagram"
+# Written into spec.json. Bump it with any change that alters what a given spec trains (RNG
+# layout, initialisation, optimiser), so a run directory made by older code is not silently
+# resumed with newer chunks mixed in.
+RESULTS_FORMAT = 1
 
 PRESETS = {
     # Fits 2 CPU cores in about a minute or two (n=2) and already shows the phase change.
@@ -98,11 +102,11 @@ class PhaseDiagramSpec:
         return d, r
 
     def to_dict(self) -> dict:
-        return {"experiment": NAME, **dataclasses.asdict(self)}
+        return {"experiment": NAME, "results_format": RESULTS_FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PhaseDiagramSpec":
-        return cls(**{k: v for k, v in d.items() if k != "experiment"})
+        return cls(**{k: v for k, v in d.items() if k not in ("experiment", "results_format")})
 
 
 def instance_table(spec: PhaseDiagramSpec) -> dict:
