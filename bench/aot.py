@@ -1,67 +1,76 @@
-"""Compile the fused kernel for a GPU architecture without a GPU, and report its resources:
-``python -m bench.aot [--arch 90]``. Uses triton's bundled LLVM and ptxas, so it runs on a CPU-only
-machine: it catches compile errors and shows registers, local (spill) memory and shared memory per layout
-(H100/H200 allow 227 KiB of shared memory per block, 255 registers per thread).
+"""Compile the training kernels for a GPU architecture without a GPU, and report their resources:
+``python -m bench.aot`` (default layouts) or ``python -m bench.aot --sweep 20,5`` (layout variants).
+
+Uses triton's bundled LLVM, ptxas and cuobjdump, so it runs on a CPU-only machine: it catches
+compile errors and shows registers per thread, spilled bytes (stack + local memory) and shared
+memory per layout. H100/H200: at most 227 KiB shared memory per block, 64K registers per SM.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import re
 import subprocess
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # noqa: E402 (must precede the triton import)
+os.environ.pop("TRITON_INTERPRET", None)  # must precede the triton import
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import train_fused  # noqa: E402
+from kernels import train_blocked, train_fused  # noqa: E402
+from kernels.layout import tile_config  # noqa: E402
 
 SHAPES = [(1, 1), (2, 1), (3, 2), (5, 2), (20, 5), (33, 7), (64, 64), (400, 30), (512, 8), (512, 64)]
 SHARED_LIMIT = 227 * 1024
+_SCALARS_I32 = ("K", "n", "m", "batch", "first_instance", "step0", "n_steps", "window_start", "hist_every")
+_SCALARS_F32 = ("wd", "beta1", "beta2", "eps", "inv_bn")
 
 
-def signature(cfg: train_fused.TileConfig, precision: str):
-    fn = train_fused._train_fused_kernel
-    sig = {a: "*fp32" for a in fn.arg_names[:11]}
-    sig.update({a: "i32" for a in ("K", "n", "m", "batch", "first_instance", "step0", "n_steps", "window_start",
-                                   "hist_every")})
+def _source(cfg, precision: str) -> ASTSource:
+    fn = train_fused._train_fused_kernel if cfg.path == "fused" else train_blocked._train_blocked_kernel
+    n_ptrs = fn.arg_names.index("K")
+    sig = {a: "*fp32" for a in fn.arg_names[:n_ptrs]}
+    sig.update({a: "i32" for a in _SCALARS_I32})
     sig["seed"] = "i64"
-    sig.update({a: "fp32" for a in ("wd", "beta1", "beta2", "eps", "inv_bn")})
-    const = dict(P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=True, DECOUPLED=True, USE_DOT=cfg.use_dot,
-                 PRECISION=precision, ADAM_IN_REGISTERS=cfg.adam_in_registers)
+    sig.update({a: "fp32" for a in _SCALARS_F32})
+    if cfg.path == "fused":
+        const = dict(P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=True, DECOUPLED=True,
+                     ADAM_IN_REGISTERS=cfg.adam_in_registers)
+    else:
+        const = dict(BB=cfg.BB, NB=cfg.NB, MP=cfg.MP, RELU=True, DECOUPLED=True,
+                     PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot)
     sig.update({k: "constexpr" for k in const})
-    return sig, const
+    return ASTSource(fn, sig, const)
 
 
 def resource_usage(cubin: bytes) -> dict:
-    """Registers per thread, local-memory (spill) bytes and static shared memory, read from the
-    cubin by the cuobjdump that ships with triton."""
+    """Registers per thread and spilled bytes (stack + local), read by triton's cuobjdump."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.cubin"
         path.write_bytes(cubin)
         text = subprocess.run([str(tool), "--dump-resource-usage", str(path)], capture_output=True, text=True).stdout
     found = dict(re.findall(r"(REG|LOCAL|STACK):(\d+)", text))
-    # Spilled registers show up as stack (STACK) or local (LOCAL) bytes; either is slow.
     return {"registers": int(found["REG"]) if "REG" in found else None,
             "spill_bytes": int(found.get("STACK", 0)) + int(found.get("LOCAL", 0))}
 
 
-def report(n, m, precision="ieee", arch=90, **overrides) -> dict:
-    cfg = train_fused.tile_config(n, m, 1024, **overrides)
-    sig, const = signature(cfg, precision)
-    row = {"n": n, "m": m, "precision": precision, **cfg.__dict__}
+def report(cfg, precision: str = "fp32", arch: int = 90) -> dict:
+    row = {"precision": precision, **asdict(cfg)}
     try:
-        k = triton.compile(ASTSource(train_fused._train_fused_kernel, sig, const), target=GPUTarget("cuda", arch, 32),
+        k = triton.compile(_source(cfg, precision), target=GPUTarget("cuda", arch, 32),
                            options={"num_warps": cfg.num_warps})
-        row["shared_bytes"] = k.metadata.shared
-        row["fits_shared"] = k.metadata.shared <= SHARED_LIMIT
         row.update(resource_usage(k.asm["cubin"]))
-        row["blocks_per_sm_by_registers"] = 65536 // max(1, row["registers"] * 32 * cfg.num_warps) if row["registers"] else None
+        row["shared_bytes"] = k.metadata.shared
+        row["fits"] = k.metadata.shared <= SHARED_LIMIT and row["registers"] is not None
+        row["warps_per_sm"] = cfg.num_warps * min(65536 // (row["registers"] * 32 * cfg.num_warps),
+                                                  (228 * 1024) // max(1, k.metadata.shared), 32)
     except Exception as e:  # report, do not stop: the point is to see every layout
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return row
@@ -70,10 +79,25 @@ def report(n, m, precision="ieee", arch=90, **overrides) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.aot")
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--sweep", default=None, help="n,m: compile layout variants of that shape")
     args = ap.parse_args(argv)
+    if args.sweep:
+        n, m = map(int, args.sweep.split(","))
+        base = tile_config(n, m, 1024)
+        if base.path == "fused":
+            grid = [dict(P=P, BB=BB, num_warps=w) for P, BB, w in itertools.product((4, 16, 64), (4, 16, 32), (1, 2, 4))]
+        else:
+            grid = [dict(BB=BB, NB=NB, num_warps=w) for BB, NB, w in itertools.product((16, 32, 64), (16, 32, 64), (2, 4, 8))]
+        for over in grid:
+            for precision in (("fp32", "tf32") if base.path == "blocked" else ("fp32",)):
+                print(json.dumps({"n": n, "m": m, **report(replace(base, **over), precision, args.arch)}), flush=True)
+        return
     for n, m in SHAPES:
-        for precision in (("ieee", "tf32") if train_fused.tile_config(n, m, 1024).use_dot else ("ieee",)):
-            print(report(n, m, precision, args.arch), flush=True)
+        for precision in ("fp32", "tf32"):
+            cfg = tile_config(n, m, 1024, precision)
+            if precision == "tf32" and cfg.path == "fused":
+                continue
+            print(json.dumps({"n": n, "m": m, **report(cfg, precision, args.arch)}), flush=True)
 
 
 if __name__ == "__main__":

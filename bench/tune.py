@@ -1,9 +1,10 @@
-"""Time layout variants of the fused kernel on one GPU: ``python -m bench.tune [--out DIR]``.
+"""Time layout variants of the training kernels on one GPU: ``python -m bench.tune [--out DIR]``.
 
-For each workload, every candidate (instances per program P, rows per tile BB, tl.dot or not,
-warps) is first checked against the float64 reference for one step (norm-wise gradient error),
-then timed over ``--steps`` fused steps. Prints a table and writes tune.json to --out; the
-default configuration (kernels/train_fused.tile_config) is marked so a better one is visible.
+For each workload, every candidate layout (kernels.layout.TileConfig fields: path, instances
+per program P, rows BB, feature block NB, warps, fp32 dot precision) is first checked against
+the float64 reference for one step (norm-wise relative error of the W gradient), then timed
+over ``--steps`` fused steps at fp32 and, on the blocked path, tf32. Prints one JSON line per
+variant and writes tune.json to --out; the default layout is marked, so a better one is visible.
 """
 from __future__ import annotations
 
@@ -11,56 +12,56 @@ import argparse
 import itertools
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from engine import ModelSpec, TrainSpec, reference
 from engine import triton_backend as tb
-from kernels import train_fused
+from kernels.layout import tile_config
 from kernels.sampling import sample_batch
 
 from .workloads import WORKLOADS
 
 
 def candidates(n, m):
-    NP, MP = max(1, n), max(1, m)
-    small = NP * MP <= train_fused.DOT_THRESHOLD
-    packs = (1, 4, 16, 32, 64) if small else (1,)
-    for P, BB, warps, dot in itertools.product(packs, (8, 16, 32, 64), (1, 2, 4, 8), (False, True)):
-        if dot and BB < 16:
-            continue
-        if not small and not dot:
-            continue
-        yield dict(pack=P, rows=BB, num_warps=warps, use_dot=dot)
+    """Layout overrides worth timing for an (n, m) model (the default comes first, separately)."""
+    if tile_config(n, m, 1024).path == "fused":
+        for P, BB, w in itertools.product((4, 16, 32, 64), (4, 8, 16, 32), (1, 2, 4)):
+            yield dict(path="fused", P=P, BB=BB, num_warps=w)
+    if n >= 16:
+        for BB, NB, w, dot in itertools.product((16, 32, 64), (16, 32, 64), (2, 4, 8), ("ieee", "tf32x3")):
+            yield dict(path="blocked", P=1, BB=BB, NB=NB, num_warps=w, fp32_dot=dot, MP=max(16, tile_config(n, m, 1024).MP))
 
 
-def check(wl, tile) -> float:
-    """Norm-wise relative error of one step's W gradient against float64, on 64 instances."""
+def check(wl, layout) -> float:
+    """Norm-wise relative error of one step's W gradient against float64, on up to 64 instances."""
     K = min(wl.K, 64)
     model, train = ModelSpec(wl.n, wl.m), TrainSpec(batch_size=wl.batch)
     p, imp = (torch.as_tensor(a[:K], device="cuda") for a in wl.arrays())
     st = tb.new_state(model, train, 0, K, "cuda")
     W0, b0 = st["W"].double().cpu(), st["b"].double().cpu()
-    tb.run_steps(model, train, st, p, imp, 0, 0, 1, torch.zeros(K, device="cuda"), **tile)
+    tb.run_steps(model, train, st, p, imp, 0, 0, 1, torch.zeros(K, device="cuda"), **layout)
     x = sample_batch(p, wl.batch, 0, train.seed).double().cpu()
     _, dW, _ = reference.loss_and_grads(W0, b0, x, imp.double().cpu(), model.variant)
     got = st["mW"].double().cpu() / (1 - train.beta1)
     return ((got - dW).norm() / dW.norm()).item()
 
 
-def time_variant(wl, tile, steps, precision="fp32") -> float:
+def time_layout(wl, layout, steps, precision="fp32") -> float:
+    """Best of 3 timings, ms per step for all K instances."""
     model, train = ModelSpec(wl.n, wl.m), TrainSpec(batch_size=wl.batch, precision=precision)
     p, imp = (torch.as_tensor(a, device="cuda") for a in wl.arrays())
     st = tb.new_state(model, train, 0, wl.K, "cuda")
     sched = tb.schedule_table(train, "cuda")
     loss = torch.zeros(wl.K, device="cuda")
-    tb.run_steps(model, train, st, p, imp, 0, 0, 2, loss, sched=sched, **tile)  # compile + warm
+    tb.run_steps(model, train, st, p, imp, 0, 0, 2, loss, sched=sched, **layout)  # compile + warm up
     torch.cuda.synchronize()
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        tb.run_steps(model, train, st, p, imp, 0, 0, steps, loss, sched=sched, **tile)
+        tb.run_steps(model, train, st, p, imp, 0, 0, steps, loss, sched=sched, **layout)
         torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - t0) / steps)
     return best * 1e3
@@ -69,24 +70,23 @@ def time_variant(wl, tile, steps, precision="fp32") -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.tune")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--max-variants", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--max-variants", type=int, default=30, help="per workload, after the default")
     ap.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args(argv)
     rows = []
     for name in args.workloads.split(","):
         wl = WORKLOADS[name]
-        d = train_fused.tile_config(wl.n, wl.m, wl.batch)
-        default = dict(pack=d.P, rows=d.BB, num_warps=d.num_warps, use_dot=d.use_dot)
-        variants = [default] + [c for c in candidates(wl.n, wl.m) if c != default][: args.max_variants]
-        for tile in variants:
-            row = {"workload": name, **tile, "default": tile == default}
+        default = {k: v for k, v in asdict(tile_config(wl.n, wl.m, wl.batch)).items()}
+        variants = [default] + list(candidates(wl.n, wl.m))[: args.max_variants]
+        for layout in variants:
+            row = {"workload": name, **layout, "default": layout is default}
             try:
-                row["grad_rel_err"] = check(wl, tile)
-                row["ms_per_step"] = time_variant(wl, tile, args.steps)
-                if tile.get("use_dot"):
-                    row["ms_per_step_tf32"] = time_variant(wl, tile, args.steps, "tf32")
-            except Exception as e:  # a variant that does not compile is reported, not fatal
+                row["grad_rel_err"] = check(wl, layout)
+                row["ms_per_step"] = time_layout(wl, layout, args.steps)
+                if layout.get("path") == "blocked":
+                    row["ms_per_step_tf32"] = time_layout(wl, layout, args.steps, "tf32")
+            except Exception as e:  # a variant that does not compile or launch is reported, not fatal
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from kernels import train_fused
+from kernels import layout
+from kernels.train import train_steps
 from . import reference
 from .checkpoint import Checkpoint, next_step, step_tensor
 from .errors import UnsupportedShape
@@ -21,7 +22,7 @@ STEPS_PER_LAUNCH = 500
 
 
 def check_supported(model: ModelSpec, train: TrainSpec) -> None:
-    reason = train_fused.supported(model.n_features, model.n_hidden)
+    reason = layout.supported(model.n_features, model.n_hidden)
     if reason:
         raise UnsupportedShape(reason)
 
@@ -49,7 +50,7 @@ def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_ins
               n_steps: int, loss_acc, hist=None, history_every: int = 0, sched=None, **tile) -> None:
     """Advance ``state`` by steps [step0, step0 + n_steps) in one launch (used by tests and bench)."""
     sched = schedule_table(train, p.device) if sched is None else sched
-    train_fused.train_steps(
+    train_steps(
         state, p, imp, sched, loss_acc, hist, batch=train.batch_size, first_instance=first_instance,
         step0=step0, n_steps=n_steps, window_start=train.steps - train.loss_window, hist_every=history_every,
         seed=train.seed, weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2, eps=train.eps,

@@ -21,9 +21,10 @@ def _to_uniform(w):
 
 
 @triton.jit
-def uniform_tile(seed, inst, step, r0, n4, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
+def uniform_tile(seed, inst, step, r0, n4, f0, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
     """Uniforms (P, BB, NP) for instances ``inst`` (P,) uint32, batch rows r0 .. r0+BB-1 and
-    features 0..NP-1 (NP = n padded to a power of two; n <= 2 means NP = n exactly).
+    features f0 .. f0+NP-1 (f0 a multiple of 4, 0 unless the caller works in feature blocks;
+    NP a power of two; n <= 2 means f0 = 0 and NP = n exactly).
 
     NP >= 4: one Philox call per row and 4 features; NP in {1, 2}: one call per 4/NP rows.
     Either way the four words are interleaved back into order, no draw wasted (r0 and BB must
@@ -32,7 +33,7 @@ def uniform_tile(seed, inst, step, r0, n4, P: tl.constexpr, BB: tl.constexpr, NP
     if NP >= 4:
         C: tl.constexpr = BB * (NP // 4)  # calls per tile and instance
         rows = r0 + tl.arange(0, BB)
-        j = tl.arange(0, NP // 4)
+        j = f0 // 4 + tl.arange(0, NP // 4)
         c0 = tl.reshape(rows[:, None] * n4 + j[None, :], (C,))
     else:
         C: tl.constexpr = BB * NP // 4
@@ -48,10 +49,10 @@ def uniform_tile(seed, inst, step, r0, n4, P: tl.constexpr, BB: tl.constexpr, NP
 
 
 @triton.jit
-def feature_tile(seed, inst, step, r0, n4, prob, valid, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
-    """Sparse features x (P, BB, NP) of rows r0..r0+BB-1: U[0,1) with probability ``prob``
-    (P, 1, NP), else 0; 0 where not ``valid``."""
-    u = uniform_tile(seed, inst, step, r0, n4, P, BB, NP)
+def feature_tile(seed, inst, step, r0, n4, f0, prob, valid, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
+    """Sparse features x (P, BB, NP) of rows r0..r0+BB-1 and features f0..f0+NP-1: U[0,1) with
+    probability ``prob`` (P, 1, NP), else 0; 0 where not ``valid``."""
+    u = uniform_tile(seed, inst, step, r0, n4, f0, P, BB, NP)
     return tl.where((u < prob) & valid, tl.div_rn(u, prob), 0.0)
 
 
@@ -73,7 +74,7 @@ def _sample_kernel(x_ptr, p_ptr, K, n, batch, first_instance, step, seed,
     prob = tl.load(p_ptr + ip[:, None] * n + f[None, :], mask=pf_mask, other=1.0)[:, None, :]
     valid = pf_mask[:, None, :] & (rows[None, :, None] < batch)
     inst = (first_instance + ip).to(tl.uint32)
-    x = feature_tile(seed, inst, step, r0, (n + 3) // 4, prob, valid, P, BB, NP)
+    x = feature_tile(seed, inst, step, r0, (n + 3) // 4, 0, prob, valid, P, BB, NP)
     offs = ip[:, None, None] * batch * n + rows[None, :, None].to(tl.int64) * n + f[None, None, :]
     tl.store(x_ptr + offs, x, mask=valid)
 

@@ -1,4 +1,4 @@
-"""Fused training of tied toy models, parameters (and for small models Adam state) in registers.
+"""Fused training of small tied toy models, parameters (and Adam state) in registers.
 
 One program trains P instances (P > 1 packs tiny models so a 2-feature model does not leave a
 vector 94% empty) for ``n_steps`` steps in one launch. Per step and batch tile of BB rows:
@@ -9,41 +9,15 @@ end of the launch so the host can report progress, record history and checkpoint
 
 Shapes (P instances, BB rows, NP >= n and MP >= m, powers of two):
     W, dW, Adam moments  (P, MP, NP)      x, z, dz  (P, BB, NP)      h, dh  (P, BB, MP)
-Small models: products are broadcast-multiply-reduce over (P, BB, MP, NP), every FLOP useful
+Products are broadcast-multiply-reduce over (P, BB, MP, NP): every FLOP is useful work
 (10 B n m per instance-step), no Gram-matrix detour, no padding to tl.dot minimums. Larger
-models (e.g. n=400, m=30): batched tl.dot, one instance per program, Adam moments in memory.
+models go to kernels/train_blocked.py.
 """
-from dataclasses import dataclass
-
-import torch
 import triton
 import triton.language as tl
 
+from .adam import adam
 from .sampling import feature_tile
-
-# Largest P * MP * NP (parameter elements per program) whose Adam moments stay in registers:
-# W, dW and two moments at 4096 elements are 128 registers per thread at 4 warps.
-MAX_PARAMS_PER_PROGRAM = 4096
-# Padded m x n above which the products use tl.dot (the (P, BB, MP, NP) temporary gets too big).
-DOT_THRESHOLD = 2048
-# Largest padded m x n at all: W and dW in registers, 128 registers per thread together at 16 warps.
-MAX_ELEMS_WITH_DOT = 32768
-# Target size of the (P, BB, MP, NP) product tile; bounds the live temporaries per program.
-TILE_ELEMS = 4096
-
-
-@triton.jit
-def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED: tl.constexpr):
-    """One Adam/AdamW update, torch.optim's formula (decay = 1 - lr*wd, step_size = lr / (1 - beta1^t))."""
-    if DECOUPLED:
-        param = param * decay
-    else:
-        grad = grad + wd * param
-    m1 = m1 + (1.0 - beta1) * (grad - m1)
-    m2 = beta2 * m2 + (1.0 - beta2) * grad * grad
-    denom = tl.sqrt_rn(m2) * inv_sqrt_bias2 + eps
-    param = param - step_size * (m1 / denom)
-    return param, m1, m2
 
 
 @triton.jit
@@ -53,8 +27,7 @@ def _train_fused_kernel(
     K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
     seed, wd, beta1, beta2, eps, inv_bn,
     P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr,
-    RELU: tl.constexpr, DECOUPLED: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-    ADAM_IN_REGISTERS: tl.constexpr,
+    RELU: tl.constexpr, DECOUPLED: tl.constexpr, ADAM_IN_REGISTERS: tl.constexpr,
 ):
     """Train instances [pid*P, pid*P + P) for steps [step0, step0 + n_steps).
 
@@ -66,8 +39,6 @@ def _train_fused_kernel(
     hist_ptr: (ceil(total_steps / hist_every), K) float32, row t // hist_every gets the loss of
         step t when t % hist_every == 0 (hist_every = 0: none).
     inv_bn: 1 / (batch * n), the per-instance mean.
-    USE_DOT: the four products as batched tl.dot (PRECISION "ieee" or "tf32") instead of
-        broadcast-multiply-reduce; for models too large for a (P, BB, MP, NP) temporary.
     ADAM_IN_REGISTERS: keep the Adam moments on chip for the whole launch; else they are read
         and written once per step (large models: registers hold only W and dW).
     """
@@ -102,14 +73,9 @@ def _train_fused_kernel(
         for r0 in range(0, batch, BB):
             rows = r0 + tl.arange(0, BB)
             valid = pf_mask[:, None, :] & (rows[None, :, None] < batch)
-            x = feature_tile(seed, inst, t, r0, n4, prob, valid, P, BB, NP)             # (P, BB, NP)
-            if USE_DOT:
-                Wt = tl.trans(W, (0, 2, 1))                                              # (P, NP, MP)
-                h = tl.dot(x, Wt, input_precision=PRECISION)                             # (P, BB, MP)
-                z = tl.dot(h, W, input_precision=PRECISION) + b[:, None, :]              # (P, BB, NP)
-            else:
-                h = tl.sum(x[:, :, None, :] * W[:, None, :, :], axis=3)                 # (P, BB, MP)
-                z = tl.sum(h[:, :, :, None] * W[:, None, :, :], axis=2) + b[:, None, :] # (P, BB, NP)
+            x = feature_tile(seed, inst, t, r0, n4, 0, prob, valid, P, BB, NP)          # (P, BB, NP)
+            h = tl.sum(x[:, :, None, :] * W[:, None, :, :], axis=3)                     # (P, BB, MP)
+            z = tl.sum(h[:, :, :, None] * W[:, None, :, :], axis=2) + b[:, None, :]     # (P, BB, NP)
             if RELU:
                 y = tl.maximum(z, 0.0)
             else:
@@ -121,13 +87,8 @@ def _train_fused_kernel(
             if RELU:
                 dz = tl.where(z > 0.0, dz, 0.0)
             db += tl.sum(dz, axis=1)
-            if USE_DOT:
-                dh = tl.dot(dz, Wt, input_precision=PRECISION)                           # (P, BB, MP)
-                dW += tl.dot(tl.trans(h, (0, 2, 1)), dz, input_precision=PRECISION)
-                dW += tl.dot(tl.trans(dh, (0, 2, 1)), x, input_precision=PRECISION)
-            else:
-                dh = tl.sum(dz[:, :, None, :] * W[:, None, :, :], axis=3)               # (P, BB, MP)
-                dW += tl.sum(h[:, :, :, None] * dz[:, :, None, :] + dh[:, :, :, None] * x[:, :, None, :], axis=1)
+            dh = tl.sum(dz[:, :, None, :] * W[:, None, :, :], axis=3)                   # (P, BB, MP)
+            dW += tl.sum(h[:, :, :, None] * dz[:, :, None, :] + dh[:, :, :, None] * x[:, :, None, :], axis=1)
         loss_t = lsum * inv_bn
         if t >= window_start:
             loss_acc += loss_t
@@ -138,14 +99,14 @@ def _train_fused_kernel(
         step_size = tl.load(sched_ptr + 3 * t + 1)
         inv_sqrt_bias2 = tl.load(sched_ptr + 3 * t + 2)
         if ADAM_IN_REGISTERS:
-            W, mW, vW = _adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+            W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
         else:
             mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
             vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
-            W, mW, vW = _adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+            W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
             tl.store(mW_ptr + w_offs, mW, mask=w_mask)
             tl.store(vW_ptr + w_offs, vW, mask=w_mask)
-        b, mb, vb = _adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
         # Keep padded lanes exactly zero (AdamW decay keeps 0 at 0, but be explicit and cheap).
         W = tl.where(w_mask, W, 0.0)
         b = tl.where(pf_mask, b, 0.0)
@@ -160,77 +121,16 @@ def _train_fused_kernel(
     tl.store(loss_ptr + ip, loss_acc, mask=ok_i)
 
 
-@dataclass(frozen=True)
-class TileConfig:
-    """How one launch is laid out; see tile_config."""
-
-    P: int            # instances per program
-    BB: int           # batch rows per tile
-    NP: int           # n padded to a power of two
-    MP: int           # m padded to a power of two
-    use_dot: bool     # tl.dot products instead of broadcast-reduce
-    adam_in_registers: bool
-    num_warps: int
-
-
-def tile_config(n: int, m: int, batch: int, pack: int | None = None, rows: int | None = None,
-                use_dot: bool | None = None, adam_in_registers: bool | None = None) -> TileConfig:
-    """Choose the layout for an (n, m) model.
-
-    Small models (padded m x n <= DOT_THRESHOLD): broadcast-reduce products, several instances
-    packed per program until it holds about MAX_PARAMS_PER_PROGRAM / 4 parameters (at most 64),
-    rows sized to TILE_ELEMS. Larger ones: one instance per program, tl.dot products with at
-    least 16 rows and 16-wide m (tl.dot's minimum on Hopper), Adam moments in registers only
-    while W, dW, mW, vW fit. ``pack``/``rows``/``use_dot``/``adam_in_registers`` override (tests).
-    """
-    NP = triton.next_power_of_2(n)
-    MP = triton.next_power_of_2(m)
-    if use_dot is None:
-        use_dot = NP * MP > DOT_THRESHOLD
-    if use_dot:
-        NP, MP = max(NP, 16), max(MP, 16)
-        P = pack or 1
-        BB = rows or max(16, min(64, TILE_ELEMS * 4 // (P * NP)))
-    else:
-        P = pack or max(1, min(64, (MAX_PARAMS_PER_PROGRAM // 4) // (NP * MP)))
-        BB = rows or max(4, min(64, triton.next_power_of_2(batch), TILE_ELEMS // (P * NP * MP)))  # >= 4: see sampling
-    params = P * NP * MP
-    if adam_in_registers is None:
-        adam_in_registers = params <= MAX_PARAMS_PER_PROGRAM
-    num_warps = 4 if params <= 4096 else (8 if params <= 16384 else 16)
-    return TileConfig(P, BB, NP, MP, use_dot, adam_in_registers, num_warps)
-
-
-def supported(n: int, m: int) -> str | None:
-    """None if the fused kernel trains (n, m); else the reason, naming the limit."""
-    NP, MP = triton.next_power_of_2(n), triton.next_power_of_2(m)
-    if NP * MP > MAX_ELEMS_WITH_DOT:
-        return (f"triton backend: n_hidden x n_features, each padded to a power of two, must be <= "
-                f"{MAX_ELEMS_WITH_DOT} (got {MP} x {NP} = {NP * MP}); use --backend torch for this shape")
-    return None
-
-
-def train_steps(state: dict, p: torch.Tensor, imp: torch.Tensor, sched: torch.Tensor, loss_acc: torch.Tensor,
-                hist: torch.Tensor | None, *, batch: int, first_instance: int, step0: int, n_steps: int,
-                window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float, beta2: float,
-                eps: float, relu: bool, decoupled: bool, precision: str = "fp32", pack: int | None = None,
-                rows: int | None = None, use_dot: bool | None = None, adam_in_registers: bool | None = None,
-                num_warps: int | None = None) -> None:
-    """Launch one segment of training in place on ``state`` = dict(W, b, mW, vW, mb, vb).
-
-    W-like tensors (K, m, n), b-like and p, imp (K, n), float32 contiguous on one device.
-    precision: "fp32" (ieee products) or "tf32" (tensor cores; only the tl.dot path uses it).
-    """
+def launch(state: dict, p, imp, sched, loss_acc, hist, cfg, *, batch: int, first_instance: int, step0: int,
+           n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
+           beta2: float, eps: float, relu: bool, decoupled: bool) -> None:
+    """Run steps [step0, step0 + n_steps) in place on ``state`` (see kernels/train.py)."""
     W = state["W"]
     K, m, n = W.shape
-    cfg = tile_config(n, m, batch, pack, rows, use_dot, adam_in_registers)
-    if hist is None:
-        hist = loss_acc  # never written when hist_every == 0
     _train_fused_kernel[(triton.cdiv(K, cfg.P),)](
         W, state["b"], state["mW"], state["vW"], state["mb"], state["vb"],
         p, imp, sched, loss_acc, hist,
         K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
         seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n),
-        P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled, USE_DOT=cfg.use_dot,
-        PRECISION="tf32" if precision == "tf32" else "ieee", ADAM_IN_REGISTERS=cfg.adam_in_registers,
-        num_warps=num_warps or cfg.num_warps)
+        P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
+        ADAM_IN_REGISTERS=cfg.adam_in_registers, num_warps=cfg.num_warps)

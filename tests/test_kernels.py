@@ -44,7 +44,7 @@ def test_sampler_statistics():
         assert vals.min() >= 0 and vals.max() <= 1
 
 
-def _one_step(n, m, K, pack, variant="relu-output", optimizer="adamw", batch=19, seed=0, **tile):
+def _one_step(n, m, K, variant="relu-output", optimizer="adamw", batch=19, seed=0, **tile):
     model = ModelSpec(n, m, variant)
     train = TrainSpec(steps=5, batch_size=batch, lr=1e-2, optimizer=optimizer,
                       weight_decay=0.01 if optimizer == "adamw" else 0.02, seed=seed)
@@ -58,7 +58,7 @@ def _one_step(n, m, K, pack, variant="relu-output", optimizer="adamw", batch=19,
     W0, b0 = state["W"].double().cpu(), state["b"].double().cpu()
     loss = torch.zeros(K, device=DEVICE)
     hist = torch.zeros(1, K, device=DEVICE)
-    tb.run_steps(model, train, state, p, imp, first, 0, 1, loss, hist, history_every=1, pack=pack, **tile)
+    tb.run_steps(model, train, state, p, imp, first, 0, 1, loss, hist, history_every=1, **tile)
     x = sample_batch(p, batch, 0, seed, first).double().cpu()
     ref_loss, dW, db = reference.loss_and_grads(W0, b0, x, imp.double().cpu(), variant)
     return state, train, (W0, b0, x, imp.double().cpu()), (ref_loss, dW, db), hist
@@ -67,8 +67,8 @@ def _one_step(n, m, K, pack, variant="relu-output", optimizer="adamw", batch=19,
 @pytest.mark.parametrize("n", [1, 2, 3, 20, 33])
 @pytest.mark.parametrize("m", [1, 2, 5, 7])
 def test_one_step_matches_float64_reference(n, m):
-    K, pack = 3, 2  # K not a multiple of the packing
-    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, pack)
+    K = 3  # not a multiple of the packing (P = 2)
+    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, P=2)
     # After one step Adam's first moment is exactly (1 - beta1) * gradient.
     assert rel(state["mW"] / (1 - train.beta1), dW) < 1e-5
     assert rel(state["mb"] / (1 - train.beta1), db) < 1e-5
@@ -82,16 +82,15 @@ def test_one_step_matches_float64_reference(n, m):
 
 
 @pytest.mark.parametrize("n, m, K, tile", [
-    (20, 5, 3, dict(pack=2, use_dot=True)),                              # tl.dot path, packed
-    (3, 2, 5, dict(pack=4, adam_in_registers=False)),                    # Adam moments in memory
-    (33, 7, 2, dict(pack=1, use_dot=True, adam_in_registers=False)),
+    (20, 5, 3, dict(path="blocked", NB=16, BB=16)),                      # blocked path, several feature blocks
+    (3, 2, 5, dict(P=4, adam_in_registers=False)),                       # fused, Adam moments in memory
+    (33, 7, 2, dict(path="blocked", NB=16, BB=16)),                      # ragged last feature block
     (400, 30, 2, {}),                                                    # the uniform workload's shape
-    (2, 1, 3, dict(pack=2, rows=4)),                                     # many row tiles, 2 rows per Philox call
-    (1, 1, 5, dict(pack=4, rows=8)),                                     # 4 rows per Philox call
+    (2, 1, 3, dict(P=2, BB=4)),                                          # many row tiles, 2 rows per Philox call
+    (1, 1, 5, dict(P=4, BB=8)),                                          # 4 rows per Philox call
 ])
 def test_one_step_on_each_kernel_path(n, m, K, tile):
-    pack = tile.pop("pack", None)
-    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, pack, batch=21, **tile)
+    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, batch=21, **tile)
     assert rel(state["mW"] / (1 - train.beta1), dW) < 1e-5 and rel(state["mb"] / (1 - train.beta1), db) < 1e-5
     assert rel(hist[0], ref_loss) < 1e-5
     states = [reference.AdamState(torch.zeros_like(W0), torch.zeros_like(W0)),
@@ -102,7 +101,7 @@ def test_one_step_on_each_kernel_path(n, m, K, tile):
 
 @pytest.mark.parametrize("variant, optimizer", [("linear", "adamw"), ("relu-output", "adam"), ("linear", "adam")])
 def test_one_step_other_variants_and_optimizers(variant, optimizer):
-    state, train, (W0, b0, x, imp), (_, dW, db), _ = _one_step(20, 5, 5, 4, variant, optimizer)
+    state, train, (W0, b0, x, imp), (_, dW, db), _ = _one_step(20, 5, 5, variant, optimizer, P=4)
     if optimizer == "adam":  # L2 weight decay enters the gradient, and so the first moment
         dW, db = dW + train.weight_decay * W0, db + train.weight_decay * b0
     assert rel(state["mW"] / (1 - train.beta1), dW) < 1e-5 and rel(state["mb"] / (1 - train.beta1), db) < 1e-5
@@ -119,7 +118,7 @@ def test_multi_step_run_tracks_the_reference(n, m, schedule):
     train = TrainSpec(steps=steps, batch_size=batch, lr=5e-3, schedule=schedule, seed=seed)
     p = torch.full((K, n), 0.4)
     imp = torch.tensor(0.8 ** np.arange(n), dtype=torch.float32).expand(K, n).contiguous()
-    W, b, loss, hist = tb.train_chunk(model, p, imp, train, first, device=DEVICE, history_every=4, pack=2)
+    W, b, loss, hist = tb.train_chunk(model, p, imp, train, first, device=DEVICE, history_every=4, P=2)
     Wr = reference.init_weights(model, seed, torch.arange(K)).double()
     br = torch.zeros(K, n, dtype=torch.float64)
     states = [reference.AdamState(torch.zeros_like(Wr), torch.zeros_like(Wr)),
@@ -147,10 +146,38 @@ def test_engine_train_on_triton_is_deterministic_and_matches_shapes():
 
 
 def test_unsupported_shape_names_the_limit():
-    with pytest.raises(UnsupportedShape, match="32768"):
-        tb.check_supported(ModelSpec(513, 64), TrainSpec())
-    tb.check_supported(ModelSpec(512, 8), TrainSpec())
-    tb.check_supported(ModelSpec(64, 64), TrainSpec())
+    with pytest.raises(UnsupportedShape, match="n_hidden <= 64"):
+        tb.check_supported(ModelSpec(100, 65), TrainSpec())
+    with pytest.raises(UnsupportedShape, match="n_features must be <= 4096"):
+        tb.check_supported(ModelSpec(4097, 2), TrainSpec())
+    for n, m in [(1, 1), (512, 64), (400, 30), (64, 64)]:
+        tb.check_supported(ModelSpec(n, m), TrainSpec())
+
+
+def test_layout_choice():
+    from kernels.layout import tile_config
+    assert tile_config(2, 1, 1024).path == "fused" and tile_config(20, 5, 1024).path == "fused"
+    assert tile_config(400, 30, 1024).path == "blocked" and tile_config(64, 64, 1024).path == "blocked"
+    assert tile_config(20, 5, 1024, "tf32").path == "blocked"  # only tl.dot uses tensor cores
+    assert tile_config(3, 2, 1024, "tf32").path == "fused"
+
+
+def test_blocked_path_multi_step_tracks_the_reference():
+    K, n, m, steps, batch = 2, 37, 3, 6, 20
+    model = ModelSpec(n, m)
+    train = TrainSpec(steps=steps, batch_size=batch, lr=5e-3, optimizer="adam", weight_decay=0.01)
+    p = torch.full((K, n), 0.3)
+    imp = torch.rand(K, n, generator=torch.Generator().manual_seed(2)) + 0.1
+    W, b, loss, hist = tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=1, path="blocked",
+                                      NB=16, BB=16)
+    Wr = reference.init_weights(model, train.seed, torch.arange(K)).double()
+    br = torch.zeros(K, n, dtype=torch.float64)
+    states = [reference.AdamState(torch.zeros_like(Wr), torch.zeros_like(Wr)),
+              reference.AdamState(torch.zeros_like(br), torch.zeros_like(br))]
+    for t in range(steps):
+        x = sample_batch(p.to(DEVICE), batch, t, train.seed, 0).double().cpu()
+        reference.train_step(Wr, br, x, imp.double(), model.variant, states, t + 1, train.lr_at(t), train)
+    assert rel(W, Wr) < 1e-5 and rel(b, br) < 1e-5
 
 
 # ---- GPU-only: real sizes (run on the lent H100/H200) --------------------------------------------
@@ -158,7 +185,7 @@ def test_unsupported_shape_names_the_limit():
 @pytest.mark.gpu
 @pytest.mark.parametrize("n, m, K", [(2, 1, 1000), (3, 2, 999), (20, 5, 333), (64, 64, 7), (400, 8, 5), (512, 8, 3)])
 def test_gpu_one_step_at_real_sizes(n, m, K):
-    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, None, batch=1024)
+    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, batch=1024)
     assert rel(state["mW"] / (1 - train.beta1), dW) < 1e-5 and rel(state["mb"] / (1 - train.beta1), db) < 1e-5
     assert rel(hist[0], ref_loss) < 1e-5
 

@@ -1,0 +1,59 @@
+"""Which kernel trains an (n, m) model, and with what tile sizes.
+
+Two paths: ``fused`` (kernels/train_fused.py; small models, several instances per program, all
+state in registers) and ``blocked`` (kernels/train_blocked.py; one instance per program, W in
+memory, feature blocks, tl.dot). Sizes were chosen with ``python -m bench.aot`` (registers,
+spills, shared memory for sm_90) pending GPU timings from ``python -m bench.tune``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import triton
+
+# Padded m x n up to which the fused path is used (its (P, BB, MP, NP) temporaries grow with it).
+FUSED_MAX = 1024
+# Largest P * MP * NP whose Adam moments the fused path keeps in registers.
+FUSED_ADAM_IN_REGISTERS_MAX = 1024
+# Largest n and m the blocked path is tested for (issue #3's coverage: n <= 512, m <= 64).
+BLOCKED_MAX_N = 4096
+BLOCKED_MAX_M = 64
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    path: str               # "fused" or "blocked"
+    P: int                  # instances per program (blocked: 1)
+    BB: int                 # batch rows per tile
+    NP: int                 # fused: n padded to a power of two; blocked: unused (0)
+    MP: int                 # m padded to a power of two (blocked: >= 16 for tl.dot)
+    NB: int                 # blocked: features per block; fused: 0
+    adam_in_registers: bool
+    num_warps: int
+    fp32_dot: str = "ieee"  # blocked path at fp32: "ieee" (exact FMA) or "tf32x3" (3-pass tensor cores, ~fp32)
+
+
+def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override) -> TileConfig:
+    """The layout for an (n, m) model; keyword arguments override any field (tests, tuning).
+
+    tf32 sends every model with n >= 16 to the blocked path: only tl.dot uses tensor cores.
+    """
+    NP, MP = triton.next_power_of_2(n), triton.next_power_of_2(m)
+    blocked = NP * MP > FUSED_MAX or (precision == "tf32" and n >= 16)
+    path = override.pop("path", "blocked" if blocked else "fused")
+    if path == "fused":
+        # About 256 parameter elements per program, and a product tile of about 1024 elements.
+        P = max(1, min(64, 256 // (NP * MP)))
+        BB = max(4, min(64, triton.next_power_of_2(batch), 1024 // (P * NP * MP)))
+        cfg = TileConfig("fused", P, BB, NP, MP, 0, P * NP * MP <= FUSED_ADAM_IN_REGISTERS_MAX, 2)
+    else:
+        cfg = TileConfig("blocked", 1, 64, 0, max(16, MP), 32, False, 4)
+    return replace(cfg, **override)
+
+
+def supported(n: int, m: int) -> str | None:
+    """None if a path trains (n, m); else the reason, naming the limit."""
+    if n > BLOCKED_MAX_N or m > BLOCKED_MAX_M:
+        return (f"triton backend: n_features must be <= {BLOCKED_MAX_N} and n_hidden <= {BLOCKED_MAX_M} "
+                f"(got n_features={n}, n_hidden={m}); use --backend torch for this shape")
+    return None

@@ -1,0 +1,160 @@
+"""Fused training of larger tied toy models (e.g. n=400, m=30), worked in feature blocks.
+
+One program trains one instance for ``n_steps`` steps. W and the Adam moments stay in global
+memory (an instance's W is 48 KiB at n=400, m=30: it lives in L2), read one (MP, NB) block at a
+time; the batch never touches memory: per tile of BB rows, three passes over the feature blocks
+re-draw the same x from the counter-based RNG (cheaper than storing it):
+    A: h  = sum over blocks of x_blk W_blk^T                               (BB, MP)
+    B: z_blk = h W_blk + b_blk, loss, dz_blk; db_blk += sum dz_blk; dh += dz_blk W_blk^T;
+       dW_blk += h^T dz_blk                                                (scratch in memory)
+    C: dW_blk += dh^T x_blk
+then, after the whole batch, the Adam update block by block (which also re-zeroes the scratch).
+Products are tl.dot: PRECISION "ieee" (exact fp32) or "tf32" (tensor cores). tl.dot needs every
+dimension >= 16, so m is padded to MP >= 16, rows BB >= 16, feature blocks NB >= 16.
+Memory traffic per step is O(m n (B / BB)) per instance for W and the gradient scratch, none for
+the batch itself.
+"""
+import triton
+import triton.language as tl
+
+from .adam import adam
+from .sampling import feature_tile
+
+
+@triton.jit
+def _train_blocked_kernel(
+    W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr, dW_ptr, db_ptr,
+    p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
+    K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
+    seed, wd, beta1, beta2, eps, inv_bn,
+    BB: tl.constexpr, NB: tl.constexpr, MP: tl.constexpr,
+    RELU: tl.constexpr, DECOUPLED: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Train instance pid for steps [step0, step0 + n_steps).
+
+    W_ptr, mW_ptr, vW_ptr: (K, m, n) float32 in place; dW_ptr: (K, m, n) float32 scratch, zero on
+    entry and exit. b_ptr, mb_ptr, vb_ptr: (K, n) in place; db_ptr: (K, n) scratch, zero.
+    p_ptr, imp_ptr: (K, n). sched_ptr, loss_ptr, hist_ptr, inv_bn: as kernels/train_fused.py.
+    """
+    k = tl.program_id(0).to(tl.int64)
+    Wk, mWk, vWk, dWk = W_ptr + k * m * n, mW_ptr + k * m * n, vW_ptr + k * m * n, dW_ptr + k * m * n
+    bk, mbk, vbk, dbk = b_ptr + k * n, mb_ptr + k * n, vb_ptr + k * n, db_ptr + k * n
+    pk, ik = p_ptr + k * n, imp_ptr + k * n
+    j = tl.arange(0, MP)
+    j_ok = j < m
+    inst = (tl.zeros((1,), tl.int64) + first_instance + k).to(tl.uint32)
+    n4 = (n + 3) // 4
+    grad_scale = 2.0 * inv_bn
+    loss_acc = tl.load(loss_ptr + k)
+
+    for t in range(step0, step0 + n_steps):
+        lsum = 0.0
+        for r0 in range(0, batch, BB):
+            rows = r0 + tl.arange(0, BB)
+            row_ok = rows < batch
+            # Pass A: h = x W^T over feature blocks.
+            h = tl.zeros((BB, MP), tl.float32)
+            for f0 in range(0, n, NB):
+                fb = f0 + tl.arange(0, NB)
+                f_ok = fb < n
+                w_offs = j[:, None] * n + fb[None, :]
+                w_mask = j_ok[:, None] & f_ok[None, :]
+                Wb = tl.load(Wk + w_offs, mask=w_mask, other=0.0)                       # (MP, NB)
+                prob = tl.load(pk + fb, mask=f_ok, other=1.0)
+                valid = row_ok[:, None] & f_ok[None, :]
+                x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], valid[None, :, :],
+                                            1, BB, NB), (BB, NB))
+                h += tl.dot(x, tl.trans(Wb), input_precision=PRECISION)
+            # Pass B: outputs, loss, dz; db, dh and the first half of dW.
+            dh = tl.zeros((BB, MP), tl.float32)
+            for f0 in range(0, n, NB):
+                fb = f0 + tl.arange(0, NB)
+                f_ok = fb < n
+                w_offs = j[:, None] * n + fb[None, :]
+                w_mask = j_ok[:, None] & f_ok[None, :]
+                Wb = tl.load(Wk + w_offs, mask=w_mask, other=0.0)
+                prob = tl.load(pk + fb, mask=f_ok, other=1.0)
+                imp = tl.load(ik + fb, mask=f_ok, other=0.0)
+                bb = tl.load(bk + fb, mask=f_ok, other=0.0)
+                valid = row_ok[:, None] & f_ok[None, :]
+                x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], valid[None, :, :],
+                                            1, BB, NB), (BB, NB))
+                z = tl.dot(h, Wb, input_precision=PRECISION) + bb[None, :]              # (BB, NB)
+                if RELU:
+                    y = tl.maximum(z, 0.0)
+                else:
+                    y = z
+                d = tl.where(valid, y - x, 0.0)
+                wdiff = imp[None, :] * d
+                lsum += tl.sum(tl.sum(wdiff * d, axis=1), axis=0)
+                dz = wdiff * grad_scale
+                if RELU:
+                    dz = tl.where(z > 0.0, dz, 0.0)
+                tl.store(dbk + fb, tl.load(dbk + fb, mask=f_ok, other=0.0) + tl.sum(dz, axis=0), mask=f_ok)
+                dh += tl.dot(dz, tl.trans(Wb), input_precision=PRECISION)
+                g = tl.dot(tl.trans(h), dz, input_precision=PRECISION)                  # (MP, NB)
+                tl.store(dWk + w_offs, tl.load(dWk + w_offs, mask=w_mask, other=0.0) + g, mask=w_mask)
+            # Global scratch written by one thread may be read by another: barrier between passes.
+            tl.debug_barrier()
+            # Pass C: the second half of dW, dh^T x.
+            for f0 in range(0, n, NB):
+                fb = f0 + tl.arange(0, NB)
+                f_ok = fb < n
+                w_offs = j[:, None] * n + fb[None, :]
+                w_mask = j_ok[:, None] & f_ok[None, :]
+                prob = tl.load(pk + fb, mask=f_ok, other=1.0)
+                valid = row_ok[:, None] & f_ok[None, :]
+                x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], valid[None, :, :],
+                                            1, BB, NB), (BB, NB))
+                g = tl.dot(tl.trans(dh), x, input_precision=PRECISION)
+                tl.store(dWk + w_offs, tl.load(dWk + w_offs, mask=w_mask, other=0.0) + g, mask=w_mask)
+            tl.debug_barrier()
+        loss_t = lsum * inv_bn
+        if t >= window_start:
+            loss_acc += loss_t
+        if hist_every > 0:
+            if t % hist_every == 0:
+                tl.store(hist_ptr + (t // hist_every) * K + k, loss_t)
+        decay = tl.load(sched_ptr + 3 * t)
+        step_size = tl.load(sched_ptr + 3 * t + 1)
+        inv_sqrt_bias2 = tl.load(sched_ptr + 3 * t + 2)
+        for f0 in range(0, n, NB):
+            fb = f0 + tl.arange(0, NB)
+            f_ok = fb < n
+            w_offs = j[:, None] * n + fb[None, :]
+            w_mask = j_ok[:, None] & f_ok[None, :]
+            Wb, mb1, vb2 = adam(tl.load(Wk + w_offs, mask=w_mask, other=0.0), tl.load(dWk + w_offs, mask=w_mask, other=0.0),
+                                tl.load(mWk + w_offs, mask=w_mask, other=0.0), tl.load(vWk + w_offs, mask=w_mask, other=0.0),
+                                decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+            tl.store(Wk + w_offs, Wb, mask=w_mask)
+            tl.store(mWk + w_offs, mb1, mask=w_mask)
+            tl.store(vWk + w_offs, vb2, mask=w_mask)
+            tl.store(dWk + w_offs, tl.zeros((MP, NB), tl.float32), mask=w_mask)
+            bb, mb1, vb2 = adam(tl.load(bk + fb, mask=f_ok, other=0.0), tl.load(dbk + fb, mask=f_ok, other=0.0),
+                                tl.load(mbk + fb, mask=f_ok, other=0.0), tl.load(vbk + fb, mask=f_ok, other=0.0),
+                                decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+            tl.store(bk + fb, bb, mask=f_ok)
+            tl.store(mbk + fb, mb1, mask=f_ok)
+            tl.store(vbk + fb, vb2, mask=f_ok)
+            tl.store(dbk + fb, tl.zeros((NB,), tl.float32), mask=f_ok)
+        tl.debug_barrier()
+    tl.store(loss_ptr + k, loss_acc)
+
+
+def launch(state: dict, p, imp, sched, loss_acc, hist, cfg, *, batch: int, first_instance: int, step0: int,
+           n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
+           beta2: float, eps: float, relu: bool, decoupled: bool, precision: str = "fp32") -> None:
+    """Run steps [step0, step0 + n_steps) in place on ``state`` (see kernels/train.py)."""
+    import torch  # the launcher allocates the gradient scratch
+
+    W = state["W"]
+    K, m, n = W.shape
+    dW = torch.zeros_like(W)
+    db = torch.zeros_like(state["b"])
+    _train_blocked_kernel[(K,)](
+        W, state["b"], state["mW"], state["vW"], state["mb"], state["vb"], dW, db,
+        p, imp, sched, loss_acc, hist,
+        K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
+        seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n),
+        BB=cfg.BB, NB=cfg.NB, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
+        PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot, num_warps=cfg.num_warps)
