@@ -71,14 +71,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.tune")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--max-variants", type=int, default=30, help="per workload, after the default")
+    ap.add_argument("--max-variants", type=int, default=10, help="per workload, after the default (evenly spread)")
     ap.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args(argv)
     rows = []
     for name in args.workloads.split(","):
         wl = WORKLOADS[name]
         default = {k: v for k, v in asdict(tile_config(wl.n, wl.m, wl.batch)).items()}
-        variants = [default] + list(candidates(wl.n, wl.m))[: args.max_variants]
+        cands = list(candidates(wl.n, wl.m))
+        variants = [default] + cands[:: max(1, len(cands) // args.max_variants)][: args.max_variants]
         for layout in variants:
             row = {"workload": name, **layout, "default": layout is default}
             try:
