@@ -80,6 +80,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.aot")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--sweep", default=None, help="n,m: compile layout variants of that shape")
+    ap.add_argument("--shapes", default=None, help="n,m;n,m;...: default layouts of these shapes only")
     args = ap.parse_args(argv)
     if args.sweep:
         n, m = map(int, args.sweep.split(","))
@@ -92,7 +93,8 @@ def main(argv=None):
             for precision in (("fp32", "tf32") if base.path == "blocked" else ("fp32",)):
                 print(json.dumps({"n": n, "m": m, **report(replace(base, **over), precision, args.arch)}), flush=True)
         return
-    for n, m in SHAPES:
+    shapes = [tuple(map(int, s.split(","))) for s in args.shapes.split(";")] if args.shapes else SHAPES
+    for n, m in shapes:
         for precision in ("fp32", "tf32"):
             cfg = tile_config(n, m, 1024, precision)
             if precision == "tf32" and cfg.path == "fused":

@@ -226,3 +226,19 @@ def test_triton_resume_from_a_mid_chunk_checkpoint_is_exact(tmp_path, monkeypatc
     resumed = tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2, checkpoint=ckpt)
     for a, b in zip(whole, resumed):
         assert torch.equal(a, b)
+
+
+def test_default_layouts_compile_for_hopper_within_its_resources():
+    """The interpreter cannot see GPU limits: compile the default layouts for sm_90 ahead of time
+    (no GPU needed) and check they build and fit the 227 KiB of shared memory per block."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "bench.aot", "--shapes", "2,1;20,5;400,30"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 5, res.stderr[-2000:]  # fused 2x1, fused 20x5, blocked 20x5 tf32, blocked 400x30 fp32/tf32
+    for row in rows:
+        assert "error" not in row and row["fits"], row
