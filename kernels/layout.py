@@ -42,10 +42,13 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
     blocked = NP * MP > FUSED_MAX or (precision == "tf32" and n >= 16)
     path = override.pop("path", "blocked" if blocked else "fused")
     if path == "fused":
-        # About 256 parameter elements per program, and a product tile of about 1024 elements.
-        P = max(1, min(64, 256 // (NP * MP)))
-        BB = max(4, min(64, triton.next_power_of_2(batch), 1024 // (P * NP * MP)))
-        cfg = TileConfig("fused", P, BB, NP, MP, 0, P * NP * MP <= FUSED_ADAM_IN_REGISTERS_MAX, 2)
+        # Up to 32 parameter elements (16 instances) per program and a product tile of about 512
+        # elements at 4 warps: the largest tiles that compile without spills for sm_90
+        # (python -m bench.aot: 2x1 P=16 BB=16 128 registers; 3x2 P=8 BB=8 141; 20x5 P=1 BB=4 96;
+        # P=64 or 4x bigger tiles spill). Which of these is fastest needs GPU timings (bench.tune).
+        P = max(1, min(16, 32 // (NP * MP)))
+        BB = max(4, min(64, triton.next_power_of_2(batch), 512 // (P * NP * MP)))
+        cfg = TileConfig("fused", P, BB, NP, MP, 0, P * NP * MP <= FUSED_ADAM_IN_REGISTERS_MAX, 4)
     else:
         cfg = TileConfig("blocked", 1, 64, 0, max(16, MP), 32, False, 4)
     return replace(cfg, **override)
