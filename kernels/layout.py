@@ -50,7 +50,10 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
         BB = max(4, min(64, triton.next_power_of_2(batch), 512 // (P * NP * MP)))
         cfg = TileConfig("fused", P, BB, NP, MP, 0, P * NP * MP <= FUSED_ADAM_IN_REGISTERS_MAX, 4)
     else:
-        cfg = TileConfig("blocked", 1, 64, 0, max(16, MP), 32, False, 4)
+        # No spills for sm_90 at n=400, m=30 (python -m bench.aot): fp32 (ieee, FMA) BB=32 NB=16
+        # 178 registers; tf32 BB=64 NB=32 208 registers; both at 8 warps.
+        BB, NB = (64, 32) if precision == "tf32" else (32, 16)
+        cfg = TileConfig("blocked", 1, BB, 0, max(16, MP), NB, False, 8)
     return replace(cfg, **override)
 
 
