@@ -22,6 +22,19 @@ from .sampling import feature_tile
 
 
 @triton.jit
+def _feature_block(pk, seed, inst, t, r0, n4, f0, n, j, j_ok, row_ok, BB: tl.constexpr, NB: tl.constexpr):
+    """Features f0..f0+NB-1 of rows r0..r0+BB-1: their indices, masks, W offsets and the sampled x (BB, NB)."""
+    fb = f0 + tl.arange(0, NB)
+    f_ok = fb < n
+    w_offs = j[:, None] * n + fb[None, :]
+    w_mask = j_ok[:, None] & f_ok[None, :]
+    prob = tl.load(pk + fb, mask=f_ok, other=1.0)
+    valid = row_ok[:, None] & f_ok[None, :]
+    x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], valid[None, :, :], 1, BB, NB), (BB, NB))
+    return fb, f_ok, w_offs, w_mask, valid, x
+
+
+@triton.jit
 def _train_blocked_kernel(
     W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr, dW_ptr, db_ptr,
     p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
@@ -55,30 +68,18 @@ def _train_blocked_kernel(
             # Pass A: h = x W^T over feature blocks.
             h = tl.zeros((BB, MP), tl.float32)
             for f0 in range(0, n, NB):
-                fb = f0 + tl.arange(0, NB)
-                f_ok = fb < n
-                w_offs = j[:, None] * n + fb[None, :]
-                w_mask = j_ok[:, None] & f_ok[None, :]
+                fb, f_ok, w_offs, w_mask, valid, x = _feature_block(pk, seed, inst, t, r0, n4, f0, n, j, j_ok, row_ok,
+                                                                     BB, NB)
                 Wb = tl.load(Wk + w_offs, mask=w_mask, other=0.0)                       # (MP, NB)
-                prob = tl.load(pk + fb, mask=f_ok, other=1.0)
-                valid = row_ok[:, None] & f_ok[None, :]
-                x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], valid[None, :, :],
-                                            1, BB, NB), (BB, NB))
                 h += tl.dot(x, tl.trans(Wb), input_precision=PRECISION)
             # Pass B: outputs, loss, dz; db, dh and the first half of dW.
             dh = tl.zeros((BB, MP), tl.float32)
             for f0 in range(0, n, NB):
-                fb = f0 + tl.arange(0, NB)
-                f_ok = fb < n
-                w_offs = j[:, None] * n + fb[None, :]
-                w_mask = j_ok[:, None] & f_ok[None, :]
+                fb, f_ok, w_offs, w_mask, valid, x = _feature_block(pk, seed, inst, t, r0, n4, f0, n, j, j_ok, row_ok,
+                                                                     BB, NB)
                 Wb = tl.load(Wk + w_offs, mask=w_mask, other=0.0)
-                prob = tl.load(pk + fb, mask=f_ok, other=1.0)
                 imp = tl.load(ik + fb, mask=f_ok, other=0.0)
                 bb = tl.load(bk + fb, mask=f_ok, other=0.0)
-                valid = row_ok[:, None] & f_ok[None, :]
-                x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], valid[None, :, :],
-                                            1, BB, NB), (BB, NB))
                 z = tl.dot(h, Wb, input_precision=PRECISION) + bb[None, :]              # (BB, NB)
                 if RELU:
                     y = tl.maximum(z, 0.0)
@@ -98,14 +99,8 @@ def _train_blocked_kernel(
             tl.debug_barrier()
             # Pass C: the second half of dW, dh^T x.
             for f0 in range(0, n, NB):
-                fb = f0 + tl.arange(0, NB)
-                f_ok = fb < n
-                w_offs = j[:, None] * n + fb[None, :]
-                w_mask = j_ok[:, None] & f_ok[None, :]
-                prob = tl.load(pk + fb, mask=f_ok, other=1.0)
-                valid = row_ok[:, None] & f_ok[None, :]
-                x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], valid[None, :, :],
-                                            1, BB, NB), (BB, NB))
+                fb, f_ok, w_offs, w_mask, valid, x = _feature_block(pk, seed, inst, t, r0, n4, f0, n, j, j_ok, row_ok,
+                                                                     BB, NB)
                 g = tl.dot(tl.trans(dh), x, input_precision=PRECISION)
                 tl.store(dWk + w_offs, tl.load(dWk + w_offs, mask=w_mask, other=0.0) + g, mask=w_mask)
             tl.debug_barrier()
