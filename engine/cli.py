@@ -82,7 +82,7 @@ def phase_diagram_cmd(preset, backend, out, progress, **options):
     except (BackendUnavailable, UnsupportedShape) as e:
         raise UserError(str(e))
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: finished chunks are saved in {out}; run the same command again to resume",
+        click.echo(f"\ninterrupted: finished chunks and checkpoints are saved in {out}; run the same command again to resume",
                    err=True)
         sys.exit(130)
     rate = summary["instance_steps_per_second"]

@@ -60,11 +60,28 @@ def _first_difference(old: dict, new: dict) -> str:
     return "they differ"
 
 
+def _lock(path: Path):
+    """Hold an exclusive lock on ``path`` for this process's lifetime (released when it exits or is
+    killed), so two runs never train into one directory at once. No-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(path, "a")  # never truncates: an existing directory's files stay as they were
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise SpecError("--out", "a directory that no other running supbench process is using", str(path.parent)) from None
+    return handle
+
+
 class RunDir:
     """A run directory for one spec. ``open`` checks it is writable and belongs to that spec."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._lock = None
         self.chunks = self.root / "chunks"
         self.figures = self.root / "figures"
 
@@ -82,7 +99,16 @@ class RunDir:
             probe.unlink()
         except OSError as e:
             raise SpecError("--out", "a directory that can be created and written", f"{root}: {e.strerror}") from None
-        spec_path = run.root / "spec.json"
+        run._lock = _lock(run.root / ".lock")
+        try:
+            run._check_spec(spec, root)
+        except SpecError:
+            run.close()
+            raise
+        return run
+
+    def _check_spec(self, spec: dict, root) -> None:
+        spec_path = self.root / "spec.json"
         if spec_path.exists():
             try:
                 old = json.loads(spec_path.read_text())
@@ -94,7 +120,13 @@ class RunDir:
                                    str(root))
         else:
             write_json(spec_path, spec)
-        return run
+
+    def close(self) -> None:
+        """Release the directory lock (also released when the process ends)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+            self._lock = None
 
     def chunk_path(self, index: int) -> Path:
         return self.chunks / f"chunk_{index:05d}.safetensors"

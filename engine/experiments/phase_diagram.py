@@ -231,9 +231,18 @@ def environment(device: str) -> dict:
 
 
 def run(spec: PhaseDiagramSpec, out: Path, progress: bool = True, log=print, checkpoint_every_s: float = 30.0) -> dict:
-    """Train (or resume) the sweep, analyse it, write every output. Returns the summary dict."""
+    """Train (or resume) the sweep, analyse it, write every output. Returns the summary dict.
+
+    The run directory is locked for the duration, so two processes never train into it at once."""
     t0 = time.perf_counter()
     run_dir = RunDir.open(out, spec.to_dict())
+    try:
+        return _train_and_write(spec, run_dir, t0, progress, log, checkpoint_every_s)
+    finally:
+        run_dir.close()
+
+
+def _train_and_write(spec: PhaseDiagramSpec, run_dir: RunDir, t0: float, progress, log, checkpoint_every_s) -> dict:
     timing = train_all(spec, run_dir, progress=progress, log=log, checkpoint_every_s=checkpoint_every_s)
     parts = [run_dir.load_chunk(i) for i in range(timing["n_chunks"])]
     W = torch.cat([p["W"] for p in parts])
