@@ -24,12 +24,32 @@ def triton_usable() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve(name: str) -> str:
-    """Map ``auto`` to ``triton`` when usable on a CUDA device, else ``torch``; validate the rest."""
+_SELF_TESTS: dict = {}
+
+
+def resolve(name: str, model=None, train=None, log=None) -> str:
+    """Map ``auto`` to ``triton`` when usable on a CUDA device, else ``torch``; validate the rest.
+
+    With a model, ``auto`` also runs the triton backend's self-test for that shape (one step
+    against the float64 reference, once per shape and process) and falls back to torch, saying
+    why through ``log``, if the kernels cannot train it correctly here. An explicit ``triton``
+    never falls back.
+    """
     if name not in BACKENDS:
         raise SpecError("backend", "one of " + ", ".join(BACKENDS), name)
     if name == "auto":
-        return "triton" if (torch.cuda.is_available() and triton_usable()) else "torch"
+        if not (torch.cuda.is_available() and triton_usable()):
+            return "torch"
+        if model is not None:
+            key = (model.n_features, model.n_hidden, model.variant, getattr(train, "precision", "fp32"))
+            if key not in _SELF_TESTS:
+                from .triton_backend import self_test
+                _SELF_TESTS[key] = self_test(model, train)
+            if _SELF_TESTS[key]:
+                if log is not None:
+                    log(f"warning: triton backend unavailable for this model ({_SELF_TESTS[key]}); using torch")
+                return "torch"
+        return "triton"
     if name == "triton" and not triton_usable():
         raise BackendUnavailable("backend: 'triton' needs triton and a CUDA GPU, and none is available here; use --backend torch or auto")
     return name

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import click
+import torch
 
 from . import backends
 from .errors import BackendUnavailable, SpecError, UnsupportedShape
@@ -68,12 +69,13 @@ def phase_diagram_cmd(preset, backend, out, progress, **options):
     """
     t0 = time.perf_counter()
     try:
-        backend = backends.resolve(backend)
         if preset == "auto":
-            preset = "paper" if backends.default_device(backend).startswith("cuda") else "quick"
+            preset = "paper" if torch.cuda.is_available() else "quick"
         fields = dict(pd.PRESETS[preset])
         fields.update({k: v for k, v in options.items() if v is not None})
-        spec = pd.PhaseDiagramSpec(backend=backend, **fields)
+        spec = pd.PhaseDiagramSpec(**fields)  # validates every option before any work
+        backend = backends.resolve(backend, spec.model, spec.train_spec(), log=lambda m: click.echo(m, err=True))
+        spec = dataclasses.replace(spec, backend=backend)
         backends.check_supported(backend, spec.model, spec.train_spec())
         out = out or Path("runs") / f"phase-diagram-{spec.features}f-{preset}"
         summary = pd.run(spec, out, progress=progress, log=lambda m: click.echo(m, err=True))

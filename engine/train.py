@@ -73,7 +73,7 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     if data.n_features != model.n_features:
         raise SpecError("feature_probability", f"of shape (K, {model.n_features}) to match n_features",
                         tuple(data.feature_probability.shape))
-    name = backends.resolve(backend)
+    name = backends.resolve(backend, model, training, log=(lambda m: tqdm.write(m)) if progress else None)
     backends.check_supported(name, model, training)
     device = device or backends.default_device(name)
     chunk_size = chunk_size or default_chunk_size(model, training, name, device)

@@ -96,3 +96,33 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
             on_step(n)
     return (state["W"].cpu(), state["b"].cpu(), (loss_acc / train.loss_window).cpu(),
             hist.cpu() if hist is not None else None)
+
+
+def self_test(model: ModelSpec, train: TrainSpec | None = None, device="cuda") -> str | None:
+    """One training step of three instances against the float64 reference on identical inputs.
+
+    Returns None when the kernels train this shape correctly here (gradient error below 1e-4 at
+    fp32, 2e-2 at tf32), else a one-line reason. Used by ``--backend auto``.
+    """
+    from kernels.sampling import sample_batch
+
+    train = train or TrainSpec()
+    try:
+        check_supported(model, train)
+        small = TrainSpec(steps=2, batch_size=min(train.batch_size, 64), precision=train.precision,
+                          optimizer=train.optimizer, weight_decay=train.weight_decay)
+        K, n = 3, model.n_features
+        p = torch.full((K, n), 0.5, device=device)
+        imp = torch.ones(K, n, device=device)
+        state = new_state(model, small, 0, K, device)
+        W0, b0 = state["W"].double().cpu(), state["b"].double().cpu()
+        run_steps(model, small, state, p, imp, 0, 0, 1, torch.zeros(K, device=device))
+        x = sample_batch(p, small.batch_size, 0, small.seed).double().cpu()
+        _, dW, _ = reference.loss_and_grads(W0, b0, x, imp.double().cpu(), model.variant)
+        err = ((state["mW"].double().cpu() / (1 - small.beta1) - dW).norm() / dW.norm().clamp_min(1e-300)).item()
+    except Exception as e:  # any failure to compile or launch means: do not use this backend
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    limit = 2e-2 if train.precision == "tf32" else 1e-4
+    if not err < limit:
+        return f"self-test gradient error {err:.1e} exceeds {limit:.0e}"
+    return None

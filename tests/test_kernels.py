@@ -274,3 +274,30 @@ def test_gpu_tf32_error_is_bounded_and_reported(n, m):
         errs[precision] = rel(state["mW"] / (1 - train.beta1), dW)
     print(f"n={n} m={m}: one-step gradient error fp32 {errs['fp32']:.2e}, tf32 {errs['tf32']:.2e}")
     assert errs["fp32"] < 1e-5 and errs["tf32"] < 1e-2
+
+
+def test_self_test_passes_on_a_working_kernel_and_reports_a_broken_one(monkeypatch):
+    assert tb.self_test(ModelSpec(3, 2), device=DEVICE) is None
+    assert tb.self_test(ModelSpec(400, 30), TrainSpec(precision="tf32"), device=DEVICE) is None
+    assert "n_hidden <= 64" in tb.self_test(ModelSpec(10, 80), device=DEVICE)
+
+    def broken(*a, **k):
+        raise RuntimeError("out of resource: shared memory")
+
+    monkeypatch.setattr(tb, "train_steps", broken)
+    assert tb.self_test(ModelSpec(3, 2), device=DEVICE).startswith("RuntimeError: out of resource")
+
+
+def test_auto_falls_back_to_torch_when_the_self_test_fails(monkeypatch):
+    from engine import backends
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backends, "triton_usable", lambda: True)
+    monkeypatch.setattr(backends, "_SELF_TESTS", {})
+    monkeypatch.setattr(tb, "self_test", lambda model, train: "CompilationError: boom")
+    said = []
+    assert backends.resolve("auto", ModelSpec(2, 1), TrainSpec(), log=said.append) == "torch"
+    assert said and "boom" in said[0] and "using torch" in said[0]
+    monkeypatch.setattr(backends, "_SELF_TESTS", {})
+    monkeypatch.setattr(tb, "self_test", lambda model, train: None)
+    assert backends.resolve("auto", ModelSpec(2, 1), TrainSpec()) == "triton"
+    assert backends.resolve("torch", ModelSpec(2, 1), TrainSpec()) == "torch"
