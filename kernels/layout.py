@@ -15,7 +15,8 @@ import triton
 FUSED_MAX = 1024
 # Largest P * MP * NP whose Adam moments the fused path keeps in registers.
 FUSED_ADAM_IN_REGISTERS_MAX = 1024
-# Largest n and m the blocked path is tested for (issue #3's coverage: n <= 512, m <= 64).
+# Limits of the blocked path. It loops over feature blocks, so n is bounded only by memory
+# (interpreter tests reach n=400, bench.aot compiles n=512); m sets the (BB, MP) register tiles.
 BLOCKED_MAX_N = 4096
 BLOCKED_MAX_M = 64
 
