@@ -53,7 +53,10 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
     else:
         # No spills for sm_90 at n=400, m=30 (python -m bench.aot): fp32 (ieee, FMA) BB=32 NB=16
         # 178 registers; tf32 BB=64 NB=32 208 registers; both at 8 warps.
+        # m = 64 needs half the rows (h, dh are (BB, MP)): fp32 BB=16 235 registers, tf32 BB=32 NB=32 224.
         BB, NB = (64, 32) if precision == "tf32" else (32, 16)
+        if MP >= 64:
+            BB //= 2
         cfg = TileConfig("blocked", 1, BB, 0, max(16, MP), NB, False, 8)
     return replace(cfg, **override)
 
