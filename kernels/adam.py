@@ -17,3 +17,17 @@ def adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2
     denom = tl.sqrt_rn(m2) * inv_sqrt_bias2 + eps
     param = param - step_size * (m1 / denom)
     return param, m1, m2
+
+
+@triton.jit
+def adam_in_memory(p_ptr, g_ptr, m_ptr, v_ptr, offs, mask, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps,
+                   DECOUPLED: tl.constexpr):
+    """``adam`` on a block of parameters kept in memory (at p_ptr + offs), with their gradient,
+    first and second moments beside them; zeroes the gradient scratch it consumed."""
+    param, m1, m2 = adam(tl.load(p_ptr + offs, mask=mask, other=0.0), tl.load(g_ptr + offs, mask=mask, other=0.0),
+                         tl.load(m_ptr + offs, mask=mask, other=0.0), tl.load(v_ptr + offs, mask=mask, other=0.0),
+                         decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+    tl.store(p_ptr + offs, param, mask=mask)
+    tl.store(m_ptr + offs, m1, mask=mask)
+    tl.store(v_ptr + offs, m2, mask=mask)
+    tl.store(g_ptr + offs, tl.zeros_like(param), mask=mask)

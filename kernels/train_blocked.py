@@ -17,7 +17,7 @@ the batch itself.
 import triton
 import triton.language as tl
 
-from .adam import adam
+from .adam import adam_in_memory
 from .sampling import feature_tile
 
 
@@ -118,20 +118,10 @@ def _train_blocked_kernel(
             f_ok = fb < n
             w_offs = j[:, None] * n + fb[None, :]
             w_mask = j_ok[:, None] & f_ok[None, :]
-            Wb, mb1, vb2 = adam(tl.load(Wk + w_offs, mask=w_mask, other=0.0), tl.load(dWk + w_offs, mask=w_mask, other=0.0),
-                                tl.load(mWk + w_offs, mask=w_mask, other=0.0), tl.load(vWk + w_offs, mask=w_mask, other=0.0),
-                                decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
-            tl.store(Wk + w_offs, Wb, mask=w_mask)
-            tl.store(mWk + w_offs, mb1, mask=w_mask)
-            tl.store(vWk + w_offs, vb2, mask=w_mask)
-            tl.store(dWk + w_offs, tl.zeros((MP, NB), tl.float32), mask=w_mask)
-            bb, mb1, vb2 = adam(tl.load(bk + fb, mask=f_ok, other=0.0), tl.load(dbk + fb, mask=f_ok, other=0.0),
-                                tl.load(mbk + fb, mask=f_ok, other=0.0), tl.load(vbk + fb, mask=f_ok, other=0.0),
-                                decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
-            tl.store(bk + fb, bb, mask=f_ok)
-            tl.store(mbk + fb, mb1, mask=f_ok)
-            tl.store(vbk + fb, vb2, mask=f_ok)
-            tl.store(dbk + fb, tl.zeros((NB,), tl.float32), mask=f_ok)
+            adam_in_memory(Wk, dWk, mWk, vWk, w_offs, w_mask, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps,
+                           DECOUPLED)
+            adam_in_memory(bk, dbk, mbk, vbk, fb, f_ok, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps,
+                           DECOUPLED)
         tl.debug_barrier()
     tl.store(loss_ptr + k, loss_acc)
 
