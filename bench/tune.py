@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from engine import ModelSpec, TrainSpec, reference
+from engine import ModelSpec, TrainSpec
 from engine import triton_backend as tb
 from kernels.layout import tile_config
-from kernels.sampling import sample_batch
 
 from .workloads import WORKLOADS
 
@@ -38,15 +37,8 @@ def candidates(n, m):
 def check(wl, layout) -> float:
     """Norm-wise relative error of one step's W gradient against float64, on up to 64 instances."""
     K = min(wl.K, 64)
-    model, train = ModelSpec(wl.n, wl.m), TrainSpec(batch_size=wl.batch)
     p, imp = (torch.as_tensor(a[:K], device="cuda") for a in wl.arrays())
-    st = tb.new_state(model, train, 0, K, "cuda")
-    W0, b0 = st["W"].double().cpu(), st["b"].double().cpu()
-    tb.run_steps(model, train, st, p, imp, 0, 0, 1, torch.zeros(K, device="cuda"), **layout)
-    x = sample_batch(p, wl.batch, 0, train.seed).double().cpu()
-    _, dW, _ = reference.loss_and_grads(W0, b0, x, imp.double().cpu(), model.variant)
-    got = st["mW"].double().cpu() / (1 - train.beta1)
-    return ((got - dW).norm() / dW.norm()).item()
+    return tb.one_step_gradient_error(ModelSpec(wl.n, wl.m), TrainSpec(batch_size=wl.batch), p, imp, **layout)
 
 
 def time_layout(wl, layout, steps, precision="fp32") -> float:

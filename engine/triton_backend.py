@@ -98,28 +98,35 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
             hist.cpu() if hist is not None else None)
 
 
+def one_step_gradient_error(model: ModelSpec, train: TrainSpec, p, imp, **tile) -> float:
+    """Norm-wise relative error of the W gradient of one fused step against float64 autograd's
+    formula (engine.reference) on the very batch the kernel drew. p, imp: (K, n) on the kernel's
+    device. After one step Adam's first moment is exactly (1 - beta1) * gradient."""
+    from kernels.sampling import sample_batch
+
+    K = p.shape[0]
+    state = new_state(model, train, 0, K, p.device)
+    W0, b0 = state["W"].double().cpu(), state["b"].double().cpu()
+    run_steps(model, train, state, p, imp, 0, 0, 1, torch.zeros(K, device=p.device), **tile)
+    x = sample_batch(p, train.batch_size, 0, train.seed).double().cpu()
+    _, dW, _ = reference.loss_and_grads(W0, b0, x, imp.double().cpu(), model.variant)
+    got = state["mW"].double().cpu() / (1 - train.beta1)
+    return ((got - dW).norm() / dW.norm().clamp_min(1e-300)).item()
+
+
 def self_test(model: ModelSpec, train: TrainSpec | None = None, device="cuda") -> str | None:
     """One training step of three instances against the float64 reference on identical inputs.
 
     Returns None when the kernels train this shape correctly here (gradient error below 1e-4 at
     fp32, 2e-2 at tf32), else a one-line reason. Used by ``--backend auto``.
     """
-    from kernels.sampling import sample_batch
-
     train = train or TrainSpec()
     try:
         check_supported(model, train)
         small = TrainSpec(steps=2, batch_size=min(train.batch_size, 64), precision=train.precision,
                           optimizer=train.optimizer, weight_decay=train.weight_decay)
-        K, n = 3, model.n_features
-        p = torch.full((K, n), 0.5, device=device)
-        imp = torch.ones(K, n, device=device)
-        state = new_state(model, small, 0, K, device)
-        W0, b0 = state["W"].double().cpu(), state["b"].double().cpu()
-        run_steps(model, small, state, p, imp, 0, 0, 1, torch.zeros(K, device=device))
-        x = sample_batch(p, small.batch_size, 0, small.seed).double().cpu()
-        _, dW, _ = reference.loss_and_grads(W0, b0, x, imp.double().cpu(), model.variant)
-        err = ((state["mW"].double().cpu() / (1 - small.beta1) - dW).norm() / dW.norm().clamp_min(1e-300)).item()
+        p = torch.full((3, model.n_features), 0.5, device=device)
+        err = one_step_gradient_error(model, small, p, torch.ones_like(p))
     except Exception as e:  # any failure to compile or launch means: do not use this backend
         return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
     limit = 2e-2 if train.precision == "tf32" else 1e-4
