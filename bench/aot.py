@@ -40,8 +40,7 @@ def _source(cfg, precision: str) -> ASTSource:
     sig["seed"] = "i64"
     sig.update({a: "fp32" for a in _SCALARS_F32})
     if cfg.path == "fused":
-        const = dict(P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=True, DECOUPLED=True,
-                     ADAM_IN_REGISTERS=cfg.adam_in_registers)
+        const = dict(P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=True, DECOUPLED=True)
     else:
         const = dict(BB=cfg.BB, NB=cfg.NB, MP=cfg.MP, RELU=True, DECOUPLED=True,
                      PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot)

@@ -13,8 +13,6 @@ import triton
 
 # Padded m x n up to which the fused path is used (its (P, BB, MP, NP) temporaries grow with it).
 FUSED_MAX = 1024
-# Largest P * MP * NP whose Adam moments the fused path keeps in registers.
-FUSED_ADAM_IN_REGISTERS_MAX = 1024
 # Limits of the blocked path. It loops over feature blocks, so n is bounded only by memory
 # (interpreter tests reach n=400, bench.aot compiles n=512); m sets the (BB, MP) register tiles.
 BLOCKED_MAX_N = 4096
@@ -29,7 +27,6 @@ class TileConfig:
     NP: int                 # fused: n padded to a power of two; blocked: unused (0)
     MP: int                 # m padded to a power of two (blocked: >= 16 for tl.dot)
     NB: int                 # blocked: features per block; fused: 0
-    adam_in_registers: bool
     num_warps: int
     fp32_dot: str = "ieee"  # blocked path at fp32: "ieee" (exact FMA) or "tf32x3" (3-pass tensor cores, ~fp32)
 
@@ -49,7 +46,7 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
         # P=64 or 4x bigger tiles spill). Which of these is fastest needs GPU timings (bench.tune).
         P = max(1, min(16, 32 // (NP * MP)))
         BB = max(4, min(64, triton.next_power_of_2(batch), 512 // (P * NP * MP)))
-        cfg = TileConfig("fused", P, BB, NP, MP, 0, P * NP * MP <= FUSED_ADAM_IN_REGISTERS_MAX, 4)
+        cfg = TileConfig("fused", P, BB, NP, MP, 0, 4)
     else:
         # No spills for sm_90 at n=400, m=30 (python -m bench.aot): fp32 (ieee, FMA) BB=32 NB=16
         # 178 registers; tf32 BB=64 NB=32 208 registers; both at 8 warps.
@@ -57,7 +54,7 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
         BB, NB = (64, 32) if precision == "tf32" else (32, 16)
         if MP >= 64:
             BB //= 2
-        cfg = TileConfig("blocked", 1, BB, 0, max(16, MP), NB, False, 8)
+        cfg = TileConfig("blocked", 1, BB, 0, max(16, MP), NB, 8)
     return replace(cfg, **override)
 
 

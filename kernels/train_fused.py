@@ -1,4 +1,4 @@
-"""Fused training of small tied toy models, parameters (and Adam state) in registers.
+"""Fused training of small tied toy models, parameters and Adam state in registers.
 
 One program trains P instances (P > 1 packs tiny models so a 2-feature model does not leave a
 vector 94% empty) for ``n_steps`` steps in one launch. Per step and batch tile of BB rows:
@@ -27,7 +27,7 @@ def _train_fused_kernel(
     K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
     seed, wd, beta1, beta2, eps, inv_bn,
     P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr,
-    RELU: tl.constexpr, DECOUPLED: tl.constexpr, ADAM_IN_REGISTERS: tl.constexpr,
+    RELU: tl.constexpr, DECOUPLED: tl.constexpr,
 ):
     """Train instances [pid*P, pid*P + P) for steps [step0, step0 + n_steps).
 
@@ -39,8 +39,6 @@ def _train_fused_kernel(
     hist_ptr: (ceil(total_steps / hist_every), K) float32, row t // hist_every gets the loss of
         step t when t % hist_every == 0 (hist_every = 0: none).
     inv_bn: 1 / (batch * n), the per-instance mean.
-    ADAM_IN_REGISTERS: keep the Adam moments on chip for the whole launch; else they are read
-        and written once per step (large models: registers hold only W and dW).
     """
     pid = tl.program_id(0).to(tl.int64)
     ip = pid * P + tl.arange(0, P)
@@ -53,9 +51,8 @@ def _train_fused_kernel(
     pf_mask = ok_i[:, None] & (f[None, :] < n)
     # Padding is exact zeros in W and b and zero importance, so padded lanes never contribute.
     W = tl.load(W_ptr + w_offs, mask=w_mask, other=0.0)
-    if ADAM_IN_REGISTERS:
-        mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
-        vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
+    mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
+    vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
     b = tl.load(b_ptr + pf_offs, mask=pf_mask, other=0.0)
     mb = tl.load(mb_ptr + pf_offs, mask=pf_mask, other=0.0)
     vb = tl.load(vb_ptr + pf_offs, mask=pf_mask, other=0.0)
@@ -98,23 +95,15 @@ def _train_fused_kernel(
         decay = tl.load(sched_ptr + 3 * t)
         step_size = tl.load(sched_ptr + 3 * t + 1)
         inv_sqrt_bias2 = tl.load(sched_ptr + 3 * t + 2)
-        if ADAM_IN_REGISTERS:
-            W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
-        else:
-            mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
-            vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
-            W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
-            tl.store(mW_ptr + w_offs, mW, mask=w_mask)
-            tl.store(vW_ptr + w_offs, vW, mask=w_mask)
+        W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
         b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
         # Keep padded lanes exactly zero (AdamW decay keeps 0 at 0, but be explicit and cheap).
         W = tl.where(w_mask, W, 0.0)
         b = tl.where(pf_mask, b, 0.0)
 
     tl.store(W_ptr + w_offs, W, mask=w_mask)
-    if ADAM_IN_REGISTERS:
-        tl.store(mW_ptr + w_offs, mW, mask=w_mask)
-        tl.store(vW_ptr + w_offs, vW, mask=w_mask)
+    tl.store(mW_ptr + w_offs, mW, mask=w_mask)
+    tl.store(vW_ptr + w_offs, vW, mask=w_mask)
     tl.store(b_ptr + pf_offs, b, mask=pf_mask)
     tl.store(mb_ptr + pf_offs, mb, mask=pf_mask)
     tl.store(vb_ptr + pf_offs, vb, mask=pf_mask)
@@ -132,5 +121,4 @@ def launch(state: dict, p, imp, sched, loss_acc, hist, cfg, *, batch: int, first
         p, imp, sched, loss_acc, hist,
         K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
         seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n),
-        P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
-        ADAM_IN_REGISTERS=cfg.adam_in_registers, num_warps=cfg.num_warps)
+        P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled, num_warps=cfg.num_warps)

@@ -83,7 +83,7 @@ def test_one_step_matches_float64_reference(n, m):
 
 @pytest.mark.parametrize("n, m, K, tile", [
     (20, 5, 3, dict(path="blocked", NB=16, BB=16)),                      # blocked path, several feature blocks
-    (3, 2, 5, dict(P=4, adam_in_registers=False)),                       # fused, Adam moments in memory
+    (3, 2, 5, dict(P=4)),                                                # fused, 4 instances packed, K=5
     (33, 7, 2, dict(path="blocked", NB=16, BB=16)),                      # ragged last feature block
     (400, 30, 2, {}),                                                    # the uniform workload's shape
     (2, 1, 3, dict(P=2, BB=4)),                                          # many row tiles, 2 rows per Philox call
