@@ -23,7 +23,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import train_blocked, train_fused  # noqa: E402
+from kernels import train_blocked, train_fused, train_lanes  # noqa: E402
 from kernels.layout import tile_config  # noqa: E402
 
 SHAPES = [(1, 1), (2, 1), (3, 2), (5, 2), (20, 5), (33, 7), (64, 64), (400, 30), (512, 8), (512, 64)]
@@ -33,17 +33,21 @@ _SCALARS_F32 = ("wd", "beta1", "beta2", "eps", "inv_bn")
 
 
 def _source(cfg, precision: str) -> ASTSource:
-    fn = train_fused._train_fused_kernel if cfg.path == "fused" else train_blocked._train_blocked_kernel
+    fn = {"fused": train_fused._train_fused_kernel, "lanes": train_lanes._train_lanes_kernel,
+          "blocked": train_blocked._train_blocked_kernel}[cfg.path]
     n_ptrs = fn.arg_names.index("K")
     sig = {a: "*fp32" for a in fn.arg_names[:n_ptrs]}
     sig.update({a: "i32" for a in _SCALARS_I32})
     sig["seed"] = "i64"
     sig.update({a: "fp32" for a in _SCALARS_F32})
-    if cfg.path == "fused":
+    if cfg.path in ("fused", "lanes"):
         const = dict(P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=True, DECOUPLED=True)
     else:
         const = dict(BB=cfg.BB, NB=cfg.NB, MP=cfg.MP, RELU=True, DECOUPLED=True,
                      PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot)
+    if cfg.path == "lanes":
+        const["EVEN"] = True  # batch 1024, a multiple of every BB
+        const["MOMENTS_IN_MEMORY"] = cfg.NP * cfg.MP > 8  # as kernels/train_lanes.launch
     sig.update({k: "constexpr" for k in const})
     return ASTSource(fn, sig, const)
 
@@ -60,11 +64,17 @@ def resource_usage(cubin: bytes) -> dict:
             "spill_bytes": int(found.get("STACK", 0)) + int(found.get("LOCAL", 0))}
 
 
+def compile_layout(cfg, precision: str = "fp32", arch: int = 90):
+    """The training kernel of layout ``cfg`` compiled for sm_``arch`` (a triton CompiledKernel:
+    .asm["cubin"], .asm["sass"], .metadata)."""
+    return triton.compile(_source(cfg, precision), target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": cfg.num_warps})
+
+
 def report(cfg, precision: str = "fp32", arch: int = 90) -> dict:
     row = {"precision": precision, **asdict(cfg)}
     try:
-        k = triton.compile(_source(cfg, precision), target=GPUTarget("cuda", arch, 32),
-                           options={"num_warps": cfg.num_warps})
+        k = compile_layout(cfg, precision, arch)
         row.update(resource_usage(k.asm["cubin"]))
         row["shared_bytes"] = k.metadata.shared
         row["fits"] = k.metadata.shared <= SHARED_LIMIT and row["registers"] is not None
@@ -84,8 +94,9 @@ def main(argv=None):
     if args.sweep:
         n, m = map(int, args.sweep.split(","))
         base = tile_config(n, m, 1024)
-        if base.path == "fused":
-            grid = [dict(P=P, BB=BB, num_warps=w) for P, BB, w in itertools.product((4, 16, 64), (4, 16, 32), (1, 2, 4))]
+        if base.path == "lanes":
+            grid = [dict(P=P, BB=BB, num_warps=w) for P, BB, w in itertools.product((1, 2, 4), (4, 16, 128, 512), (1, 4))
+                    if BB >= 4 // min(base.NP, 4)]
         else:
             grid = [dict(BB=BB, NB=NB, num_warps=w) for BB, NB, w in itertools.product((16, 32, 64), (16, 32, 64), (2, 4, 8))]
         for over in grid:
@@ -96,7 +107,7 @@ def main(argv=None):
     for n, m in shapes:
         for precision in ("fp32", "tf32"):
             cfg = tile_config(n, m, 1024, precision)
-            if precision == "tf32" and cfg.path == "fused":
+            if precision == "tf32" and cfg.path != "blocked":
                 continue
             print(json.dumps({"n": n, "m": m, **report(cfg, precision, args.arch)}), flush=True)
 

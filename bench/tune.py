@@ -24,11 +24,21 @@ from kernels.layout import tile_config
 from .workloads import WORKLOADS
 
 
+def baselines(n, m):
+    """Layouts always timed beside the default: the first small-model layout (rows on an inner
+    axis), which bench.sass predicts 3-8x slower than lanes; the GPU has the last word."""
+    if tile_config(n, m, 1024).path == "lanes":
+        yield dict(path="fused")
+
+
 def candidates(n, m):
     """Layout overrides worth timing for an (n, m) model (the default comes first, separately)."""
-    if tile_config(n, m, 1024).path == "fused":
-        for P, BB, w in itertools.product((4, 16, 32, 64), (4, 8, 16, 32), (1, 2, 4)):
-            yield dict(path="fused", P=P, BB=BB, num_warps=w)
+    cfg = tile_config(n, m, 1024)
+    if cfg.path == "lanes":
+        min_bb = 4 // min(cfg.NP, 4)  # whole Philox calls per tile
+        for P, BB, w in itertools.product((1, 2, 4), (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), (1, 2, 4, 8)):
+            if BB >= min_bb and (P, BB, w) != (cfg.P, cfg.BB, cfg.num_warps):
+                yield dict(path="lanes", P=P, BB=BB, num_warps=w)
     if n >= 16:
         for BB, NB, w, dot in itertools.product((16, 32, 64), (16, 32, 64), (2, 4, 8), ("ieee", "tf32x3")):
             yield dict(path="blocked", P=1, BB=BB, NB=NB, num_warps=w, fp32_dot=dot, MP=max(16, tile_config(n, m, 1024).MP))
@@ -71,7 +81,8 @@ def main(argv=None):
         wl = WORKLOADS[name]
         default = {k: v for k, v in asdict(tile_config(wl.n, wl.m, wl.batch)).items()}
         cands = list(candidates(wl.n, wl.m))
-        variants = [default] + cands[:: max(1, len(cands) // args.max_variants)][: args.max_variants]
+        variants = ([default] + list(baselines(wl.n, wl.m))
+                    + cands[:: max(1, len(cands) // args.max_variants)][: args.max_variants])
         for layout in variants:
             row = {"workload": name, **layout, "default": layout is default}
             try:

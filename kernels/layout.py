@@ -1,9 +1,12 @@
 """Which kernel trains an (n, m) model, and with what tile sizes.
 
-Two paths: ``fused`` (kernels/train_fused.py; small models, several instances per program, all
-state in registers) and ``blocked`` (kernels/train_blocked.py; one instance per program, W in
-memory, feature blocks, tl.dot). Sizes were chosen with ``python -m bench.aot`` (registers,
-spills, shared memory for sm_90) pending GPU timings from ``python -m bench.tune``.
+Paths: ``lanes`` (kernels/train_lanes.py; small models, batch rows across the lanes, state in
+registers; the default up to padded m*n = 1024), ``blocked`` (kernels/train_blocked.py; one
+instance per program, W in memory, feature blocks, tl.dot; larger models and tf32) and ``fused``
+(kernels/train_fused.py; the first small-model layout, rows on an inner axis; only reachable by
+override, kept as the baseline ``bench.tune`` times lanes against until a GPU run settles it).
+Sizes were chosen with ``python -m bench.aot`` (registers, spills, shared memory for sm_90) and
+``python -m bench.sass`` (static instruction cost of the hot loop), pending GPU timings.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from dataclasses import dataclass, replace
 
 import triton
 
-# Padded m x n up to which the fused path is used (its (P, BB, MP, NP) temporaries grow with it).
+# Padded m x n up to which a register-resident path (lanes) is used: every thread holds its share
+# of W, the Adam moments and the per-row gradient partials.
 FUSED_MAX = 1024
 # Limits of the blocked path. It loops over feature blocks, so n is bounded only by memory
 # (interpreter tests reach n=400, bench.aot compiles n=512); m sets the (BB, MP) register tiles.
@@ -21,7 +25,7 @@ BLOCKED_MAX_M = 64
 
 @dataclass(frozen=True)
 class TileConfig:
-    path: str               # "fused" or "blocked"
+    path: str               # "lanes", "blocked" or "fused"
     P: int                  # instances per program (blocked: 1)
     BB: int                 # batch rows per tile
     NP: int                 # fused: n padded to a power of two; blocked: unused (0)
@@ -38,8 +42,28 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
     """
     NP, MP = triton.next_power_of_2(n), triton.next_power_of_2(m)
     blocked = NP * MP > FUSED_MAX or (precision == "tf32" and n >= 16)
-    path = override.pop("path", "blocked" if blocked else "fused")
-    if path == "fused":
+    path = override.pop("path", "blocked" if blocked else "lanes")
+    if path == "lanes":
+        S = NP * MP
+        if S <= 8:
+            # Whole rows per thread, one warp (the once-per-step gradient reduction is then
+            # shuffles only: at 4 warps it went through shared memory and cost +50% at 2x1).
+            # NP <= 2 draws 4/NP rows per Philox call: BB >= 4/NP * 32 gives each thread exactly
+            # its own calls' rows (no shuffle through shared memory). Several instances per
+            # program: more independent work per thread. bench.sass, SM-cycles per instance-row
+            # with the step overhead: 1x1 0.78, 2x1 1.50 (the first fused layout: 5.07 without
+            # overhead), 3x2 3.34 (fused: 23.95).
+            P = 4 if S <= 2 else 2
+            BB = 128 if NP == 1 else 64
+            cfg = TileConfig("lanes", P, BB, NP, MP, 0, 1)
+        else:
+            # One warp; rows across 32 / (32 / BB) lanes, features split over the rest, so each
+            # thread holds S * BB / 32 parameters: the fewest rows that compile without spills.
+            # bench.sass: 5x2 BB=16 9.8 cycles/instance-row (fused 33); 20x5 BB=8 57 (fused 302);
+            # 33x7 BB=4 118 (fused 563); 64x16 BB=2 213 (fused 860); bigger BB spills (LDL/STL).
+            BB = 16 if S <= 16 else 8 if S <= 256 else 4 if S <= 512 else 2
+            cfg = TileConfig("lanes", 1, BB, NP, MP, 0, 1)
+    elif path == "fused":
         # Up to 32 parameter elements (16 instances) per program and a product tile of about 512
         # elements at 4 warps: the largest tiles that compile without spills for sm_90
         # (python -m bench.aot: 2x1 P=16 BB=16 128 registers; 3x2 P=8 BB=8 141; 20x5 P=1 BB=4 96;

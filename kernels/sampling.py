@@ -57,6 +57,64 @@ def feature_tile(seed, inst, step, r0, n4, f0, prob, valid, P: tl.constexpr, BB:
 
 
 @triton.jit
+def feature_tile_rows_last(seed, inst, step, r0, n4, prob, EVEN: tl.constexpr, batch, P: tl.constexpr,
+                           BB: tl.constexpr, NP: tl.constexpr):
+    """The draws of rows r0..r0+BB-1 and features 0..NP-1 as x (P, NP, BB), rows on the last axis,
+    laid out so that each thread already holds the words of the Philox calls it made (no shuffle
+    through shared memory). prob (P, NP, 1), 0 for padded features. EVEN: batch % BB == 0.
+
+    n >= 3: position q of the row axis is row r0 + q. n <= 2, where a call serves R = 4/n rows:
+    position q is row r0 + (q % C) * R + q // C with C = BB / R calls, so the R rows of call c sit
+    at positions c, c + C, ..., which triton's default layout gives to one thread. The training
+    kernels sum over rows, so the order is free; the draws are those of ``feature_tile``.
+    """
+    if NP >= 4:
+        G: tl.constexpr = NP // 4
+        q = tl.arange(0, BB)
+        c0 = (r0 + q)[None, None, :] * n4 + tl.arange(0, G)[None, :, None]             # (1, G, BB)
+        c0 = tl.broadcast_to(c0.to(tl.uint32), (P, G, BB))
+        c2 = tl.broadcast_to(inst[:, None, None], (P, G, BB))
+        zero = tl.zeros((P, G, BB), tl.uint32)
+        c1 = (tl.zeros((P, G, BB), tl.int32) + step).to(tl.uint32)
+        o0, o1, o2, o3 = tl.philox(seed, c0, c1, c2, zero)
+        # (P, G, BB, a, d) holds word 2a + d of feature group g (see uniform_tile's join order)
+        # -> (P, 4G, BB), feature 4g + 2a + d.
+        w = tl.reshape(tl.permute(tl.join(tl.join(o0, o2), tl.join(o1, o3)), (0, 1, 3, 4, 2)), (P, NP, BB))
+    else:
+        R: tl.constexpr = 4 // NP
+        C: tl.constexpr = BB // R
+        c = tl.arange(0, C)
+        c0 = tl.broadcast_to((r0 // R + c).to(tl.uint32)[None, :], (P, C))
+        c2 = tl.broadcast_to(inst[:, None], (P, C))
+        zero = tl.zeros((P, C), tl.uint32)
+        c1 = (tl.zeros((P, C), tl.int32) + step).to(tl.uint32)
+        o0, o1, o2, o3 = tl.philox(seed, c0, c1, c2, zero)
+        # (P, C, a, d) holds word 2a + d = (row in call) * NP + feature.
+        w4 = tl.join(tl.join(o0, o2), tl.join(o1, o3))
+        if NP == 2:
+            w = tl.reshape(tl.permute(w4, (0, 3, 2, 1)), (P, NP, BB))      # [p, d = feature, a * C + c]
+        else:
+            w = tl.reshape(tl.permute(w4, (0, 2, 3, 1)), (P, NP, BB))      # [p, 0, (2a + d) * C + c]
+    u = _to_uniform(w)
+    active = u < prob
+    if not EVEN:
+        active = active & (rows_last_order(r0, BB, NP) < batch)[None, None, :]
+    return tl.where(active, tl.div_rn(u, prob), 0.0)
+
+
+@triton.jit
+def rows_last_order(r0, BB: tl.constexpr, NP: tl.constexpr):
+    """(BB,) the batch row at each position of ``feature_tile_rows_last``'s row axis."""
+    q = tl.arange(0, BB)
+    if NP >= 4:
+        return r0 + q
+    else:
+        R: tl.constexpr = 4 // NP
+        C: tl.constexpr = BB // R
+        return r0 + (q % C) * R + q // C
+
+
+@triton.jit
 def _sample_kernel(x_ptr, p_ptr, K, n, batch, first_instance, step, seed,
                    P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
     """Write x (K, batch, n): exactly the batch the training kernel draws at ``step``.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import train_blocked, train_fused
+from . import train_blocked, train_fused, train_lanes
 from .layout import tile_config
 
 
@@ -25,7 +25,9 @@ def train_steps(state: dict, p: torch.Tensor, imp: torch.Tensor, sched: torch.Te
                 hist_every=hist_every, seed=seed, weight_decay=weight_decay, beta1=beta1, beta2=beta2, eps=eps,
                 relu=relu, decoupled=decoupled)
     hist = loss_acc if hist is None else hist  # never written when hist_every == 0
-    if cfg.path == "fused":
+    if cfg.path == "lanes":
+        train_lanes.launch(state, p, imp, sched, loss_acc, hist, cfg, **args)
+    elif cfg.path == "fused":
         train_fused.launch(state, p, imp, sched, loss_acc, hist, cfg, **args)
     else:
         train_blocked.launch(state, p, imp, sched, loss_acc, hist, cfg, precision=precision, **args)

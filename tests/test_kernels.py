@@ -81,16 +81,21 @@ def test_one_step_matches_float64_reference(n, m):
     assert rel(state["vW"], states[0].v) < 1e-5
 
 
-@pytest.mark.parametrize("n, m, K, tile", [
-    (20, 5, 3, dict(path="blocked", NB=16, BB=16)),                      # blocked path, several feature blocks
-    (3, 2, 5, dict(P=4)),                                                # fused, 4 instances packed, K=5
-    (33, 7, 2, dict(path="blocked", NB=16, BB=16)),                      # ragged last feature block
-    (400, 30, 2, {}),                                                    # the uniform workload's shape
-    (2, 1, 3, dict(P=2, BB=4)),                                          # many row tiles, 2 rows per Philox call
-    (1, 1, 5, dict(P=4, BB=8)),                                          # 4 rows per Philox call
+@pytest.mark.parametrize("n, m, K, batch, tile", [
+    (20, 5, 3, 21, dict(path="blocked", NB=16, BB=16)),                  # blocked path, several feature blocks
+    (33, 7, 2, 21, dict(path="blocked", NB=16, BB=16)),                  # ragged last feature block
+    (400, 30, 2, 21, {}),                                                # the uniform workload's shape
+    (3, 2, 5, 21, dict(P=4)),                                            # lanes, 4 instances packed, K=5
+    (2, 1, 3, 21, dict(P=2, BB=8)),                                      # lanes, 2 rows per Philox call, ragged tile
+    (1, 1, 5, 21, dict(P=4, BB=16)),                                     # lanes, 4 rows per Philox call
+    (2, 1, 3, 32, dict(P=2, BB=16)),                                     # lanes, batch a multiple of BB (no masks)
+    (20, 5, 3, 32, dict(BB=4)),                                          # lanes, features shared by lanes
+    (3, 2, 5, 21, dict(path="fused", P=4)),                              # fused baseline, 4 instances packed
+    (2, 1, 3, 21, dict(path="fused", P=2, BB=4)),                        # fused, 2 rows per Philox call
+    (1, 1, 5, 21, dict(path="fused", P=4, BB=8)),                        # fused, 4 rows per Philox call
 ])
-def test_one_step_on_each_kernel_path(n, m, K, tile):
-    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, batch=21, **tile)
+def test_one_step_on_each_kernel_path(n, m, K, batch, tile):
+    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, batch=batch, **tile)
     assert rel(state["mW"] / (1 - train.beta1), dW) < 1e-5 and rel(state["mb"] / (1 - train.beta1), db) < 1e-5
     assert rel(hist[0], ref_loss) < 1e-5
     states = [reference.AdamState(torch.zeros_like(W0), torch.zeros_like(W0)),
@@ -156,10 +161,12 @@ def test_unsupported_shape_names_the_limit():
 
 def test_layout_choice():
     from kernels.layout import tile_config
-    assert tile_config(2, 1, 1024).path == "fused" and tile_config(20, 5, 1024).path == "fused"
+    assert tile_config(2, 1, 1024).path == "lanes" and tile_config(20, 5, 1024).path == "lanes"
     assert tile_config(400, 30, 1024).path == "blocked" and tile_config(64, 64, 1024).path == "blocked"
     assert tile_config(20, 5, 1024, "tf32").path == "blocked"  # only tl.dot uses tensor cores
-    assert tile_config(3, 2, 1024, "tf32").path == "fused"
+    assert tile_config(3, 2, 1024, "tf32").path == "lanes"
+    # n <= 2 draws 4/n rows per Philox call: whole calls per thread need BB >= 4/n * 32 at one warp.
+    assert tile_config(1, 1, 1024).BB >= 128 and tile_config(2, 1, 1024).BB >= 64
 
 
 def test_blocked_path_multi_step_tracks_the_reference():
@@ -239,9 +246,32 @@ def test_default_layouts_compile_for_hopper_within_its_resources():
     res = subprocess.run([sys.executable, "-m", "bench.aot", "--shapes", "2,1;20,5;400,30"], capture_output=True,
                          text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 5, res.stderr[-2000:]  # fused 2x1, fused 20x5, blocked 20x5 tf32, blocked 400x30 fp32/tf32
+    assert len(rows) == 5, res.stderr[-2000:]  # lanes 2x1, lanes 20x5, blocked 20x5 tf32, blocked 400x30 fp32/tf32
     for row in rows:
         assert "error" not in row and row["fits"], row
+
+
+def test_lanes_hot_loop_has_no_cross_lane_traffic():
+    """The point of the lanes layout, read from the sm_90 SASS (bench.sass): for whole-row models
+    the per-tile loop has no shuffles, no shared-memory round trips, no barriers and no spills
+    (the Philox words are born in the thread that uses them); the fused layout's loop has shuffles."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    rows = {}
+    for path in ("lanes", "fused"):
+        res = subprocess.run([sys.executable, "-m", "bench.sass", "--shapes", "1,1;2,1;3,2", "--set", f"path={path}"],
+                             capture_output=True, text=True, env=env, timeout=600)
+        rows[path] = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+        assert len(rows[path]) == 3, res.stderr[-2000:]
+    for row in rows["lanes"]:
+        ops = row["hot_loop_opcodes"]
+        assert not {"SHFL", "BAR", "STS", "LDS", "LDL", "STL"} & set(ops), (row["n"], row["m"], ops)
+    assert all("SHFL" in row["hot_loop_opcodes"] for row in rows["fused"])
+    for lanes, fused in zip(rows["lanes"], rows["fused"]):
+        assert lanes["sm_cycles_per_instance_row"] < fused["sm_cycles_per_instance_row"] / 2
 
 
 @pytest.mark.gpu

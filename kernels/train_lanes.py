@@ -1,0 +1,144 @@
+"""Fused training of small tied toy models with batch rows across the lanes.
+
+The layout that makes small models cheap: every tensor has the batch rows on its *last* axis,
+so triton's default layout spreads rows over the lanes and warps, and each thread holds whole
+rows with all (or, for a short row axis, a share of) the features and hidden units of P
+instances. Then W x, W^T h and W dz reduce over features or hidden units inside a thread, in
+plain FMA chains, and the gradient's sum over rows is deferred: each thread accumulates its own
+rows' dW and db, reduced across lanes once per step rather than once per batch tile.
+(kernels/train_fused.py puts rows on an inner axis; its per-tile cross-lane reductions cost
+~100 shuffles per 4 rows at n=20, m=5: ``python -m bench.sass``.)
+
+Per step: for each tile of BB rows, sample x on chip (kernels/sampling.py), h = W x,
+z = W^T h + b, x' = act(z), loss, dz, dh = W dz, and per-thread partials dW += h dz^T + dh x^T;
+then one reduction over rows and the AdamW/Adam update in registers. Nothing that grows with the
+batch touches GPU memory; state is written back at the end of the launch.
+
+Shapes (P instances, NP >= n and MP >= m powers of two, BB rows):
+    W, Adam moments (P, MP, NP)    x, z, dz (P, NP, BB)     (moments in memory beyond 8 parameters)    h, dh (P, MP, BB)
+    dW partials (P, MP, NP, BB)    b, db (P, NP)
+Every thread holds P*MP*NP parameters and as many gradient partials per row it owns, so this path
+is for small padded models (kernels/layout.py).
+"""
+import triton
+import triton.language as tl
+
+from .adam import adam
+from .sampling import feature_tile_rows_last, rows_last_order
+
+
+@triton.jit
+def _train_lanes_kernel(
+    W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr,
+    p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
+    K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
+    seed, wd, beta1, beta2, eps, inv_bn,
+    P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr,
+    RELU: tl.constexpr, DECOUPLED: tl.constexpr, EVEN: tl.constexpr, MOMENTS_IN_MEMORY: tl.constexpr,
+):
+    """Train instances [pid*P, pid*P + P) for steps [step0, step0 + n_steps).
+
+    Pointers, sizes and scalars exactly as kernels/train_fused.py's kernel:
+    W_ptr, mW_ptr, vW_ptr: (K, m, n) float32 in place; b_ptr, mb_ptr, vb_ptr: (K, n) in place;
+    p_ptr, imp_ptr: (K, n); sched_ptr: (total_steps, 3); loss_ptr: (K,); hist_ptr: (T, K);
+    inv_bn = 1 / (batch * n). EVEN: batch % BB == 0 (no row masks). MOMENTS_IN_MEMORY: W's Adam
+    moments stay in memory between steps instead of registers (models beyond a few parameters).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    ip = pid * P + tl.arange(0, P)
+    f = tl.arange(0, NP)
+    j = tl.arange(0, MP)
+    ok_i = ip < K
+    w_offs = ip[:, None, None] * m * n + j[None, :, None] * n + f[None, None, :]
+    w_mask = ok_i[:, None, None] & (j[None, :, None] < m) & (f[None, None, :] < n)
+    pf_offs = ip[:, None] * n + f[None, :]
+    pf_mask = ok_i[:, None] & (f[None, :] < n)
+    # Padding is exact zeros in W and b and zero importance, so padded lanes never contribute.
+    W = tl.load(W_ptr + w_offs, mask=w_mask, other=0.0)
+    if not MOMENTS_IN_MEMORY:
+        mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
+        vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
+    b = tl.load(b_ptr + pf_offs, mask=pf_mask, other=0.0)
+    mb = tl.load(mb_ptr + pf_offs, mask=pf_mask, other=0.0)
+    vb = tl.load(vb_ptr + pf_offs, mask=pf_mask, other=0.0)
+    # Padded features get probability 0: never active, so x = 0 there without a mask.
+    prob = tl.load(p_ptr + pf_offs, mask=pf_mask, other=0.0)[:, :, None]
+    imp = tl.load(imp_ptr + pf_offs, mask=pf_mask, other=0.0)[:, :, None]
+    loss_acc = tl.load(loss_ptr + ip, mask=ok_i, other=0.0)
+    inst = (first_instance + ip).to(tl.uint32)
+    n4 = (n + 3) // 4
+    grad_scale = 2.0 * inv_bn
+    W4 = W[:, :, :, None]
+
+    for t in range(step0, step0 + n_steps):
+        dW4 = tl.zeros((P, MP, NP, BB), tl.float32)
+        db3 = tl.zeros((P, NP, BB), tl.float32)
+        l3 = tl.zeros((P, NP, BB), tl.float32)
+        for r0 in range(0, batch, BB):
+            x = feature_tile_rows_last(seed, inst, t, r0, n4, prob, EVEN, batch, P, BB, NP)  # (P, NP, BB)
+            h = tl.sum(W4 * x[:, None, :, :], axis=2)                                    # (P, MP, BB)
+            z = tl.sum(W4 * h[:, :, None, :], axis=1) + b[:, :, None]                    # (P, NP, BB)
+            if RELU:
+                y = tl.maximum(z, 0.0)
+            else:
+                y = z
+            # Padded features and rows past the batch have x = 0, z = 0 (W, b padded with zeros) ...
+            d = y - x
+            if not EVEN:  # ... except z = b for rows past the batch
+                d = tl.where((rows_last_order(r0, BB, NP) < batch)[None, None, :], d, 0.0)
+            wdiff = imp * d
+            l3 += wdiff * d
+            dz = wdiff * grad_scale
+            if RELU:
+                dz = tl.where(z > 0.0, dz, 0.0)
+            db3 += dz
+            dh = tl.sum(W4 * dz[:, None, :, :], axis=2)                                  # (P, MP, BB)
+            dW4 += h[:, :, None, :] * dz[:, None, :, :] + dh[:, :, None, :] * x[:, None, :, :]
+        # The one cross-lane reduction of the step.
+        dW = tl.sum(dW4, axis=3)
+        db = tl.sum(db3, axis=2)
+        loss_t = tl.sum(tl.sum(l3, axis=2), axis=1) * inv_bn
+        if t >= window_start:
+            loss_acc += loss_t
+        if hist_every > 0:
+            if t % hist_every == 0:
+                tl.store(hist_ptr + (t // hist_every) * K + ip, loss_t, mask=ok_i)
+        decay = tl.load(sched_ptr + 3 * t)
+        step_size = tl.load(sched_ptr + 3 * t + 1)
+        inv_sqrt_bias2 = tl.load(sched_ptr + 3 * t + 2)
+        if MOMENTS_IN_MEMORY:
+            # Read and written once per step, from L1/L2: frees 2/3 of the parameter registers.
+            mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
+            vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
+        W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        if MOMENTS_IN_MEMORY:
+            tl.store(mW_ptr + w_offs, mW, mask=w_mask)
+            tl.store(vW_ptr + w_offs, vW, mask=w_mask)
+        b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        W = tl.where(w_mask, W, 0.0)
+        b = tl.where(pf_mask, b, 0.0)
+        W4 = W[:, :, :, None]
+
+    tl.store(W_ptr + w_offs, W, mask=w_mask)
+    if not MOMENTS_IN_MEMORY:
+        tl.store(mW_ptr + w_offs, mW, mask=w_mask)
+        tl.store(vW_ptr + w_offs, vW, mask=w_mask)
+    tl.store(b_ptr + pf_offs, b, mask=pf_mask)
+    tl.store(mb_ptr + pf_offs, mb, mask=pf_mask)
+    tl.store(vb_ptr + pf_offs, vb, mask=pf_mask)
+    tl.store(loss_ptr + ip, loss_acc, mask=ok_i)
+
+
+def launch(state: dict, p, imp, sched, loss_acc, hist, cfg, *, batch: int, first_instance: int, step0: int,
+           n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
+           beta2: float, eps: float, relu: bool, decoupled: bool) -> None:
+    """Run steps [step0, step0 + n_steps) in place on ``state`` (see kernels/train.py)."""
+    W = state["W"]
+    K, m, n = W.shape
+    _train_lanes_kernel[(triton.cdiv(K, cfg.P),)](
+        W, state["b"], state["mW"], state["vW"], state["mb"], state["vb"],
+        p, imp, sched, loss_acc, hist,
+        K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
+        seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n),
+        P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled, EVEN=batch % cfg.BB == 0,
+        MOMENTS_IN_MEMORY=cfg.NP * cfg.MP > 8, num_warps=cfg.num_warps)
