@@ -36,12 +36,15 @@ def init_weights(model: ModelSpec, seed: int, instances: torch.Tensor) -> torch.
 
 
 def features_from_uniform(u: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """The sampling rule shared by every backend: active iff u < p, then value u / p.
+    """The sampling rule shared by every backend: active iff u < p, then value u * (1 / p).
 
-    u: (K, B, n) uniforms in [0, 1); p: (K, n). Given active, u / p is uniform on [0, 1).
+    u: (K, B, n) uniforms in [0, 1); p: (K, n). Given active, u / p is uniform on [0, 1); it is
+    computed as u times the rounded reciprocal of p (in u's dtype), which the GPU kernels
+    reproduce bit for bit with one multiply instead of a division per draw (the value can round
+    up to exactly 1.0, with probability about 2^-24 per active draw).
     """
     p = p[:, None, :]
-    return torch.where(u < p, u / p, torch.zeros((), dtype=u.dtype, device=u.device))
+    return torch.where(u < p, u * (1.0 / p), torch.zeros((), dtype=u.dtype, device=u.device))
 
 
 def sample_batch(p: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:

@@ -6,8 +6,9 @@ key = seed (low, high 32 bits), and one of its four output words:
     n >= 3:  c0 = r * ceil(n/4) + f // 4, word f % 4          (a call serves one row)
     n <= 2:  c0 = (r * n + f) // 4,        word (r * n + f) % 4 (a call serves 4/n rows)
 so no draw is wasted for n = 1, 2 or any multiple of 4. The uniform is the word's top 24 bits /
-2^24; the feature is active iff u < p_f, and its value is then u / p_f (IEEE division, so CPU and
-GPU agree bit for bit).
+2^24; the feature is active iff u < p_f, and its value is then u * (1 / p_f): the reciprocal is
+an IEEE division once per feature, the product one multiply per draw, both correctly rounded,
+so CPU (engine/reference.features_from_uniform) and GPU agree bit for bit.
 """
 import torch
 import triton
@@ -49,19 +50,27 @@ def uniform_tile(seed, inst, step, r0, n4, f0, P: tl.constexpr, BB: tl.constexpr
 
 
 @triton.jit
-def feature_tile(seed, inst, step, r0, n4, f0, prob, valid, P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr):
+def feature_tile(seed, inst, step, r0, n4, f0, prob, inv_prob, valid, P: tl.constexpr, BB: tl.constexpr,
+                 NP: tl.constexpr):
     """Sparse features x (P, BB, NP) of rows r0..r0+BB-1 and features f0..f0+NP-1: U[0,1) with
-    probability ``prob`` (P, 1, NP), else 0; 0 where not ``valid``."""
+    probability ``prob`` (P, 1, NP), else 0; 0 where not ``valid``. inv_prob = reciprocal(prob)."""
     u = uniform_tile(seed, inst, step, r0, n4, f0, P, BB, NP)
-    return tl.where((u < prob) & valid, tl.div_rn(u, prob), 0.0)
+    return tl.where((u < prob) & valid, u * inv_prob, 0.0)
 
 
 @triton.jit
-def feature_tile_rows_last(seed, inst, step, r0, n4, prob, EVEN: tl.constexpr, batch, P: tl.constexpr,
+def reciprocal(prob):
+    """1 / prob, correctly rounded (the sampling rule's reciprocal; inf where prob is 0)."""
+    return tl.div_rn(tl.full(prob.shape, 1.0, tl.float32), prob)
+
+
+@triton.jit
+def feature_tile_rows_last(seed, inst, step, r0, n4, prob, inv_prob, EVEN: tl.constexpr, batch, P: tl.constexpr,
                            BB: tl.constexpr, NP: tl.constexpr):
     """The draws of rows r0..r0+BB-1 and features 0..NP-1 as x (P, NP, BB), rows on the last axis,
     laid out so that each thread already holds the words of the Philox calls it made (no shuffle
-    through shared memory). prob (P, NP, 1), 0 for padded features. EVEN: batch % BB == 0.
+    through shared memory). prob (P, NP, 1), 0 for padded features; inv_prob = reciprocal(prob).
+    EVEN: batch % BB == 0.
 
     n >= 3: position q of the row axis is row r0 + q. n <= 2, where a call serves R = 4/n rows:
     position q is row r0 + (q % C) * R + q // C with C = BB / R calls, so the R rows of call c sit
@@ -99,7 +108,7 @@ def feature_tile_rows_last(seed, inst, step, r0, n4, prob, EVEN: tl.constexpr, b
     active = u < prob
     if not EVEN:
         active = active & (rows_last_order(r0, BB, NP) < batch)[None, None, :]
-    return tl.where(active, tl.div_rn(u, prob), 0.0)
+    return tl.where(active, u * inv_prob, 0.0)
 
 
 @triton.jit
@@ -132,7 +141,7 @@ def _sample_kernel(x_ptr, p_ptr, K, n, batch, first_instance, step, seed,
     prob = tl.load(p_ptr + ip[:, None] * n + f[None, :], mask=pf_mask, other=1.0)[:, None, :]
     valid = pf_mask[:, None, :] & (rows[None, :, None] < batch)
     inst = (first_instance + ip).to(tl.uint32)
-    x = feature_tile(seed, inst, step, r0, (n + 3) // 4, 0, prob, valid, P, BB, NP)
+    x = feature_tile(seed, inst, step, r0, (n + 3) // 4, 0, prob, reciprocal(prob), valid, P, BB, NP)
     offs = ip[:, None, None] * batch * n + rows[None, :, None].to(tl.int64) * n + f[None, None, :]
     tl.store(x_ptr + offs, x, mask=valid)
 

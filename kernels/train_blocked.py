@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .adam import adam_in_memory
-from .sampling import feature_tile
+from .sampling import feature_tile, reciprocal
 
 
 @triton.jit
@@ -30,7 +30,8 @@ def _feature_block(pk, seed, inst, t, r0, n4, f0, n, j, j_ok, row_ok, BB: tl.con
     w_mask = j_ok[:, None] & f_ok[None, :]
     prob = tl.load(pk + fb, mask=f_ok, other=1.0)
     valid = row_ok[:, None] & f_ok[None, :]
-    x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], valid[None, :, :], 1, BB, NB), (BB, NB))
+    x = tl.reshape(feature_tile(seed, inst, t, r0, n4, f0, prob[None, None, :], reciprocal(prob)[None, None, :],
+                                valid[None, :, :], 1, BB, NB), (BB, NB))
     return fb, f_ok, w_offs, w_mask, valid, x
 
 

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .adam import adam
-from .sampling import feature_tile
+from .sampling import feature_tile, reciprocal
 
 
 @triton.jit
@@ -57,6 +57,7 @@ def _train_fused_kernel(
     mb = tl.load(mb_ptr + pf_offs, mask=pf_mask, other=0.0)
     vb = tl.load(vb_ptr + pf_offs, mask=pf_mask, other=0.0)
     prob = tl.load(p_ptr + pf_offs, mask=pf_mask, other=1.0)[:, None, :]
+    inv_prob = reciprocal(prob)
     imp = tl.load(imp_ptr + pf_offs, mask=pf_mask, other=0.0)[:, None, :]
     loss_acc = tl.load(loss_ptr + ip, mask=ok_i, other=0.0)
     inst = (first_instance + ip).to(tl.uint32)
@@ -70,7 +71,7 @@ def _train_fused_kernel(
         for r0 in range(0, batch, BB):
             rows = r0 + tl.arange(0, BB)
             valid = pf_mask[:, None, :] & (rows[None, :, None] < batch)
-            x = feature_tile(seed, inst, t, r0, n4, 0, prob, valid, P, BB, NP)          # (P, BB, NP)
+            x = feature_tile(seed, inst, t, r0, n4, 0, prob, inv_prob, valid, P, BB, NP)          # (P, BB, NP)
             h = tl.sum(x[:, :, None, :] * W[:, None, :, :], axis=3)                     # (P, BB, MP)
             z = tl.sum(h[:, :, :, None] * W[:, None, :, :], axis=2) + b[:, None, :]     # (P, BB, NP)
             if RELU:

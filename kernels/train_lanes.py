@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .adam import adam
-from .sampling import feature_tile_rows_last, rows_last_order
+from .sampling import feature_tile_rows_last, reciprocal, rows_last_order
 
 
 @triton.jit
@@ -63,11 +63,13 @@ def _train_lanes_kernel(
     vb = tl.load(vb_ptr + pf_offs, mask=pf_mask, other=0.0)
     # Padded features get probability 0: never active, so x = 0 there without a mask.
     prob = tl.load(p_ptr + pf_offs, mask=pf_mask, other=0.0)[:, :, None]
-    imp = tl.load(imp_ptr + pf_offs, mask=pf_mask, other=0.0)[:, :, None]
+    inv_prob = reciprocal(prob)
+    # The loss gradient's 2 / (batch n) folded into the importance: dz = imp2 * d, one multiply.
+    grad_scale = 2.0 * inv_bn
+    imp2 = tl.load(imp_ptr + pf_offs, mask=pf_mask, other=0.0)[:, :, None] * grad_scale
     loss_acc = tl.load(loss_ptr + ip, mask=ok_i, other=0.0)
     inst = (first_instance + ip).to(tl.uint32)
     n4 = (n + 3) // 4
-    grad_scale = 2.0 * inv_bn
     W4 = W[:, :, :, None]
 
     for t in range(step0, step0 + n_steps):
@@ -75,7 +77,7 @@ def _train_lanes_kernel(
         db3 = tl.zeros((P, NP, BB), tl.float32)
         l3 = tl.zeros((P, NP, BB), tl.float32)
         for r0 in range(0, batch, BB):
-            x = feature_tile_rows_last(seed, inst, t, r0, n4, prob, EVEN, batch, P, BB, NP)  # (P, NP, BB)
+            x = feature_tile_rows_last(seed, inst, t, r0, n4, prob, inv_prob, EVEN, batch, P, BB, NP)  # (P, NP, BB)
             h = tl.sum(W4 * x[:, None, :, :], axis=2)                                    # (P, MP, BB)
             z = tl.sum(W4 * h[:, :, None, :], axis=1) + b[:, :, None]                    # (P, NP, BB)
             if RELU:
@@ -86,9 +88,8 @@ def _train_lanes_kernel(
             d = y - x
             if not EVEN:  # ... except z = b for rows past the batch
                 d = tl.where((rows_last_order(r0, BB, NP) < batch)[None, None, :], d, 0.0)
-            wdiff = imp * d
-            l3 += wdiff * d
-            dz = wdiff * grad_scale
+            dz = imp2 * d
+            l3 += dz * d            # = 2 inv_bn imp d^2: the step's loss times 2
             if RELU:
                 dz = tl.where(z > 0.0, dz, 0.0)
             db3 += dz
@@ -97,7 +98,7 @@ def _train_lanes_kernel(
         # The one cross-lane reduction of the step.
         dW = tl.sum(dW4, axis=3)
         db = tl.sum(db3, axis=2)
-        loss_t = tl.sum(tl.sum(l3, axis=2), axis=1) * inv_bn
+        loss_t = tl.sum(tl.sum(l3, axis=2), axis=1) * 0.5
         if t >= window_start:
             loss_acc += loss_t
         if hist_every > 0:

@@ -34,7 +34,7 @@ NAME = "phase-diagram"
 # Written into spec.json. Bump it with any change that alters what a given spec trains (RNG
 # layout, initialisation, optimiser), so a run directory made by older code is not silently
 # resumed with newer chunks mixed in.
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2  # 2: feature values u * (1 / p) instead of u / p
 
 PRESETS = {
     # Fits 2 CPU cores in about a minute or two (n=2) and already shows the phase change.
