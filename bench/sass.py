@@ -79,6 +79,8 @@ def analyse(n: int, m: int, precision: str = "fp32", batch: int = 1024, **overri
     ops, all_loops, loops = parse(kernel.asm["sass"])
     # The hot loop is the innermost loop with the most floating-point work.
     fp = ("FFMA", "FADD", "FMUL", "HMMA")
+    if not loops:
+        raise ValueError(f"no loop found in the SASS of {cfg}")
     start, end = max(loops, key=lambda se: sum(ops[i] in fp for i in range(se[0], se[1] + 1)))
     cost = loop_cost(ops[start:end + 1])
     # The step loop around it (register paths): the once-per-step code (gradient reduction across

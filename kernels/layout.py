@@ -49,11 +49,14 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
             # Whole rows per thread, one warp (the once-per-step gradient reduction is then
             # shuffles only: at 4 warps it went through shared memory and cost +50% at 2x1).
             # NP <= 2 draws 4/NP rows per Philox call: BB >= 4/NP * 32 gives each thread exactly
-            # its own calls' rows (no shuffle through shared memory). Several instances per
-            # program: more independent work per thread. bench.sass, SM-cycles per instance-row
-            # with the step overhead: 1x1 0.78, 2x1 1.50 (the first fused layout: 5.07 without
-            # overhead), 3x2 3.34 (fused: 23.95).
-            P = 4 if S <= 2 else 2
+            # its own calls' rows (no shuffle through shared memory). Two instances per program
+            # for 1- and 2-parameter models: more independent work per thread, at a register
+            # count that still lets 14+ warps share an SM (P=4 would leave 8).
+            # Triton 3.6, sm_90 (python -m bench.aot / bench.sass), SM-cycles per instance-row
+            # including the step overhead: 1x1 P=2 BB=128 95 registers 0.59; 2x1 P=2 BB=64 144
+            # registers 1.14 (the first fused layout: 5.07 before overhead); 3x2 P=1 BB=64 158
+            # registers 2.65 (fused: 24).
+            P = 2 if S <= 2 else 1
             BB = 128 if NP == 1 else 64
             cfg = TileConfig("lanes", P, BB, NP, MP, 0, 1)
         else:

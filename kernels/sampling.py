@@ -104,11 +104,13 @@ def feature_tile_rows_last(seed, inst, step, r0, n4, prob, inv_prob, EVEN: tl.co
             w = tl.reshape(tl.permute(w4, (0, 3, 2, 1)), (P, NP, BB))      # [p, d = feature, a * C + c]
         else:
             w = tl.reshape(tl.permute(w4, (0, 2, 3, 1)), (P, NP, BB))      # [p, 0, (2a + d) * C + c]
-    u = _to_uniform(w)
-    active = u < prob
+    # u = k 2^-24 with k the top 24 bits. Powers of two scale exactly, so u < p iff k < p 2^24 and
+    # u * inv_prob rounds exactly as k * (inv_prob 2^-24): the same bits, one multiply fewer.
+    k = (w >> 8).to(tl.float32)
+    active = k < prob * 16777216.0
     if not EVEN:
         active = active & (rows_last_order(r0, BB, NP) < batch)[None, None, :]
-    return tl.where(active, u * inv_prob, 0.0)
+    return tl.where(active, k * (inv_prob * (1.0 / 16777216.0)), 0.0)
 
 
 @triton.jit
