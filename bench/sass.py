@@ -19,12 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
+import tempfile
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 
 from bench import aot  # noqa: F401  (clears TRITON_INTERPRET before triton is imported)
-from bench.aot import compile_layout
-from kernels.layout import tile_config
+import triton  # noqa: E402
+
+from bench.aot import compile_layout  # noqa: E402
+from kernels.layout import tile_config  # noqa: E402
 
 # Warp-instructions one SM completes per cycle, by opcode (cc 9.0; 4 schedulers issue at most 4).
 # Opcodes not listed cost as "other" (integer / logic pipe, 64 lanes per cycle = 2 warps).
@@ -40,35 +45,56 @@ _OTHER = 2.0
 FMA_PER_SM_CYCLE = 128
 H100_SMS, H100_BOOST_HZ = 132, 1.98e9  # H100 SXM5; the ceiling below scales with the real clock
 
-_INSTR = re.compile(r"^\S*\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(?:\.[\w.]+)?\b")
-_LABEL = re.compile(r"^\s*(\.?L\w+):")
-_BRANCH = re.compile(r"\bBRA\b.*?(\.?L\w+);")
+_INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?(([A-Z][A-Z0-9_]*)[\w.]*)\b(.*?);")
+# Tensor-core shapes: HMMA.1688 is m16n8k8; HGMMA.64x32x8 is m64n32k8 (warpgroup).
+_MMA_SHAPE = re.compile(r"^H[G]?MMA\.(?:(\d+)x(\d+)x(\d+)|(\d{2})(\d)(\d))")
+TF32_FMA_PER_SM_CYCLE = 947  # H100 SXM: 495 dense TF32 TFLOP/s / 2 / 132 SMs / 1.98 GHz
+_TARGET = re.compile(r"\b0x([0-9a-f]+)\s*$")
+
+
+def disassemble(cubin: bytes) -> str:
+    """The cubin's SASS as printed by triton's bundled cuobjdump (addresses, no labels)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        return subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
 
 
 def parse(sass: str) -> tuple[list[str], list[tuple[int, int]], list[tuple[int, int]]]:
-    """(opcodes in order, all loops as (start, end) instruction indices, the innermost of them)."""
-    ops, labels, branches = [], {}, []
+    """(mnemonics in order, all loops as (start, end) instruction indices, the innermost of them).
+
+    A loop is a branch back to an earlier address (cuobjdump -sass prints absolute targets)."""
+    ops, addr_index, branches = [], {}, []
     for line in sass.splitlines():
-        lab = _LABEL.match(line)
-        if lab:
-            labels[lab.group(1)] = len(ops)
-            continue
         ins = _INSTR.match(line)
-        if not ins or ins.group(1) in ("Function",):
+        if not ins:
             continue
-        br = _BRANCH.search(line)
-        if ins.group(1) == "BRA" and br:
-            branches.append((len(ops), br.group(1)))
-        ops.append(ins.group(1))
-    loops = [(labels[t], i) for i, t in branches if t in labels and labels[t] <= i]
+        addr_index[int(ins.group(1), 16)] = len(ops)
+        if ins.group(3) == "BRA":
+            target = _TARGET.search(ins.group(4).strip())
+            if target:
+                branches.append((len(ops), int(target.group(1), 16)))
+        ops.append(ins.group(2))
+    loops = [(addr_index[t], i) for i, t in branches if t in addr_index and addr_index[t] <= i]
     innermost = [(s, e) for s, e in loops if not any(s <= s2 and e2 <= e and (s2, e2) != (s, e) for s2, e2 in loops)]
     return ops, loops, innermost
 
 
+def _cycles(mnemonic: str) -> float:
+    """SM-cycles one warp's instruction occupies its pipe (tensor-core ops: by their shape, as TF32)."""
+    mma = _MMA_SHAPE.match(mnemonic)
+    if mma:
+        m, n, k = (int(g) for g in (mma.groups()[:3] if mma.group(1) else mma.groups()[3:]))
+        fma = m * n * k / (4 if mnemonic.startswith("HGMMA") else 1)  # a warpgroup op, counted per warp
+        return max(0.25, fma / TF32_FMA_PER_SM_CYCLE)
+    return max(0.25, 1.0 / _PER_SM_CYCLE.get(mnemonic.split(".")[0], _OTHER))
+
+
 def loop_cost(ops: list[str]) -> dict:
-    """Instruction counts and SM-cycles (per warp) needed to issue one pass over ``ops``."""
-    count = Counter(ops)
-    cycles = sum(max(0.25, 1.0 / _PER_SM_CYCLE.get(op, _OTHER)) * c for op, c in count.items())
+    """Instruction counts (by opcode) and SM-cycles (per warp) needed to issue one pass over ``ops``."""
+    cycles = sum(_cycles(op) for op in ops)
+    count = Counter(op.split(".")[0] for op in ops)
     return {"instructions": len(ops), "cycles_per_warp": cycles, "opcodes": dict(count.most_common())}
 
 
@@ -76,12 +102,12 @@ def analyse(n: int, m: int, precision: str = "fp32", batch: int = 1024, **overri
     """The hottest innermost loop of (n, m)'s layout and the throughput bound it implies."""
     cfg = tile_config(n, m, batch, precision, **override)
     kernel = compile_layout(cfg, precision)
-    ops, all_loops, loops = parse(kernel.asm["sass"])
+    ops, all_loops, loops = parse(disassemble(kernel.asm["cubin"]))
     # The hot loop is the innermost loop with the most floating-point work.
-    fp = ("FFMA", "FADD", "FMUL", "HMMA")
+    fp = ("FFMA", "FADD", "FMUL", "HMMA", "HGMMA")
     if not loops:
         raise ValueError(f"no loop found in the SASS of {cfg}")
-    start, end = max(loops, key=lambda se: sum(ops[i] in fp for i in range(se[0], se[1] + 1)))
+    start, end = max(loops, key=lambda se: sum(ops[i].split(".")[0] in fp for i in range(se[0], se[1] + 1)))
     cost = loop_cost(ops[start:end + 1])
     # The step loop around it (register paths): the once-per-step code (gradient reduction across
     # lanes, Adam update) beside batch / BB passes of the hot loop.

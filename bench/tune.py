@@ -3,7 +3,7 @@
 For each workload, every candidate layout (kernels.layout.TileConfig fields: path, instances
 per program P, rows BB, feature block NB, warps, fp32 dot precision) is first checked against
 the float64 reference for one step (norm-wise relative error of the W gradient), then timed
-over ``--steps`` fused steps at fp32 and, on the blocked path, tf32. Prints one JSON line per
+over ``--steps`` fused steps at fp32 and, on the tl.dot paths (gram, blocked), tf32. Prints one JSON line per
 variant and writes tune.json to --out; the default layout is marked, so a better one is visible.
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ def baselines(n, m):
     axis), which bench.sass predicts 3-8x slower than lanes; the GPU has the last word."""
     if tile_config(n, m, 1024).path == "lanes":
         yield dict(path="fused")
+    if 16 <= n <= 32:  # the Gram form, fp32 (and tf32, below) beside the two-sided kernels
+        yield dict(path="gram")
 
 
 def candidates(n, m):
@@ -39,6 +41,9 @@ def candidates(n, m):
         for P, BB, w in itertools.product((1, 2, 4), (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), (1, 2, 4, 8)):
             if BB >= min_bb and (P, BB, w) != (cfg.P, cfg.BB, cfg.num_warps):
                 yield dict(path="lanes", P=P, BB=BB, num_warps=w)
+    if 16 <= n <= 32:
+        for BB, w, dot in itertools.product((16, 32, 64), (1, 2, 4), ("ieee", "tf32x3")):
+            yield dict(path="gram", BB=BB, num_warps=w, fp32_dot=dot)
     if n >= 16:
         for BB, NB, w, dot in itertools.product((16, 32, 64), (16, 32, 64), (2, 4, 8), ("ieee", "tf32x3")):
             yield dict(path="blocked", P=1, BB=BB, NB=NB, num_warps=w, fp32_dot=dot, MP=max(16, tile_config(n, m, 1024).MP))
@@ -88,7 +93,7 @@ def main(argv=None):
             try:
                 row["grad_rel_err"] = check(wl, layout)
                 row["ms_per_step"] = time_layout(wl, layout, args.steps)
-                if layout.get("path") == "blocked":
+                if layout.get("path") in ("blocked", "gram"):
                     row["ms_per_step_tf32"] = time_layout(wl, layout, args.steps, "tf32")
             except Exception as e:  # a variant that does not compile or launch is reported, not fatal
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"

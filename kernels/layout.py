@@ -1,7 +1,8 @@
 """Which kernel trains an (n, m) model, and with what tile sizes.
 
 Paths: ``lanes`` (kernels/train_lanes.py; small models, batch rows across the lanes, state in
-registers; the default up to padded m*n = 1024), ``blocked`` (kernels/train_blocked.py; one
+registers; the default up to padded m*n = 1024), ``gram`` (kernels/train_gram.py; tl.dot on
+G = W^T W, state in registers; for 16 <= n <= 32, see tile_config), ``blocked`` (kernels/train_blocked.py; one
 instance per program, W in memory, feature blocks, tl.dot; larger models and tf32) and ``fused``
 (kernels/train_fused.py; the first small-model layout, rows on an inner axis; only reachable by
 override, kept as the baseline ``bench.tune`` times lanes against until a GPU run settles it).
@@ -20,6 +21,9 @@ FUSED_MAX = 1024
 # Limits of the blocked path. It loops over feature blocks, so n is bounded only by memory
 # (interpreter tests reach n=400, bench.aot compiles n=512); m sets the (BB, MP) register tiles.
 BLOCKED_MAX_N = 4096
+# Largest padded n for the Gram-form path: its G and dG are NP x NP in registers; at NP = 64 they
+# spill in the hot loop (bench.sass). For n >> m it also does n/m times the two-sided work.
+GRAM_MAX_N = 32
 BLOCKED_MAX_M = 64
 
 
@@ -38,11 +42,19 @@ class TileConfig:
 def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override) -> TileConfig:
     """The layout for an (n, m) model; keyword arguments override any field (tests, tuning).
 
-    tf32 sends every model with n >= 16 to the blocked path: only tl.dot uses tensor cores.
+    Defaults, by the static cost of each path's hot loop (python -m bench.sass, triton 3.6):
+    - 16 <= n <= 32: gram at tf32 (only tl.dot uses tensor cores), and at fp32 too when m is
+      at least half of n (then W^T W costs fewer FLOPs than the two-sided products);
+    - other models up to padded m*n = 1024: lanes; tf32 with n > 32, and anything larger: blocked.
     """
     NP, MP = triton.next_power_of_2(n), triton.next_power_of_2(m)
-    blocked = NP * MP > FUSED_MAX or (precision == "tf32" and n >= 16)
-    path = override.pop("path", "blocked" if blocked else "lanes")
+    if n >= 16 and NP <= GRAM_MAX_N and (precision == "tf32" or 2 * MP >= NP):
+        default = "gram"
+    elif NP * MP > FUSED_MAX or (precision == "tf32" and n >= 16):
+        default = "blocked"
+    else:
+        default = "lanes"
+    path = override.pop("path", default)
     if path == "lanes":
         S = NP * MP
         if S <= 8:
@@ -66,6 +78,15 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
             # 33x7 BB=4 118 (fused 563); 64x16 BB=2 213 (fused 860); bigger BB spills (LDL/STL).
             BB = 16 if S <= 16 else 8 if S <= 256 else 4 if S <= 512 else 2
             cfg = TileConfig("lanes", 1, BB, NP, MP, 0, 1)
+    elif path == "gram":
+        # tl.dot needs every dimension >= 16. One warp per instance (the design prototype found
+        # fewer warps faster; so does bench.sass). SM-cycles per instance-row with step overhead:
+        # tf32 16x16 BB=16 18.6 (BB=32 2 warps 20.9, BB=64 4 warps 23.5); 20x5 BB=32 30.2 (BB=64
+        # 4 warps 49.5; the blocked path ~130-166); fp32 16x16 23.9 (lanes 32.5), 32x32 49.8
+        # (lanes 237), but 20x5 47.8 (lanes 36.9).
+        NPg = max(16, NP)
+        BB = 32 if precision == "tf32" and NPg == 32 else 16
+        cfg = TileConfig("gram", 1, BB, NPg, max(16, MP), 0, 1)
     elif path == "fused":
         # Up to 32 parameter elements (16 instances) per program and a product tile of about 512
         # elements at 4 warps: the largest tiles that compile without spills for sm_90

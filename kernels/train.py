@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import train_blocked, train_fused, train_lanes
+from . import train_blocked, train_fused, train_gram, train_lanes
 from .layout import tile_config
 
 
@@ -27,6 +27,8 @@ def train_steps(state: dict, p: torch.Tensor, imp: torch.Tensor, sched: torch.Te
     hist = loss_acc if hist is None else hist  # never written when hist_every == 0
     if cfg.path == "lanes":
         train_lanes.launch(state, p, imp, sched, loss_acc, hist, cfg, **args)
+    elif cfg.path == "gram":
+        train_gram.launch(state, p, imp, sched, loss_acc, hist, cfg, precision=precision, **args)
     elif cfg.path == "fused":
         train_fused.launch(state, p, imp, sched, loss_acc, hist, cfg, **args)
     else:

@@ -119,6 +119,10 @@ def test_one_step_matches_float64_reference(n, m):
     (1, 1, 5, 21, dict(P=4, BB=16)),                                     # lanes, 4 rows per Philox call
     (2, 1, 3, 32, dict(P=2, BB=16)),                                     # lanes, batch a multiple of BB (no masks)
     (20, 5, 3, 32, dict(BB=4)),                                          # lanes, features shared by lanes
+    (20, 5, 3, 21, dict(path="gram")),                                   # gram (tl.dot on W^T W), ragged tile
+    (16, 16, 2, 32, {}),                                                 # gram is the fp32 default here
+    (32, 32, 2, 40, dict(path="gram", BB=16)),                           # gram, several tiles, ragged last
+    (17, 1, 3, 21, dict(path="gram", fp32_dot="tf32x3")),                # gram, m padded 1 -> 16
     (3, 2, 5, 21, dict(path="fused", P=4)),                              # fused baseline, 4 instances packed
     (2, 1, 3, 21, dict(path="fused", P=2, BB=4)),                        # fused, 2 rows per Philox call
     (1, 1, 5, 21, dict(path="fused", P=4, BB=8)),                        # fused, 4 rows per Philox call
@@ -192,7 +196,9 @@ def test_layout_choice():
     from kernels.layout import tile_config
     assert tile_config(2, 1, 1024).path == "lanes" and tile_config(20, 5, 1024).path == "lanes"
     assert tile_config(400, 30, 1024).path == "blocked" and tile_config(64, 64, 1024).path == "blocked"
-    assert tile_config(20, 5, 1024, "tf32").path == "blocked"  # only tl.dot uses tensor cores
+    assert tile_config(20, 5, 1024, "tf32").path == "gram"  # only tl.dot uses tensor cores
+    assert tile_config(33, 7, 1024, "tf32").path == "blocked"
+    assert tile_config(16, 16, 1024).path == "gram"  # m >= n/2: W^T W is the cheaper product
     assert tile_config(3, 2, 1024, "tf32").path == "lanes"
     # n <= 2 draws 4/n rows per Philox call: whole calls per thread need BB >= 4/n * 32 at one warp.
     assert tile_config(1, 1, 1024).BB >= 128 and tile_config(2, 1, 1024).BB >= 64
@@ -275,7 +281,7 @@ def test_default_layouts_compile_for_hopper_within_its_resources():
     res = subprocess.run([sys.executable, "-m", "bench.aot", "--shapes", "2,1;20,5;400,30"], capture_output=True,
                          text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 5, res.stderr[-2000:]  # lanes 2x1, lanes 20x5, blocked 20x5 tf32, blocked 400x30 fp32/tf32
+    assert len(rows) == 5, res.stderr[-2000:]  # lanes 2x1, lanes 20x5, gram 20x5 tf32, blocked 400x30 fp32/tf32
     for row in rows:
         assert "error" not in row and row["fits"], row
 
