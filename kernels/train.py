@@ -21,15 +21,10 @@ def train_steps(state: dict, p: torch.Tensor, imp: torch.Tensor, sched: torch.Te
     """
     K, m, n = state["W"].shape
     cfg = tile_config(n, m, batch, precision, **layout)
-    args = dict(batch=batch, first_instance=first_instance, step0=step0, n_steps=n_steps, window_start=window_start,
-                hist_every=hist_every, seed=seed, weight_decay=weight_decay, beta1=beta1, beta2=beta2, eps=eps,
-                relu=relu, decoupled=decoupled)
     hist = loss_acc if hist is None else hist  # never written when hist_every == 0
-    if cfg.path == "lanes":
-        train_lanes.launch(state, p, imp, sched, loss_acc, hist, cfg, **args)
-    elif cfg.path == "gram":
-        train_gram.launch(state, p, imp, sched, loss_acc, hist, cfg, precision=precision, **args)
-    elif cfg.path == "fused":
-        train_fused.launch(state, p, imp, sched, loss_acc, hist, cfg, **args)
-    else:
-        train_blocked.launch(state, p, imp, sched, loss_acc, hist, cfg, precision=precision, **args)
+    # Every kernel takes (W, b, mW, vW, mb, vb, [its scratch], p, imp, sched, loss, hist, sizes, scalars).
+    head = [state[k] for k in ("W", "b", "mW", "vW", "mb", "vb")]
+    tail = [p, imp, sched, loss_acc, hist, K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
+            seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n)]
+    module = {"lanes": train_lanes, "gram": train_gram, "fused": train_fused, "blocked": train_blocked}[cfg.path]
+    module.launch(head, tail, cfg, batch=batch, relu=relu, decoupled=decoupled, precision=precision)

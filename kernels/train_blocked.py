@@ -19,6 +19,7 @@ import triton.language as tl
 
 from .adam import adam_in_memory
 from .sampling import feature_tile, reciprocal
+from .step_state import record_loss, schedule_at
 
 
 @triton.jit
@@ -106,14 +107,8 @@ def _train_blocked_kernel(
                 tl.store(dWk + w_offs, tl.load(dWk + w_offs, mask=w_mask, other=0.0) + g, mask=w_mask)
             tl.debug_barrier()
         loss_t = lsum * inv_bn
-        if t >= window_start:
-            loss_acc += loss_t
-        if hist_every > 0:
-            if t % hist_every == 0:
-                tl.store(hist_ptr + (t // hist_every) * K + k, loss_t)
-        decay = tl.load(sched_ptr + 3 * t)
-        step_size = tl.load(sched_ptr + 3 * t + 1)
-        inv_sqrt_bias2 = tl.load(sched_ptr + 3 * t + 2)
+        loss_acc = record_loss(loss_acc, loss_t, t, window_start, hist_every, hist_ptr, K, k, k < K)
+        decay, step_size, inv_sqrt_bias2 = schedule_at(sched_ptr, t)
         for f0 in range(0, n, NB):
             fb = f0 + tl.arange(0, NB)
             f_ok = fb < n
@@ -127,20 +122,12 @@ def _train_blocked_kernel(
     tl.store(loss_ptr + k, loss_acc)
 
 
-def launch(state: dict, p, imp, sched, loss_acc, hist, cfg, *, batch: int, first_instance: int, step0: int,
-           n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
-           beta2: float, eps: float, relu: bool, decoupled: bool, precision: str = "fp32") -> None:
-    """Run steps [step0, step0 + n_steps) in place on ``state`` (see kernels/train.py)."""
+def launch(head, tail, cfg, *, batch: int, relu: bool, decoupled: bool, precision: str) -> None:
+    """Launch over all instances; head, tail: the kernel's leading and trailing arguments
+    (kernels/train.py), between which this kernel takes its gradient scratch."""
     import torch  # the launcher allocates the gradient scratch
 
-    W = state["W"]
-    K, m, n = W.shape
-    dW = torch.zeros_like(W)
-    db = torch.zeros_like(state["b"])
-    _train_blocked_kernel[(K,)](
-        W, state["b"], state["mW"], state["vW"], state["mb"], state["vb"], dW, db,
-        p, imp, sched, loss_acc, hist,
-        K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
-        seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n),
-        BB=cfg.BB, NB=cfg.NB, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
-        PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot, num_warps=cfg.num_warps)
+    W, b = head[0], head[1]
+    _train_blocked_kernel[(W.shape[0],)](
+        *head, torch.zeros_like(W), torch.zeros_like(b), *tail, BB=cfg.BB, NB=cfg.NB, MP=cfg.MP, RELU=relu,
+        DECOUPLED=decoupled, PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot, num_warps=cfg.num_warps)

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from .adam import adam
 from .sampling import feature_tile, reciprocal
+from .step_state import load_with_moments, record_loss, schedule_at, store_with_moments
 
 
 @triton.jit
@@ -48,12 +49,8 @@ def _train_gram_kernel(
     f_ok = f < n
     # Padding is exact zeros in W and b, and zero probability and importance: padded features
     # are never drawn and never contribute.
-    W = tl.load(W_ptr + w_offs, mask=w_mask, other=0.0)
-    mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
-    vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
-    b = tl.load(b_ptr + k * n + f, mask=f_ok, other=0.0)
-    mb = tl.load(mb_ptr + k * n + f, mask=f_ok, other=0.0)
-    vb = tl.load(vb_ptr + k * n + f, mask=f_ok, other=0.0)
+    W, mW, vW = load_with_moments(W_ptr, mW_ptr, vW_ptr, w_offs, w_mask)
+    b, mb, vb = load_with_moments(b_ptr, mb_ptr, vb_ptr, k * n + f, f_ok)
     prob = tl.load(p_ptr + k * n + f, mask=f_ok, other=0.0)
     inv_prob = reciprocal(prob)
     grad_scale = 2.0 * inv_bn
@@ -86,38 +83,21 @@ def _train_gram_kernel(
             dG = tl.dot(tl.trans(x), dz, dG, input_precision=PRECISION)                     # (NP, NP)
         dW = tl.dot(W, dG + tl.trans(dG), input_precision="ieee")                           # (MP, NP)
         loss_t = tl.sum(tl.sum(l2, axis=1), axis=0) * 0.5
-        if t >= window_start:
-            loss_acc += loss_t
-        if hist_every > 0:
-            if t % hist_every == 0:
-                tl.store(hist_ptr + (t // hist_every) * K + k, loss_t)
-        decay = tl.load(sched_ptr + 3 * t)
-        step_size = tl.load(sched_ptr + 3 * t + 1)
-        inv_sqrt_bias2 = tl.load(sched_ptr + 3 * t + 2)
+        loss_acc = record_loss(loss_acc, loss_t, t, window_start, hist_every, hist_ptr, K, k, k < K)
+        decay, step_size, inv_sqrt_bias2 = schedule_at(sched_ptr, t)
         W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
         b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
         W = tl.where(w_mask, W, 0.0)
         b = tl.where(f_ok, b, 0.0)
 
-    tl.store(W_ptr + w_offs, W, mask=w_mask)
-    tl.store(mW_ptr + w_offs, mW, mask=w_mask)
-    tl.store(vW_ptr + w_offs, vW, mask=w_mask)
-    tl.store(b_ptr + k * n + f, b, mask=f_ok)
-    tl.store(mb_ptr + k * n + f, mb, mask=f_ok)
-    tl.store(vb_ptr + k * n + f, vb, mask=f_ok)
+    store_with_moments(W_ptr, mW_ptr, vW_ptr, w_offs, w_mask, W, mW, vW)
+    store_with_moments(b_ptr, mb_ptr, vb_ptr, k * n + f, f_ok, b, mb, vb)
     tl.store(loss_ptr + k, loss_acc)
 
 
-def launch(state: dict, p, imp, sched, loss_acc, hist, cfg, *, batch: int, first_instance: int, step0: int,
-           n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
-           beta2: float, eps: float, relu: bool, decoupled: bool, precision: str = "fp32") -> None:
-    """Run steps [step0, step0 + n_steps) in place on ``state`` (see kernels/train.py)."""
-    W = state["W"]
-    K, m, n = W.shape
+def launch(head, tail, cfg, *, batch: int, relu: bool, decoupled: bool, precision: str) -> None:
+    """Launch over all instances; head, tail: the kernel's leading and trailing arguments (kernels/train.py)."""
+    K = head[0].shape[0]
     _train_gram_kernel[(K,)](
-        W, state["b"], state["mW"], state["vW"], state["mb"], state["vb"],
-        p, imp, sched, loss_acc, hist,
-        K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
-        seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n),
-        BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
+        *head, *tail, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
         PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot, num_warps=cfg.num_warps)

@@ -25,6 +25,7 @@ import triton.language as tl
 
 from .adam import adam
 from .sampling import feature_tile_rows_last, reciprocal, rows_last_order
+from .step_state import load_with_moments, packed_offsets, record_loss, schedule_at, store_with_moments
 
 
 @triton.jit
@@ -44,23 +45,13 @@ def _train_lanes_kernel(
     inv_bn = 1 / (batch * n). EVEN: batch % BB == 0 (no row masks). MOMENTS_IN_MEMORY: W's Adam
     moments stay in memory between steps instead of registers (models beyond a few parameters).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    ip = pid * P + tl.arange(0, P)
-    f = tl.arange(0, NP)
-    j = tl.arange(0, MP)
-    ok_i = ip < K
-    w_offs = ip[:, None, None] * m * n + j[None, :, None] * n + f[None, None, :]
-    w_mask = ok_i[:, None, None] & (j[None, :, None] < m) & (f[None, None, :] < n)
-    pf_offs = ip[:, None] * n + f[None, :]
-    pf_mask = ok_i[:, None] & (f[None, :] < n)
+    ip, ok_i, w_offs, w_mask, pf_offs, pf_mask = packed_offsets(K, n, m, P, NP, MP)
     # Padding is exact zeros in W and b and zero importance, so padded lanes never contribute.
-    W = tl.load(W_ptr + w_offs, mask=w_mask, other=0.0)
-    if not MOMENTS_IN_MEMORY:
-        mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
-        vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
-    b = tl.load(b_ptr + pf_offs, mask=pf_mask, other=0.0)
-    mb = tl.load(mb_ptr + pf_offs, mask=pf_mask, other=0.0)
-    vb = tl.load(vb_ptr + pf_offs, mask=pf_mask, other=0.0)
+    if MOMENTS_IN_MEMORY:
+        W = tl.load(W_ptr + w_offs, mask=w_mask, other=0.0)  # the moments are read once per step
+    else:
+        W, mW, vW = load_with_moments(W_ptr, mW_ptr, vW_ptr, w_offs, w_mask)
+    b, mb, vb = load_with_moments(b_ptr, mb_ptr, vb_ptr, pf_offs, pf_mask)
     # Padded features get probability 0: never active, so x = 0 there without a mask.
     prob = tl.load(p_ptr + pf_offs, mask=pf_mask, other=0.0)[:, :, None]
     inv_prob = reciprocal(prob)
@@ -99,47 +90,31 @@ def _train_lanes_kernel(
         dW = tl.sum(dW4, axis=3)
         db = tl.sum(db3, axis=2)
         loss_t = tl.sum(tl.sum(l3, axis=2), axis=1) * 0.5
-        if t >= window_start:
-            loss_acc += loss_t
-        if hist_every > 0:
-            if t % hist_every == 0:
-                tl.store(hist_ptr + (t // hist_every) * K + ip, loss_t, mask=ok_i)
-        decay = tl.load(sched_ptr + 3 * t)
-        step_size = tl.load(sched_ptr + 3 * t + 1)
-        inv_sqrt_bias2 = tl.load(sched_ptr + 3 * t + 2)
+        loss_acc = record_loss(loss_acc, loss_t, t, window_start, hist_every, hist_ptr, K, ip, ok_i)
+        decay, step_size, inv_sqrt_bias2 = schedule_at(sched_ptr, t)
         if MOMENTS_IN_MEMORY:
             # Read and written once per step, from L1/L2: frees 2/3 of the parameter registers.
             mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
             vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
         W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
         if MOMENTS_IN_MEMORY:
-            tl.store(mW_ptr + w_offs, mW, mask=w_mask)
-            tl.store(vW_ptr + w_offs, vW, mask=w_mask)
+            store_with_moments(W_ptr, mW_ptr, vW_ptr, w_offs, w_mask, W, mW, vW)
         b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
         W = tl.where(w_mask, W, 0.0)
         b = tl.where(pf_mask, b, 0.0)
         W4 = W[:, :, :, None]
 
-    tl.store(W_ptr + w_offs, W, mask=w_mask)
-    if not MOMENTS_IN_MEMORY:
-        tl.store(mW_ptr + w_offs, mW, mask=w_mask)
-        tl.store(vW_ptr + w_offs, vW, mask=w_mask)
-    tl.store(b_ptr + pf_offs, b, mask=pf_mask)
-    tl.store(mb_ptr + pf_offs, mb, mask=pf_mask)
-    tl.store(vb_ptr + pf_offs, vb, mask=pf_mask)
+    if MOMENTS_IN_MEMORY:
+        tl.store(W_ptr + w_offs, W, mask=w_mask)
+    else:
+        store_with_moments(W_ptr, mW_ptr, vW_ptr, w_offs, w_mask, W, mW, vW)
+    store_with_moments(b_ptr, mb_ptr, vb_ptr, pf_offs, pf_mask, b, mb, vb)
     tl.store(loss_ptr + ip, loss_acc, mask=ok_i)
 
 
-def launch(state: dict, p, imp, sched, loss_acc, hist, cfg, *, batch: int, first_instance: int, step0: int,
-           n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
-           beta2: float, eps: float, relu: bool, decoupled: bool) -> None:
-    """Run steps [step0, step0 + n_steps) in place on ``state`` (see kernels/train.py)."""
-    W = state["W"]
-    K, m, n = W.shape
+def launch(head, tail, cfg, *, batch: int, relu: bool, decoupled: bool, precision: str) -> None:
+    """Launch over all instances; head, tail: the kernel's leading and trailing arguments (kernels/train.py)."""
+    K = head[0].shape[0]
     _train_lanes_kernel[(triton.cdiv(K, cfg.P),)](
-        W, state["b"], state["mW"], state["vW"], state["mb"], state["vb"],
-        p, imp, sched, loss_acc, hist,
-        K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
-        seed, weight_decay, beta1, beta2, eps, 1.0 / (batch * n),
-        P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled, EVEN=batch % cfg.BB == 0,
-        MOMENTS_IN_MEMORY=cfg.NP * cfg.MP > 8, num_warps=cfg.num_warps)
+        *head, *tail, P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
+        EVEN=batch % cfg.BB == 0, MOMENTS_IN_MEMORY=cfg.NP * cfg.MP > 8, num_warps=cfg.num_warps)
