@@ -25,6 +25,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from kernels import train_blocked, train_fused, train_gram, train_lanes  # noqa: E402
 from kernels.layout import tile_config  # noqa: E402
+from kernels.step_state import FP_FUSION  # noqa: E402
 
 SHAPES = [(1, 1), (2, 1), (3, 2), (5, 2), (20, 5), (33, 7), (64, 64), (400, 30), (512, 8), (512, 64)]
 SHARED_LIMIT = 227 * 1024
@@ -71,7 +72,7 @@ def compile_layout(cfg, precision: str = "fp32", arch: int = 90):
     """The training kernel of layout ``cfg`` compiled for sm_``arch`` (a triton CompiledKernel:
     .asm["cubin"], .asm["sass"], .metadata)."""
     return triton.compile(_source(cfg, precision), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": cfg.num_warps})
+                          options={"num_warps": cfg.num_warps, "enable_fp_fusion": FP_FUSION})
 
 
 def report(cfg, precision: str = "fp32", arch: int = 90) -> dict:

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .adam import adam_in_memory
 from .sampling import feature_tile, reciprocal
-from .step_state import record_loss, schedule_at
+from .step_state import FP_FUSION, record_loss, schedule_at
 
 
 @triton.jit
@@ -130,4 +130,5 @@ def launch(head, tail, cfg, *, batch: int, relu: bool, decoupled: bool, precisio
     W, b = head[0], head[1]
     _train_blocked_kernel[(W.shape[0],)](
         *head, torch.zeros_like(W), torch.zeros_like(b), *tail, BB=cfg.BB, NB=cfg.NB, MP=cfg.MP, RELU=relu,
-        DECOUPLED=decoupled, PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot, num_warps=cfg.num_warps)
+        DECOUPLED=decoupled, PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot, num_warps=cfg.num_warps,
+        enable_fp_fusion=FP_FUSION)

@@ -18,7 +18,8 @@ import triton.language as tl
 
 from .adam import adam
 from .sampling import feature_tile, reciprocal
-from .step_state import load_with_moments, packed_offsets, record_loss, schedule_at, store_with_moments
+from .step_state import (FP_FUSION, load_with_moments, packed_offsets, record_loss, schedule_at,
+                         store_with_moments)
 
 
 @triton.jit
@@ -95,4 +96,4 @@ def launch(head, tail, cfg, *, batch: int, relu: bool, decoupled: bool, precisio
     K = head[0].shape[0]
     _train_fused_kernel[(triton.cdiv(K, cfg.P),)](
         *head, *tail, P=cfg.P, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
-        num_warps=cfg.num_warps)
+        num_warps=cfg.num_warps, enable_fp_fusion=FP_FUSION)

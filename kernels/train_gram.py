@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .adam import adam
 from .sampling import feature_tile, reciprocal
-from .step_state import load_with_moments, record_loss, schedule_at, store_with_moments
+from .step_state import FP_FUSION, load_with_moments, record_loss, schedule_at, store_with_moments
 
 
 @triton.jit
@@ -100,4 +100,5 @@ def launch(head, tail, cfg, *, batch: int, relu: bool, decoupled: bool, precisio
     K = head[0].shape[0]
     _train_gram_kernel[(K,)](
         *head, *tail, BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=relu, DECOUPLED=decoupled,
-        PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot, num_warps=cfg.num_warps)
+        PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot, num_warps=cfg.num_warps,
+        enable_fp_fusion=FP_FUSION)
