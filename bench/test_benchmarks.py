@@ -105,3 +105,29 @@ def test_plain_jax_adamw_matches_optax():
         u1, s1 = ref.update(g, s1, p)
         u2, s2 = ours.update(g, s2, p)
         assert np.allclose(np.asarray(u1), np.asarray(u2), rtol=1e-5, atol=1e-9)
+
+
+def test_tune_variants_are_valid_layouts_and_train_correctly():
+    """Every layout bench.tune would time on a GPU is a valid TileConfig; a sample of them (each
+    path once, on a small stand-in of the workload's shape) matches float64 for one step."""
+    from engine import ModelSpec, TrainSpec
+    from engine import triton_backend as tb
+    from bench import tune
+    from kernels.layout import tile_config
+
+    seen = {}
+    for wl in WORKLOADS.values():
+        for layout in list(tune.baselines(wl.n, wl.m)) + list(tune.candidates(wl.n, wl.m)):
+            cfg = tile_config(wl.n, wl.m, wl.batch, **layout)
+            if cfg.path == "lanes":
+                assert cfg.BB >= 4 // min(cfg.NP, 4), cfg  # whole Philox calls per tile
+            seen.setdefault(cfg.path, (wl, layout))
+    assert {"lanes", "fused", "gram", "blocked"} <= set(seen)
+    for path, (wl, layout) in seen.items():
+        n, m = (wl.n, wl.m) if wl.n <= 32 else (40, 5)  # the uniform shape is too slow to interpret
+        small = {k: v for k, v in layout.items() if k not in ("BB", "NB")} | (
+            {"BB": 16, "NB": 16} if path == "blocked" else {"BB": min(layout.get("BB", 16), 64)})
+        g = torch.Generator().manual_seed(0)
+        p, imp = torch.rand(3, n, generator=g) * 0.8 + 0.1, torch.rand(3, n, generator=g) + 0.2
+        err = tb.one_step_gradient_error(ModelSpec(n, m), TrainSpec(batch_size=24), p, imp, **small)
+        assert err < 1e-5, (path, small, err)

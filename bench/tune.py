@@ -78,9 +78,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.tune")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--max-variants", type=int, default=10, help="per workload, after the default (evenly spread)")
+    ap.add_argument("--max-variants", type=int, default=8, help="per workload, after the default (evenly spread)")
     ap.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.workloads.split(","):
         wl = WORKLOADS[name]
@@ -99,8 +100,8 @@ def main(argv=None):
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
             rows.append(row)
             print(json.dumps(row), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tune.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+            # Rewritten after every variant: a run cut short by its time limit keeps what it measured.
+            (args.out / "tune.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

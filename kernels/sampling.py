@@ -65,11 +65,18 @@ def reciprocal(prob):
 
 
 @triton.jit
-def feature_tile_rows_last(seed, inst, step, r0, n4, prob, inv_prob, EVEN: tl.constexpr, batch, P: tl.constexpr,
+def scaled_rule(prob):
+    """(prob * 2^24, reciprocal(prob) * 2^-24): the sampling rule's constants in the units of the
+    24-bit integer k behind u = k 2^-24, for ``feature_tile_rows_last`` (computed once, outside loops)."""
+    return prob * 16777216.0, reciprocal(prob) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def feature_tile_rows_last(seed, inst, step, r0, n4, prob24, inv24, EVEN: tl.constexpr, batch, P: tl.constexpr,
                            BB: tl.constexpr, NP: tl.constexpr):
     """The draws of rows r0..r0+BB-1 and features 0..NP-1 as x (P, NP, BB), rows on the last axis,
     laid out so that each thread already holds the words of the Philox calls it made (no shuffle
-    through shared memory). prob (P, NP, 1), 0 for padded features; inv_prob = reciprocal(prob).
+    through shared memory). prob24, inv24 (P, NP, 1) = scaled_rule(prob), prob 0 for padded features.
     EVEN: batch % BB == 0.
 
     n >= 3: position q of the row axis is row r0 + q. n <= 2, where a call serves R = 4/n rows:
@@ -105,12 +112,12 @@ def feature_tile_rows_last(seed, inst, step, r0, n4, prob, inv_prob, EVEN: tl.co
         else:
             w = tl.reshape(tl.permute(w4, (0, 2, 3, 1)), (P, NP, BB))      # [p, 0, (2a + d) * C + c]
     # u = k 2^-24 with k the top 24 bits. Powers of two scale exactly, so u < p iff k < p 2^24 and
-    # u * inv_prob rounds exactly as k * (inv_prob 2^-24): the same bits, one multiply fewer.
+    # u * reciprocal(p) rounds exactly as k * (reciprocal(p) 2^-24): the same bits, a multiply fewer.
     k = (w >> 8).to(tl.float32)
-    active = k < prob * 16777216.0
+    active = k < prob24
     if not EVEN:
         active = active & (rows_last_order(r0, BB, NP) < batch)[None, None, :]
-    return tl.where(active, k * (inv_prob * (1.0 / 16777216.0)), 0.0)
+    return tl.where(active, k * inv24, 0.0)
 
 
 @triton.jit

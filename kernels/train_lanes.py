@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .adam import adam
-from .sampling import feature_tile_rows_last, reciprocal, rows_last_order
+from .sampling import feature_tile_rows_last, rows_last_order, scaled_rule
 from .step_state import (FP_FUSION, load_with_moments, packed_offsets, record_loss, schedule_at,
                          store_with_moments)
 
@@ -55,7 +55,7 @@ def _train_lanes_kernel(
     b, mb, vb = load_with_moments(b_ptr, mb_ptr, vb_ptr, pf_offs, pf_mask)
     # Padded features get probability 0: never active, so x = 0 there without a mask.
     prob = tl.load(p_ptr + pf_offs, mask=pf_mask, other=0.0)[:, :, None]
-    inv_prob = reciprocal(prob)
+    prob24, inv24 = scaled_rule(prob)
     # The loss gradient's 2 / (batch n) folded into the importance: dz = imp2 * d, one multiply.
     grad_scale = 2.0 * inv_bn
     imp2 = tl.load(imp_ptr + pf_offs, mask=pf_mask, other=0.0)[:, :, None] * grad_scale
@@ -69,7 +69,7 @@ def _train_lanes_kernel(
         db3 = tl.zeros((P, NP, BB), tl.float32)
         l3 = tl.zeros((P, NP, BB), tl.float32)
         for r0 in range(0, batch, BB):
-            x = feature_tile_rows_last(seed, inst, t, r0, n4, prob, inv_prob, EVEN, batch, P, BB, NP)  # (P, NP, BB)
+            x = feature_tile_rows_last(seed, inst, t, r0, n4, prob24, inv24, EVEN, batch, P, BB, NP)  # (P, NP, BB)
             h = tl.sum(W4 * x[:, None, :, :], axis=2)                                    # (P, MP, BB)
             z = tl.sum(W4 * h[:, :, None, :], axis=1) + b[:, :, None]                    # (P, NP, BB)
             if RELU:

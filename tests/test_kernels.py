@@ -13,7 +13,7 @@ import triton.language as tl
 
 from engine import DataSpec, ModelSpec, TrainSpec, UnsupportedShape, reference, rng, train
 from engine import triton_backend as tb
-from kernels.sampling import feature_tile_rows_last, reciprocal, rows_last_order, sample_batch
+from kernels.sampling import feature_tile_rows_last, rows_last_order, sample_batch, scaled_rule
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -42,8 +42,9 @@ def _rows_last_probe(x_ptr, p_ptr, n, batch, first_instance, step, seed, EVEN: t
     f = tl.arange(0, NP)
     pf_mask = f[None, :] < n
     prob = tl.load(p_ptr + ip[:, None] * n + f[None, :], mask=pf_mask, other=0.0)[:, :, None]
-    x = feature_tile_rows_last(seed, (first_instance + ip).to(tl.uint32), step, r0, (n + 3) // 4, prob,
-                               reciprocal(prob), EVEN, batch, P, BB, NP)                          # (P, NP, BB)
+    prob24, inv24 = scaled_rule(prob)
+    x = feature_tile_rows_last(seed, (first_instance + ip).to(tl.uint32), step, r0, (n + 3) // 4, prob24, inv24,
+                               EVEN, batch, P, BB, NP)                                             # (P, NP, BB)
     rows = rows_last_order(r0, BB, NP)
     offs = ip[:, None, None] * batch * n + rows[None, None, :] * n + f[None, :, None]
     tl.store(x_ptr + offs, x, mask=pf_mask[:, :, None] & (rows[None, None, :] < batch))
