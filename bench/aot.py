@@ -33,7 +33,9 @@ _SCALARS_I32 = ("K", "n", "m", "batch", "first_instance", "step0", "n_steps", "w
 _SCALARS_F32 = ("wd", "beta1", "beta2", "eps", "inv_bn")
 
 
-def _source(cfg, precision: str) -> ASTSource:
+def _source(cfg, precision: str, shape=None) -> ASTSource:
+    """The kernel of layout ``cfg`` with its constexprs; shape (n, m) sets the shape-dependent ones
+    as the launcher would for batch 1024 (None: the general case, masks on)."""
     fn = {"fused": train_fused._train_fused_kernel, "lanes": train_lanes._train_lanes_kernel,
           "blocked": train_blocked._train_blocked_kernel, "gram": train_gram._train_gram_kernel}[cfg.path]
     n_ptrs = fn.arg_names.index("K")
@@ -47,8 +49,10 @@ def _source(cfg, precision: str) -> ASTSource:
         const = dict(BB=cfg.BB, NP=cfg.NP, MP=cfg.MP, RELU=True, DECOUPLED=True,
                      PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot)
     else:
+        n, m = shape or (cfg.NB + 1, cfg.MP - 1)
         const = dict(BB=cfg.BB, NB=cfg.NB, MP=cfg.MP, RELU=True, DECOUPLED=True,
-                     PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot)
+                     PRECISION="tf32" if precision == "tf32" else cfg.fp32_dot,
+                     EVEN=1024 % cfg.BB == 0 and n % cfg.NB == 0, DB_IN_DOT=m < cfg.MP)  # as train_blocked.launch
     if cfg.path == "lanes":
         const["EVEN"] = True  # batch 1024, a multiple of every BB
         const["MOMENTS_IN_MEMORY"] = cfg.NP * cfg.MP > 8  # as kernels/train_lanes.launch
@@ -68,17 +72,17 @@ def resource_usage(cubin: bytes) -> dict:
             "spill_bytes": int(found.get("STACK", 0)) + int(found.get("LOCAL", 0))}
 
 
-def compile_layout(cfg, precision: str = "fp32", arch: int = 90):
+def compile_layout(cfg, precision: str = "fp32", arch: int = 90, shape=None):
     """The training kernel of layout ``cfg`` compiled for sm_``arch`` (a triton CompiledKernel:
     .asm["cubin"], .asm["sass"], .metadata)."""
-    return triton.compile(_source(cfg, precision), target=GPUTarget("cuda", arch, 32),
+    return triton.compile(_source(cfg, precision, shape), target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": cfg.num_warps, "enable_fp_fusion": FP_FUSION})
 
 
-def report(cfg, precision: str = "fp32", arch: int = 90) -> dict:
+def report(cfg, precision: str = "fp32", arch: int = 90, shape=None) -> dict:
     row = {"precision": precision, **asdict(cfg)}
     try:
-        k = compile_layout(cfg, precision, arch)
+        k = compile_layout(cfg, precision, arch, shape)
         row.update(resource_usage(k.asm["cubin"]))
         row["shared_bytes"] = k.metadata.shared
         row["fits"] = k.metadata.shared <= SHARED_LIMIT and row["registers"] is not None
@@ -105,7 +109,7 @@ def main(argv=None):
             grid = [dict(BB=BB, NB=NB, num_warps=w) for BB, NB, w in itertools.product((16, 32, 64), (16, 32, 64), (2, 4, 8))]
         for over in grid:
             for precision in (("fp32", "tf32") if base.path == "blocked" else ("fp32",)):
-                print(json.dumps({"n": n, "m": m, **report(replace(base, **over), precision, args.arch)}), flush=True)
+                print(json.dumps({"n": n, "m": m, **report(replace(base, **over), precision, args.arch, (n, m))}), flush=True)
         return
     shapes = [tuple(map(int, s.split(","))) for s in args.shapes.split(";")] if args.shapes else SHAPES
     for n, m in shapes:
@@ -113,7 +117,7 @@ def main(argv=None):
             cfg = tile_config(n, m, 1024, precision)
             if precision == "tf32" and cfg.path in ("lanes", "fused"):  # no tl.dot: precision unused
                 continue
-            print(json.dumps({"n": n, "m": m, **report(cfg, precision, args.arch)}), flush=True)
+            print(json.dumps({"n": n, "m": m, **report(cfg, precision, args.arch, (n, m))}), flush=True)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def loop_cost(ops: list[str]) -> dict:
 def analyse(n: int, m: int, precision: str = "fp32", batch: int = 1024, **override) -> dict:
     """The hottest innermost loop of (n, m)'s layout and the throughput bound it implies."""
     cfg = tile_config(n, m, batch, precision, **override)
-    kernel = compile_layout(cfg, precision)
+    kernel = compile_layout(cfg, precision, shape=(n, m))
     ops, all_loops, loops = parse(disassemble(kernel.asm["cubin"]))
     # The hot loop is the innermost loop with the most floating-point work.
     fp = ("FFMA", "FADD", "FMUL", "HMMA", "HGMMA")

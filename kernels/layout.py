@@ -96,13 +96,15 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
         BB = max(4, min(64, triton.next_power_of_2(batch), 512 // (P * NP * MP)))
         cfg = TileConfig("fused", P, BB, NP, MP, 0, 4)
     else:
-        # No spills for sm_90 at n=400, m=30 (python -m bench.aot): fp32 (ieee, FMA) BB=32 NB=16
-        # 178 registers; tf32 BB=64 NB=32 208 registers; both at 8 warps.
-        # m = 64 needs half the rows (h, dh are (BB, MP)): fp32 BB=16 235 registers, tf32 BB=32 NB=32 224.
-        BB, NB = (64, 32) if precision == "tf32" else (32, 16)
+        # n=400, m=30 under triton 3.6 (python -m bench.aot / bench.sass, SM-cycles per row for
+        # the three passes): fp32 (ieee, FMA) BB=32 NB=16 8 warps 197 registers, 3747 (4 warps
+        # spills); tf32 BB=64 NB=16 4 warps 246 registers, 1469 (8 warps NB=32: 2023; 2 warps
+        # spills). NB=16 also divides n=400, so no feature masks. m = 64 needs half the rows (h, dh
+        # are (BB, MP)).
+        BB, NB, warps = (64, 16, 4) if precision == "tf32" else (32, 16, 8)
         if MP >= 64:
             BB //= 2
-        cfg = TileConfig("blocked", 1, BB, 0, max(16, MP), NB, 8)
+        cfg = TileConfig("blocked", 1, BB, 0, max(16, MP), NB, warps)
     return replace(cfg, **override)
 
 
