@@ -7,7 +7,8 @@ does ``steps_per_call`` steps and returns without synchronising (the runner sync
     jax         jit + vmap with optax.adamw, the public JAX replication's approach (JAX's default
                 matmul precision: TF32 on these GPUs)
     triton-fp32 supbench fused kernel, exact fp32 products
-    triton-tf32 supbench fused kernel, TF32 tensor-core products (tl.dot path only)
+    triton-tf32 supbench fused kernel, TF32 tensor-core products (gram and blocked paths; the lanes
+                path has no tl.dot, so tf32 trains there exactly as fp32)
 """
 from __future__ import annotations
 

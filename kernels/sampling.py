@@ -79,10 +79,13 @@ def feature_tile_rows_last(seed, inst, step, r0, n4, prob24, inv24, EVEN: tl.con
     through shared memory). prob24, inv24 (P, NP, 1) = scaled_rule(prob), prob 0 for padded features.
     EVEN: batch % BB == 0.
 
-    n >= 3: position q of the row axis is row r0 + q. n <= 2, where a call serves R = 4/n rows:
-    position q is row r0 + (q % C) * R + q // C with C = BB / R calls, so the R rows of call c sit
-    at positions c, c + C, ..., which triton's default layout gives to one thread. The training
-    kernels sum over rows, so the order is free; the draws are those of ``feature_tile``.
+    n >= 3: position q of the row axis is row r0 + q, and the feature axis is word-major
+    (``rows_last_features``): position w G + g holds feature 4 g + w, G = NP / 4, so when the
+    features are spread over T lanes (T divides G) each lane holds whole Philox calls. n <= 2,
+    where a call serves R = 4/n rows: position q of the row axis is row r0 + (q % C) * R + q // C
+    with C = BB / R calls, so the R rows of call c sit at positions c, c + C, ..., which triton's
+    default layout gives to one thread. The training kernels sum over rows and features, so the
+    order is free; the draws are those of ``feature_tile``.
     """
     if NP >= 4:
         G: tl.constexpr = NP // 4
@@ -94,8 +97,8 @@ def feature_tile_rows_last(seed, inst, step, r0, n4, prob24, inv24, EVEN: tl.con
         c1 = (tl.zeros((P, G, BB), tl.int32) + step).to(tl.uint32)
         o0, o1, o2, o3 = tl.philox(seed, c0, c1, c2, zero)
         # (P, G, BB, a, d) holds word 2a + d of feature group g (see uniform_tile's join order)
-        # -> (P, 4G, BB), feature 4g + 2a + d.
-        w = tl.reshape(tl.permute(tl.join(tl.join(o0, o2), tl.join(o1, o3)), (0, 1, 3, 4, 2)), (P, NP, BB))
+        # -> (P, a, d, G, BB) -> (P, 4G, BB): position (2a + d) G + g, feature 4g + 2a + d.
+        w = tl.reshape(tl.permute(tl.join(tl.join(o0, o2), tl.join(o1, o3)), (0, 3, 4, 1, 2)), (P, NP, BB))
     else:
         R: tl.constexpr = 4 // NP
         C: tl.constexpr = BB // R
@@ -118,6 +121,17 @@ def feature_tile_rows_last(seed, inst, step, r0, n4, prob24, inv24, EVEN: tl.con
     if not EVEN:
         active = active & (rows_last_order(r0, BB, NP) < batch)[None, None, :]
     return tl.where(active, k * inv24, 0.0)
+
+
+@triton.jit
+def rows_last_features(NP: tl.constexpr):
+    """(NP,) the feature at each position of ``feature_tile_rows_last``'s feature axis."""
+    q = tl.arange(0, NP)
+    if NP >= 4:
+        G: tl.constexpr = NP // 4
+        return 4 * (q % G) + q // G
+    else:
+        return q
 
 
 @triton.jit

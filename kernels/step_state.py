@@ -41,11 +41,11 @@ def record_loss(loss_acc, loss_t, t, window_start, hist_every, hist_ptr, K, idx,
 
 
 @triton.jit
-def packed_offsets(K, n, m, P: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr):
+def packed_offsets(K, n, m, f, P: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr):
     """Program pid's P instances ip (P,) and their validity ok_i; offsets and masks of their W
-    (P, MP, NP) in a (K, m, n) tensor and of their per-feature rows (P, NP) in a (K, n) tensor."""
+    (P, MP, NP) in a (K, m, n) tensor and of their per-feature rows (P, NP) in a (K, n) tensor,
+    with feature f[q] (NP,) at position q of the feature axis."""
     ip = tl.program_id(0).to(tl.int64) * P + tl.arange(0, P)
-    f = tl.arange(0, NP)
     j = tl.arange(0, MP)
     ok_i = ip < K
     w_offs = ip[:, None, None] * m * n + j[None, :, None] * n + f[None, None, :]

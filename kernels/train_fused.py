@@ -42,7 +42,7 @@ def _train_fused_kernel(
         step t when t % hist_every == 0 (hist_every = 0: none).
     inv_bn: 1 / (batch * n), the per-instance mean.
     """
-    ip, ok_i, w_offs, w_mask, pf_offs, pf_mask = packed_offsets(K, n, m, P, NP, MP)
+    ip, ok_i, w_offs, w_mask, pf_offs, pf_mask = packed_offsets(K, n, m, tl.arange(0, NP), P, NP, MP)
     # Padding is exact zeros in W and b and zero importance, so padded lanes never contribute.
     W, mW, vW = load_with_moments(W_ptr, mW_ptr, vW_ptr, w_offs, w_mask)
     b, mb, vb = load_with_moments(b_ptr, mb_ptr, vb_ptr, pf_offs, pf_mask)

@@ -15,16 +15,17 @@ then one reduction over rows and the AdamW/Adam update in registers. Nothing tha
 batch touches GPU memory; state is written back at the end of the launch.
 
 Shapes (P instances, NP >= n and MP >= m powers of two, BB rows):
-    W, Adam moments (P, MP, NP)    x, z, dz (P, NP, BB)     (moments in memory beyond 8 parameters)    h, dh (P, MP, BB)
-    dW partials (P, MP, NP, BB)    b, db (P, NP)
-Every thread holds P*MP*NP parameters and as many gradient partials per row it owns, so this path
-is for small padded models (kernels/layout.py).
+    W, Adam moments (P, MP, NP)      x, z, dz (P, NP, BB)      h, dh (P, MP, BB)
+    dW partials (P, MP, NP, BB)      b, db (P, NP)
+Each thread holds its share of W and of the gradient partials of the rows it owns, so this path
+is for small padded models (kernels/layout.py); W's Adam moments stay in registers only up to 8
+padded parameters, else they are read and written once per step.
 """
 import triton
 import triton.language as tl
 
 from .adam import adam
-from .sampling import feature_tile_rows_last, rows_last_order, scaled_rule
+from .sampling import feature_tile_rows_last, rows_last_features, rows_last_order, scaled_rule
 from .step_state import (FP_FUSION, load_with_moments, packed_offsets, record_loss, schedule_at,
                          store_with_moments)
 
@@ -46,7 +47,7 @@ def _train_lanes_kernel(
     inv_bn = 1 / (batch * n). EVEN: batch % BB == 0 (no row masks). MOMENTS_IN_MEMORY: W's Adam
     moments stay in memory between steps instead of registers (models beyond a few parameters).
     """
-    ip, ok_i, w_offs, w_mask, pf_offs, pf_mask = packed_offsets(K, n, m, P, NP, MP)
+    ip, ok_i, w_offs, w_mask, pf_offs, pf_mask = packed_offsets(K, n, m, rows_last_features(NP), P, NP, MP)
     # Padding is exact zeros in W and b and zero importance, so padded lanes never contribute.
     if MOMENTS_IN_MEMORY:
         W = tl.load(W_ptr + w_offs, mask=w_mask, other=0.0)  # the moments are read once per step

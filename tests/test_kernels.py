@@ -13,7 +13,7 @@ import triton.language as tl
 
 from engine import DataSpec, ModelSpec, TrainSpec, UnsupportedShape, reference, rng, train
 from engine import triton_backend as tb
-from kernels.sampling import feature_tile_rows_last, rows_last_order, sample_batch, scaled_rule
+from kernels.sampling import feature_tile_rows_last, rows_last_features, rows_last_order, sample_batch, scaled_rule
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -39,7 +39,7 @@ def _rows_last_probe(x_ptr, p_ptr, n, batch, first_instance, step, seed, EVEN: t
     """Write the training kernels' rows-last draws back in (K, batch, n) order."""
     ip = tl.program_id(0) * P + tl.arange(0, P)
     r0 = tl.program_id(1) * BB
-    f = tl.arange(0, NP)
+    f = rows_last_features(NP)
     pf_mask = f[None, :] < n
     prob = tl.load(p_ptr + ip[:, None] * n + f[None, :], mask=pf_mask, other=0.0)[:, :, None]
     prob24, inv24 = scaled_rule(prob)
