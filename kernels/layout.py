@@ -74,16 +74,18 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
         else:
             # One warp; rows across 32 / (32 / BB) lanes, features split over the rest, so each
             # thread holds S * BB / 32 parameters: the fewest rows that compile without spills.
-            # bench.sass: 5x2 BB=16 9.8 cycles/instance-row (fused 33); 20x5 BB=8 57 (fused 302);
-            # 33x7 BB=4 118 (fused 563); 64x16 BB=2 213 (fused 860); bigger BB spills (LDL/STL).
+            # bench.sass (first written under triton 3.9, fused layout in brackets): 5x2 BB=16 9.8
+            # cycles/instance-row (33); 20x5 BB=8 57 (302); 33x7 BB=4 118 (563); 64x16 BB=2 213
+            # (860); bigger BB spill in the loop (LDL/STL). With the later sampling changes, triton
+            # 3.6, step overhead included: 5x2 5.2, 20x5 32.0, 33x7 68.9, 64x16 157.9.
             BB = 16 if S <= 16 else 8 if S <= 256 else 4 if S <= 512 else 2
             cfg = TileConfig("lanes", 1, BB, NP, MP, 0, 1)
     elif path == "gram":
         # tl.dot needs every dimension >= 16. One warp per instance (the design prototype found
         # fewer warps faster; so does bench.sass). SM-cycles per instance-row with step overhead:
         # tf32 16x16 BB=16 18.6 (BB=32 2 warps 20.9, BB=64 4 warps 23.5); 20x5 BB=32 30.2 (BB=64
-        # 4 warps 49.5; the blocked path ~130-166); fp32 16x16 23.9 (lanes 32.5), 32x32 49.8
-        # (lanes 237), but 20x5 47.8 (lanes 36.9).
+        # 4 warps 49.5; the blocked path ~130-166); fp32 16x16 23.9 (lanes 30.1), 32x32 49.8
+        # (lanes 237), but 20x5 47.8 (lanes 32.0).
         NPg = max(16, NP)
         BB = 32 if precision == "tf32" and NPg == 32 else 16
         cfg = TileConfig("gram", 1, BB, NPg, max(16, MP), 0, 1)
