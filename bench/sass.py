@@ -6,9 +6,10 @@ cuobjdump, finds the innermost loops (a backward branch to a label), counts each
 instructions by class and prices them with the per-SM throughputs of compute capability 9.0
 (CUDA C++ Programming Guide, "Arithmetic Instructions"): the SM-cycles one iteration needs to
 *issue*, over all of the program's warps. Divided by the work per iteration (rows x instances)
-it gives SM-cycles per instance-row, and against the useful work (5 n m FMA per instance-row,
-128 FMA per SM-cycle) the FMA efficiency ceiling. ``step_overhead``: what the once-per-step code
-around the loop (cross-lane gradient reduction, Adam) adds, as a fraction of the loop's cost.
+it gives SM-cycles per instance-row (the code around the loop included, see ``analyse``), and
+against the useful work (5 n m FMA per instance-row, 128 FMA per SM-cycle) the FMA efficiency
+ceiling. ``step_overhead``: what the once-per-step code around the batch loop (cross-lane gradient
+reduction, Adam) adds, as a fraction of the loop's cost.
 
 What it is not: a timing. It ignores latency, occupancy, memory and the code outside the
 hottest loop, so a real kernel is slower than this bound. It ranks layouts and shows where the
@@ -25,10 +26,8 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import aot  # noqa: F401  (clears TRITON_INTERPRET before triton is imported)
+from bench.aot import compile_layout  # first: it clears TRITON_INTERPRET before triton is imported
 import triton  # noqa: E402
-
-from bench.aot import compile_layout  # noqa: E402
 from kernels.layout import tile_config  # noqa: E402
 
 # Warp-instructions one SM completes per cycle, by opcode (cc 9.0; 4 schedulers issue at most 4).
@@ -39,7 +38,7 @@ _PER_SM_CYCLE = {
     "MOV": 4, "VIADD": 2, "PRMT": 2, "IMNMX": 2,
     "SHFL": 1, "LDS": 1, "STS": 1, "LDSM": 1, "STSM": 1, "LDG": 1, "STG": 1, "LDL": 1, "STL": 1,
     "MUFU": 0.5, "I2F": 0.5, "F2I": 0.5, "I2FP": 0.5, "F2F": 0.5,
-    "HMMA": 1, "BAR": 0.5,
+    "BAR": 0.5,
 }
 _OTHER = 2.0
 FMA_PER_SM_CYCLE = 128
@@ -99,38 +98,47 @@ def loop_cost(ops: list[str]) -> dict:
 
 
 def analyse(n: int, m: int, precision: str = "fp32", batch: int = 1024, **override) -> dict:
-    """The hottest innermost loop of (n, m)'s layout and the throughput bound it implies."""
+    """The issue cost per instance-row of (n, m)'s layout, with its hottest loop's instruction mix.
+
+    Register paths (lanes, gram, fused): the batch loop times batch / BB plus the once-per-step
+    code around it (cross-lane reduction, Adam). Blocked: per row tile, the three feature-block
+    passes times ceil(n / NB) plus the code between them (its per-step Adam is not counted).
+    """
     cfg = tile_config(n, m, batch, precision, **override)
     kernel = compile_layout(cfg, precision, shape=(n, m))
     ops, all_loops, loops = parse(disassemble(kernel.asm["cubin"]))
-    # The hot loop is the innermost loop with the most floating-point work.
-    fp = ("FFMA", "FADD", "FMUL", "HMMA", "HGMMA")
     if not loops:
         raise ValueError(f"no loop found in the SASS of {cfg}")
+    fp = ("FFMA", "FADD", "FMUL", "HMMA", "HGMMA")
     start, end = max(loops, key=lambda se: sum(ops[i].split(".")[0] in fp for i in range(se[0], se[1] + 1)))
-    cost = loop_cost(ops[start:end + 1])
-    # The step loop around it (register paths): the once-per-step code (gradient reduction across
-    # lanes, Adam update) beside batch / BB passes of the hot loop.
-    outer = [(s, e) for s, e in all_loops if s <= start and end <= e and (s, e) != (start, end)]
-    per_step = None
-    if outer and cfg.path != "blocked":
-        s0, e0 = min(outer, key=lambda se: se[1] - se[0])
-        once = loop_cost(ops[s0:start] + ops[end + 1:e0 + 1])["cycles_per_warp"]
-        iters = -(-batch // cfg.BB)
-        per_step = (once + iters * cost["cycles_per_warp"]) * cfg.num_warps / cfg.P  # SM-cycles per instance-step
-    # Work per iteration: fused/lanes loop over rows (BB rows x P instances); blocked loops over
-    # feature blocks (BB rows x NB of n features, 1 instance).
-    rows = cfg.BB * cfg.P * (cfg.NB / n if cfg.path == "blocked" else 1)
-    sm_cycles_per_row = cost["cycles_per_warp"] * cfg.num_warps / rows
-    useful = 5 * n * m / FMA_PER_SM_CYCLE
+    hot = loop_cost(ops[start:end + 1])
+
+    def enclosing(inner):
+        """Cost of the smallest loop holding all of ``inner``: its own code once, each inner loop x iters."""
+        s0, e0 = min(((s, e) for s, e in all_loops if all(s <= a and b <= e and (s, e) != (a, b) for a, b in inner)),
+                     key=lambda se: se[1] - se[0])
+        own = [ops[i] for i in range(s0, e0 + 1) if not any(a <= i <= b for a, b in inner)]
+        return loop_cost(own)["cycles_per_warp"], sum(loop_cost(ops[a:b + 1])["cycles_per_warp"] for a, b in inner)
+
+    step_overhead = None
     if cfg.path == "blocked":
-        useful /= 3  # that loop is one of three passes; price it as a third of the work (rough)
-    return {"n": n, "m": m, "precision": precision, **asdict(cfg), "loop_instructions": cost["instructions"],
-            "sm_cycles_per_instance_row": round(sm_cycles_per_row, 2),
-            "fma_efficiency_bound": round(useful / sm_cycles_per_row, 4),
-            "issue_bound_inst_steps_per_s_h100": round(H100_SMS * H100_BOOST_HZ / (sm_cycles_per_row * batch)),
-            "step_overhead": None if per_step is None else round(per_step / (sm_cycles_per_row * batch) - 1, 3),
-            "hot_loop_opcodes": cost["opcodes"]}
+        tile_loop = min((se for se in all_loops if sum(se[0] <= a and b <= se[1] for a, b in loops) >= 3),
+                        key=lambda se: se[1] - se[0])
+        passes = [(a, b) for a, b in loops if tile_loop[0] <= a and b <= tile_loop[1]]
+        own, inner = enclosing(passes)
+        per_row = (own + -(-n // cfg.NB) * inner) * cfg.num_warps / cfg.BB
+    else:
+        own, inner = enclosing([(start, end)])
+        per_step = own + -(-batch // cfg.BB) * inner
+        per_row = per_step * cfg.num_warps / (cfg.P * batch)
+        step_overhead = round(own / (per_step - own), 3)
+    useful = 5 * n * m / FMA_PER_SM_CYCLE
+    return {"n": n, "m": m, "precision": precision, **asdict(cfg), "loop_instructions": hot["instructions"],
+            "sm_cycles_per_instance_row": round(per_row, 2),
+            "fma_efficiency_bound": round(useful / per_row, 4),
+            "issue_bound_inst_steps_per_s_h100": round(H100_SMS * H100_BOOST_HZ / (per_row * batch)),
+            "step_overhead": step_overhead,
+            "hot_loop_opcodes": hot["opcodes"]}
 
 
 def main(argv=None):

@@ -26,7 +26,8 @@ from .workloads import WORKLOADS
 
 def baselines(n, m):
     """Layouts always timed beside the default: the first small-model layout (rows on an inner
-    axis), which bench.sass predicts 3-8x slower than lanes; the GPU has the last word."""
+    axis), which bench.sass predicts 3-8x slower than lanes, and for 16 <= n <= 32 the Gram form;
+    the GPU has the last word."""
     if tile_config(n, m, 1024).path == "lanes":
         yield dict(path="fused")
     if 16 <= n <= 32:  # the Gram form, fp32 (and tf32, below) beside the two-sided kernels

@@ -17,24 +17,24 @@ import triton
 
 # Padded m x n up to which a register-resident path (lanes) is used: every thread holds its share
 # of W, the Adam moments and the per-row gradient partials.
-FUSED_MAX = 1024
-# Limits of the blocked path. It loops over feature blocks, so n is bounded only by memory
-# (interpreter tests reach n=400, bench.aot compiles n=512); m sets the (BB, MP) register tiles.
-BLOCKED_MAX_N = 4096
+LANES_MAX_PARAMS = 1024
 # Largest padded n for the Gram-form path: its G and dG are NP x NP in registers; at NP = 64 they
 # spill in the hot loop (bench.sass). For n >> m it also does n/m times the two-sided work.
 GRAM_MAX_N = 32
+# Limits of the blocked path. It loops over feature blocks, so n is bounded only by memory
+# (interpreter tests reach n=400, bench.aot compiles n=512); m sets the (BB, MP) register tiles.
+BLOCKED_MAX_N = 4096
 BLOCKED_MAX_M = 64
 
 
 @dataclass(frozen=True)
 class TileConfig:
-    path: str               # "lanes", "blocked" or "fused"
-    P: int                  # instances per program (blocked: 1)
+    path: str               # "lanes", "gram", "blocked" or "fused"
+    P: int                  # instances per program (gram, blocked: 1)
     BB: int                 # batch rows per tile
-    NP: int                 # fused: n padded to a power of two; blocked: unused (0)
-    MP: int                 # m padded to a power of two (blocked: >= 16 for tl.dot)
-    NB: int                 # blocked: features per block; fused: 0
+    NP: int                 # n padded to a power of two (gram: >= 16 for tl.dot); blocked: unused (0)
+    MP: int                 # m padded to a power of two (gram, blocked: >= 16 for tl.dot)
+    NB: int                 # blocked: features per block; other paths: 0
     num_warps: int
     fp32_dot: str = "ieee"  # blocked path at fp32: "ieee" (exact FMA) or "tf32x3" (3-pass tensor cores, ~fp32)
 
@@ -50,7 +50,7 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
     NP, MP = triton.next_power_of_2(n), triton.next_power_of_2(m)
     if n >= 16 and NP <= GRAM_MAX_N and (precision == "tf32" or 2 * MP >= NP):
         default = "gram"
-    elif NP * MP > FUSED_MAX or (precision == "tf32" and n >= 16):
+    elif NP * MP > LANES_MAX_PARAMS or (precision == "tf32" and n >= 16):
         default = "blocked"
     else:
         default = "lanes"
