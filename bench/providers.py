@@ -9,6 +9,10 @@ does ``steps_per_call`` steps and returns without synchronising (the runner sync
     triton-fp32 supbench fused kernel, exact fp32 products
     triton-tf32 supbench fused kernel, TF32 tensor-core products (gram and blocked paths; the lanes
                 path has no tl.dot, so tf32 trains there exactly as fp32)
+    cpu         supbench fused CPU loop (numba, kernels/cpu_train.py), exact fp32, all cores
+
+``eager`` is the torch backend's step (engine/torch_backend.py runs exactly this loop), so it is
+the plain-PyTorch reference every speed-up is taken against.
 """
 from __future__ import annotations
 
@@ -19,9 +23,13 @@ import torch
 from engine import ModelSpec, TrainSpec, reference
 from engine import torch_backend
 
-PROVIDERS = ("eager", "compile", "jax", "triton-fp32", "triton-tf32")
+PROVIDERS = ("eager", "compile", "jax", "triton-fp32", "triton-tf32", "cpu")
+GPU_PROVIDERS = ("eager", "compile", "jax", "triton-fp32", "triton-tf32")
+CPU_PROVIDERS = ("eager", "compile", "jax", "cpu")
+OURS = ("triton-fp32", "triton-tf32", "cpu")
 PRECISION = {"eager": "fp32 (ieee)", "compile": "fp32 (ieee)", "jax": "JAX default (TF32 on H100/H200)",
-             "triton-fp32": "fp32 (ieee)", "triton-tf32": "tf32 (tl.dot path; small models have no tl.dot)"}
+             "triton-fp32": "fp32 (ieee)", "triton-tf32": "tf32 (tl.dot path; small models have no tl.dot)",
+             "cpu": "fp32 (ieee, FMA)"}
 
 
 def available(name: str, device: str) -> str | None:
@@ -30,6 +38,10 @@ def available(name: str, device: str) -> str | None:
         return "jax not installed"
     if name.startswith("triton") and importlib.util.find_spec("triton") is None:
         return "triton not installed"
+    if name == "cpu" and importlib.util.find_spec("numba") is None:
+        return "numba not installed"
+    if name == "cpu" and device != "cpu":
+        return "the cpu provider runs on the CPU only"
     return None
 
 
@@ -198,7 +210,37 @@ class Triton:
         return self.loss
 
 
-def make(name: str, wl, device: str, triton_steps_per_call: int = 100):
+class Cpu:
+    """The fused CPU loop, ``steps_per_call`` steps per compiled call, on every core."""
+
+    def __init__(self, wl, device, steps_per_call):
+        from engine import cpu_backend, fused  # needs numba; imported only for this provider
+
+        self.cb = cpu_backend
+        cpu_backend.set_threads(cpu_backend.max_threads())
+        p, imp = wl.arrays()
+        self.model = ModelSpec(wl.n, wl.m)
+        self.train = TrainSpec(batch_size=wl.batch, steps=10_000)
+        self.p, self.imp = torch.as_tensor(p), torch.as_tensor(imp)
+        self.state = fused.new_state(self.model, self.train, 0, wl.K)
+        self.sched = fused.schedule_table(self.train)
+        self.loss = torch.zeros(wl.K)
+        self.steps_per_call = steps_per_call
+        self.t = 0
+
+    def run(self):
+        t0 = self.t % (self.train.steps - self.steps_per_call)  # the cost does not depend on t
+        self.cb.run_steps(self.model, self.train, self.state, self.p, self.imp, 0, t0, self.steps_per_call, self.loss,
+                          sched=self.sched)
+        self.t += self.steps_per_call
+        return self.loss
+
+    @property
+    def W(self):
+        return self.state["W"]
+
+
+def make(name: str, wl, device: str, triton_steps_per_call: int = 100, cpu_steps_per_call: int = 5):
     if name == "eager":
         return Eager(wl, device)
     if name == "compile":
@@ -207,6 +249,8 @@ def make(name: str, wl, device: str, triton_steps_per_call: int = 100):
         return Jax(wl, device)
     if name in ("triton-fp32", "triton-tf32"):
         return Triton(wl, device, name.split("-")[1], triton_steps_per_call)
+    if name == "cpu":
+        return Cpu(wl, device, cpu_steps_per_call)
     raise ValueError(f"provider: must be one of {', '.join(PROVIDERS)} (got {name!r})")
 
 

@@ -1,12 +1,17 @@
-"""Run the benchmark suite and record it: ``python -m bench.suite`` (GPU) or ``--smoke`` (CPU, CI).
+"""Run the benchmark suite and record it: ``python -m bench.suite`` (GPU), ``python -m bench.suite
+--device cpu`` (the CPU backends, CPU workloads) or ``--smoke`` (tiny sizes, CI).
 
 Method: for each workload, every available provider is built in this one process, warmed up
 (compilation, autotuning), and its peak GPU memory taken over one call; then several rounds, each
 timing every provider once in rotating order, synchronised before and after, with enough calls
 per timing to last about 50 ms. The median per-step time over rounds is reported with
-instance-steps/s, useful TFLOP/s (10 B n m FLOP per instance-step) and its share of the GPU's
-FP32 peak, and supbench's ratio to each peer. Results go to bench/results/<stamp>-<gpu>.json
+instance-steps/s, useful TFLOP/s (10 B n m FLOP per instance-step) and its share of the device's
+FP32 peak, and supbench's ratio to each peer. Results go to bench/results/<stamp>-<device>.json
 with provenance; smoke runs are marked ``smoke`` and never reported.
+
+CPU FP32 peak estimate: cores x clock (``cpu MHz`` of /proc/cpuinfo, the base clock under a
+hypervisor) x 32 FLOP/cycle (two 256-bit FMA pipes: 2 x 8 float32 lanes x 2 FLOP; AVX-512 on
+AMD Zen 4 runs on the same pipes). Override with --cpu-peak-gflops.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ if __name__ == "__main__" and "--smoke" in sys.argv:
 import torch  # noqa: E402
 
 from . import providers  # noqa: E402
-from .workloads import SCALING_K, WORKLOADS
+from .workloads import CPU_WORKLOADS, SCALING_K, WORKLOADS
 
 RESULTS = Path(__file__).parent / "results"
 # Dense FP32 (non-tensor-core) peaks, TFLOP/s, from NVIDIA's data sheets (SXM parts).
@@ -60,6 +65,12 @@ def provenance(device: str, smoke: bool, argv) -> dict:
                                             cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         info["git_commit"] = None
+    if device == "cpu":
+        info.update(cpu_info())
+        try:
+            info["numba"] = __import__("numba").__version__
+        except ImportError:
+            info["numba"] = None
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
         try:
@@ -68,6 +79,28 @@ def provenance(device: str, smoke: bool, argv) -> dict:
         except (OSError, subprocess.CalledProcessError):
             info["driver"] = None
     return info
+
+
+def cpu_info() -> dict:
+    """CPU model, cores this process may use, clock and the FP32 peak estimate (module docstring)."""
+    model, mhz, flags = platform.processor() or platform.machine(), None, ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value
+            elif key == "cpu MHz" and mhz is None:
+                mhz = float(value)
+            elif key == "flags" and not flags:
+                flags = value
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_cycle = 32 if " fma" in f" {flags}" else 16
+    peak = cores * mhz * 1e-3 * per_cycle if mhz else None
+    return {"cpu": model, "cores": cores, "cpu_mhz": mhz, "avx512": "avx512f" in flags,
+            "fp32_peak_gflops": peak, "fp32_peak_note": f"{cores} cores x {mhz} MHz x {per_cycle} FLOP/cycle"}
 
 
 def _timed(prov, device, calls):
@@ -79,8 +112,10 @@ def _timed(prov, device, calls):
     return time.perf_counter() - t0
 
 
-def measure(wl, names, device, rounds, triton_steps, log) -> dict:
-    """Interleaved measurement of one workload; returns per-provider figures and ratios."""
+def measure(wl, names, device, rounds, triton_steps, log, peak_tflops=None, cpu_steps=5,
+            max_warmup_s: float = 300.0) -> dict:
+    """Interleaved measurement of one workload; returns per-provider figures and ratios.
+    A provider whose warm-up (compilation) takes over ``max_warmup_s`` is recorded as skipped."""
     built, out = {}, {}
     for name in names:
         reason = providers.available(name, device)
@@ -88,8 +123,12 @@ def measure(wl, names, device, rounds, triton_steps, log) -> dict:
             out[name] = {"skipped": reason}
             continue
         try:
-            prov = providers.make(name, wl, device, triton_steps_per_call=triton_steps)
-            _timed(prov, device, 2)  # warm-up: compile, jit, first launches
+            prov = providers.make(name, wl, device, triton_steps_per_call=triton_steps, cpu_steps_per_call=cpu_steps)
+            warm = _timed(prov, device, 2)  # warm-up: compile, jit, first launches
+            if warm > max_warmup_s:
+                out[name] = {"skipped": f"warm-up (compilation) took {warm:.0f} s > {max_warmup_s:.0f} s"}
+                log(f"  {name}: skipped ({out[name]['skipped']})")
+                continue
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
@@ -110,7 +149,8 @@ def measure(wl, names, device, rounds, triton_steps, log) -> dict:
         for name in order[r % len(order):] + order[:r % len(order)] if order else []:
             prov, calls = built[name]
             times[name].append(_timed(prov, device, calls) / (calls * prov.steps_per_call))
-    peak_tf = fp32_peak(torch.cuda.get_device_name() if device.startswith("cuda") else None)
+    peak_tf = peak_tflops if peak_tflops is not None else fp32_peak(
+        torch.cuda.get_device_name() if device.startswith("cuda") else None)
     for name, ts in times.items():
         med = sorted(ts)[len(ts) // 2]
         tflops = wl.useful_flop_per_step / med / 1e12
@@ -119,7 +159,7 @@ def measure(wl, names, device, rounds, triton_steps, log) -> dict:
                           "fp32_peak_share": tflops / peak_tf if peak_tf else None})
         log(f"  {name:12s} {med * 1e3:9.3f} ms/step  {wl.K / med:12.4g} inst-steps/s  {tflops:7.3f} TFLOP/s")
     ratios = {}
-    for ours in ("triton-fp32", "triton-tf32"):
+    for ours in providers.OURS:
         for peer in ("eager", "compile", "jax"):
             if ours in times and peer in times:
                 ratios[f"{ours}/{peer}"] = out[peer]["ms_per_step"] / out[ours]["ms_per_step"]
@@ -141,10 +181,10 @@ def scaling(base, names, device, rounds, triton_steps, smoke, log) -> dict:
     return {"workload": asdict(base), "K": list(ks), "providers": rows}
 
 
-def end_to_end(smoke: bool, log) -> dict:
-    """Wall time of `supbench run phase-diagram --preset paper` (tiny options in smoke mode)."""
+def end_to_end(smoke: bool, log, preset: str = "paper") -> dict:
+    """Wall time of `supbench run phase-diagram --preset <preset>` (tiny options in smoke mode)."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["--preset", "paper", "--no-progress", "--out", str(Path(tmp) / "run")]
+        args = ["--preset", preset, "--no-progress", "--out", str(Path(tmp) / "run")]
         if smoke:
             args += ["--grid", "3", "--seeds", "2", "--steps", "20", "--batch-size", "16"]
         cmd = [sys.executable, "-m", "engine.cli", "run", "phase-diagram", *args]
@@ -165,37 +205,60 @@ def main(argv=None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (CI); never reported")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--providers", default=",".join(providers.PROVIDERS))
+    ap.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                    help="cuda (default where there is one): the GPU suite; cpu: the CPU backends on CPU workloads")
+    ap.add_argument("--workloads", default=None, help="comma-separated, from: " + ", ".join(WORKLOADS))
+    ap.add_argument("--providers", default=None, help="comma-separated, from: " + ", ".join(providers.PROVIDERS))
+    ap.add_argument("--cpu-peak-gflops", type=float, default=None, help="override the CPU FP32 peak estimate")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--triton-steps", type=int, default=None, help="fused steps per kernel launch timed")
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    if not args.smoke and device == "cpu":
-        ap.error("no CUDA GPU here: CPU timings are not results; use --smoke to exercise the code")
+    device = args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU here")
+    if device == "cpu" and not args.smoke and args.device != "cpu":
+        ap.error("no CUDA GPU here: for the CPU backends' suite use --device cpu; --smoke exercises the code")
+    table = CPU_WORKLOADS if device == "cpu" else WORKLOADS
+    names = [n for n in (args.providers or ",".join(
+        providers.CPU_PROVIDERS if device == "cpu" and not args.smoke else providers.GPU_PROVIDERS)).split(",") if n]
+    workloads = [w for w in (args.workloads or ",".join(table)).split(",") if w]
+    for bad in [n for n in names if n not in providers.PROVIDERS] + [w for w in workloads if w not in table]:
+        kind = "--providers" if bad in names else "--workloads"
+        allowed = providers.PROVIDERS if kind == "--providers" else tuple(table)
+        ap.error(f"{kind}: {bad!r} is not one of {', '.join(allowed)}")
     rounds = args.rounds or (2 if args.smoke else 7)
     triton_steps = args.triton_steps or (1 if args.smoke else 100)
-    names = [n for n in args.providers.split(",") if n]
+    cpu_steps = 1 if args.smoke else 5
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
     record = {"provenance": provenance(device, args.smoke, argv), "workloads": {}}
-    for w in args.workloads.split(","):
-        wl = WORKLOADS[w].smoke() if args.smoke else WORKLOADS[w]
+    peak = None
+    if device == "cpu":
+        gflops = args.cpu_peak_gflops or record["provenance"].get("fp32_peak_gflops")
+        peak = gflops / 1e3 if gflops else None
+        if args.cpu_peak_gflops:
+            record["provenance"].update(fp32_peak_gflops=args.cpu_peak_gflops, fp32_peak_note="--cpu-peak-gflops")
+    for w in workloads:
+        wl = table[w].smoke() if args.smoke else table[w]
         log(f"workload {w}: n={wl.n} m={wl.m} B={wl.batch} K={wl.K}")
-        record["workloads"][w] = measure(wl, names, device, rounds, triton_steps, log)
+        record["workloads"][w] = measure(wl, names, device, rounds, triton_steps, log, peak, cpu_steps)
+    if device == "cpu" and not args.smoke:
+        args.no_scaling = True  # the K-scaling sweep is a GPU question
     if not args.no_scaling:
         base = WORKLOADS["basic"].smoke() if args.smoke else WORKLOADS["basic"]
         record["scaling"] = scaling(base, [n for n in names if n in ("triton-fp32", "triton-tf32", "eager", "jax")],
                                     device, max(2, rounds // 2), triton_steps, args.smoke, log)
     if not args.no_e2e:
-        record["end_to_end"] = end_to_end(args.smoke, log)
+        # On a CPU the default command (quick preset) is the one users run; on a GPU the paper preset.
+        record["end_to_end"] = end_to_end(args.smoke, log, "quick" if device == "cpu" and not args.smoke else "paper")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    gpu = record["provenance"].get("gpu", "cpu").replace(" ", "_")
+    gpu = record["provenance"].get("gpu") or "cpu-" + str(record["provenance"].get("cpu", "cpu"))
+    gpu = "".join(c if c.isalnum() or c in "-." else "_" for c in gpu)
     out = args.out or (Path(tempfile.gettempdir()) / f"supbench-smoke-{stamp}.json" if args.smoke
                        else RESULTS / f"{stamp}-{gpu}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,16 @@
-"""pytest-benchmark suite. In CI (CPU) it runs in smoke mode: tiny batch and K, torch providers
-and interpreted Triton, so the benchmark code cannot rot; CPU timings are never reported.
-On a GPU, ``SUPBENCH_BENCH=full SUPBENCH_TEST_ON_GPU=1 pytest bench`` times the real workloads
-(the recorded results come from ``python -m bench.suite``, which interleaves providers).
+"""pytest-benchmark suite.
+
+GPU workloads: in CI (CPU) they run in smoke mode (tiny batch and K, torch providers and
+interpreted Triton) so the benchmark code cannot rot; those timings are never reported. On a GPU,
+``SUPBENCH_BENCH=full SUPBENCH_TEST_ON_GPU=1 pytest bench`` times the real workloads.
+
+CPU workloads (``test_cpu_training_step``): the CPU backends at a reduced K with the full batch,
+really timed, in CI too. ``test_cpu_fused_beats_the_reference`` prints the ratio table and fails
+only if the fused cpu backend is not faster than the torch backend in the same run (a guard
+noise cannot trip: the measured margin is 20-100x). The recorded results come from
+``python -m bench.suite --device cpu``, which interleaves providers.
 """
+import dataclasses
 import json
 import math
 import os
@@ -11,14 +19,14 @@ import pytest
 import torch
 
 from bench import providers, report, suite
-from bench.workloads import WORKLOADS
+from bench.workloads import CPU_WORKLOADS, WORKLOADS
 
 FULL = os.environ.get("SUPBENCH_BENCH") == "full" and torch.cuda.is_available()
 DEVICE = "cuda" if FULL else "cpu"
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS))
-@pytest.mark.parametrize("provider", [p for p in providers.PROVIDERS if p != "compile"] + ["compile"])
+@pytest.mark.parametrize("provider", [p for p in providers.GPU_PROVIDERS if p != "compile"] + ["compile"])
 def test_training_step(benchmark, workload, provider):
     if provider == "compile" and not FULL and workload != "basic":
         pytest.skip("smoke mode compiles one workload only (about 20 s on CPU)")
@@ -131,3 +139,44 @@ def test_tune_variants_are_valid_layouts_and_train_correctly():
         p, imp = torch.rand(3, n, generator=g) * 0.8 + 0.1, torch.rand(3, n, generator=g) + 0.2
         err = tb.one_step_gradient_error(ModelSpec(n, m), TrainSpec(batch_size=24), p, imp, **small)
         assert err < 1e-5, (path, small, err)
+
+
+# CPU workloads at a tenth of their K (at least 2), full batch: a few seconds in all.
+CPU_CI = {name: dataclasses.replace(wl, K=max(2, wl.K // 10)) for name, wl in CPU_WORKLOADS.items()}
+CPU_MEDIANS: dict = {}
+
+
+@pytest.mark.parametrize("workload", list(CPU_CI))
+@pytest.mark.parametrize("provider", ["eager", "cpu"])
+def test_cpu_training_step(benchmark, workload, provider):
+    reason = providers.available(provider, "cpu")
+    if reason:
+        pytest.skip(reason)
+    wl = CPU_CI[workload]
+    prov = providers.make(provider, wl, "cpu", cpu_steps_per_call=1)
+    W0 = prov.W.clone()
+    prov.run()  # warm-up (compilation is cached on disk)
+    benchmark.pedantic(prov.run, rounds=5, warmup_rounds=1)
+    benchmark.extra_info.update(workload=workload, K=wl.K, n=wl.n, m=wl.m, batch=wl.batch, device="cpu",
+                                precision=providers.PRECISION[provider])
+    CPU_MEDIANS[(workload, provider)] = benchmark.stats.stats.median
+    # Seven Adam steps at lr 1e-3 move every weight by about 7e-3 (Adam's steps are ~lr each).
+    moved = (prov.W - W0).abs()
+    assert torch.isfinite(prov.W).all() and moved.mean() > 2e-3 and moved.max() < 2e-2
+
+
+def test_cpu_fused_beats_the_reference(capsys):
+    """Runs after the CPU benchmarks above (file order): prints their ratio table and fails only if
+    the fused cpu backend is not faster than the torch backend on the same workload in this run."""
+    rows = [(w, CPU_MEDIANS.get((w, "eager")), CPU_MEDIANS.get((w, "cpu"))) for w in CPU_CI]
+    rows = [r for r in rows if r[1] and r[2]]
+    if not rows:
+        pytest.skip("the CPU benchmarks did not run (numba missing, or run on their own)")
+    with capsys.disabled():
+        print("\nCPU benchmarks (ms per step, median of 5; reduced K):")
+        for w, ref, ours in rows:
+            wl = CPU_CI[w]
+            print(f"  {w:8s} n={wl.n:<3d} m={wl.m:<2d} K={wl.K:<5d} torch backend {ref * 1e3:8.2f}   "
+                  f"cpu {ours * 1e3:7.2f}   speed-up {ref / ours:6.1f}x")
+    for w, ref, ours in rows:
+        assert ours < ref, f"{w}: fused cpu {ours * 1e3:.2f} ms/step is not faster than the torch backend's {ref * 1e3:.2f}"

@@ -3,6 +3,7 @@
 Density is spread log-uniformly over the instances, 0.01..1, as in a sweep; importance is the
 experiment's (phase: 1 and a spread relative importance for the extra feature; basic: 0.7^i;
 uniform: 1). ``smoke`` keeps n and m (so every kernel path runs) but shrinks batch and K for CI.
+WORKLOADS are the GPU sizes, CPU_WORKLOADS the same models at the K a 2-core CPU trains.
 """
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ WORKLOADS = {
     "phase": Workload("phase", n=2, m=1, batch=1024, K=100_000, importance="phase"),
     "basic": Workload("basic", n=20, m=5, batch=1024, K=10_000, importance="decay0.7"),
     "uniform": Workload("uniform", n=400, m=30, batch=1024, K=1_000, importance="uniform"),
+}
+
+# The same workloads sized for a CPU (issue #8's table: measured on a 2-core AMD EPYC).
+CPU_WORKLOADS = {
+    "phase": replace(WORKLOADS["phase"], K=10_000),
+    "basic": replace(WORKLOADS["basic"], K=1_000),
+    "uniform": replace(WORKLOADS["uniform"], K=10),
 }
 
 # Instance counts of the scaling sweep (basic workload).

@@ -1,8 +1,9 @@
 """The one seam between the engine and kernels/: which backend trains, and whether it can.
 
-``torch`` (engine/torch_backend.py around engine/reference.py) runs anywhere. ``triton`` (kernels/) needs triton and a CUDA GPU.
-kernels/ is imported lazily, only through engine/triton_backend.py, so the engine imports and runs on machines without
-a GPU or without triton.
+``torch`` (engine/torch_backend.py around engine/reference.py) runs anywhere and is the reference.
+``triton`` (kernels/, Triton) needs triton and a CUDA GPU. ``cpu`` (kernels/cpu_*.py, numba) needs
+numba. kernels/ is imported lazily, only through engine/triton_backend.py and engine/cpu_backend.py,
+so the engine imports and runs on machines without a GPU, triton or numba.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from .errors import BackendUnavailable, SpecError
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 
 
 def triton_usable() -> bool:
@@ -24,22 +25,29 @@ def triton_usable() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def cpu_usable() -> bool:
+    """True when the fused cpu backend can run: numba importable."""
+    return importlib.util.find_spec("numba") is not None
+
+
 _SELF_TESTS: dict = {}
 
 
 def resolve(name: str, model=None, train=None, log=None) -> str:
-    """Map ``auto`` to ``triton`` when usable on a CUDA device, else ``torch``; validate the rest.
+    """Map ``auto`` to ``triton`` when usable on a CUDA device, else ``cpu`` when numba is
+    installed, else ``torch``; validate the rest.
 
     With a model, ``auto`` also runs the triton backend's self-test for that shape (one step
-    against the float64 reference, once per shape and process) and falls back to torch, saying
-    why through ``log``, if the kernels cannot train it correctly here. An explicit ``triton``
+    against the float64 reference, once per shape and process) and falls back, saying why
+    through ``log``, if the kernels cannot train it correctly here. An explicit ``triton``
     never falls back.
     """
     if name not in BACKENDS:
         raise SpecError("backend", "one of " + ", ".join(BACKENDS), name)
     if name == "auto":
+        fallback = "cpu" if cpu_usable() else "torch"
         if not (torch.cuda.is_available() and triton_usable()):
-            return "torch"
+            return fallback
         if model is not None:
             key = (model.n_features, model.n_hidden, model.variant, getattr(train, "precision", "fp32"))
             if key not in _SELF_TESTS:
@@ -47,25 +55,32 @@ def resolve(name: str, model=None, train=None, log=None) -> str:
                 _SELF_TESTS[key] = self_test(model, train)
             if _SELF_TESTS[key]:
                 if log is not None:
-                    log(f"warning: triton backend unavailable for this model ({_SELF_TESTS[key]}); using torch")
-                return "torch"
+                    log(f"warning: triton backend unavailable for this model ({_SELF_TESTS[key]}); using {fallback}")
+                return fallback
         return "triton"
     if name == "triton" and not triton_usable():
         raise BackendUnavailable("backend: 'triton' needs triton and a CUDA GPU, and none is available here; use --backend torch or auto")
+    if name == "cpu" and not cpu_usable():
+        raise BackendUnavailable("backend: 'cpu' needs numba (pip install numba); use --backend torch or auto")
     return name
 
 
 def default_device(backend: str) -> str:
+    if backend == "cpu":
+        return "cpu"
     if backend == "triton":
         return "cuda" if torch.cuda.is_available() else "cpu"  # cpu only under TRITON_INTERPRET=1
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def train_chunk_fn(backend: str):
-    """The chunk trainer of a resolved backend; both share the signature of
+    """The chunk trainer of a resolved backend; all share the signature of
     :func:`engine.torch_backend.train_chunk`."""
     if backend == "torch":
         from .torch_backend import train_chunk
+        return train_chunk
+    if backend == "cpu":
+        from .cpu_backend import train_chunk  # imports kernels/cpu_train (needs numba)
         return train_chunk
     from .triton_backend import train_chunk  # imports kernels/ (needs triton)
     return train_chunk

@@ -28,6 +28,7 @@ class TrainResult:
     device: str
     seconds: float
     steps: int
+    compile_seconds: float = 0.0  # one-off kernel compilation (cpu backend), not in ``seconds``
 
     @property
     def instance_steps_per_second(self) -> float:
@@ -38,9 +39,9 @@ def default_chunk_size(model: ModelSpec, train: TrainSpec, backend: str, device:
     """Instances per chunk so the torch backend's per-step tensors stay within memory.
 
     About 8 float32 tensors of (B, n) and (B, m) live per instance during a torch step; the
-    triton backend keeps the batch on chip, so only parameters and Adam state count.
+    fused backends (triton, cpu) never hold the batch, so only parameters and Adam state count.
     """
-    if backend == "triton":
+    if backend in ("triton", "cpu"):
         per_instance = 16 * model.n_features * (model.n_hidden + 1)
         budget = 4 << 30
     else:
@@ -56,10 +57,12 @@ def plan_chunks(n_instances: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *, backend: str = "auto",
           device: str | None = None, chunk_size: int | None = None, history_every: int = 0,
-          progress: bool = True, first_instance: int = 0) -> TrainResult:
+          progress: bool = True, first_instance: int = 0, threads: int | None = None) -> TrainResult:
     """Train ``data.n_instances`` independent toy models.
 
-    backend: ``auto`` (triton when usable on a CUDA GPU, else torch), ``torch`` or ``triton``.
+    backend: ``auto`` (triton when usable on a CUDA GPU, else cpu when numba is installed, else
+        torch), ``torch``, ``triton`` or ``cpu``.
+    threads: CPU threads for the cpu backend (default: all cores).
     first_instance: global index of the first instance (keys the random streams; used by
         callers that train a large sweep piece by piece).
     Example::
@@ -78,6 +81,15 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     device = device or backends.default_device(name)
     chunk_size = chunk_size or default_chunk_size(model, training, name, device)
     fn = backends.train_chunk_fn(name)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise SpecError("threads", "an integer >= 1", threads)
+    compile_seconds = 0.0
+    if name == "cpu":
+        from . import cpu_backend
+        if threads is not None and threads > cpu_backend.max_threads():
+            raise SpecError("threads", f"an integer in [1, {cpu_backend.max_threads()}]", threads)
+        cpu_backend.set_threads(threads or cpu_backend.max_threads())
+        compile_seconds = cpu_backend.compile()
     K = data.n_instances
     outs = []
     t0 = time.perf_counter()
@@ -91,4 +103,5 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     seconds = time.perf_counter() - t0
     hist = torch.cat([o[3] for o in outs], dim=1) if history_every else None
     return TrainResult(torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]),
-                       torch.cat([o[2] for o in outs]), hist, name, str(device), seconds, training.steps)
+                       torch.cat([o[2] for o in outs]), hist, name, str(device), seconds, training.steps,
+                       compile_seconds)

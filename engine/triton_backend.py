@@ -6,14 +6,12 @@ engine.torch_backend.train_chunk.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from kernels import layout
 from kernels.train import train_steps
-from . import reference
-from .checkpoint import Checkpoint, next_step, step_tensor
+from . import fused, reference
+from .checkpoint import Checkpoint
 from .errors import UnsupportedShape
 from .spec import ModelSpec, TrainSpec
 
@@ -27,23 +25,9 @@ def check_supported(model: ModelSpec, train: TrainSpec) -> None:
         raise UnsupportedShape(reason)
 
 
-def schedule_table(train: TrainSpec, device) -> torch.Tensor:
-    """(steps, 3) float32 per 0-based step t: 1 - lr_t*wd (AdamW decay; 1 for Adam),
-    lr_t / (1 - beta1^(t+1)), 1 / sqrt(1 - beta2^(t+1)). Computed in float64 on the host."""
-    rows = []
-    for t in range(train.steps):
-        lr = train.lr_at(t)
-        decay = 1.0 - lr * train.weight_decay if train.optimizer == "adamw" else 1.0
-        rows.append((decay, lr / (1.0 - train.beta1 ** (t + 1)), 1.0 / math.sqrt(1.0 - train.beta2 ** (t + 1))))
-    return torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=torch.float32)
-
-
-def new_state(model: ModelSpec, train: TrainSpec, first_instance: int, K: int, device) -> dict:
-    """Initial W (per-instance Xavier, the same Philox init as every backend), b = 0, Adam moments 0."""
-    W = reference.init_weights(model, train.seed, torch.arange(first_instance, first_instance + K)).to(device)
-    b = torch.zeros(K, model.n_features, device=device)
-    return {"W": W.contiguous(), "b": b, "mW": torch.zeros_like(W), "vW": torch.zeros_like(W),
-            "mb": torch.zeros_like(b), "vb": torch.zeros_like(b)}
+# The state and schedule every fused backend shares (re-exported: tests and bench use them from here).
+new_state = fused.new_state
+schedule_table = fused.schedule_table
 
 
 def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_instance: int, step0: int,
@@ -63,39 +47,19 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
     """Train K instances with the fused kernels; same contract as engine.torch_backend.train_chunk.
 
     State is written back after every launch of STEPS_PER_LAUNCH steps; that is where progress is
-    reported and, when due, a checkpoint saved. ``tile`` overrides the kernel layout (tests).
+    reported and, when due, a checkpoint saved (engine/fused.py). ``tile`` overrides the kernel
+    layout (tests).
     """
     check_supported(model, train)
     device = torch.device(device)
-    checkpoint = checkpoint or Checkpoint()
-    p = torch.as_tensor(p, dtype=torch.float32).to(device).contiguous()
-    imp = torch.as_tensor(importance, dtype=torch.float32).to(device).contiguous()
-    K = p.shape[0]
-    state = new_state(model, train, first_instance, K, device)
-    sched = schedule_table(train, device)
-    loss_acc = torch.zeros(K, device=device)
-    hist = torch.zeros(math.ceil(train.steps / history_every), K, device=device) if history_every else None
-    saved = checkpoint.load()
-    if saved:
-        for key in state:
-            state[key].copy_(saved[key])
-        loss_acc.copy_(saved["loss_sum"])
-        if hist is not None:
-            hist.copy_(saved["history"])
-        if on_step is not None:
-            on_step(next_step(saved))
-    for step0 in range(next_step(saved), train.steps, STEPS_PER_LAUNCH):
-        n = min(STEPS_PER_LAUNCH, train.steps - step0)
-        run_steps(model, train, state, p, imp, first_instance, step0, n, loss_acc, hist, history_every, sched, **tile)
-        if step0 + n < train.steps and checkpoint.due():
-            extra = {"history": hist} if hist is not None else {}
-            checkpoint.save({**state, "loss_sum": loss_acc, "next_step": step_tensor(step0 + n), **extra})
-        if on_step is not None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            on_step(n)
-    return (state["W"].cpu(), state["b"].cpu(), (loss_acc / train.loss_window).cpu(),
-            hist.cpu() if hist is not None else None)
+
+    def run_segment(state, p, imp, sched, loss_acc, hist, step0, n_steps):
+        run_steps(model, train, state, p, imp, first_instance, step0, n_steps, loss_acc, hist, history_every, sched,
+                  **tile)
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return fused.train_chunk(run_segment, model, p, importance, train, first_instance, device, STEPS_PER_LAUNCH,
+                             history_every=history_every, on_step=on_step, checkpoint=checkpoint, sync=sync)
 
 
 def one_step_gradient_error(model: ModelSpec, train: TrainSpec, p, imp, **tile) -> float:

@@ -6,7 +6,7 @@ import triton.language as tl
 @triton.jit
 def adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED: tl.constexpr):
     """torch.optim's formula, with the per-step scalars precomputed on the host (see
-    engine/triton_backend.schedule_table): decay = 1 - lr*wd (AdamW), step_size = lr / (1 - beta1^t),
+    engine/fused.schedule_table): decay = 1 - lr*wd (AdamW), step_size = lr / (1 - beta1^t),
     inv_sqrt_bias2 = 1 / sqrt(1 - beta2^t). Adam (DECOUPLED false) adds wd * param to the gradient."""
     if DECOUPLED:
         param = param * decay

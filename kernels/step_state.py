@@ -24,7 +24,7 @@ def store_with_moments(p_ptr, m_ptr, v_ptr, offs, mask, param, m1, m2):
 
 @triton.jit
 def schedule_at(sched_ptr, t):
-    """Row t of engine/triton_backend.schedule_table: (decay, step_size, inv_sqrt_bias2)."""
+    """Row t of engine/fused.schedule_table: (decay, step_size, inv_sqrt_bias2)."""
     return tl.load(sched_ptr + 3 * t), tl.load(sched_ptr + 3 * t + 1), tl.load(sched_ptr + 3 * t + 2)
 
 

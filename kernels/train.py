@@ -14,7 +14,7 @@ def train_steps(state: dict, p: torch.Tensor, imp: torch.Tensor, sched: torch.Te
     """Advance ``state`` = dict(W, b, mW, vW, mb, vb) by steps [step0, step0 + n_steps), in place.
 
     W-like tensors (K, m, n), b-like and p, imp (K, n), float32, contiguous, one device.
-    sched (total_steps, 3): see engine/triton_backend.schedule_table. loss_acc (K,) accumulates
+    sched (total_steps, 3): see engine/fused.schedule_table. loss_acc (K,) accumulates
     the loss of steps >= window_start; hist (T, K) gets the loss of every hist_every-th step.
     precision: "fp32" or "tf32" (tensor cores on the tl.dot paths, gram and blocked). ``layout`` overrides
     kernels.layout.tile_config fields (tests, tuning).

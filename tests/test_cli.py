@@ -193,3 +193,44 @@ def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     a = load_file(str(tmp_path / "whole/weights.safetensors"))
     b = load_file(str(tmp_path / "cut/weights.safetensors"))
     assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])
+
+
+def test_kept_seeds_drops_the_worst_or_keeps_the_best():
+    import numpy as np
+    loss = np.array([[3.0, 1.0, 2.0], [0.5, 0.7, 0.6]])
+    assert pd.kept_seeds(loss, "drop-worst").tolist() == [[False, True, True], [True, False, True]]
+    assert pd.kept_seeds(loss, "best").tolist() == [[False, True, False], [True, False, False]]
+    assert pd.kept_seeds(loss[:, :1], "drop-worst").all()  # one seed: nothing dropped
+
+
+def test_phase_diagram_on_the_cpu_backend_beats_the_trivial_map(tmp_path, capsys):
+    """A small sweep on the fused cpu backend: its map must beat calling every cell
+    "superposition" (right on most of the usual grid), find all three phases, and not depend on
+    the thread count."""
+    pytest.importorskip("numba")
+    import numpy as np
+    args = ["--grid", "6", "--seeds", "4", "--steps", "2500", "--batch-size", "256", "--lr", "1e-2",
+            "--backend", "cpu", "--no-progress", "--protocol", "drop-worst"]
+    for threads in ("1", "2"):
+        code, out, err = run_cli([*args, "--threads", threads, "--out", str(tmp_path / threads)], capsys)
+        assert code == 0, err
+    summary = json.loads((tmp_path / "1/summary.json").read_text())
+    cells = pq.read_table(tmp_path / "1/cells.parquet").to_pydict()
+    theory_sup = np.mean([p == "superposition" for p in cells["theory_phase"]])
+    assert summary["backend"] == "cpu" and summary["agreement"] >= max(0.8, theory_sup + 0.1), summary["agreement"]
+    assert set(cells["empirical_phase"]) == {"not represented", "dedicated", "superposition"}
+    a, b = (load_file(str(tmp_path / t / "weights.safetensors")) for t in ("1", "2"))
+    assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])
+
+
+@pytest.mark.parametrize("args, option", [(["--threads", "0"], "--threads"), (["--protocol", "vote"], "--protocol")])
+def test_bad_cpu_options_are_one_line_exit_2(args, option, tmp_path, capsys):
+    code, _, err = run_cli([*TINY, *args, "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and option in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cpu_backend_without_numba_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(backends, "cpu_usable", lambda: False)
+    code, _, err = run_cli([*TINY, "--backend", "cpu", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "numba" in err

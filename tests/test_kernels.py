@@ -356,15 +356,18 @@ def test_self_test_passes_on_a_working_kernel_and_reports_a_broken_one(monkeypat
     assert tb.self_test(ModelSpec(3, 2), device=DEVICE).startswith("RuntimeError: out of resource")
 
 
-def test_auto_falls_back_to_torch_when_the_self_test_fails(monkeypatch):
+@pytest.mark.parametrize("numba_installed, fallback", [(False, "torch"), (True, "cpu")])
+def test_auto_falls_back_when_the_self_test_fails(monkeypatch, numba_installed, fallback):
+    """To the fused cpu backend where numba is installed, else to torch; saying so once."""
     from engine import backends
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(backends, "triton_usable", lambda: True)
+    monkeypatch.setattr(backends, "cpu_usable", lambda: numba_installed)
     monkeypatch.setattr(backends, "_SELF_TESTS", {})
     monkeypatch.setattr(tb, "self_test", lambda model, train: "CompilationError: boom")
     said = []
-    assert backends.resolve("auto", ModelSpec(2, 1), TrainSpec(), log=said.append) == "torch"
-    assert said and "boom" in said[0] and "using torch" in said[0]
+    assert backends.resolve("auto", ModelSpec(2, 1), TrainSpec(), log=said.append) == fallback
+    assert said and "boom" in said[0] and f"using {fallback}" in said[0]
     monkeypatch.setattr(backends, "_SELF_TESTS", {})
     monkeypatch.setattr(tb, "self_test", lambda model, train: None)
     assert backends.resolve("auto", ModelSpec(2, 1), TrainSpec()) == "triton"

@@ -1,0 +1,101 @@
+"""The cpu backend: fused, compiled training loops on the CPU (numba; kernels/cpu_train.py).
+
+Loaded lazily by engine/backends.py, like the triton backend; a machine without numba trains on
+the torch backend instead. Same contract as engine.torch_backend.train_chunk, and the same data as
+the triton backend: batches come from the Philox stream keyed by (seed, instance, step), so a
+chunk's result does not depend on chunking, thread count, segment sizes or resumes.
+
+Compilation happens once per machine (numba caches it on disk beside kernels/); ``compile()``
+triggers it on a tiny problem so callers can time it apart from training.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from kernels import cpu_train
+from . import fused
+from .checkpoint import Checkpoint
+from .spec import ModelSpec, TrainSpec
+
+# Segments are sized to take about this long (progress and checkpoints come between segments).
+SEGMENT_SECONDS = 1.0
+FIRST_SEGMENT_STEPS = 4
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` CPU threads for training (None: all numba may use). Returns the count in use."""
+    import numba
+
+    if threads is not None:
+        numba.set_num_threads(int(threads))
+    return numba.get_num_threads()
+
+
+def max_threads() -> int:
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+_COMPILED = {"seconds": None}
+
+
+def compile() -> float:
+    """Compile (or load from the on-disk cache) the training loop; returns the seconds it took the
+    first time in this process, 0.0 afterwards."""
+    if _COMPILED["seconds"] is not None:
+        return 0.0
+    t0 = time.perf_counter()
+    model, train = ModelSpec(3, 2), TrainSpec(steps=1, batch_size=8)
+    state = {k: v.numpy() for k, v in fused.new_state(model, train, 0, 1).items()}
+    p = np.full((1, 3), 0.5, np.float32)
+    run_steps(model, train, state, p, np.ones_like(p), 0, 0, 1, np.zeros(1, np.float32),
+              sched=fused.schedule_table(train).numpy())
+    _COMPILED["seconds"] = time.perf_counter() - t0
+    return _COMPILED["seconds"]
+
+
+def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_instance: int, step0: int, n_steps: int,
+              loss_acc, hist=None, history_every: int = 0, sched=None, lanes: int | None = None) -> None:
+    """Advance ``state`` by steps [step0, step0 + n_steps) in one compiled call (tests and bench)."""
+    sched = fused.schedule_table(train) if sched is None else sched
+    cpu_train.train_steps(
+        state, p, imp, sched, loss_acc, hist, batch=train.batch_size, first_instance=first_instance, step0=step0,
+        n_steps=n_steps, window_start=train.steps - train.loss_window, hist_every=history_every, seed=train.seed,
+        weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2, eps=train.eps,
+        relu=model.variant == "relu-output", decoupled=train.optimizer == "adamw", lanes=lanes)
+
+
+def segment_sizer(steps_per_launch: int | None = None):
+    """Steps in the next segment: a fixed count, or (default) about SEGMENT_SECONDS of work judged
+    from the last segment. Only progress and checkpoint timing depend on it, never the result."""
+    if steps_per_launch:
+        return steps_per_launch
+    steps = FIRST_SEGMENT_STEPS
+
+    def size(done: int, last_seconds: float | None) -> int:
+        nonlocal steps
+        if last_seconds:
+            steps = max(1, min(100_000, int(steps * SEGMENT_SECONDS / last_seconds)))
+        return steps
+
+    return size
+
+
+def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cpu",
+                history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
+                steps_per_launch: int | None = None, lanes: int | None = None):
+    """Train K instances with the fused CPU loop; same contract as engine.torch_backend.train_chunk.
+    steps_per_launch, lanes: fixed segment size and rows per block (tests; default automatic)."""
+    compile()
+
+    def run_segment(state, p, imp, sched, loss_acc, hist, step0, n_steps):
+        run_steps(model, train, state, p, imp, first_instance, step0, n_steps, loss_acc, hist, history_every, sched,
+                  lanes=lanes)
+
+    return fused.train_chunk(run_segment, model, p, importance, train, first_instance, "cpu",
+                             segment_sizer(steps_per_launch),
+                             history_every=history_every, on_step=on_step, checkpoint=checkpoint)

@@ -1,0 +1,248 @@
+"""The fused CPU backend (kernels/cpu_rng.py, kernels/cpu_train.py, engine/cpu_backend.py) against
+the float64 reference on identical inputs: the batches it draws, one-step gradients and
+parameters, multi-step trajectories, determinism, resume, and agreement with the triton kernels."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("numba")
+from numba import njit  # noqa: E402
+
+from engine import DataSpec, ModelSpec, TrainSpec, backends, cpu_backend, fused, reference, rng, train  # noqa: E402
+from engine.checkpoint import Checkpoint  # noqa: E402
+from kernels import cpu_rng, cpu_train  # noqa: E402
+
+
+def rel(a, b):
+    """Norm-wise relative error of a against the float64 b."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def exact_batch(p, batch, step, seed, first):
+    """The batch (K, batch, n) float32 every backend draws at ``step``: engine/rng.py's twin."""
+    K, n = p.shape
+    u = rng.uniforms(seed, torch.arange(first, first + K), step, batch, n)
+    return reference.features_from_uniform(u, torch.as_tensor(p, dtype=torch.float32))
+
+
+def problem(n, m, K=3, seed=0):
+    g = torch.Generator().manual_seed(1000 * n + m + seed)
+    p = (torch.rand(K, n, generator=g) * 0.8 + 0.1).float()
+    imp = (torch.rand(K, n, generator=g) + 0.2).float()
+    return p, imp
+
+
+@pytest.mark.parametrize("n, B", [(1, 37), (2, 37), (3, 37), (4, 16), (5, 37), (20, 19), (33, 5), (1, 150),
+                                  (2, 150)])
+def test_sampler_is_bit_exact_with_the_torch_philox_twin(n, B):
+    seed, step, inst = 2**40 + 5, 11, 1003
+    p, _ = problem(n, 1, K=1)
+    x = cpu_rng.sample(p[0].numpy(), B, step, inst, *cpu_rng.seed_words(seed))
+    assert np.array_equal(x, exact_batch(p, B, step, seed, inst)[0].numpy())
+
+
+@njit
+def _training_draws(p, batch, step, inst, k0, k1, lanes):
+    """The training loop's block draws, written back in (batch, n) row order through lane_row."""
+    n = p.shape[0]
+    pk, inv = cpu_train.padded_rule(p)
+    x = np.zeros((pk.shape[0], lanes), np.float32)
+    act = np.zeros(n, np.bool_)
+    out = np.full((batch, n), -1.0, np.float32)
+    for r0 in range(0, batch, lanes):
+        cpu_train._draw_block(x, act, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), k0, k1)
+        for l in range(lanes):
+            row = cpu_train.lane_row(l, r0, lanes, n)
+            for f in range(n):
+                if row < batch:
+                    out[row, f] = x[f, l]
+                elif x[f, l] != 0.0:
+                    out[0, 0] = np.nan  # a lane past the batch must hold zeros
+            for f in range(n):
+                if act[f] != np.any(x[f] != 0.0):
+                    out[0, 0] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("n, B, lanes", [(1, 37, 16), (1, 64, 16), (2, 37, 16), (2, 150, 64), (3, 37, 16),
+                                         (5, 16, 16), (20, 19, 32), (33, 70, 64)])
+def test_training_loop_draws_the_samplers_batch_bit_for_bit(n, B, lanes):
+    seed, step, inst = 2**33 + 7, 5, 11
+    p, _ = problem(n, 1, K=1)
+    got = _training_draws(p[0].numpy(), B, step, inst, *cpu_rng.seed_words(seed), lanes)
+    assert np.array_equal(got, exact_batch(p, B, step, seed, inst)[0].numpy())
+
+
+def one_step(model, train, p, imp, first=5, lanes=None):
+    """(state before, state after, loss) of one fused CPU step on K instances."""
+    K = p.shape[0]
+    state = fused.new_state(model, train, first, K)
+    before = {k: v.clone() for k, v in state.items()}
+    loss = torch.zeros(K)
+    hist = torch.zeros(1, K)
+    cpu_backend.run_steps(model, train, state, p, imp, first, 0, 1, loss, hist, history_every=1, lanes=lanes)
+    return before, state, hist[0]
+
+
+def reference_step(model, train, before, x, imp, steps_done=0):
+    """The float64 reference's step from ``before`` on batch x: (loss, dW, db, W, b after)."""
+    d = {k: v.double().clone() for k, v in before.items()}
+    loss, dW, db = reference.loss_and_grads(d["W"], d["b"], x.double(), imp.double(), model.variant)
+    states = [reference.AdamState(d["mW"], d["vW"]), reference.AdamState(d["mb"], d["vb"])]
+    reference.train_step(d["W"], d["b"], x.double(), imp.double(), model.variant, states, steps_done + 1,
+                         train.lr_at(steps_done), train)
+    return loss, dW, db, d["W"], d["b"]
+
+
+SHAPES = [(n, m) for n in (1, 2, 3, 5, 20, 33, 400) for m in (1, 2, 5, 7, 30)]
+
+
+@pytest.mark.parametrize("n, m", SHAPES)
+@pytest.mark.parametrize("variant", ["relu-output", "linear"])
+def test_one_step_matches_float64_on_the_exact_batch(n, m, variant):
+    """Gradients, loss and updated parameters of one step, for both optimizers and every schedule."""
+    model = ModelSpec(n, m, variant)
+    p, imp = problem(n, m)
+    B = 37 if n < 100 else 21
+    for optimizer, schedule in (("adamw", "constant"), ("adam", "linear"), ("adamw", "cosine")):
+        train = TrainSpec(steps=3, batch_size=B, lr=1e-2, optimizer=optimizer, schedule=schedule, weight_decay=0.05,
+                          seed=3)
+        before, after, loss = one_step(model, train, p, imp)
+        x = exact_batch(p, B, 0, train.seed, 5)
+        ref_loss, dW, db, W1, b1 = reference_step(model, train, before, x, imp)
+        grad_W = after["mW"].double() / (1 - train.beta1)
+        grad_b = after["mb"].double() / (1 - train.beta1)
+        if optimizer == "adam":  # Adam's moment holds the gradient plus wd * param
+            dW, db = dW + train.weight_decay * before["W"].double(), db + train.weight_decay * before["b"].double()
+        assert rel(grad_W, dW) < 1e-5, (optimizer, rel(grad_W, dW))
+        assert rel(grad_b, db) < 1e-5
+        assert rel(loss, ref_loss) < 1e-5
+        assert rel(after["W"], W1) < 1e-5 and rel(after["b"], b1) < 1e-5
+
+
+@pytest.mark.parametrize("n, m, optimizer, schedule", [(2, 1, "adamw", "constant"), (3, 2, "adam", "cosine"),
+                                                       (20, 5, "adamw", "linear"), (33, 7, "adam", "constant"),
+                                                       (1, 1, "adamw", "cosine")])
+def test_trajectory_tracks_the_float64_reference_fed_the_same_batches(n, m, optimizer, schedule):
+    steps, B, first = 40, 33, 2
+    model = ModelSpec(n, m)
+    train = TrainSpec(steps=steps, batch_size=B, lr=1e-2, optimizer=optimizer, schedule=schedule, seed=9)
+    p, imp = problem(n, m)
+    state = fused.new_state(model, train, first, p.shape[0])
+    ref = {k: v.double().clone() for k, v in state.items()}
+    hist = torch.zeros(steps, p.shape[0])
+    cpu_backend.run_steps(model, train, state, p, imp, first, 0, steps, torch.zeros(p.shape[0]), hist, 1)
+    states = [reference.AdamState(ref["mW"], ref["vW"]), reference.AdamState(ref["mb"], ref["vb"])]
+    ref_hist = []
+    for t in range(steps):
+        x = exact_batch(p, B, t, train.seed, first).double()
+        ref_hist.append(reference.train_step(ref["W"], ref["b"], x, imp.double(), model.variant, states, t + 1,
+                                             train.lr_at(t), train))
+    assert rel(state["W"], ref["W"]) < 1e-4 and rel(state["b"], ref["b"]) < 1e-4
+    assert rel(hist, torch.stack(ref_hist)) < 1e-4
+
+
+def test_partial_last_block_and_every_lane_width_agree():
+    """Lanes (rows per block) change only the order of float32 sums: 16, 32 and 128 lanes, and a
+    batch that leaves a partial last block, all give the float64 gradient."""
+    model = ModelSpec(5, 2)
+    p, imp = problem(5, 2)
+    train = TrainSpec(steps=2, batch_size=147)
+    x = exact_batch(p, 147, 0, train.seed, 5)
+    for lanes in (16, 32, 128):
+        before, after, _ = one_step(model, train, p, imp, lanes=lanes)
+        _, dW, _, _, _ = reference_step(model, train, before, x, imp)
+        assert rel(after["mW"].double() / (1 - train.beta1), dW) < 1e-5
+
+
+def test_results_do_not_depend_on_threads_chunks_or_segments():
+    model = ModelSpec(3, 2)
+    data = DataSpec(np.tile(np.linspace(0.05, 0.9, 7)[:, None], (1, 3)), np.array([1.0, 0.8, 0.5]))
+    tr = TrainSpec(steps=60, batch_size=40, lr=1e-2)
+    runs = [train(model, data, tr, backend="cpu", progress=False, threads=th, chunk_size=cs, history_every=10)
+            for th, cs in ((1, None), (2, None), (2, 3), (1, 1))]
+    for r in runs[1:]:
+        assert torch.equal(r.W, runs[0].W) and torch.equal(r.b, runs[0].b) and torch.equal(r.loss, runs[0].loss)
+        assert torch.equal(r.history, runs[0].history)
+    p, imp = data.feature_probability, data.importance
+    seg = [cpu_backend.train_chunk(model, p, imp, tr, 0, steps_per_launch=s, history_every=10) for s in (7, 60)]
+    assert all(torch.equal(a, b) for a, b in zip(seg[0], seg[1]))
+    assert torch.equal(seg[0][0], runs[0].W)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("history_every", [0, 7])
+def test_resume_from_a_mid_chunk_checkpoint_gives_the_uninterrupted_result(tmp_path, history_every):
+    model = ModelSpec(3, 2)
+    p, imp = np.full((4, 3), 0.3), np.ones((4, 3))
+    tr = TrainSpec(steps=50, batch_size=16, lr=1e-2)
+    whole = cpu_backend.train_chunk(model, p, imp, tr, 5, history_every=history_every, steps_per_launch=4)
+    ckpt = Checkpoint(tmp_path / "c.safetensors", every_s=0)
+    calls = []
+
+    def stop_at_5th_segment(k):
+        calls.append(k)
+        if len(calls) == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        cpu_backend.train_chunk(model, p, imp, tr, 5, history_every=history_every, on_step=stop_at_5th_segment,
+                                checkpoint=ckpt, steps_per_launch=4)
+    assert int(ckpt.load()["next_step"]) == 20
+    done = []
+    resumed = cpu_backend.train_chunk(model, p, imp, tr, 5, history_every=history_every, on_step=done.append,
+                                      checkpoint=Checkpoint(tmp_path / "c.safetensors", every_s=1e9),
+                                      steps_per_launch=9)
+    assert sum(done) == tr.steps
+    for a, b in zip(whole, resumed):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n, m", [(1, 1), (2, 1), (3, 2), (20, 5), (33, 7)])
+@pytest.mark.parametrize("variant", ["relu-output", "linear"])
+def test_cpu_and_interpreted_triton_train_the_same_batches(n, m, variant):
+    """Same init, same Philox batches: after a few steps the cpu and triton backends agree to
+    float32 rounding (the triton kernels run under TRITON_INTERPRET=1 here)."""
+    pytest.importorskip("triton")
+    from engine import triton_backend as tb
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = ModelSpec(n, m, variant)
+    tr = TrainSpec(steps=4, batch_size=24, lr=1e-2, seed=4)
+    p, imp = problem(n, m, K=2)
+    st_cpu = fused.new_state(model, tr, 3, 2)
+    st_gpu = {k: v.to(device) for k, v in fused.new_state(model, tr, 3, 2).items()}
+    cpu_backend.run_steps(model, tr, st_cpu, p, imp, 3, 0, 4, torch.zeros(2))
+    tb.run_steps(model, tr, st_gpu, p.to(device), imp.to(device), 3, 0, 4, torch.zeros(2, device=device))
+    for k in st_cpu:
+        assert rel(st_cpu[k], st_gpu[k].cpu()) < 2e-5, k
+
+
+def test_auto_picks_cpu_without_a_gpu_and_torch_without_numba(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("GPU present: auto picks triton")
+    assert backends.resolve("auto") == "cpu"
+    assert backends.resolve("cpu") == "cpu"
+    monkeypatch.setattr(backends, "cpu_usable", lambda: False)
+    assert backends.resolve("auto") == "torch"
+    with pytest.raises(backends.BackendUnavailable, match="numba"):
+        backends.resolve("cpu")
+
+
+def test_cpu_backend_learns_like_the_torch_backend():
+    """Different batches (torch's generator vs Philox), the same optimum: 5->2 models at density 1
+    keep the two most important features, and the final losses agree within a few percent."""
+    model = ModelSpec(5, 2)
+    data = DataSpec(np.ones((4, 5)), 0.8 ** np.arange(5))
+    tr = TrainSpec(steps=1500, batch_size=256, lr=1e-2)
+    cpu = train(model, data, tr, backend="cpu", progress=False)
+    ref = train(model, data, tr, backend="torch", progress=False)
+    norms = torch.linalg.vector_norm(cpu.W, dim=1)
+    assert (norms[:, :2] > 0.8).all() and (norms[:, 3:] < 0.3).all()
+    assert math.isclose(cpu.loss.mean().item(), ref.loss.mean().item(), rel_tol=0.05)
