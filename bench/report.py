@@ -61,7 +61,8 @@ def workload_table(name: str, w: dict, cpu: bool = False) -> list[str]:
             continue
         mem = r.get("peak_memory_bytes")
         if cpu:
-            lines.append(f"| {label} | {r['precision']} | {r['ms_per_step']:.2f} | {r['instance_steps_per_s']:.3g} | "
+            precision = "fp32 (JAX's default on a CPU)" if prov == "jax" else r["precision"]
+            lines.append(f"| {label} | {precision} | {r['ms_per_step']:.2f} | {r['instance_steps_per_s']:.3g} | "
                          f"{r['useful_tflops'] * 1e3:.2f} | {_pct(r.get('fp32_peak_share'))} |")
             continue
         lines.append(f"| {prov} | {r['precision']} | {r['ms_per_step']:.3f} | {r['instance_steps_per_s']:.3g} | "

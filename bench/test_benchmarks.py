@@ -180,3 +180,26 @@ def test_cpu_fused_beats_the_reference(capsys):
                   f"cpu {ours * 1e3:7.2f}   speed-up {ref / ours:6.1f}x")
     for w, ref, ours in rows:
         assert ours < ref, f"{w}: fused cpu {ours * 1e3:.2f} ms/step is not faster than the torch backend's {ref * 1e3:.2f}"
+
+
+def test_cpu_suite_smoke_records_the_cpu_provider_and_its_ratios(tmp_path):
+    pytest.importorskip("numba")
+    out = suite.main(["--smoke", "--device", "cpu", "--workloads", "basic", "--providers", "eager,cpu", "--rounds", "2",
+                      "--no-scaling", "--no-e2e", "--out", str(tmp_path / "cpu.json")])
+    rec = json.loads(out.read_text())
+    prov = rec["provenance"]
+    assert prov["device"] == "cpu" and prov["cores"] >= 1 and prov["numba"] and prov["cpu"]
+    r = rec["workloads"]["basic"]["providers"]["cpu"]
+    assert r["ms_per_step"] > 0 and "cpu/eager" in rec["workloads"]["basic"]["speedups"]
+    if prov["fp32_peak_gflops"]:
+        assert r["fp32_peak_share"] == pytest.approx(r["useful_tflops"] * 1e3 / prov["fp32_peak_gflops"])
+    md = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md"), "--allow-smoke"])
+    assert "## CPU: " in md.read_text() and "cpu/eager" in md.read_text()
+
+
+@pytest.mark.parametrize("args", [["--workloads", "bogus"], ["--providers", "nope"]])
+def test_suite_refuses_unknown_names_with_one_line(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        suite.main(["--smoke", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and args[1] in err and "Traceback" not in err

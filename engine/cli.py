@@ -101,7 +101,8 @@ def phase_diagram_cmd(preset, backend, out, progress, threads, **options):
     others = ", ".join(f"{p} {a:.3f}" for p, a in summary["agreement_by_protocol"].items() if p != spec.protocol)
     click.echo(f"agreement with theory: {summary['agreement']:.3f} of grid cells "
                f"(protocol {spec.protocol}; {others})")
-    compiled = f" (+ {summary['compile_seconds']:.1f} s one-off compilation)" if summary.get("compile_seconds", 0) > 1 else ""
+    compiled = (f" ({summary['compile_seconds']:.1f} s of it one-off compilation, cached for next time)"
+                if summary.get("compile_seconds", 0) > 1 else "")
     click.echo(f"wall time: {time.perf_counter() - t0:.1f} s{compiled}; training {summary['train_seconds']:.1f} s, "
                + (f"{rate:,.0f} instance-steps/s" if rate else "n/a (all chunks resumed)"))
     click.echo(f"outputs: {out}/ (summary.json, cells.parquet, instances.parquet, weights.safetensors, "
