@@ -8,6 +8,7 @@ that advances every instance by n_steps steps in place; everything else is here,
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -49,8 +50,6 @@ def train_chunk(run_segment, model: ModelSpec, p, importance, train: TrainSpec, 
     between segments: that is where progress is reported and, when due, a checkpoint saved.
     sync(): waits for the device before progress is reported (GPU).
     """
-    import time
-
     device = torch.device(device)
     checkpoint = checkpoint or Checkpoint()
     p = torch.as_tensor(p, dtype=torch.float32).to(device).contiguous()
