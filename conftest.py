@@ -24,6 +24,11 @@ def pytest_configure(config):
     unless --benchmark-json names another file; runs before pytest-benchmark reads the option."""
     opt = getattr(config.option, "benchmark_json", "absent")
     if opt is None:
-        path = os.path.join(str(config.rootpath), ".benchmarks", "pytest-benchmark.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        config.option.benchmark_json = open(path, "wb")
+        from importlib.metadata import version
+        from pathlib import Path
+
+        path = Path(str(config.rootpath)) / ".benchmarks" / "pytest-benchmark.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # pytest-benchmark < 5.3 takes the option as an open file, 5.3 and later as a path.
+        major, minor = (int(v) for v in version("pytest-benchmark").split(".")[:2])
+        config.option.benchmark_json = path if (major, minor) >= (5, 3) else open(path, "wb")
