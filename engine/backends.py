@@ -30,6 +30,18 @@ def cpu_usable() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def check_threads(threads) -> None:
+    """Raise SpecError unless ``threads`` is None or an integer in [1, the threads numba may use]."""
+    if threads is None:
+        return
+    top = os.cpu_count() or 1
+    if cpu_usable():
+        import numba
+        top = numba.config.NUMBA_NUM_THREADS
+    if not (isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= top):
+        raise SpecError("threads", f"an integer in [1, {top}]", threads)
+
+
 _SELF_TESTS: dict = {}
 
 

@@ -5,13 +5,11 @@ with exit code 2 and no traceback.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
-import torch
 
 from . import backends
 from .errors import BackendUnavailable, SpecError, UnsupportedShape
@@ -78,8 +76,7 @@ def phase_diagram_cmd(preset, backend, out, progress, threads, **options):
     try:
         given = {k: v for k, v in options.items() if v is not None}
         spec = pd.PhaseDiagramSpec(**given)  # validates every option before any work
-        if threads is not None:
-            _check_threads(threads)
+        backends.check_threads(threads)
         backend = backends.resolve(backend, spec.model, spec.train_spec(), log=lambda m: click.echo(m, err=True))
         if preset == "auto":
             preset = "paper" if backend == "triton" else "quick"
@@ -107,15 +104,6 @@ def phase_diagram_cmd(preset, backend, out, progress, threads, **options):
                + (f"{rate:,.0f} instance-steps/s" if rate else "n/a (all chunks resumed)"))
     click.echo(f"outputs: {out}/ (summary.json, cells.parquet, instances.parquet, weights.safetensors, "
                f"figures/phase_diagram.png)")
-
-
-def _check_threads(threads: int) -> None:
-    top = os.cpu_count() or 1
-    if backends.cpu_usable():
-        from . import cpu_backend
-        top = cpu_backend.max_threads()
-    if not 1 <= threads <= top:
-        raise SpecError("threads", f"an integer in [1, {top}]", threads)
 
 
 def main(argv=None):

@@ -81,13 +81,10 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     device = device or backends.default_device(name)
     chunk_size = chunk_size or default_chunk_size(model, training, name, device)
     fn = backends.train_chunk_fn(name)
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise SpecError("threads", "an integer >= 1", threads)
+    backends.check_threads(threads)
     compile_seconds = 0.0
     if name == "cpu":
         from . import cpu_backend
-        if threads is not None and threads > cpu_backend.max_threads():
-            raise SpecError("threads", f"an integer in [1, {cpu_backend.max_threads()}]", threads)
         cpu_backend.set_threads(threads or cpu_backend.max_threads())
         compile_seconds = cpu_backend.compile()
     K = data.n_instances
