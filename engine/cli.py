@@ -1,10 +1,13 @@
-"""The ``supbench`` command line. Options map one-to-one onto the experiment spec's fields.
+"""The ``supbench`` command line: ``supbench list`` and ``supbench run <experiment>``, whose options are
+generated from the experiment spec's fields (one source of truth: engine/experiments/).
 
 Every user error is one line on stderr, ``supbench: error: --option: must be ... (got ...)``,
 with exit code 2 and no traceback.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -13,7 +16,8 @@ import click
 
 from . import backends
 from .errors import BackendUnavailable, SpecError, UnsupportedShape
-from .experiments import phase_diagram as pd
+from .experiments import EXPERIMENTS, runner
+from .experiments.base import CommonSpec, spec_fields
 
 
 class UserError(click.ClickException):
@@ -37,53 +41,79 @@ def run():
     """Run one of the paper's experiments."""
 
 
-@run.command("phase-diagram")
-@click.option("--features", type=int, default=None, help="2 (n=2, m=1; default) or 3 (n=3, m=2).")
-@click.option("--preset", type=click.Choice(["auto", "quick", "paper"]), default="auto", show_default=True,
-              help="quick: about a minute on 2 CPU cores; paper: the paper's protocol at 50x50; "
-                   "auto: paper when the triton backend trains, quick otherwise.")
-@click.option("--grid", type=int, default=None, help="Grid points per axis (density x relative importance).")
-@click.option("--seeds", type=int, default=None, help="Models per grid point (the worst is dropped).")
-@click.option("--steps", type=int, default=None, help="Training steps per model.")
-@click.option("--batch-size", type=int, default=None, help="Examples per step.")
-@click.option("--lr", type=float, default=None, help="Learning rate.")
-@click.option("--optimizer", type=str, default=None, help="adamw (default) or adam.")
-@click.option("--weight-decay", type=float, default=None, help="Weight decay (default 0.01).")
-@click.option("--seed", type=int, default=None, help="Random seed of the whole sweep (default 0).")
-@click.option("--density-min", type=float, default=None, help="Lowest feature density, in (0, 1] (default 0.01).")
-@click.option("--density-max", type=float, default=None, help="Highest feature density, in (0, 1] (default 1).")
-@click.option("--importance-min", type=float, default=None, help="Lowest relative importance (default 0.1).")
-@click.option("--importance-max", type=float, default=None, help="Highest relative importance (default 10).")
-@click.option("--backend", type=str, default="auto", show_default=True,
-              help="auto (triton on a CUDA GPU, else cpu if numba is installed, else torch), torch, triton or cpu.")
-@click.option("--threads", type=int, default=None, help="CPU threads of the cpu backend (default: all cores).")
-@click.option("--precision", type=str, default=None, help="fp32 (default) or tf32 (triton backend).")
-@click.option("--chunk-size", type=int, default=None, help="Instances per chunk (default: automatic).")
-@click.option("--protocol", type=str, default=None,
-              help="How a grid point's seeds make its phase: drop-worst (the paper's: average all but the "
-                   "highest-loss seed) or best (the lowest-loss seed). Default: best for quick on a fused "
-                   "backend, drop-worst otherwise.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Run directory (default runs/phase-diagram-<features>f-<preset>). Re-running resumes.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def phase_diagram_cmd(preset, backend, out, progress, threads, **options):
-    """Train the 2->1 (or 3->2) phase-change sweep, classify it and compare with theory.
+def _preset_note(exp, name: str) -> str:
+    """'[quick: 2500, paper: 10000]' for a field the presets set, '' otherwise."""
+    label = {"quick": "quick", "quick-fused": "quick on cpu/triton", "paper": "paper"}
+    vals = [f"{label[p]}: {exp.presets[p][name]}" for p in label if p in exp.presets and name in exp.presets[p]]
+    return f" Preset values: {'; '.join(vals)}." if vals else ""
 
-    Writes spec.json, instances.parquet, cells.parquet, weights.safetensors, summary.json and
-    figures/phase_diagram.png into --out.
-    """
+
+def _field_options(exp) -> list[click.Option]:
+    """One option per spec field (but backend, handled with auto), help from the field's metadata."""
+    opts = []
+    common = {f.name for f in dataclasses.fields(CommonSpec)}
+    # The experiment's own fields first, then the training fields every experiment has.
+    for f, typ in sorted(spec_fields(exp.spec_cls), key=lambda ft: ft[0].name in common):
+        if f.name == "backend":
+            continue
+        choices = f.metadata.get("choices")
+        help_ = f.metadata.get("help", "") + (f" One of: {', '.join(choices)}." if choices else "")
+        note = _preset_note(exp, f.name)
+        help_ += note or f" Default {f.default if f.name != 'chunk_size' else 'automatic'}."
+        opts.append(click.Option([_option_name(f.name)], type=typ if typ in (int, float) else str, default=None,
+                                 help=help_))
+    return opts
+
+
+def _common_options(exp) -> list[click.Option]:
+    return [
+        click.Option(["--preset"], type=click.Choice(["auto", "quick", "paper"]), default="auto", show_default=True,
+                     help="quick: minutes on 2 CPU cores; paper: the paper's scale; auto: paper when the triton "
+                          "backend trains, quick otherwise. Options given explicitly override the preset."),
+        click.Option(["--backend"], type=str, default="auto", show_default=True,
+                     help="auto (triton on a CUDA GPU, else cpu if numba is installed, else torch; a resumed run "
+                          "keeps the backend it was started on), torch, triton or cpu."),
+        click.Option(["--threads"], type=int, default=None, help="CPU threads of the cpu backend (default: all cores)."),
+        click.Option(["--out"], type=click.Path(path_type=Path), default=None,
+                     help=f"Run directory (default runs/{exp.name}-<preset>). Re-running the same command resumes."),
+        click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Show a progress bar."),
+    ]
+
+
+def _resolve(exp, preset: str, backend: str, given: dict, out: Path | None, log):
+    """(backend, preset, spec, out) for the options given: auto backends and presets resolved."""
+    requested = backend
+    backend = backends.resolve(backend)
+    if requested == "auto":
+        plan = runner.recorded_plan(out or exp.default_out(exp.make_spec(**given), preset if preset != "auto"
+                                                           else ("paper" if backend == "triton" else "quick")))
+        recorded = plan and plan.get("backend")
+        if recorded and recorded != backend and recorded in backends.BACKENDS:
+            try:
+                backend = backends.resolve(recorded)
+            except BackendUnavailable:
+                pass
+    chosen = preset if preset != "auto" else ("paper" if backend == "triton" else "quick")
+    spec = exp.make_spec(**{**exp.preset_fields(chosen, backend), **given, "backend": backend})
+    if requested == "auto" and backend == "triton":  # the GPU self-test, for every model the run trains
+        for job in exp.jobs(spec):
+            fallback = backends.resolve("auto", job.model, job.train, log=log)
+            if fallback != "triton":
+                return _resolve(exp, preset, fallback, given, out, log)
+    for job in exp.jobs(spec):
+        backends.check_supported(backend, job.model, job.train)
+    return backend, chosen, spec, out or exp.default_out(spec, chosen)
+
+
+def _run_experiment(exp, preset, backend, out, progress, threads, **options):
     t0 = time.perf_counter()
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
         given = {k: v for k, v in options.items() if v is not None}
-        spec = pd.PhaseDiagramSpec(**given)  # validates every option before any work
+        exp.make_spec(**given)  # validates every option given before any work
         backends.check_threads(threads)
-        backend = backends.resolve(backend, spec.model, spec.train_spec(), log=lambda m: click.echo(m, err=True))
-        if preset == "auto":
-            preset = "paper" if backend == "triton" else "quick"
-        spec = pd.PhaseDiagramSpec(**{**pd.preset_fields(preset, backend), **given, "backend": backend})
-        backends.check_supported(backend, spec.model, spec.train_spec())
-        out = out or Path("runs") / f"phase-diagram-{spec.features}f-{preset}"
-        summary = pd.run(spec, out, progress=progress, log=lambda m: click.echo(m, err=True), threads=threads)
+        backend, preset, spec, out = _resolve(exp, preset, backend, given, out, log)
+        summary = runner.run(exp, spec, out, progress=progress, log=log, threads=threads)
     except SpecError as e:
         raise UserError(f"{_option_name(e.field)}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
     except (BackendUnavailable, UnsupportedShape) as e:
@@ -92,18 +122,36 @@ def phase_diagram_cmd(preset, backend, out, progress, threads, **options):
         click.echo(f"\ninterrupted: finished chunks and checkpoints are saved in {out}; run the same command again to resume",
                    err=True)
         sys.exit(130)
+    for line in exp.report(spec, summary):
+        click.echo(line)
+    for c in summary["checks"]:
+        click.echo(f"check {'pass' if c['passed'] else 'FAIL'}: {c['name']}: {c['claim']} "
+                   f"(measured {runner.format_measured(c['measured'])}; expected {c['expected']})")
     rate = summary["instance_steps_per_second"]
-    click.echo(f"phase diagram {spec.features}->{spec.features - 1}: {spec.grid}x{spec.grid} grid, "
-               f"{spec.seeds} seeds, {spec.n_instances} models x {spec.steps} steps on {spec.backend}")
-    others = ", ".join(f"{p} {a:.3f}" for p, a in summary["agreement_by_protocol"].items() if p != spec.protocol)
-    click.echo(f"agreement with theory: {summary['agreement']:.3f} of grid cells "
-               f"(protocol {spec.protocol}; {others})")
     compiled = (f" ({summary['compile_seconds']:.1f} s of it one-off compilation, cached for next time)"
                 if summary.get("compile_seconds", 0) > 1 else "")
     click.echo(f"wall time: {time.perf_counter() - t0:.1f} s{compiled}; training {summary['train_seconds']:.1f} s, "
                + (f"{rate:,.0f} instance-steps/s" if rate else "n/a (all chunks resumed)"))
-    click.echo(f"outputs: {out}/ (summary.json, cells.parquet, instances.parquet, weights.safetensors, "
-               f"figures/phase_diagram.png)")
+    click.echo(f"outputs: {out}/ (summary.json, " + ", ".join(exp.outputs) + ")")
+
+
+def _make_command(exp) -> click.Command:
+    doc = (f"{exp.title}.\n\nWrites spec.json, summary.json (paper checks, timing), README.txt (how to re-run) and "
+           + ", ".join(exp.outputs) + " into --out.")
+    return click.Command(exp.name, params=_field_options(exp) + _common_options(exp),
+                         callback=functools.partial(_run_experiment, exp), help=doc)
+
+
+for _exp in EXPERIMENTS.values():
+    run.add_command(_make_command(_exp))
+
+
+@cli.command("list")
+def list_cmd():
+    """Every experiment, one line each, with the cost of its quick preset."""
+    width = max(len(n) for n in EXPERIMENTS)
+    for name, exp in EXPERIMENTS.items():
+        click.echo(f"{name:<{width}}  {exp.title}" + (f"  [quick: {exp.quick_cost}]" if exp.quick_cost else ""))
 
 
 def main(argv=None):

@@ -86,7 +86,8 @@ def segment_sizer(steps_per_launch: int | None = None):
 
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cpu",
                 history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
-                steps_per_launch: int | None = None, lanes: int | None = None):
+                steps_per_launch: int | None = None, lanes: int | None = None, snapshot_steps=(),
+                on_snapshot=None):
     """Train K instances with the fused CPU loop; same contract as engine.torch_backend.train_chunk.
     steps_per_launch, lanes: fixed segment size and rows per block (tests; default automatic)."""
     compile()
@@ -97,4 +98,5 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
 
     return fused.train_chunk(run_segment, model, p, importance, train, first_instance, "cpu",
                              segment_sizer(steps_per_launch),
-                             history_every=history_every, on_step=on_step, checkpoint=checkpoint)
+                             history_every=history_every, on_step=on_step, checkpoint=checkpoint,
+                             snapshot_steps=snapshot_steps, on_snapshot=on_snapshot)

@@ -41,7 +41,7 @@ def new_state(model: ModelSpec, train: TrainSpec, first_instance: int, K: int, d
 
 def train_chunk(run_segment, model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device,
                 steps_per_launch, history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
-                sync=None):
+                sync=None, snapshot_steps=(), on_snapshot=None):
     """Train K instances segment by segment; the contract of engine.torch_backend.train_chunk.
 
     run_segment(state, p, imp, sched, loss_acc, hist, step0, n_steps): the backend's kernel launch.
@@ -49,6 +49,7 @@ def train_chunk(run_segment, model: ModelSpec, p, importance, train: TrainSpec, 
     that sizes the next segment (results never depend on the segment sizes). State is complete
     between segments: that is where progress is reported and, when due, a checkpoint saved.
     sync(): waits for the device before progress is reported (GPU).
+    snapshot_steps, on_snapshot: see engine.torch_backend.train_chunk (a segment ends at each).
     """
     device = torch.device(device)
     checkpoint = checkpoint or Checkpoint()
@@ -69,15 +70,21 @@ def train_chunk(run_segment, model: ModelSpec, p, importance, train: TrainSpec, 
         if on_step is not None:
             on_step(next_step(saved))
     step0, last_seconds = next_step(saved), None
+    snaps = sorted(set(snapshot_steps))
+    if on_snapshot is not None and step0 == 0 and 0 in snaps:
+        on_snapshot(0, state["W"].cpu().clone(), state["b"].cpu().clone())
     while step0 < train.steps:
         size = steps_per_launch(step0, last_seconds) if callable(steps_per_launch) else steps_per_launch
-        n = max(1, min(size, train.steps - step0))
+        stop = next((s for s in snaps if s > step0), train.steps)  # segments end at snapshot steps
+        n = max(1, min(size, stop - step0, train.steps - step0))
         t0 = time.perf_counter()
         run_segment(state, p, imp, sched, loss_acc, hist, step0, n)
         if sync is not None:
             sync()
         last_seconds = time.perf_counter() - t0
         step0 += n
+        if on_snapshot is not None and step0 in snaps:
+            on_snapshot(step0, state["W"].cpu().clone(), state["b"].cpu().clone())
         if step0 < train.steps and checkpoint.due():
             extra = {"history": hist} if hist is not None else {}
             checkpoint.save({**state, "loss_sum": loss_acc, "next_step": step_tensor(step0), **extra})

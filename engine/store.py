@@ -54,7 +54,7 @@ def read_tensors(path: Path) -> dict:
 
 
 def _first_difference(old: dict, new: dict) -> str:
-    for key in sorted(set(old) | set(new)):
+    for key in sorted((set(old) | set(new)) - {"plan"}):
         if old.get(key) != new.get(key):
             return f"{key} is {old.get(key)!r} there but {new.get(key)!r} here"
     return "they differ"
@@ -82,6 +82,7 @@ class RunDir:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._lock = None
+        self.recorded: dict = {}
         self.chunks = self.root / "chunks"
         self.figures = self.root / "figures"
 
@@ -89,6 +90,8 @@ class RunDir:
     def open(cls, root, spec: dict) -> "RunDir":
         """Create (or reopen to resume) a run directory; nothing existing is overwritten.
 
+        spec: what spec.json holds. Its ``plan`` entry (how the run is split and trained) is not
+        compared: a reopened directory keeps the plan it was started with, in ``run.recorded``.
         Raises SpecError("--out", ...) if it cannot be written, SpecMismatch if it holds another spec.
         """
         run = cls(root)
@@ -115,11 +118,15 @@ class RunDir:
             except ValueError:
                 raise SpecMismatch("--out", "a new directory or one made by this command (its spec.json is unreadable)",
                                    str(root)) from None
-            if old != json.loads(json.dumps(spec)):
-                raise SpecMismatch("--out", f"a new directory or one made by the same options ({_first_difference(old, spec)})",
-                                   str(root))
+            new = json.loads(json.dumps(spec))
+            if not isinstance(old, dict) or {k: v for k, v in old.items() if k != "plan"} != \
+                    {k: v for k, v in new.items() if k != "plan"}:
+                diff = _first_difference(old, new) if isinstance(old, dict) else "its spec.json is not a spec"
+                raise SpecMismatch("--out", f"a new directory or one made by the same options ({diff})", str(root))
+            self.recorded = old
         else:
             write_json(spec_path, spec)
+            self.recorded = json.loads(json.dumps(spec))
 
     def close(self) -> None:
         """Release the directory lock (also released when the process ends)."""
@@ -128,18 +135,23 @@ class RunDir:
             lock.close()
             self._lock = None
 
-    def chunk_path(self, index: int) -> Path:
-        return self.chunks / f"chunk_{index:05d}.safetensors"
+    def chunk_path(self, index: int, job: str = "chunk") -> Path:
+        """The finished chunk ``index`` of ``job``."""
+        return self.chunks / f"{job}_{index:05d}.safetensors"
 
-    def partial_path(self, index: int) -> Path:
+    def partial_path(self, index: int, job: str = "chunk") -> Path:
         """Mid-chunk checkpoint of a chunk still in training."""
-        return self.chunks / f"chunk_{index:05d}.partial.safetensors"
+        return self.chunks / f"{job}_{index:05d}.partial.safetensors"
 
-    def has_chunk(self, index: int) -> bool:
-        return self.chunk_path(index).exists()
+    def snapshot_path(self, index: int, job: str, step: int) -> Path:
+        """Parameters of a chunk in training after ``step`` steps (kept until the chunk is saved)."""
+        return self.chunks / f"{job}_{index:05d}.snapshot_{step:09d}.safetensors"
 
-    def save_chunk(self, index: int, tensors: dict) -> None:
-        write_tensors(self.chunk_path(index), tensors)
+    def has_chunk(self, index: int, job: str = "chunk") -> bool:
+        return self.chunk_path(index, job).exists()
 
-    def load_chunk(self, index: int) -> dict:
-        return read_tensors(self.chunk_path(index))
+    def save_chunk(self, index: int, tensors: dict, job: str = "chunk") -> None:
+        write_tensors(self.chunk_path(index, job), tensors)
+
+    def load_chunk(self, index: int, job: str = "chunk") -> dict:
+        return read_tensors(self.chunk_path(index, job))

@@ -35,11 +35,15 @@ def matmul_precision(precision: str):
 
 
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cpu",
-                history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None):
+                history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
+                snapshot_steps=(), on_snapshot=None):
     """Train K instances; p, importance (K, n). Returns W (K, m, n), b (K, n), final_loss (K,)
     (mean over the last ``train.loss_window`` steps) and history (T, K) of the loss every
     ``history_every`` steps (None if 0), all float32 on CPU. ``on_step(k)`` is called after
     every k steps (progress bars); ``checkpoint`` saves and restores mid-chunk state.
+    ``on_snapshot(t, W, b)`` is called with CPU copies of the parameters after t steps, for every t
+    in ``snapshot_steps`` (0 = the initialisation) that this call trains through; a resumed call
+    repeats none before its checkpoint, so callers store snapshots as they come.
     """
     device = torch.device(device)
     checkpoint = checkpoint or Checkpoint()
@@ -62,6 +66,9 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
         history = list(saved["history"].to(device)) if "history" in saved else []
         if on_step is not None:
             on_step(next_step(saved))
+    snaps = set(snapshot_steps) if on_snapshot is not None else set()
+    if 0 in snaps and next_step(saved) == 0:
+        on_snapshot(0, W.cpu().clone(), b.cpu().clone())
     window_start = train.steps - train.loss_window
     report_every = max(1, min(100, train.steps // 100))
     with matmul_precision(train.precision):
@@ -72,6 +79,8 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
                 loss_sum += loss
             if history_every and t % history_every == 0:
                 history.append(loss)
+            if t + 1 in snaps:
+                on_snapshot(t + 1, W.cpu().clone(), b.cpu().clone())
             if (t + 1) % report_every == 0 or t + 1 == train.steps:
                 if checkpoint.due() and t + 1 < train.steps:
                     state = {"W": W, "b": b, "mW": states[0].m, "vW": states[0].v, "mb": states[1].m,

@@ -43,7 +43,8 @@ def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_ins
 
 
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cuda",
-                history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None, **tile):
+                history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
+                snapshot_steps=(), on_snapshot=None, **tile):
     """Train K instances with the fused kernels; same contract as engine.torch_backend.train_chunk.
 
     State is written back after every launch of STEPS_PER_LAUNCH steps; that is where progress is
@@ -59,7 +60,8 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     return fused.train_chunk(run_segment, model, p, importance, train, first_instance, device, STEPS_PER_LAUNCH,
-                             history_every=history_every, on_step=on_step, checkpoint=checkpoint, sync=sync)
+                             history_every=history_every, on_step=on_step, checkpoint=checkpoint, sync=sync,
+                             snapshot_steps=snapshot_steps, on_snapshot=on_snapshot)
 
 
 def one_step_gradient_error(model: ModelSpec, train: TrainSpec, p, imp, **tile) -> float:

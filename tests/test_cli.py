@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from engine import backends
 from engine.cli import main
-from engine.experiments import phase_diagram as pd
+from engine.experiments import phase_diagram as pd, runner
 
 TINY = ["--grid", "3", "--seeds", "2", "--steps", "40", "--batch-size", "32", "--no-progress"]
 
@@ -28,7 +28,9 @@ def run_cli(args, capsys):
 
 
 def test_tiny_run_writes_every_output(tmp_path, capsys):
-    code, out, err = run_cli([*TINY, "--backend", "torch", "--out", str(tmp_path / "r")], capsys)
+    # importance-max 8: no grid column at r = 1 exactly, where two solutions tie (either phase is right)
+    code, out, err = run_cli([*TINY, "--importance-max", "8", "--backend", "torch", "--out", str(tmp_path / "r")],
+                             capsys)
     assert code == 0, err
     r = tmp_path / "r"
     for f in ["spec.json", "instances.parquet", "cells.parquet", "weights.safetensors", "summary.json",
@@ -41,11 +43,38 @@ def test_tiny_run_writes_every_output(tmp_path, capsys):
     assert w["W"].shape == (18, 1, 2) and w["b"].shape == (18, 2)
     assert sum(inst["kept"]) == 9  # one of the two seeds dropped per grid point
     summary = json.loads((r / "summary.json").read_text())
-    assert summary["agreement"] == pytest.approx(sum(cells["match"]) / 9)
+    assert summary["agreement"] == pytest.approx(independent_agreement(inst, w["W"]))
     assert "agreement with theory" in out and "instance-steps/s" in out and str(r) in out
     assert (r / "figures/phase_diagram.png").read_bytes()[:4] == b"\x89PNG"
-    spec = pd.PhaseDiagramSpec.from_dict(json.loads((r / "spec.json").read_text()))
-    assert spec.grid == 3 and spec.backend == "torch"
+    recorded = json.loads((r / "spec.json").read_text())
+    assert recorded["grid"] == 3 and recorded["plan"]["backend"] == "torch" and recorded["plan"]["chunk_size"]["models"] > 0
+    assert "supbench run phase-diagram" in (r / "README.txt").read_text()
+
+
+def independent_agreement(inst: dict, W: torch.Tensor) -> float:
+    """The agreement recomputed from the weights with none of the engine's analysis code: the extra
+    feature's norm and superposition by hand, drop-worst averaging, the thresholds 0.5 / 0.5, and
+    the closed-form 2->1 boundary (paper: superposition iff s < 4r/(2+5r) for r <= 1, s < 4/(5+2r)
+    for r >= 1; r = 1 separates not represented from dedicated)."""
+    import numpy as np
+    W = W.double().numpy()
+    extra = W[:, :, -1]
+    norm = np.sqrt((extra**2).sum(1))
+    unit = extra / np.maximum(norm, 1e-12)[:, None]
+    sup = ((unit[:, :, None] * W[:, :, :-1]).sum(1) ** 2).sum(1)
+    cells = {}
+    for k in range(len(norm)):
+        cells.setdefault((inst["density_index"][k], inst["importance_index"][k]), []).append(k)
+    matches = []
+    for ks in cells.values():
+        kept = sorted(ks, key=lambda k: inst["final_loss"][k])[:-1] if len(ks) > 1 else ks
+        n, s_ = np.mean(norm[kept]), np.mean(sup[kept])
+        emp = "not" if n < 0.5 else ("sup" if s_ >= 0.5 else "ded")
+        s, r = inst["density"][ks[0]], inst["rel_importance"][ks[0]]
+        bound = 4 * r / (2 + 5 * r) if r <= 1 else 4 / (5 + 2 * r)
+        th = "sup" if s < bound else ("not" if r < 1 else "ded")
+        matches.append(emp == th)
+    return float(np.mean(matches))
 
 
 def test_three_feature_run(tmp_path, capsys):
@@ -70,7 +99,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(backends, "train_chunk_fn", lambda name: flaky)
     code, _, err = run_cli([*args, "--out", str(tmp_path / "cut")], capsys)
     assert code == 130 and "resume" in err
-    assert len(list((tmp_path / "cut/chunks").glob("chunk_?????.safetensors"))) == 2
+    assert len(list((tmp_path / "cut/chunks").glob("models_?????.safetensors"))) == 2
     monkeypatch.setattr(backends, "train_chunk_fn", lambda name: real)
     code, _, err = run_cli([*args, "--out", str(tmp_path / "cut")], capsys)
     assert code == 0 and "resuming: 2 of 5 chunks" in err
@@ -87,11 +116,11 @@ def test_killed_process_loses_no_finished_chunk(tmp_path):
            "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("chunks/chunk_?????.safetensors"))) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(list(out.glob("chunks/models_?????.safetensors"))) < 2 and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in out.glob("chunks/chunk_?????.safetensors"))
+    done = sorted(p.name for p in out.glob("chunks/models_?????.safetensors"))
     assert done and not list(out.glob("chunks/*.tmp"))
     before = {n: (out / "chunks" / n).read_bytes() for n in done}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -169,7 +198,7 @@ def test_gpu_phase_diagram_agreement_no_worse_on_triton(tmp_path, capsys):
 
 def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=300, batch_size=16, chunk_size=4, backend="torch")
-    pd.run(spec, tmp_path / "whole", progress=False, log=lambda m: None)
+    runner.run(pd.EXPERIMENT, spec, tmp_path / "whole", progress=False, log=lambda m: None)
     from engine import reference
     real, calls = reference.train_step, []
 
@@ -181,11 +210,11 @@ def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reference, "train_step", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        pd.run(spec, tmp_path / "cut", progress=False, log=lambda m: None, checkpoint_every_s=0)
-    partial = tmp_path / "cut/chunks/chunk_00001.partial.safetensors"
-    assert partial.exists() and (tmp_path / "cut/chunks/chunk_00000.safetensors").exists()
+        runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None, checkpoint_every_s=0)
+    partial = tmp_path / "cut/chunks/models_00001.partial.safetensors"
+    assert partial.exists() and (tmp_path / "cut/chunks/models_00000.safetensors").exists()
     monkeypatch.setattr(reference, "train_step", real)
-    summary = pd.run(spec, tmp_path / "cut", progress=False, log=lambda m: None)
+    summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None)
     assert not partial.exists()
     # Only what was not finished is trained again: 8 instances in 2 chunks; the second died in step 150
     # and resumes from its last checkpoint, after step 147 (progress reports come every 3 steps).

@@ -11,30 +11,19 @@ Instance order: row-major over (density index, importance index, seed index).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import platform
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .. import backends, metrics, plots, theory
-from ..checkpoint import Checkpoint, next_step
+from .. import metrics, plots, theory
 from ..errors import SpecError
-from ..spec import DataSpec, ModelSpec, TrainSpec, _check_float, _check_int
-from ..store import RunDir, write_json, write_parquet, write_tensors
-from ..train import default_chunk_size, plan_chunks
+from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..store import write_parquet, write_tensors
+from .base import CommonSpec, Experiment, Job, check, option
 
 NAME = "phase-diagram"
-# Written into spec.json. Bump it with any change that alters what a given spec trains (RNG
-# layout, initialisation, optimiser), so a run directory made by older code is not silently
-# resumed with newer chunks mixed in.
-RESULTS_FORMAT = 2  # 2: feature values u * (1 / p) instead of u / p
 
 PRESETS = {
     # The torch backend's quick run: about a minute on 2 CPU cores (n=2), already shows the phase change.
@@ -51,32 +40,26 @@ PRESETS = {
 
 def preset_fields(preset: str, backend: str) -> dict:
     """The spec fields of ``preset`` (quick or paper) for the backend that will train it."""
-    if preset == "quick" and backend in ("cpu", "triton"):
-        return dict(PRESETS["quick-fused"])
-    return dict(PRESETS[preset])
+    return EXPERIMENT.preset_fields(preset, backend)
 
 
 @dataclass(frozen=True)
-class PhaseDiagramSpec:
+class PhaseDiagramSpec(CommonSpec):
     """Everything needed to re-run the sweep; the CLI options map one-to-one onto these fields."""
 
-    features: int = 2
-    grid: int = 20
-    seeds: int = 5
-    steps: int = 2500
-    batch_size: int = 256
-    lr: float = 1e-2
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    seed: int = 0
-    density_min: float = 0.01
-    density_max: float = 1.0
-    importance_min: float = 0.1
-    importance_max: float = 10.0
-    backend: str = "torch"
-    precision: str = "fp32"
-    chunk_size: int = 0  # 0: chosen from the instance count and memory
-    protocol: str = "drop-worst"  # how a grid point's seeds make its phase; see kept_seeds
+    features: int = option(2, "2 (n=2, m=1) or 3 (n=3, m=2).")
+    grid: int = option(20, "Grid points per axis (density x relative importance).")
+    seeds: int = option(5, "Models trained per grid point.")
+    density_min: float = option(0.01, "Lowest feature density, in (0, 1].")
+    density_max: float = option(1.0, "Highest feature density, in (0, 1].")
+    importance_min: float = option(0.1, "Lowest relative importance of the extra feature.")
+    importance_max: float = option(10.0, "Highest relative importance of the extra feature.")
+    protocol: str = option("drop-worst", "How a grid point's seeds make its phase: drop-worst (the paper's: "
+                           "average all but the highest-loss seed) or best (the lowest-loss seed).",
+                           choices=("drop-worst", "best"))
+    steps: int = option(2500, "Training steps per model.")
+    batch_size: int = option(256, "Examples per training step.")
+    lr: float = option(1e-2, "Learning rate.")
 
     def __post_init__(self):
         if self.features not in theory.SUPPORTED_FEATURES:
@@ -91,20 +74,13 @@ class PhaseDiagramSpec:
         _check_float("importance_max", self.importance_max, 0.0, 1e6, lo_open=True)
         if self.importance_max < self.importance_min:
             raise SpecError("importance_max", f"a number >= importance_min ({self.importance_min})", self.importance_max)
-        _check_int("chunk_size", self.chunk_size, 0)
         if self.protocol not in PROTOCOLS:
             raise SpecError("protocol", "one of " + ", ".join(PROTOCOLS), self.protocol)
-        if self.backend not in ("torch", "triton", "cpu"):
-            raise SpecError("backend", "torch, triton or cpu (auto is resolved before the spec is made)", self.backend)
-        self.train_spec()  # validates steps, batch size, lr, optimizer, precision, seed
+        super().__post_init__()
 
     @property
     def model(self) -> ModelSpec:
         return ModelSpec(self.features, self.features - 1, "relu-output")
-
-    def train_spec(self) -> TrainSpec:
-        return TrainSpec(steps=self.steps, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-                         weight_decay=self.weight_decay, seed=self.seed, precision=self.precision)
 
     @property
     def n_instances(self) -> int:
@@ -115,13 +91,6 @@ class PhaseDiagramSpec:
         d = np.logspace(math.log10(self.density_min), math.log10(self.density_max), self.grid)
         r = np.logspace(math.log10(self.importance_min), math.log10(self.importance_max), self.grid)
         return d, r
-
-    def to_dict(self) -> dict:
-        return {"experiment": NAME, "results_format": RESULTS_FORMAT, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PhaseDiagramSpec":
-        return cls(**{k: v for k, v in d.items() if k not in ("experiment", "results_format")})
 
 
 PROTOCOLS = ("drop-worst", "best")
@@ -163,64 +132,6 @@ def data_spec(spec: PhaseDiagramSpec, table: dict) -> DataSpec:
     imp = np.ones_like(p)
     imp[:, -1] = table["rel_importance"]
     return DataSpec(p, imp)
-
-
-def resolve_chunk_size(spec: PhaseDiagramSpec, device: str) -> int:
-    """Instances per chunk, within memory. The torch backend's cost per instance-step barely
-    depends on the chunk size, so it uses at least 8 chunks (finished results appear early);
-    the fused backends want every instance at once (to fill a GPU, or every core with whole
-    instances) and checkpoint inside a chunk."""
-    if spec.chunk_size:
-        return spec.chunk_size
-    mem = default_chunk_size(spec.model, spec.train_spec(), spec.backend, device)
-    if spec.backend in ("triton", "cpu"):
-        return max(1, mem)
-    return max(1, min(mem, math.ceil(spec.n_instances / 8)))
-
-
-def train_all(spec: PhaseDiagramSpec, run: RunDir, progress: bool = True, log=print,
-              checkpoint_every_s: float = 30.0, threads: int | None = None) -> dict:
-    """Train every chunk not already in the run directory (resuming a chunk from its mid-chunk
-    checkpoint when there is one); returns the timing of this invocation. threads: CPU threads of
-    the cpu backend (default all; results do not depend on it)."""
-    table = instance_table(spec)
-    data = data_spec(spec, table)
-    train = spec.train_spec()
-    device = backends.default_device(spec.backend)
-    fn = backends.train_chunk_fn(spec.backend)
-    chunks = plan_chunks(spec.n_instances, resolve_chunk_size(spec, device))
-    todo = [i for i in range(len(chunks)) if not run.has_chunk(i)]
-    if len(todo) < len(chunks):
-        log(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already trained in {run.root}")
-    for i in range(len(chunks)):
-        if i not in todo:
-            run.partial_path(i).unlink(missing_ok=True)  # stale: its chunk was saved
-    compile_seconds = 0.0
-    if spec.backend == "cpu" and todo:
-        from .. import cpu_backend
-        cpu_backend.set_threads(threads or cpu_backend.max_threads())
-        compile_seconds = cpu_backend.compile()
-        if compile_seconds > 2:
-            log(f"cpu backend: compiled the training loop in {compile_seconds:.0f} s (cached on disk from now on)")
-    trained_instances = sum(chunks[i][1] - chunks[i][0] for i in todo)
-    instance_steps = trained_instances * train.steps
-    seconds = 0.0
-    with tqdm(total=trained_instances * train.steps, unit="inst-step", unit_scale=True, disable=not progress,
-              desc=f"{NAME} [{spec.backend}]") as bar:
-        for i in todo:
-            start, stop = chunks[i]
-            t0 = time.perf_counter()
-            ckpt = Checkpoint(run.partial_path(i), checkpoint_every_s)
-            instance_steps -= next_step(ckpt.load()) * (stop - start)  # restored, not trained now
-            W, b, loss, _ = fn(spec.model, data.feature_probability[start:stop], data.importance[start:stop], train,
-                               start, device=device, on_step=lambda s, k=stop - start: bar.update(s * k),
-                               checkpoint=ckpt)
-            seconds += time.perf_counter() - t0
-            run.save_chunk(i, {"W": W, "b": b, "loss": loss})
-            ckpt.remove()  # after the chunk is safe: a kill in between leaves a stale partial, ignored
-    return {"n_chunks": len(chunks), "chunks_trained": len(todo), "chunks_resumed": len(chunks) - len(todo),
-            "train_seconds": seconds, "compile_seconds": compile_seconds, "instance_steps_trained": instance_steps,
-            "instance_steps_per_second": instance_steps / seconds if seconds else None}
 
 
 def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray) -> tuple[dict, dict, float, dict]:
@@ -265,61 +176,62 @@ def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray) -> tuple[
     return instances, cells, agreement, by_protocol
 
 
-def environment(device: str) -> dict:
-    import numpy
-    env = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-           "numpy": numpy.__version__, "device": device}
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
-    if device.startswith("cuda") and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-    return env
+
+class PhaseDiagram(Experiment):
+    name = NAME
+    title = "phase change 2->1 (or 3->2): extra feature's phase over density x importance, checked cell by cell against theory"
+    spec_cls = PhaseDiagramSpec
+    presets = PRESETS
+    # 3: the runner's chunk plan in spec.json; 2: feature values u * (1 / p) instead of u / p.
+    results_format = 3
+    outputs = ("instances.parquet", "cells.parquet", "weights.safetensors", "figures/phase_diagram.png")
+    quick_cost = "4,000 models x 5,000 steps; ~45 s on 2 CPU cores (cpu backend)"
+
+    def default_out(self, spec, preset):
+        from pathlib import Path
+        return Path("runs") / f"{NAME}-{spec.features}f-{preset}"
+
+    def jobs(self, spec):
+        table = instance_table(spec)
+        return [Job("models", spec.model, data_spec(spec, table), spec.train_spec())]
+
+    def analyse(self, spec, results, run_dir):
+        res = results["models"]
+        W, b, loss = res.W, res.b, res.loss.numpy()
+        instances, cells, agreement, by_protocol = analyse(spec, W, loss)
+        write_parquet(run_dir.root / "instances.parquet", instances)
+        write_parquet(run_dir.root / "cells.parquet", cells)
+        write_tensors(run_dir.root / "weights.safetensors", {"W": W, "b": b},
+                      metadata={"layout": "W (instances, n_hidden, n_features); rows as instances.parquet"})
+        d, r = spec.axes()
+        G = spec.grid
+        codes = {p: k for k, p in enumerate(metrics.PHASES)}
+        emp = np.array([codes[p] for p in cells["empirical_phase"]]).reshape(G, G)
+        th = np.array([codes[p] for p in cells["theory_phase"]]).reshape(G, G)
+        title = f"Phase change {spec.features}->{spec.features - 1} (n={spec.features}, m={spec.features - 1})"
+        plots.phase_diagram(run_dir.figures / "phase_diagram.png", d, r, emp, th, title, agreement)
+        # Where theory puts the extra feature in superposition with a wide margin (density <= 0.1,
+        # r in [0.5, 2]: the boundary is at s >= 0.44 there), trained models must agree.
+        sure = (cells["density"] <= 0.1) & (cells["rel_importance"] >= 0.5) & (cells["rel_importance"] <= 2)
+        sparse_sup = float(np.mean(emp.ravel()[sure] == metrics.SUPERPOSITION)) if sure.any() else None
+        want = 0.9 if spec.features == 2 else 0.8
+        checks = [check("agreement", f"the trained phase map matches the analytic one (at least {want:.0%} of cells)",
+                        agreement, agreement >= want, f">= {want}")]
+        if sparse_sup is not None:
+            checks.append(check("sparse-superposition", "sparse features of comparable importance are stored in "
+                                "superposition (cells with density <= 0.1, r in [0.5, 2])", sparse_sup,
+                                sparse_sup >= 0.9, ">= 0.9 of those cells"))
+        return {"agreement": agreement, "protocol": spec.protocol, "agreement_by_protocol": by_protocol,
+                "grid_cells": G * G,
+                "phase_counts": {p: int((emp == k).sum()) for k, p in enumerate(metrics.PHASES)},
+                "theory_phase_counts": {p: int((th == k).sum()) for k, p in enumerate(metrics.PHASES)},
+                "checks": checks}
+
+    def report(self, spec, summary):
+        others = ", ".join(f"{p} {a:.3f}" for p, a in summary["agreement_by_protocol"].items() if p != spec.protocol)
+        return [f"phase diagram {spec.features}->{spec.features - 1}: {spec.grid}x{spec.grid} grid, {spec.seeds} seeds, "
+                f"{spec.n_instances} models x {spec.steps} steps on {summary['backend']}",
+                f"agreement with theory: {summary['agreement']:.3f} of grid cells (protocol {spec.protocol}; {others})"]
 
 
-def run(spec: PhaseDiagramSpec, out: Path, progress: bool = True, log=print, checkpoint_every_s: float = 30.0,
-        threads: int | None = None) -> dict:
-    """Train (or resume) the sweep, analyse it, write every output. Returns the summary dict.
-
-    The run directory is locked for the duration, so two processes never train into it at once."""
-    t0 = time.perf_counter()
-    run_dir = RunDir.open(out, spec.to_dict())
-    try:
-        return _train_and_write(spec, run_dir, t0, progress, log, checkpoint_every_s, threads)
-    finally:
-        run_dir.close()
-
-
-def _train_and_write(spec: PhaseDiagramSpec, run_dir: RunDir, t0: float, progress, log, checkpoint_every_s,
-                     threads) -> dict:
-    timing = train_all(spec, run_dir, progress=progress, log=log, checkpoint_every_s=checkpoint_every_s,
-                       threads=threads)
-    parts = [run_dir.load_chunk(i) for i in range(timing["n_chunks"])]
-    W = torch.cat([p["W"] for p in parts])
-    b = torch.cat([p["b"] for p in parts])
-    loss = torch.cat([p["loss"] for p in parts]).numpy()
-    instances, cells, agreement, by_protocol = analyse(spec, W, loss)
-    write_parquet(run_dir.root / "instances.parquet", instances)
-    write_parquet(run_dir.root / "cells.parquet", cells)
-    write_tensors(run_dir.root / "weights.safetensors", {"W": W, "b": b},
-                  metadata={"layout": "W (instances, n_hidden, n_features); rows as instances.parquet"})
-    d, r = spec.axes()
-    G = spec.grid
-    codes = {p: k for k, p in enumerate(metrics.PHASES)}
-    emp = np.array([codes[p] for p in cells["empirical_phase"]]).reshape(G, G)
-    th = np.array([codes[p] for p in cells["theory_phase"]]).reshape(G, G)
-    title = f"Phase change {spec.features}->{spec.features - 1} (n={spec.features}, m={spec.features - 1})"
-    plots.phase_diagram(run_dir.figures / "phase_diagram.png", d, r, emp, th, title, agreement)
-    device = backends.default_device(spec.backend)
-    summary = {"experiment": NAME, "agreement": agreement, "protocol": spec.protocol,
-               "agreement_by_protocol": by_protocol, "n_instances": spec.n_instances,
-               "grid_cells": G * G, "wall_seconds": time.perf_counter() - t0, **timing,
-               "backend": spec.backend, "environment": environment(device),
-               "phase_counts": {p: int((emp == k).sum()) for k, p in enumerate(metrics.PHASES)},
-               "theory_phase_counts": {p: int((th == k).sum()) for k, p in enumerate(metrics.PHASES)}}
-    write_json(run_dir.root / "summary.json", summary)
-    return summary
+EXPERIMENT = PhaseDiagram()

@@ -1,0 +1,168 @@
+"""What an experiment is: a frozen spec with presets, the jobs it trains, and its analysis.
+
+An experiment is data, not a program. It declares
+- a spec dataclass (subclass of :class:`CommonSpec`): every field validated in ``__post_init__``,
+  documented in its metadata (the CLI's help text comes from there: one source of truth);
+- presets: ``quick`` (minutes on a 2-core CPU), ``paper`` (the paper's scale) and optionally
+  ``quick-fused`` (the quick preset when a fused backend trains, which can afford more);
+- ``jobs(spec)``: the models to train, as :class:`Job` s (one model shape/variant each, with a
+  DataSpec holding one row per trained instance);
+- ``analyse(spec, results, run_dir)``: trained weights -> tables, figures and paper checks.
+The runner (engine/experiments/runner.py) does everything else once for every experiment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SpecError
+from ..spec import OPTIMIZERS, PRECISIONS, SCHEDULES, DataSpec, ModelSpec, TrainSpec, _check_int
+
+FUSED_BACKENDS = ("cpu", "triton")
+# Spec fields that say how to run, not what to compute: kept out of a run's identity (spec.json's
+# "plan" records what they resolved to, once, so a resume on another machine trains the same chunks).
+PLAN_FIELDS = ("backend", "chunk_size")
+
+
+def option(default, help: str, **meta):
+    """A spec field with its CLI help text (and optional ``choices`` for string fields)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class CommonSpec:
+    """Training fields every experiment has. Subclasses add their own fields (all with defaults)."""
+
+    steps: int = option(10_000, "Training steps per model.")
+    batch_size: int = option(1024, "Examples per training step.")
+    lr: float = option(1e-3, "Learning rate.")
+    optimizer: str = option("adamw", "Optimizer.", choices=OPTIMIZERS)
+    weight_decay: float = option(0.01, "Weight decay (decoupled for adamw, L2 for adam).")
+    schedule: str = option("constant", "Learning-rate schedule.", choices=SCHEDULES)
+    seed: int = option(0, "Random seed of the whole sweep (with the instance index and step it keys every draw).")
+    precision: str = option("fp32", "Matmul precision (tf32: triton tensor cores).", choices=PRECISIONS)
+    backend: str = option("torch", "Backend that trains (auto is resolved before the spec is made).",
+                          choices=("torch", "triton", "cpu"))
+    chunk_size: int = option(0, "Instances per chunk (0: automatic, decided once and recorded in spec.json).")
+
+    def __post_init__(self):
+        if self.backend not in ("torch", "triton", "cpu"):
+            raise SpecError("backend", "torch, triton or cpu (auto is resolved before the spec is made)", self.backend)
+        _check_int("chunk_size", self.chunk_size, 0)
+        self.train_spec()  # validates steps, batch size, lr, optimizer, schedule, precision, seed
+
+    def train_spec(self) -> TrainSpec:
+        return TrainSpec(steps=self.steps, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                         weight_decay=self.weight_decay, schedule=self.schedule, seed=self.seed,
+                         precision=self.precision)
+
+    def fields_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def spec_fields(spec_cls) -> list[tuple[dataclasses.Field, type]]:
+    """(field, python type) for every field of a spec class, in declaration order."""
+    hints = typing.get_type_hints(spec_cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(spec_cls)]
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One homogeneous group of instances trained together: one model shape and variant.
+
+    data: one row per instance (K, n). history_every > 0 records the loss every that many steps;
+    snapshot_steps: steps after which W and b are recorded (0 = the initialisation).
+    """
+
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+    history_every: int = 0
+    snapshot_steps: tuple = ()
+
+    @property
+    def n_instances(self) -> int:
+        return self.data.n_instances
+
+
+@dataclass
+class JobResult:
+    """Trained instances of a job, in its DataSpec's row order (float32 CPU tensors).
+
+    W (K, m, n), b (K, n), loss (K,) final loss; history (T, K) or None; snapshots: W_snapshots
+    (S, K, m, n) and b_snapshots (S, K, n) after the steps in ``snapshot_steps`` (S,), or None.
+    """
+
+    W: torch.Tensor
+    b: torch.Tensor
+    loss: torch.Tensor
+    history: torch.Tensor | None = None
+    snapshot_steps: tuple = ()
+    W_snapshots: torch.Tensor | None = None
+    b_snapshots: torch.Tensor | None = None
+
+
+def check(name: str, claim: str, measured, passed: bool, expected: str) -> dict:
+    """One paper check for summary.json: a named claim, the figure measured, what passing means."""
+    if isinstance(measured, (np.floating, np.integer)):
+        measured = measured.item()
+    return {"name": name, "claim": claim, "measured": measured, "expected": expected, "passed": bool(passed)}
+
+
+def best_of_fits(loss: np.ndarray, fits: int) -> np.ndarray:
+    """Index of the lowest-loss fit of each point: loss (points * fits,) in point-major order ->
+    (points,) instance indices. The paper's protocol for figures drawn from one model per point."""
+    loss = np.asarray(loss, dtype=np.float64).reshape(-1, fits)
+    # A diverged fit (NaN loss) never wins: it sorts last.
+    idx = np.argmin(np.where(np.isfinite(loss), loss, np.inf), axis=1)
+    return np.arange(loss.shape[0]) * fits + idx
+
+
+class Experiment:
+    """Base of every experiment. Subclasses set the class attributes and implement jobs/analyse."""
+
+    name: str = ""
+    title: str = ""            # one line for `supbench list`
+    spec_cls: type = CommonSpec
+    presets: dict = {}         # "quick", "paper" and optionally "quick-fused": {field: value}
+    results_format: int = 1    # bump when what a given spec trains changes (RNG, init, optimiser)
+    outputs: tuple = ()        # files the analysis writes (besides spec.json and summary.json)
+    quick_cost: str = ""       # measured wall time of the quick preset, for `supbench list`
+
+    def preset_fields(self, preset: str, backend: str) -> dict:
+        """The spec fields of ``preset`` for the backend that will train it."""
+        if preset == "quick" and backend in FUSED_BACKENDS and "quick-fused" in self.presets:
+            return dict(self.presets["quick-fused"])
+        return dict(self.presets[preset])
+
+    def make_spec(self, **fields):
+        return self.spec_cls(**fields)
+
+    def default_out(self, spec, preset: str) -> Path:
+        return Path("runs") / f"{self.name}-{preset}"
+
+    def jobs(self, spec) -> list[Job]:
+        raise NotImplementedError
+
+    def analyse(self, spec, results: dict, run_dir) -> dict:
+        """Write tables and figures into run_dir; return summary entries (with a ``checks`` list)."""
+        raise NotImplementedError
+
+    def report(self, spec, summary: dict) -> list[str]:
+        """Lines printed at the end of a run, before the checks."""
+        return []
+
+    def identity(self, spec) -> dict:
+        """What makes two runs the same computation: the experiment, its results format and every
+        spec field but the plan fields (backend, chunk size)."""
+        fields = {k: v for k, v in spec.fields_dict().items() if k not in PLAN_FIELDS}
+        return {"experiment": self.name, "results_format": self.results_format, **fields}
+
+    def instances_total(self, spec) -> int:
+        return sum(j.n_instances for j in self.jobs(spec))

@@ -1,0 +1,116 @@
+"""The experiment runner (engine/experiments/runner.py): the chunk plan is decided once and recorded,
+so resuming under another memory budget, device or backend trains exactly what an uninterrupted run
+would have, or is refused with one line."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine import backends
+from engine.cli import main
+from engine.errors import SpecError
+from engine.experiments import EXPERIMENTS, runner
+from engine.experiments import phase_diagram as pd
+
+TINY = ["--grid", "3", "--seeds", "2", "--steps", "30", "--batch-size", "16", "--no-progress"]
+
+
+def run_cli(args, capsys, command=("run", "phase-diagram")):
+    with pytest.raises(SystemExit) as e:
+        main([*command, *args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_resume_under_another_memory_budget_gives_the_uninterrupted_result(tmp_path, capsys, monkeypatch):
+    """Before the plan was recorded, the automatic chunk size was recomputed on resume (it depends on
+    the device and its memory budget), so a run cut short on one machine and resumed on another
+    died with "cannot reshape array" (or, worse, mixed chunks of two plans)."""
+    spec = pd.PhaseDiagramSpec(grid=3, seeds=2, steps=30, batch_size=16, backend="torch")
+    monkeypatch.setattr(runner, "default_chunk_size", lambda *a: 3)  # this machine's budget: 3 instances
+    runner.run(pd.EXPERIMENT, spec, tmp_path / "whole", progress=False, log=lambda m: None)
+
+    real, calls = backends.train_chunk_fn("torch"), []
+
+    def dies_in_third_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda name: dies_in_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None)
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda name: real)
+    monkeypatch.setattr(runner, "default_chunk_size", lambda *a: 5)  # "another machine": another budget
+    logs = []
+    summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=logs.append)
+    assert any("resuming: 2 of 6 chunks" in m for m in logs), logs
+    assert summary["plan"]["chunk_size"] == {"models": 3} and summary["n_chunks"] == 6
+    a, b = (load_file(str(tmp_path / d / "weights.safetensors")) for d in ("whole", "cut"))
+    assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])
+
+
+def test_a_torch_run_resumes_on_its_recorded_device():
+    recorded = {"backend": "torch", "device": "cpu", "data_stream": "torch-cpu", "chunk_size": {"models": 4}}
+    proposed = {"backend": "torch", "device": "cuda", "data_stream": "torch-cuda", "chunk_size": {"models": 9}}
+    spec = pd.PhaseDiagramSpec(backend="torch")
+    assert runner.reconcile_plan(recorded, proposed, spec) == recorded  # CPU generator, same chunks
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_torch_run_started_on_cuda_is_refused_without_cuda():
+    recorded = {"backend": "torch", "device": "cuda", "data_stream": "torch-cuda", "chunk_size": {"models": 4}}
+    proposed = {"backend": "torch", "device": "cpu", "data_stream": "torch-cpu", "chunk_size": {"models": 9}}
+    with pytest.raises(SpecError, match="CUDA"):
+        runner.reconcile_plan(recorded, proposed, pd.PhaseDiagramSpec(backend="torch"))
+
+
+def test_fused_backends_share_a_stream_torch_does_not():
+    fused = {"backend": "triton", "device": "cuda", "data_stream": "philox", "chunk_size": {"models": 100}}
+    cpu = {"backend": "cpu", "device": "cpu", "data_stream": "philox", "chunk_size": {"models": 7}}
+    plan = runner.reconcile_plan(fused, cpu, pd.PhaseDiagramSpec(backend="cpu"))
+    assert plan["backend"] == "cpu" and plan["device"] == "cpu" and plan["chunk_size"] == {"models": 100}
+    torch_plan = {"backend": "torch", "device": "cpu", "data_stream": "torch-cpu", "chunk_size": {"models": 7}}
+    with pytest.raises(SpecError) as e:
+        runner.reconcile_plan(fused, torch_plan, pd.PhaseDiagramSpec(backend="torch"))
+    assert e.value.field == "backend" and "cpu or triton" in e.value.allowed
+
+
+def test_resume_with_another_backend_or_chunk_size_is_one_line(tmp_path, capsys):
+    pytest.importorskip("numba")
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--backend", "cpu", "--out", out], capsys)[0] == 0
+    code, _, err = run_cli([*TINY, "--backend", "torch", "--out", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--backend" in err and "cpu or triton" in err
+    code, _, err = run_cli([*TINY, "--backend", "cpu", "--chunk-size", "5", "--out", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--chunk-size" in err
+
+
+def test_auto_resumes_on_the_backend_the_run_was_started_on(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--backend", "torch", "--lr", "0.01", "--out", out], capsys)[0] == 0
+    code, stdout, err = run_cli([*TINY, "--lr", "0.01", "--out", out], capsys)  # --backend auto
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r/summary.json").read_text())
+    assert summary["backend"] == "torch" and summary["chunks_trained"] == 0
+
+
+def test_list_shows_every_experiment_one_line_each(capsys):
+    code, out, _ = run_cli([], capsys, command=("list",))
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == len(EXPERIMENTS)
+    for name, line in zip(EXPERIMENTS, lines):
+        assert line.startswith(name) and "quick" in line
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_every_spec_field_is_an_option_with_help(name, capsys):
+    code, out, _ = run_cli(["--help"], capsys, command=("run", name))
+    assert code == 0
+    exp = EXPERIMENTS[name]
+    from engine.experiments.base import spec_fields
+    for f, _ in spec_fields(exp.spec_cls):
+        assert "--" + f.name.replace("_", "-") in out and f.metadata.get("help"), f.name
