@@ -49,3 +49,10 @@ def phase_diagram(path: Path, density, rel_importance, empirical, theory, title:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def save(fig, path: Path, dpi: int = 130) -> None:
+    """Write ``fig`` as a PNG at ``path`` (parents created) and free it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

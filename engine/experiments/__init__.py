@@ -1,7 +1,8 @@
 """The paper's experiments, each a spec + jobs + analysis on the one runner (engine/experiments/runner.py).
 
-``EXPERIMENTS`` maps each name (as in ``supbench run <name>``) to its :class:`base.Experiment`.
+``EXPERIMENTS`` maps each name (as in ``supbench run <name>``) to its :class:`base.Experiment`, in the
+paper's order.
 """
-from . import phase_diagram
+from . import basic, intro, phase_diagram
 
-EXPERIMENTS = {e.name: e for e in (phase_diagram.EXPERIMENT,)}
+EXPERIMENTS = {e.name: e for e in (intro.EXPERIMENT, basic.EXPERIMENT, phase_diagram.EXPERIMENT)}

@@ -1,0 +1,144 @@
+"""The paper's introduction figure: n=5 features in m=2 dimensions as sparsity grows.
+
+relu-output models, importance 0.9^i, densities 20^-linspace(0, 1, points) (1 down to 1/20, the
+notebook's sweep), ``fits`` seeds per density of which the lowest-loss one is drawn. Dense: the two
+most important features get the two dimensions, the rest are dropped. Sparse: all five are kept,
+as a pentagon (each D_i = 2/5), and the ReLU filters out the interference.
+
+Instance order: density-major, fits within a density.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import metrics
+from ..errors import SpecError
+from ..plots import plt, save
+from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..store import write_parquet, write_tensors
+from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+
+N_FEATURES, N_HIDDEN = 5, 2
+
+
+@dataclass(frozen=True)
+class IntroSpec(CommonSpec):
+    points: int = option(10, "Densities from density_max down to density_min (log spaced).")
+    fits: int = option(5, "Models trained per density; the lowest-loss one is drawn (the paper's protocol).")
+    density_min: float = option(0.05, "Sparsest density (the notebook's 1/20), in (0, 1].")
+    density_max: float = option(1.0, "Densest density, in (0, 1].")
+    importance_decay: float = option(0.9, "Feature i has importance decay^i.")
+
+    def __post_init__(self):
+        _check_int("points", self.points, 1, 1000)
+        _check_int("fits", self.fits, 1, 10_000)
+        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
+        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
+        if self.density_max < self.density_min:
+            raise SpecError("density_max", f"a number >= density_min ({self.density_min})", self.density_max)
+        _check_float("importance_decay", self.importance_decay, 0.0, 1.0, lo_open=True)
+        super().__post_init__()
+
+    def densities(self) -> np.ndarray:
+        """(points,) from density_max down to density_min, log spaced."""
+        return np.logspace(math.log10(self.density_max), math.log10(self.density_min), self.points)
+
+    def importance(self) -> np.ndarray:
+        return self.importance_decay ** np.arange(N_FEATURES)
+
+
+class Intro(Experiment):
+    name = "intro"
+    title = "5 features in 2 dimensions: dense keeps 2, sparse stores all 5 as a pentagon"
+    spec_cls = IntroSpec
+    presets = {
+        # The notebook's optimiser (AdamW 1e-3, batch 1024, 10,000 steps) and sweep, 5 fits per point.
+        "quick": dict(points=10, fits=5, steps=10_000, batch_size=1024, lr=1e-3),
+        "paper": dict(points=10, fits=10, steps=10_000, batch_size=1024, lr=1e-3),
+    }
+    outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/intro.png")
+    quick_cost = "50 models x 10,000 steps; ~6 s on 2 CPU cores (cpu backend)"
+
+    def jobs(self, spec):
+        d = np.repeat(spec.densities(), spec.fits)
+        p = np.repeat(d[:, None], N_FEATURES, axis=1)
+        return [Job("models", ModelSpec(N_FEATURES, N_HIDDEN, "relu-output"), DataSpec(p, spec.importance()),
+                    spec.train_spec())]
+
+    def analyse(self, spec, results, run_dir):
+        res = results["models"]
+        dens = spec.densities()
+        loss = res.loss.numpy()
+        kept = best_of_fits(loss, spec.fits)
+        W = res.W[kept]  # (points, m, n)
+        norms = metrics.feature_norms(W).numpy()
+        sup = metrics.superposition(W).numpy()
+        dim = metrics.dimensionality(W).numpy()
+        represented = (norms >= metrics.NORM_THRESHOLD).sum(1)
+        write_parquet(run_dir.root / "instances.parquet", {
+            "instance": np.arange(len(loss)), "density": np.repeat(dens, spec.fits),
+            "fit": np.tile(np.arange(spec.fits), spec.points), "final_loss": loss,
+            "kept": np.isin(np.arange(len(loss)), kept)})
+        P, n = norms.shape
+        write_parquet(run_dir.root / "features.parquet", {
+            "density": np.repeat(dens, n), "feature": np.tile(np.arange(n), P),
+            "importance": np.tile(spec.importance(), P), "norm": norms.ravel(), "superposition": sup.ravel(),
+            "dimensionality": dim.ravel(), "w_x": W[:, 0, :].reshape(-1).numpy(),
+            "w_y": W[:, 1, :].reshape(-1).numpy(), "bias": res.b[kept].reshape(-1).numpy()})
+        write_tensors(run_dir.root / "weights.safetensors", {"W": res.W, "b": res.b, "kept": torch.as_tensor(kept)},
+                      metadata={"layout": "W (instances, 2, 5), b (instances, 5): rows as instances.parquet; "
+                                          "kept: the instance drawn per density"})
+        figure(run_dir.figures / "intro.png", dens, W.numpy(), spec.importance())
+        # Every D_i of a pentagon is 2/5 (their mean is 2/5 for any clean solution with two dimensions in
+        # use, e.g. two dedicated features and three dropped: test the worst one).
+        pentagon_err = float(np.abs(dim[-1] - 0.4).max())
+        checks = [
+            check("dense-keeps-m", f"at the densest point (density {dens[0]:.3g}) the model keeps only as many "
+                  "features as dimensions", int(represented[0]), represented[0] == N_HIDDEN, "2 features"),
+            check("sparse-pentagon", f"at the sparsest density ({dens[-1]:.3g}) all 5 features are represented, "
+                  "as a pentagon (every D_i near 2/5)", [int(represented[-1]), round(pentagon_err, 4)],
+                  represented[-1] == N_FEATURES and pentagon_err < 0.05, "[5, max |D_i - 2/5| < 0.05]"),
+        ]
+        return {"densities": dens.tolist(), "represented": represented.tolist(),
+                "mean_dimensionality": dim.mean(1).tolist(), "checks": checks}
+
+    def report(self, spec, summary):
+        pairs = ", ".join(f"{d:.3g}: {r}" for d, r in zip(summary["densities"], summary["represented"]))
+        return [f"intro (n=5, m=2): features represented by density: {pairs}"]
+
+
+def figure(path, densities, W, importance) -> None:
+    """One panel per density: the five columns of W (2, 5) as arrows from the origin, coloured by
+    importance (the paper's yellow = most important to purple = least)."""
+    P = len(densities)
+    cols = min(P, 5)
+    rows = math.ceil(P / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False, constrained_layout=True)
+    colours = plt.cm.viridis_r(np.linspace(0.0, 1.0, W.shape[2]))
+    lim = max(1.2, float(np.abs(W).max()) * 1.1)
+    for k, ax in enumerate(axes.ravel()):
+        if k >= P:
+            ax.axis("off")
+            continue
+        for i in range(W.shape[2]):
+            ax.annotate("", xy=(W[k, 0, i], W[k, 1, i]), xytext=(0, 0),
+                        arrowprops=dict(arrowstyle="-|>", color=colours[i], lw=2))
+        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls=":", color="0.7"))
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"1-S = {densities[k]:.3g}", fontsize=10)
+    handles = [plt.Line2D([], [], color=colours[i], lw=2, label=f"feature {i} (I={importance[i]:.2f})")
+               for i in range(W.shape[2])]
+    fig.legend(handles=handles, loc="outside lower center", ncol=W.shape[2], frameon=False, fontsize=8)
+    fig.suptitle("5 features in 2 dimensions: the columns W_i of the lowest-loss model per density")
+    save(fig, path)
+
+
+EXPERIMENT = Intro()

@@ -1,0 +1,129 @@
+"""The intro and basic experiments: tiny runs write every output; their paper checks are right on
+hand-made weights whose answer is known (and fail where they should)."""
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from engine.cli import main
+from engine.experiments import basic, intro
+from engine.experiments.base import JobResult
+from engine.store import RunDir
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", *args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def checks_of(summary):
+    return {c["name"]: c["passed"] for c in summary["checks"]}
+
+
+def pentagon() -> torch.Tensor:
+    """(2, 5): five unit vectors at 72 degree steps."""
+    a = 2 * math.pi * np.arange(5) / 5
+    return torch.tensor(np.stack([np.cos(a), np.sin(a)]), dtype=torch.float32)
+
+
+def two_dedicated() -> torch.Tensor:
+    """(2, 5): features 0 and 1 on the axes, the rest dropped."""
+    W = torch.zeros(2, 5)
+    W[0, 0] = W[1, 1] = 1.0
+    return W
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_intro_tiny_run_writes_every_output(tmp_path, capsys, backend):
+    if backend == "cpu":
+        pytest.importorskip("numba")
+    out = tmp_path / "intro"
+    code, stdout, err = run_cli(["intro", "--points", "3", "--fits", "2", "--steps", "50", "--batch-size", "32",
+                                 "--backend", backend, "--no-progress", "--out", str(out)], capsys)
+    assert code == 0, err
+    for f in ["spec.json", "summary.json", "README.txt", *intro.EXPERIMENT.outputs]:
+        assert (out / f).is_file(), f
+    summary = json.loads((out / "summary.json").read_text())
+    assert {c["name"] for c in summary["checks"]} == {"dense-keeps-m", "sparse-pentagon"}
+    assert len(pq.read_table(out / "instances.parquet")) == 6 and len(pq.read_table(out / "features.parquet")) == 15
+    assert "check " in stdout and "features represented by density" in stdout
+
+
+def intro_checks(tmp_path, W_by_point, fits=1):
+    spec = intro.IntroSpec(points=len(W_by_point), fits=fits)
+    W = torch.stack(W_by_point)
+    res = {"models": JobResult(W, torch.zeros(len(W_by_point), 5), torch.arange(len(W_by_point), dtype=torch.float32))}
+    run = RunDir.open(tmp_path, {"x": 1})
+    try:
+        return intro.EXPERIMENT.analyse(spec, res, run)
+    finally:
+        run.close()
+
+
+def test_intro_checks_pass_on_the_paper_geometry_and_fail_otherwise(tmp_path):
+    good = intro_checks(tmp_path / "a", [two_dedicated(), pentagon()])
+    assert checks_of(good) == {"dense-keeps-m": True, "sparse-pentagon": True}
+    # Two dedicated features at the sparse end: mean D_i is 2/5 too, but it is no pentagon.
+    bad = intro_checks(tmp_path / "b", [pentagon(), two_dedicated()])
+    assert checks_of(bad) == {"dense-keeps-m": False, "sparse-pentagon": False}
+    # Five represented but squashed (not evenly spread): D_i away from 2/5.
+    a = np.array([0, 0.3, 0.6, 0.9, 1.2])
+    squashed = torch.tensor(np.stack([np.cos(a), np.sin(a)]), dtype=torch.float32)
+    assert not checks_of(intro_checks(tmp_path / "c", [two_dedicated(), squashed]))["sparse-pentagon"]
+
+
+def test_intro_draws_the_lowest_loss_fit(tmp_path):
+    spec = intro.IntroSpec(points=1, fits=3)
+    W = torch.stack([two_dedicated(), pentagon(), two_dedicated()])
+    res = {"models": JobResult(W, torch.zeros(3, 5), torch.tensor([0.5, 0.1, 0.3]))}
+    run = RunDir.open(tmp_path, {"x": 1})
+    summary = intro.EXPERIMENT.analyse(spec, res, run)
+    run.close()
+    assert summary["represented"] == [5]  # the pentagon (loss 0.1) is drawn
+    assert pq.read_table(tmp_path / "instances.parquet").to_pydict()["kept"] == [False, True, False]
+
+
+def test_basic_tiny_run_writes_every_output(tmp_path, capsys):
+    pytest.importorskip("numba")
+    out = tmp_path / "basic"
+    code, stdout, err = run_cli(["basic", "--fits", "1", "--steps", "30", "--batch-size", "16", "--backend", "cpu",
+                                 "--no-progress", "--out", str(out)], capsys)
+    assert code == 0, err
+    for f in ["spec.json", "summary.json", *basic.EXPERIMENT.outputs]:
+        assert (out / f).is_file(), f
+    inst = pq.read_table(out / "instances.parquet").to_pydict()
+    assert sorted(set(inst["variant"])) == ["linear", "relu-output"] and len(inst["variant"]) == 14
+    w = json.loads((out / "spec.json").read_text())
+    assert set(w["plan"]["chunk_size"]) == {"linear", "relu-output"}
+
+
+def basic_checks(tmp_path, W_linear, W_relu):
+    """Checks of the basic experiment for one model per density (7) per variant."""
+    spec = basic.BasicSpec(fits=1)
+    res = {v: JobResult(torch.stack(W), torch.zeros(7, 20), torch.zeros(7)) for v, W in
+           (("linear", W_linear), ("relu-output", W_relu))}
+    run = RunDir.open(tmp_path, {"x": 1})
+    try:
+        return checks_of(basic.EXPERIMENT.analyse(spec, res, run))
+    finally:
+        run.close()
+
+
+def test_basic_checks_on_hand_made_models(tmp_path):
+    top5 = torch.zeros(5, 20)
+    top5[range(5), range(5)] = 1.0  # the 5 most important features, dedicated
+    other5 = torch.zeros(5, 20)
+    other5[range(5), range(5, 10)] = 1.0  # 5 features, but not the top ones
+    sup = torch.zeros(5, 20)  # 10 features as 5 antipodal pairs
+    sup[range(5), range(5)] = 1.0
+    sup[range(5), range(5, 10)] = -1.0
+    good = basic_checks(tmp_path / "a", [top5] * 7, [top5] * 4 + [sup] * 3)
+    assert good == {"linear-keeps-top-m": True, "relu-dense-like-linear": True, "relu-superposes-when-sparse": True}
+    bad = basic_checks(tmp_path / "b", [top5] * 6 + [other5], [sup] + [top5] * 6)
+    assert bad == {"linear-keeps-top-m": False, "relu-dense-like-linear": False, "relu-superposes-when-sparse": False}
