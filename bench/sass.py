@@ -1,5 +1,5 @@
 """Static cost of the training kernels' hot loop, read from their SASS, without a GPU:
-``python -m bench.sass`` (default layouts) or ``python -m bench.sass --shapes "20,5" --path lanes``.
+``python -m bench.sass`` (default layouts) or ``python -m bench.sass --shapes "20,5" --set path=lanes``.
 
 What it does: compiles a layout for sm_90 (bench/aot.py), disassembles it with triton's bundled
 cuobjdump, finds the innermost loops (a backward branch to a label), counts each loop's

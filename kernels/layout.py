@@ -2,7 +2,8 @@
 
 Paths: ``lanes`` (kernels/train_lanes.py; small models, batch rows across the lanes, state in
 registers; the default up to padded m*n = 1024), ``gram`` (kernels/train_gram.py; tl.dot on
-G = W^T W, state in registers; for 16 <= n <= 32, see tile_config), ``blocked`` (kernels/train_blocked.py; one
+G = W^T W, state in registers; the default only for 16 <= n <= 32, see tile_config; any n by
+override, padded to at least 16), ``blocked`` (kernels/train_blocked.py; one
 instance per program, W in memory, feature blocks, tl.dot; larger models and tf32) and ``fused``
 (kernels/train_fused.py; the first small-model layout, rows on an inner axis; only reachable by
 override, kept as the baseline ``bench.tune`` times lanes against until a GPU run settles it).
@@ -18,8 +19,9 @@ import triton
 # Padded m x n up to which a register-resident path (lanes) is used: every thread holds its share
 # of W, the Adam moments and the per-row gradient partials.
 LANES_MAX_PARAMS = 1024
-# Largest padded n for the Gram-form path: its G and dG are NP x NP in registers; at NP = 64 they
-# spill in the hot loop (bench.sass). For n >> m it also does n/m times the two-sided work.
+# Largest padded n for which the Gram-form path is the default (an override is not checked against
+# it): its G and dG are NP x NP in registers; at NP = 64 they spill in the hot loop (bench.sass).
+# For n >> m it also does n/m times the two-sided work.
 GRAM_MAX_N = 32
 # Limits of the blocked path. It loops over feature blocks, so n is bounded only by memory
 # (interpreter tests reach n=400, bench.aot compiles n=512); m sets the (BB, MP) register tiles.

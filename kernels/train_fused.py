@@ -10,8 +10,11 @@ end of the launch so the host can report progress, record history and checkpoint
 Shapes (P instances, BB rows, NP >= n and MP >= m, powers of two):
     W, dW, Adam moments  (P, MP, NP)      x, z, dz  (P, BB, NP)      h, dh  (P, BB, MP)
 Products are broadcast-multiply-reduce over (P, BB, MP, NP): every FLOP is useful work
-(10 B n m per instance-step), no Gram-matrix detour, no padding to tl.dot minimums. Larger
-models go to kernels/train_blocked.py.
+(10 B n m per instance-step), no Gram-matrix detour, no padding to tl.dot minimums.
+
+No longer a default: small models train on kernels/train_lanes.py, larger ones on train_gram.py or
+train_blocked.py. This layout is reached only by override (path="fused"), the baseline bench.tune
+times lanes against (kernels/layout.py).
 """
 import triton
 import triton.language as tl

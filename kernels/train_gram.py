@@ -1,4 +1,4 @@
-"""Fused training of mid-size tied toy models (16 <= n <= 64) on tl.dot, in the Gram form.
+"""Fused training of mid-size tied toy models (the default for 16 <= n <= 32) on tl.dot, in the Gram form.
 
 The model sees W only through G = W^T W (n x n): x' = act(x G + b) with batch rows x. So per
 step: G = W^T W once; per tile of BB rows, sample x on chip (kernels/sampling.py), z = x G + b,
@@ -9,7 +9,9 @@ no re-drawing, no gradient scratch (contrast kernels/train_blocked.py).
 
 Measured by the design prototype on an H100 (shared/design.md): the Gram form took the basic
 workload (n=20, m=5) from 2.73 to 1.86 ms/step at exact fp32. For n much larger than m it costs
-n/m times the two-sided FLOPs, so it is used only while n <= 64 (kernels/layout.py).
+n/m times the two-sided FLOPs, and at padded n = 64 G and dG spill from registers, so kernels/layout.py
+picks it only for 16 <= n <= 32 (padded n <= GRAM_MAX_N; fp32 only when m >= about n/2). Any n can be
+forced with path="gram" (tests do, down to n = 3: n is padded to at least 16).
 
 Shapes (one instance per program; NP = max(16, next pow2 of n), MP = max(16, next pow2 of m),
 tl.dot's minimum):

@@ -224,14 +224,6 @@ def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])
 
 
-def test_kept_seeds_drops_the_worst_or_keeps_the_best():
-    import numpy as np
-    loss = np.array([[3.0, 1.0, 2.0], [0.5, 0.7, 0.6]])
-    assert pd.kept_seeds(loss, "drop-worst").tolist() == [[False, True, True], [True, False, True]]
-    assert pd.kept_seeds(loss, "best").tolist() == [[False, True, False], [True, False, False]]
-    assert pd.kept_seeds(loss[:, :1], "drop-worst").all()  # one seed: nothing dropped
-
-
 def test_phase_diagram_on_the_cpu_backend_beats_the_trivial_map(tmp_path, capsys):
     """A small sweep on the fused cpu backend: its map must beat calling every cell
     "superposition" (right on most of the usual grid), find all three phases, and not depend on

@@ -1,6 +1,6 @@
 """Triton kernels against the float64 reference on identical inputs.
 
-On CPU these run under TRITON_INTERPRET=1 (tests/conftest.py) at tiny sizes; the tests marked
+On CPU these run under TRITON_INTERPRET=1 (set by conftest.py at the repository root) at tiny sizes; the tests marked
 ``gpu`` repeat them at real sizes on a CUDA GPU (SUPBENCH_TEST_ON_GPU=1 pytest -m gpu).
 """
 import math
@@ -136,6 +136,30 @@ def test_one_step_on_each_kernel_path(n, m, K, batch, tile):
               reference.AdamState(torch.zeros_like(b0), torch.zeros_like(b0))]
     reference.train_step(W0, b0, x, imp, "relu-output", states, 1, train.lr_at(0), train)
     assert rel(state["W"], W0) < 1e-5 and rel(state["vW"], states[0].v) < 1e-5
+
+
+@pytest.mark.parametrize("path", ["gram", "blocked"])
+@pytest.mark.parametrize("n, m", [(3, 2), (20, 5)])
+def test_linear_variant_on_the_dot_paths(path, n, m):
+    """variant="linear" (act = identity) on the tl.dot paths, which the default layouts only reach for
+    larger or tf32 models: one step against float64 on the very batch drawn. The inputs are chosen so
+    a ReLU would matter (some pre-activations are negative), checked below, so applying ReLU for the
+    linear variant cannot pass."""
+    K, batch = 3, 21
+    tile = dict(path=path, NB=16, BB=16) if path == "blocked" else dict(path=path)
+    state, train, (W0, b0, x, imp), (ref_loss, dW, db), hist = _one_step(n, m, K, "linear", batch=batch, **tile)
+    z = torch.baddbmm(b0[:, None, :], torch.bmm(x, W0.transpose(1, 2)), W0)
+    relu_loss, relu_dW, relu_db = reference.loss_and_grads(W0, b0, x, imp, "relu-output")
+    assert (z < 0).any()
+    assert rel(relu_dW, dW) > 1e-2 and rel(relu_db, db) > 1e-2 and rel(relu_loss, ref_loss) > 1e-3
+    assert rel(state["mW"] / (1 - train.beta1), dW) < 1e-5 and rel(state["mb"] / (1 - train.beta1), db) < 1e-5
+    assert rel(hist[0], ref_loss) < 1e-5
+    W, b = W0.clone(), b0.clone()
+    states = [reference.AdamState(torch.zeros_like(W0), torch.zeros_like(W0)),
+              reference.AdamState(torch.zeros_like(b0), torch.zeros_like(b0))]
+    reference.train_step(W, b, x, imp, "linear", states, 1, train.lr_at(0), train)
+    assert rel(state["W"], W) < 1e-5 and rel(state["b"], b) < 1e-5
+    assert rel(state["vW"], states[0].v) < 1e-5 and rel(state["vb"], states[1].v) < 1e-5
 
 
 @pytest.mark.parametrize("variant, optimizer", [("linear", "adamw"), ("relu-output", "adam"), ("linear", "adam")])

@@ -114,3 +114,23 @@ def test_every_spec_field_is_an_option_with_help(name, capsys):
     from engine.experiments.base import spec_fields
     for f, _ in spec_fields(exp.spec_cls):
         assert "--" + f.name.replace("_", "-") in out and f.metadata.get("help"), f.name
+
+
+def _bad_values():
+    """(experiment, option, a value outside its range) for every field of every experiment."""
+    from engine.experiments.base import spec_fields
+    for name, exp in EXPERIMENTS.items():
+        for f, typ in spec_fields(exp.spec_cls):
+            if f.name == "backend":
+                continue
+            bad = {int: "-1", float: "nan"}.get(typ, "bogus")
+            yield name, "--" + f.name.replace("_", "-"), bad
+
+
+@pytest.mark.parametrize("name, option, value", list(_bad_values()))
+def test_every_option_refuses_a_bad_value_in_one_line(name, option, value, tmp_path, capsys):
+    code, _, err = run_cli([option, value, "--no-progress", "--out", str(tmp_path / "bad")], capsys,
+                           command=("run", name))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and option in lines[0] and "must be" in lines[0], err
+    assert not (tmp_path / "bad").exists()

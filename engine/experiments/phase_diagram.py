@@ -109,7 +109,8 @@ def kept_seeds(loss: np.ndarray, protocol: str) -> np.ndarray:
     cells, S = loss.shape
     if protocol == "best":
         kept = np.zeros((cells, S), bool)
-        kept[np.arange(cells), np.argmin(loss, axis=1)] = True
+        # A diverged seed (NaN loss) is never the best: argmin would return it.
+        kept[np.arange(cells), np.argmin(np.where(np.isnan(loss), np.inf, loss), axis=1)] = True
         return kept
     kept = np.ones((cells, S), bool)
     if S > 1:

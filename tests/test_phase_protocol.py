@@ -1,0 +1,80 @@
+"""engine.experiments.phase_diagram.kept_seeds: which seeds of each grid cell make its phase, on
+hand-made final losses (cells, seeds) whose answers are known."""
+import numpy as np
+import pytest
+
+from engine.experiments.phase_diagram import PROTOCOLS, kept_seeds
+
+LOSS = np.array([
+    [0.30, 0.10, 0.20, 0.40],   # worst: seed 3, best: seed 1
+    [0.50, 0.05, 0.90, 0.60],   # worst: seed 2, best: seed 1
+    [0.02, 0.03, 0.01, 0.04],   # worst: seed 3, best: seed 2
+    [7.00, 1.00, 3.00, 2.00],   # worst: seed 0, best: seed 1
+])
+
+
+def test_drop_worst_drops_exactly_the_highest_loss_seed_of_each_cell():
+    kept = kept_seeds(LOSS, "drop-worst")
+    assert kept.dtype == bool and kept.shape == LOSS.shape
+    expected = np.ones_like(LOSS, dtype=bool)
+    expected[[0, 1, 2, 3], [3, 2, 3, 0]] = False
+    np.testing.assert_array_equal(kept, expected)
+
+
+def test_best_keeps_exactly_the_lowest_loss_seed_of_each_cell():
+    kept = kept_seeds(LOSS, "best")
+    assert kept.dtype == bool and kept.shape == LOSS.shape
+    expected = np.zeros_like(LOSS, dtype=bool)
+    expected[[0, 1, 2, 3], [1, 1, 2, 1]] = True
+    np.testing.assert_array_equal(kept, expected)
+
+
+def test_cells_are_independent_of_each_other():
+    """A cell's kept seeds depend on its own losses only: any subset of cells gives the same rows."""
+    for protocol in PROTOCOLS:
+        whole = kept_seeds(LOSS, protocol)
+        for c in range(len(LOSS)):
+            np.testing.assert_array_equal(kept_seeds(LOSS[c:c + 1], protocol), whole[c:c + 1])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_one_seed_is_always_kept(protocol):
+    loss = np.array([[0.7], [0.1], [3.0]])
+    np.testing.assert_array_equal(kept_seeds(loss, protocol), np.ones((3, 1), bool))
+
+
+def test_two_seeds():
+    loss = np.array([[0.2, 0.1], [0.1, 0.2]])
+    np.testing.assert_array_equal(kept_seeds(loss, "drop-worst"), [[False, True], [True, False]])
+    np.testing.assert_array_equal(kept_seeds(loss, "best"), [[False, True], [True, False]])
+
+
+def test_ties_drop_or_keep_exactly_one_seed_the_lowest_index():
+    """Tied worst (or best) losses: still exactly one seed is dropped (kept), deterministically the
+    first of the tied ones, so a rerun classifies the cell the same way."""
+    loss = np.array([
+        [0.1, 0.5, 0.5, 0.2],   # tied worst: seeds 1 and 2
+        [0.3, 0.1, 0.3, 0.1],   # tied worst 0 and 2, tied best 1 and 3
+        [0.4, 0.4, 0.4, 0.4],   # all tied
+        [0.2, 0.2, 0.9, 0.5],   # tied best: seeds 0 and 1
+    ])
+    drop = kept_seeds(loss, "drop-worst")
+    np.testing.assert_array_equal(drop.sum(axis=1), [3, 3, 3, 3])
+    np.testing.assert_array_equal(~drop, [[False, True, False, False], [True, False, False, False],
+                                          [True, False, False, False], [False, False, True, False]])
+    best = kept_seeds(loss, "best")
+    np.testing.assert_array_equal(best.sum(axis=1), [1, 1, 1, 1])
+    np.testing.assert_array_equal(best, [[True, False, False, False], [False, True, False, False],
+                                         [True, False, False, False], [True, False, False, False]])
+
+
+def test_inputs_are_not_modified():
+    loss = LOSS.copy()
+    for protocol in PROTOCOLS:
+        kept_seeds(loss, protocol)
+    np.testing.assert_array_equal(loss, LOSS)
+
+
+def test_best_never_keeps_a_diverged_seed():
+    loss = np.array([[1.0, np.nan, 0.5]])
+    assert kept_seeds(loss, "best").tolist() == [[False, False, True]]
