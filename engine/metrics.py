@@ -65,3 +65,29 @@ def classify(norm, sup) -> np.ndarray:
     sup = np.asarray(sup)
     return np.where(norm < NORM_THRESHOLD, NOT_REPRESENTED,
                     np.where(sup >= SUPERPOSITION_THRESHOLD, SUPERPOSITION, DEDICATED)).astype(np.int64)
+
+
+# The paper's "sticky" values of D_i: dedicated, tetrahedron, triangle, antipodal pair, pentagon,
+# square antiprism. (value, label), largest first.
+FRACTIONS = ((1.0, "1"), (3 / 4, "3/4"), (2 / 3, "2/3"), (1 / 2, "1/2"), (2 / 5, "2/5"), (3 / 8, "3/8"))
+FRACTION_TOLERANCE = 0.02
+
+
+def nearest_fraction(D, tol: float = FRACTION_TOLERANCE) -> np.ndarray:
+    """Index into :data:`FRACTIONS` of the fraction line each D_i lies within ``tol`` of, else -1.
+
+    D: any shape of dimensionalities; returns int64 of the same shape. The lines 2/5 and 3/8 are
+    0.025 apart, so with tol <= 0.0125 a value is near at most one line; with a wider tol the
+    nearest line wins.
+    """
+    D = np.asarray(D, dtype=np.float64)
+    values = np.array([v for v, _ in FRACTIONS])
+    dist = np.abs(D[..., None] - values)
+    idx = np.argmin(dist, axis=-1)
+    return np.where(np.take_along_axis(dist, idx[..., None], -1)[..., 0] <= tol, idx, -1).astype(np.int64)
+
+
+def fraction_counts(D, tol: float = FRACTION_TOLERANCE) -> dict:
+    """How many of the D_i (any shape) lie within ``tol`` of each fraction line: {label: count}."""
+    near = nearest_fraction(D, tol)
+    return {label: int((near == k).sum()) for k, (_, label) in enumerate(FRACTIONS)}

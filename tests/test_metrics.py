@@ -79,3 +79,14 @@ def test_metric_invariants_on_random_weights(m, n, seed, scale):
     Q, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
     assert torch.allclose(metrics.dimensionality(Q @ W), D, atol=1e-9)
     assert torch.allclose(metrics.dimensionality(W * 3.0), D, atol=1e-9)
+
+
+def test_nearest_fraction_and_counts():
+    D = np.array([[1.0, 0.51, 0.49, 0.4, 0.3875 + 1e-6, 0.37, 0.6, 0.0, 0.755]])
+    near = metrics.nearest_fraction(D)
+    labels = [metrics.FRACTIONS[k][1] if k >= 0 else None for k in near[0]]
+    # 0.3875 is 0.0125 from both 2/5 and 3/8: the nearer one wins; 0.6 and 0 are on no line
+    assert labels == ["1", "1/2", "1/2", "2/5", "2/5", "3/8", None, None, "3/4"]
+    assert near.shape == D.shape
+    assert metrics.fraction_counts(D) == {"1": 1, "3/4": 1, "2/3": 0, "1/2": 2, "2/5": 2, "3/8": 1}
+    assert metrics.fraction_counts(D, tol=0.005)["1/2"] == 0  # 0.51 and 0.49 are 0.01 away

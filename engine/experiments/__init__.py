@@ -3,6 +3,7 @@
 ``EXPERIMENTS`` maps each name (as in ``supbench run <name>``) to its :class:`base.Experiment`, in the
 paper's order.
 """
-from . import basic, intro, phase_diagram
+from . import basic, dimensionality, intro, learning_dynamics, phase_diagram
 
-EXPERIMENTS = {e.name: e for e in (intro.EXPERIMENT, basic.EXPERIMENT, phase_diagram.EXPERIMENT)}
+EXPERIMENTS = {e.name: e for e in (intro.EXPERIMENT, basic.EXPERIMENT, phase_diagram.EXPERIMENT,
+                                         dimensionality.EXPERIMENT, learning_dynamics.EXPERIMENT)}
