@@ -17,7 +17,7 @@ import click
 from . import backends
 from .errors import BackendUnavailable, SpecError, UnsupportedShape
 from .experiments import EXPERIMENTS, runner
-from .experiments.base import CommonSpec, spec_fields
+from .experiments.base import CommonSpec, default_preset, option_name, spec_fields
 
 
 class UserError(click.ClickException):
@@ -25,10 +25,6 @@ class UserError(click.ClickException):
 
     def show(self, file=None):
         click.echo(f"supbench: error: {self.format_message()}", err=True)
-
-
-def _option_name(field: str) -> str:
-    return field if field.startswith("-") else "--" + field.replace("_", "-")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +41,7 @@ def _preset_note(exp, name: str) -> str:
     """'[quick: 2500, paper: 10000]' for a field the presets set, '' otherwise."""
     label = {"quick": "quick", "quick-fused": "quick on cpu/triton", "paper": "paper"}
     vals = [f"{label[p]}: {exp.presets[p][name]}" for p in label if p in exp.presets and name in exp.presets[p]]
-    return f" Preset values: {'; '.join(vals)}." if vals else ""
+    return f" Presets: {'; '.join(vals)}." if vals else ""
 
 
 def _field_options(exp) -> list[click.Option]:
@@ -58,9 +54,8 @@ def _field_options(exp) -> list[click.Option]:
             continue
         choices = f.metadata.get("choices")
         help_ = f.metadata.get("help", "") + (f" One of: {', '.join(choices)}." if choices else "")
-        note = _preset_note(exp, f.name)
-        help_ += note or f" Default {f.default if f.name != 'chunk_size' else 'automatic'}."
-        opts.append(click.Option([_option_name(f.name)], type=typ if typ in (int, float) else str, default=None,
+        help_ += f" Default {f.default if f.name != 'chunk_size' else 'automatic'}." + _preset_note(exp, f.name)
+        opts.append(click.Option([option_name(f.name)], type=typ if typ in (int, float) else str, default=None,
                                  help=help_))
     return opts
 
@@ -75,26 +70,31 @@ def _common_options(exp) -> list[click.Option]:
                           "keeps the backend it was started on), torch, triton or cpu."),
         click.Option(["--threads"], type=int, default=None, help="CPU threads of the cpu backend (default: all cores)."),
         click.Option(["--out"], type=click.Path(path_type=Path), default=None,
-                     help=f"Run directory (default runs/{exp.name}-<preset>). Re-running the same command resumes."),
+                     help=f"Run directory (default {exp.default_out(exp.make_spec(), '<preset>')}). Re-running the "
+                          "same command resumes; --preset and --backend auto then keep what the run was started with."),
         click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Show a progress bar."),
     ]
 
 
-def _resolve(exp, preset: str, backend: str, given: dict, out: Path | None, log):
-    """(backend, preset, spec, out) for the options given: auto backends and presets resolved."""
-    requested = backend
-    backend = backends.resolve(backend)
-    if requested == "auto":
-        plan = runner.recorded_plan(out or exp.default_out(exp.make_spec(**given), preset if preset != "auto"
-                                                           else ("paper" if backend == "triton" else "quick")))
-        recorded = plan and plan.get("backend")
-        if recorded and recorded != backend and recorded in backends.BACKENDS:
-            try:
-                backend = backends.resolve(recorded)
-            except BackendUnavailable:
-                pass
-    chosen = preset if preset != "auto" else ("paper" if backend == "triton" else "quick")
-    spec = exp.make_spec(**{**exp.preset_fields(chosen, backend), **given, "backend": backend})
+def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, log):
+    """(backend, preset name, spec, out) for the options given, auto backend and preset resolved.
+
+    A run directory that exists keeps what it was started with when the options leave it open:
+    ``--preset auto`` takes its recorded preset, ``--backend auto`` its recorded backend (if it runs
+    here), so the same command resumes the same run on any machine."""
+    backend = backends.resolve(requested)
+    name = exp.preset_name(default_preset(backend) if preset == "auto" else preset, backend)
+    out = out or exp.default_out(exp.make_spec(**{**exp.presets[name], **given}), name)
+    recorded = runner.recorded_run(out)
+    if recorded.get("preset") in exp.presets and preset == "auto":
+        name = recorded["preset"]
+    was = recorded.get("plan", {}).get("backend")
+    if requested == "auto" and was in ("torch", "cpu", "triton") and was != backend:
+        try:
+            backend = backends.resolve(was)
+        except BackendUnavailable:
+            pass
+    spec = exp.make_spec(**{**exp.presets[name], **given, "backend": backend})
     if requested == "auto" and backend == "triton":  # the GPU self-test, for every model the run trains
         for job in exp.jobs(spec):
             fallback = backends.resolve("auto", job.model, job.train, log=log)
@@ -102,7 +102,7 @@ def _resolve(exp, preset: str, backend: str, given: dict, out: Path | None, log)
                 return _resolve(exp, preset, fallback, given, out, log)
     for job in exp.jobs(spec):
         backends.check_supported(backend, job.model, job.train)
-    return backend, chosen, spec, out or exp.default_out(spec, chosen)
+    return backend, name, spec, out
 
 
 def _run_experiment(exp, preset, backend, out, progress, threads, **options):
@@ -113,9 +113,9 @@ def _run_experiment(exp, preset, backend, out, progress, threads, **options):
         exp.make_spec(**given)  # validates every option given before any work
         backends.check_threads(threads)
         backend, preset, spec, out = _resolve(exp, preset, backend, given, out, log)
-        summary = runner.run(exp, spec, out, progress=progress, log=log, threads=threads)
+        summary = runner.run(exp, spec, out, progress=progress, log=log, threads=threads, preset=preset)
     except SpecError as e:
-        raise UserError(f"{_option_name(e.field)}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
+        raise UserError(f"{option_name(e.field)}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
     except (BackendUnavailable, UnsupportedShape) as e:
         raise UserError(str(e))
     except KeyboardInterrupt:
@@ -161,6 +161,9 @@ def main(argv=None):
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
+        if getattr(e, "ctx", None) is not None and type(e).__name__ == "NoArgsIsHelpError":
+            click.echo(e.ctx.get_help())  # `supbench` or `supbench run` alone: the help, not an error
+            sys.exit(0)
         if isinstance(e, UserError):
             e.show()
         else:

@@ -22,12 +22,22 @@ class SpecMismatch(SpecError):
     """An existing run directory was made by a different spec."""
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give results the mode any new file gets
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -36,6 +46,10 @@ def _atomic(path: Path, write) -> None:
 
 def write_json(path: Path, obj) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def write_parquet(path: Path, columns: dict) -> None:
@@ -53,8 +67,14 @@ def read_tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
+# spec.json entries that say how a run was set up, not what it computes: never compared on reopening.
+BOOKKEEPING = ("plan", "preset", "analysis")
+
+
 def _first_difference(old: dict, new: dict) -> str:
-    for key in sorted((set(old) | set(new)) - {"plan"}):
+    keys = sorted((set(old) | set(new)) - set(BOOKKEEPING))
+    # The experiment and results format first: a run of another experiment differs in every field.
+    for key in [k for k in ("experiment", "results_format") if k in keys] + keys:
         if old.get(key) != new.get(key):
             return f"{key} is {old.get(key)!r} there but {new.get(key)!r} here"
     return "they differ"
@@ -119,8 +139,8 @@ class RunDir:
                 raise SpecMismatch("--out", "a new directory or one made by this command (its spec.json is unreadable)",
                                    str(root)) from None
             new = json.loads(json.dumps(spec))
-            if not isinstance(old, dict) or {k: v for k, v in old.items() if k != "plan"} != \
-                    {k: v for k, v in new.items() if k != "plan"}:
+            if not isinstance(old, dict) or {k: v for k, v in old.items() if k not in BOOKKEEPING} != \
+                    {k: v for k, v in new.items() if k not in BOOKKEEPING}:
                 diff = _first_difference(old, new) if isinstance(old, dict) else "its spec.json is not a spec"
                 raise SpecMismatch("--out", f"a new directory or one made by the same options ({diff})", str(root))
             self.recorded = old

@@ -83,10 +83,48 @@ def test_resume_with_another_backend_or_chunk_size_is_one_line(tmp_path, capsys)
     pytest.importorskip("numba")
     out = str(tmp_path / "r")
     assert run_cli([*TINY, "--backend", "cpu", "--out", out], capsys)[0] == 0
+    # Finished: any backend may re-analyse it (nothing is trained), and the protocol is analysis only.
+    code, _, err = run_cli([*TINY, "--backend", "torch", "--protocol", "drop-worst", "--out", out], capsys)
+    summary = json.loads((tmp_path / "r/summary.json").read_text())
+    assert code == 0 and summary["chunks_trained"] == 0 and summary["backend"] == "cpu", err
+    for chunk in (tmp_path / "r/chunks").glob("*.safetensors"):
+        chunk.unlink()  # as if cut short before its only chunk was saved
     code, _, err = run_cli([*TINY, "--backend", "torch", "--out", out], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--backend" in err and "cpu or triton" in err
     code, _, err = run_cli([*TINY, "--backend", "cpu", "--chunk-size", "5", "--out", out], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--chunk-size" in err
+
+
+def test_a_run_of_another_experiment_is_named_as_such(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--backend", "torch", "--out", out], capsys)[0] == 0
+    code, _, err = run_cli(["--points", "2", "--fits", "1", "--steps", "5", "--backend", "torch", "--no-progress",
+                            "--out", out], capsys, command=("run", "intro"))
+    assert code == 2 and "experiment is 'phase-diagram' there but 'intro' here" in err
+
+
+def test_readme_txt_command_reproduces_the_run_from_anywhere(tmp_path, capsys, monkeypatch):
+    import shlex
+    out = tmp_path / "my run"
+    assert run_cli([*TINY, "--backend", "torch", "--out", str(out)], capsys)[0] == 0
+    command = (out / "README.txt").read_text().splitlines()[3].strip()
+    argv = shlex.split(command)
+    assert argv[:3] == ["supbench", "run", "phase-diagram"] and argv[-1] == str(out.resolve())
+    monkeypatch.chdir(tmp_path)
+    argv[-1] = str(tmp_path / "again")
+    assert run_cli(argv[3:], capsys, command=("run", "phase-diagram"))[0] == 0
+    a, b = (load_file(str(d / "weights.safetensors")) for d in (out, tmp_path / "again"))
+    assert torch.equal(a["W"], b["W"])
+
+
+def test_results_are_readable_by_collaborators(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli([*TINY, "--backend", "torch", "--out", str(out)], capsys)[0] == 0
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("summary.json", "weights.safetensors", "cells.parquet", "spec.json"):
+        assert (out / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
 def test_auto_resumes_on_the_backend_the_run_was_started_on(tmp_path, capsys):
@@ -134,3 +172,22 @@ def test_every_option_refuses_a_bad_value_in_one_line(name, option, value, tmp_p
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and option in lines[0] and "must be" in lines[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_preset_auto_resumes_the_recorded_preset(tmp_path, capsys):
+    """A run started with --preset paper (e.g. on a GPU, where auto means paper) and resumed with
+    --preset auto elsewhere keeps the paper preset instead of refusing or starting another run."""
+    out = str(tmp_path / "r")
+    tiny = ["--points", "2", "--steps", "5", "--batch-size", "8", "--backend", "torch", "--no-progress", "--out", out]
+    assert run_cli(["--preset", "paper", *tiny], capsys, command=("run", "intro"))[0] == 0
+    code, _, err = run_cli(tiny, capsys, command=("run", "intro"))  # --preset auto: quick on this machine
+    summary = json.loads((tmp_path / "r/summary.json").read_text())
+    assert code == 0 and summary["preset"] == "paper" and summary["chunks_trained"] == 0, err
+
+
+def test_snapshot_steps_beyond_the_run_are_refused():
+    import numpy as np
+    from engine.experiments.base import Job
+    from engine.spec import DataSpec, ModelSpec, TrainSpec
+    with pytest.raises(SpecError, match="snapshot_steps"):
+        Job("x", ModelSpec(3, 2), DataSpec(np.full((1, 3), 0.5)), TrainSpec(steps=10), snapshot_steps=(0, 11))

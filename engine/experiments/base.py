@@ -29,6 +29,16 @@ FUSED_BACKENDS = ("cpu", "triton")
 PLAN_FIELDS = ("backend", "chunk_size")
 
 
+def option_name(field: str) -> str:
+    """The CLI option of a spec field: chunk_size -> --chunk-size."""
+    return field if field.startswith("-") else "--" + field.replace("_", "-")
+
+
+def default_preset(backend: str) -> str:
+    """What ``--preset auto`` means: the paper's scale when the triton backend trains, else quick."""
+    return "paper" if backend == "triton" else "quick"
+
+
 def option(default, help: str, **meta):
     """A spec field with its CLI help text (and optional ``choices`` for string fields)."""
     return field(default=default, metadata={"help": help, **meta})
@@ -44,7 +54,8 @@ class CommonSpec:
     optimizer: str = option("adamw", "Optimizer.", choices=OPTIMIZERS)
     weight_decay: float = option(0.01, "Weight decay (decoupled for adamw, L2 for adam).")
     schedule: str = option("constant", "Learning-rate schedule.", choices=SCHEDULES)
-    seed: int = option(0, "Random seed of the whole sweep (with the instance index and step it keys every draw).")
+    seed: int = option(0, "Random seed of the whole sweep: keys the initialisation (and on cpu/triton every "
+                          "batch, with the instance and step; the torch backend seeds its generator per chunk).")
     precision: str = option("fp32", "Matmul precision (tf32: triton tensor cores).", choices=PRECISIONS)
     backend: str = option("torch", "Backend that trains (auto is resolved before the spec is made).",
                           choices=("torch", "triton", "cpu"))
@@ -86,6 +97,11 @@ class Job:
     history_every: int = 0
     snapshot_steps: tuple = ()
 
+    def __post_init__(self):
+        _check_int("history_every", self.history_every, 0)
+        for t in self.snapshot_steps:
+            _check_int("snapshot_steps", t, 0, self.train.steps)
+
     @property
     def n_instances(self) -> int:
         return self.data.n_instances
@@ -115,13 +131,18 @@ def check(name: str, claim: str, measured, passed: bool, expected: str) -> dict:
     return {"name": name, "claim": claim, "measured": measured, "expected": expected, "passed": bool(passed)}
 
 
+def lowest_loss(loss: np.ndarray) -> np.ndarray:
+    """Per row of loss (points, fits): the column of the lowest loss, (points,). A diverged fit
+    (NaN or inf loss) never wins: argmin alone would return a NaN."""
+    loss = np.asarray(loss, dtype=np.float64)
+    return np.argmin(np.where(np.isfinite(loss), loss, np.inf), axis=1)
+
+
 def best_of_fits(loss: np.ndarray, fits: int) -> np.ndarray:
     """Index of the lowest-loss fit of each point: loss (points * fits,) in point-major order ->
     (points,) instance indices. The paper's protocol for figures drawn from one model per point."""
     loss = np.asarray(loss, dtype=np.float64).reshape(-1, fits)
-    # A diverged fit (NaN loss) never wins: it sorts last.
-    idx = np.argmin(np.where(np.isfinite(loss), loss, np.inf), axis=1)
-    return np.arange(loss.shape[0]) * fits + idx
+    return np.arange(loss.shape[0]) * fits + lowest_loss(loss)
 
 
 class Experiment:
@@ -135,11 +156,18 @@ class Experiment:
     outputs: tuple = ()        # files the analysis writes (besides spec.json and summary.json)
     quick_cost: str = ""       # measured wall time of the quick preset, for `supbench list`
 
+    analysis_fields: tuple = ()  # spec fields only the analysis reads: changing them never retrains
+
+    def preset_name(self, preset: str, backend: str) -> str:
+        """The preset ``preset`` (quick or paper) becomes for the backend that will train it:
+        ``quick-fused`` when a fused backend trains and the experiment has one."""
+        if preset == "quick" and backend in FUSED_BACKENDS and "quick-fused" in self.presets:
+            return "quick-fused"
+        return preset
+
     def preset_fields(self, preset: str, backend: str) -> dict:
         """The spec fields of ``preset`` for the backend that will train it."""
-        if preset == "quick" and backend in FUSED_BACKENDS and "quick-fused" in self.presets:
-            return dict(self.presets["quick-fused"])
-        return dict(self.presets[preset])
+        return dict(self.presets[self.preset_name(preset, backend)])
 
     def make_spec(self, **fields):
         return self.spec_cls(**fields)
@@ -160,9 +188,7 @@ class Experiment:
 
     def identity(self, spec) -> dict:
         """What makes two runs the same computation: the experiment, its results format and every
-        spec field but the plan fields (backend, chunk size)."""
-        fields = {k: v for k, v in spec.fields_dict().items() if k not in PLAN_FIELDS}
+        spec field but the plan fields (backend, chunk size) and the analysis-only fields."""
+        skip = set(PLAN_FIELDS) | set(self.analysis_fields)
+        fields = {k: v for k, v in spec.fields_dict().items() if k not in skip}
         return {"experiment": self.name, "results_format": self.results_format, **fields}
-
-    def instances_total(self, spec) -> int:
-        return sum(j.n_instances for j in self.jobs(spec))

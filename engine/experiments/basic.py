@@ -51,7 +51,7 @@ class BasicSpec(CommonSpec):
 
 class Basic(Experiment):
     name = "basic"
-    title = "linear vs relu-output (n=20, m=5): W^T W, b and feature norms as sparsity grows"
+    title = "linear vs relu-output (n=20, m=5; --size large: n=80, m=20): W^T W, b and feature norms as sparsity grows"
     spec_cls = BasicSpec
     presets = {
         # The notebook's optimiser; 20,000 steps so the sparsest models (density 0.001: ~20 active

@@ -21,7 +21,7 @@ from .. import metrics, plots, theory
 from ..errors import SpecError
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
-from .base import CommonSpec, Experiment, Job, check, option
+from .base import CommonSpec, Experiment, Job, check, lowest_loss, option
 
 NAME = "phase-diagram"
 
@@ -36,11 +36,6 @@ PRESETS = {
     # The paper's protocol: 10 fits per point, notebook optimiser settings, finer than the figure.
     "paper": dict(grid=50, seeds=10, steps=10_000, batch_size=1024, lr=1e-3),
 }
-
-
-def preset_fields(preset: str, backend: str) -> dict:
-    """The spec fields of ``preset`` (quick or paper) for the backend that will train it."""
-    return EXPERIMENT.preset_fields(preset, backend)
 
 
 @dataclass(frozen=True)
@@ -109,8 +104,7 @@ def kept_seeds(loss: np.ndarray, protocol: str) -> np.ndarray:
     cells, S = loss.shape
     if protocol == "best":
         kept = np.zeros((cells, S), bool)
-        # A diverged seed (NaN loss) is never the best: argmin would return it.
-        kept[np.arange(cells), np.argmin(np.where(np.isnan(loss), np.inf, loss), axis=1)] = True
+        kept[np.arange(cells), lowest_loss(loss)] = True
         return kept
     kept = np.ones((cells, S), bool)
     if S > 1:
@@ -185,12 +179,13 @@ class PhaseDiagram(Experiment):
     presets = PRESETS
     # 3: the runner's chunk plan in spec.json; 2: feature values u * (1 / p) instead of u / p.
     results_format = 3
+    analysis_fields = ("protocol",)  # re-analysing a finished run under the other protocol retrains nothing
     outputs = ("instances.parquet", "cells.parquet", "weights.safetensors", "figures/phase_diagram.png")
     quick_cost = "4,000 models x 5,000 steps; ~45 s on 2 CPU cores (cpu backend)"
 
     def default_out(self, spec, preset):
         from pathlib import Path
-        return Path("runs") / f"{NAME}-{spec.features}f-{preset}"
+        return Path("runs") / f"{NAME}-{spec.features}f-{preset}"  # preset: quick, quick-fused or paper
 
     def jobs(self, spec):
         table = instance_table(spec)

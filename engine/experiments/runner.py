@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import platform
 import sys
 import time
@@ -27,9 +28,9 @@ from tqdm.auto import tqdm
 from .. import backends
 from ..checkpoint import Checkpoint, next_step
 from ..errors import SpecError
-from ..store import RunDir, read_tensors, write_json
+from ..store import RunDir, read_tensors, write_json, write_text
 from ..train import default_chunk_size, plan_chunks
-from .base import FUSED_BACKENDS, Experiment, Job, JobResult
+from .base import FUSED_BACKENDS, Experiment, Job, JobResult, option_name
 
 
 def data_stream(backend: str, device: str) -> str:
@@ -169,48 +170,60 @@ def _load_job(run: RunDir, job: Job, n_chunks: int) -> JobResult:
 
 
 def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, checkpoint_every_s: float = 30.0,
-        threads: int | None = None) -> dict:
+        threads: int | None = None, preset: str | None = None) -> dict:
     """Train (or resume) ``spec``'s jobs into ``out``, analyse them, write every output; returns the
-    summary dict (also in out/summary.json). The directory is locked while this runs."""
+    summary dict (also in out/summary.json). The directory is locked while this runs.
+
+    preset: the preset name the spec came from (recorded in spec.json, so ``--preset auto`` resumes it)."""
     t0 = time.perf_counter()
     jobs = exp.jobs(spec)
     proposed = make_plan(spec, jobs)
-    reconcile_plan(recorded_plan(out), proposed, spec)  # a backend that cannot resume it is the first thing to say
-    run_dir = RunDir.open(out, {**exp.identity(spec), "plan": proposed})
+    analysis = {k: getattr(spec, k) for k in exp.analysis_fields}
+    run_dir = RunDir.open(out, {**exp.identity(spec), "preset": preset, "analysis": analysis, "plan": proposed})
     try:
-        plan = reconcile_plan(run_dir.recorded.get("plan"), proposed, spec)
-        if plan["backend"] != run_dir.recorded["plan"]["backend"]:
-            log(f"note: this run was started on {run_dir.recorded['plan']['backend']}; resuming on {plan['backend']} "
-                "(same data stream; results agree to float32 rounding)")
+        recorded = run_dir.recorded["plan"]
+        if _all_trained(run_dir, jobs, recorded):
+            plan = recorded  # nothing to train: analyse what is there, whatever this machine could train
+        else:
+            plan = reconcile_plan(recorded, proposed, spec)
+            if plan["backend"] != recorded["backend"]:
+                log(f"note: this run was started on {recorded['backend']}; resuming on {plan['backend']} "
+                    "(same data stream; results agree to float32 rounding)")
         results, timing = _train_jobs(exp, jobs, plan, run_dir, progress, log, checkpoint_every_s, threads)
         analysis = exp.analyse(spec, results, run_dir)
         checks = analysis.pop("checks", [])
         summary = {"experiment": exp.name, **analysis, "checks": checks,
                    "checks_passed": sum(c["passed"] for c in checks), "checks_total": len(checks),
                    "n_instances": sum(j.n_instances for j in jobs), "wall_seconds": time.perf_counter() - t0,
-                   **timing, "backend": plan["backend"], "plan": plan,
+                   **timing, "backend": plan["backend"], "plan": plan, "preset": run_dir.recorded.get("preset"),
                    "environment": environment(plan["device"], threads),
-                   "rerun": rerun_command(exp, spec, out)}
+                   "rerun": rerun_command(exp, spec, run_dir.root)}
         write_json(run_dir.root / "summary.json", summary)
-        (run_dir.root / "README.txt").write_text(readme_text(exp, spec, out, summary))
+        write_text(run_dir.root / "README.txt", readme_text(exp, spec, run_dir.root, summary))
         return summary
     finally:
         run_dir.close()
 
 
-def recorded_plan(out: Path) -> dict | None:
-    """The chunk plan in an existing run directory's spec.json (None if new or unreadable)."""
+def _all_trained(run: RunDir, jobs: list[Job], plan: dict) -> bool:
+    return all(run.has_chunk(i, j.name) for j in jobs
+               for i in range(len(plan_chunks(j.n_instances, plan["chunk_size"][j.name]))))
+
+
+def recorded_run(out: Path) -> dict:
+    """An existing run directory's spec.json as a dict ({} if new or unreadable)."""
     try:
-        plan = json.loads((Path(out) / "spec.json").read_text())["plan"]
-        return plan if isinstance(plan, dict) and "data_stream" in plan else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        rec = json.loads((Path(out) / "spec.json").read_text())
+        return rec if isinstance(rec, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def rerun_command(exp: Experiment, spec, out: Path) -> str:
-    """The command that re-runs (or resumes) this exact spec."""
-    args = [f"--{k.replace('_', '-')} {v}" for k, v in spec.fields_dict().items() if k != "chunk_size" or v]
-    return f"supbench run {exp.name} " + " ".join(args) + f" --out {out}"
+    """The shell command that re-runs (or resumes) this exact spec, from any directory."""
+    args = [f"{option_name(k)} {shlex.quote(str(v))}" for k, v in spec.fields_dict().items()
+            if k != "chunk_size" or v]
+    return f"supbench run {exp.name} " + " ".join(args) + f" --out {shlex.quote(str(Path(out).resolve()))}"
 
 
 def readme_text(exp: Experiment, spec, out: Path, summary: dict) -> str:
