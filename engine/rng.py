@@ -30,6 +30,7 @@ N_ROUNDS = 10
 
 STREAM_DATA = 0
 STREAM_INIT = 1
+STREAM_EVAL = 2  # evaluation samples drawn by analyses (never by training)
 
 
 def _mulhilo(a: int, b: torch.Tensor):

@@ -3,7 +3,8 @@
 ``EXPERIMENTS`` maps each name (as in ``supbench run <name>``) to its :class:`base.Experiment`, in the
 paper's order.
 """
-from . import basic, dimensionality, intro, learning_dynamics, phase_diagram
+from . import adversarial, basic, dimensionality, intro, learning_dynamics, non_uniform, phase_diagram
 
 EXPERIMENTS = {e.name: e for e in (intro.EXPERIMENT, basic.EXPERIMENT, phase_diagram.EXPERIMENT,
-                                         dimensionality.EXPERIMENT, learning_dynamics.EXPERIMENT)}
+                                         non_uniform.EXPERIMENT, dimensionality.EXPERIMENT,
+                                         learning_dynamics.EXPERIMENT, adversarial.EXPERIMENT)}

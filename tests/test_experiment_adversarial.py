@@ -1,0 +1,116 @@
+"""The adversarial experiment (engine/experiments/adversarial.py): a tiny run writes every output, the
+attack's vulnerability is the analytic value on hand-built weights, and each check passes and fails
+where it should."""
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine import metrics
+from engine.experiments import adversarial as adv
+from engine.experiments import runner
+
+
+def sample(rows=512, n=20, density=0.3, seed=0) -> torch.Tensor:
+    """Non-negative sparse test inputs (rows, n), like the model's data."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(rows, n, generator=g, dtype=torch.float64)
+    return torch.where(torch.rand(rows, n, generator=g, dtype=torch.float64) < density, u, torch.zeros(()))
+
+
+def projection(scale: float, m=5, n=20) -> torch.Tensor:
+    """W = sqrt(scale) [I_m 0] (m, n): W^T W = scale x the projection onto the first m features."""
+    W = torch.zeros(m, n, dtype=torch.float64)
+    W[:, :m] = torch.eye(m, dtype=torch.float64) * math.sqrt(scale)
+    return W
+
+
+def test_tiny_run_writes_every_output(tmp_path):
+    spec = adv.AdversarialSpec(points=2, fits=2, steps=20, batch_size=16, test_samples=256, backend="torch")
+    summary = runner.run(adv.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
+    for name in adv.EXPERIMENT.outputs + ("summary.json", "spec.json"):
+        assert (tmp_path / name).is_file(), name
+    models = pq.read_table(tmp_path / "models.parquet").to_pydict()
+    assert models["variant"] == ["relu-output"] * 2 + ["linear"] * 2
+    assert models["density"] == pytest.approx([1.0, 1e-3, 1.0, 1e-3])
+    for col in ("D_star", "features_per_dimension", "vulnerability", "relu_vulnerability", "train_loss", "test_loss"):
+        assert np.all(np.isfinite(models[col])), col
+    assert len(pq.read_table(tmp_path / "instances.parquet")) == 8
+    w = load_file(str(tmp_path / "weights.safetensors"))
+    assert w["W_relu-output"].shape == (4, 5, 20) and w["b_linear"].shape == (4, 20)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert [c["name"] for c in saved["checks"]] == ["vulnerability-rises", "linear-flat",
+                                                   "tracks-features-per-dimension"]
+    assert summary["checks_total"] == 3
+
+
+@pytest.mark.parametrize("variant", ["linear", "relu-output"])
+def test_projection_vulnerability_is_its_scale(variant):
+    """W^T W = 2 P: every output in range moves by exactly 2 eps along +e_i (i < 5), for the ReLU
+    model too (b = 0, x >= 0: the attacked outputs stay in the linear regime)."""
+    x = sample()
+    a = adv.attack(projection(2.0), torch.zeros(20, dtype=torch.float64), x, variant, 0.1)
+    assert a["eps"] == pytest.approx(0.1 * float(x.norm(dim=1).mean()))
+    assert a["vulnerability"] == pytest.approx(2.0, rel=1e-12)
+    assert a["relu_vulnerability"] == pytest.approx(2.0, rel=1e-12)
+    assert a["vulnerability_direction"] < 5  # one of +A_0 .. +A_4
+    if variant == "relu-output":  # -e_i can be cut by the ReLU where x_i < eps: +e_i is the worst
+        assert adv.direction_name(a["relu_vulnerability_direction"]).startswith("+")
+
+
+def test_the_attack_picks_the_column_that_moves_the_output_most():
+    W = torch.zeros(5, 20, dtype=torch.float64)
+    W[0, 0], W[1, 1] = 1.0, 2.0  # W^T W = diag(1, 4, 0, ...)
+    a = adv.attack(W, torch.zeros(20, dtype=torch.float64), sample(), "linear", 0.1)
+    assert a["vulnerability"] == pytest.approx(4.0, rel=1e-12)
+    assert adv.direction_name(a["vulnerability_direction"]) in ("+A_1", "-A_1")
+
+
+def pentagon(plane: int, planes: int) -> torch.Tensor:
+    """Five unit features as a regular pentagon in dimensions (2 plane, 2 plane + 1) of 2 planes."""
+    a = torch.arange(5, dtype=torch.float64) * 2 * math.pi / 5
+    W = torch.zeros(2 * planes, 5, dtype=torch.float64)
+    W[2 * plane], W[2 * plane + 1] = torch.cos(a), torch.sin(a)
+    return W
+
+
+@pytest.mark.parametrize("case", ["antipodal pair", "pentagon", "two pentagons"])
+def test_superposed_tight_frame_vulnerability_is_features_per_dimension(case):
+    """k unit features spread evenly over m dimensions (W W^T = (k/m) I): W^T W maps each of its
+    columns A_i to (k/m) A_i, so the vulnerability is k/m, the features per dimension 1/D*."""
+    W = {"antipodal pair": torch.tensor([[1.0, -1.0]], dtype=torch.float64),
+         "pentagon": pentagon(0, 1),
+         "two pentagons": torch.cat([pentagon(0, 2), pentagon(1, 2)], dim=1)}[case]
+    m, k = W.shape
+    assert torch.allclose(W @ W.T, torch.eye(m, dtype=torch.float64) * k / m)
+    fpd = 1 / float(metrics.dimensions_per_feature(W[None]))
+    assert fpd == pytest.approx(k / m, rel=1e-12)
+    for variant in ("linear", "relu-output"):
+        a = adv.attack(W, torch.zeros(k, dtype=torch.float64), sample(n=k), variant, 0.1)
+        assert a["vulnerability"] == pytest.approx(k / m, rel=1e-12)
+    # the linear model's output moves by the same amount at every input: relu_vulnerability = k/m too
+    assert adv.attack(W, torch.zeros(k, dtype=torch.float64), sample(n=k), "linear", 0.1)[
+        "relu_vulnerability"] == pytest.approx(k / m, rel=1e-12)
+
+
+def test_relu_gating_hides_the_attack_from_the_sample_average():
+    """A strongly negative bias keeps every output of a ReLU model at zero for small attacks: the
+    ReLU-aware figures are 0 while the end-to-end gain is the analytic 3."""
+    a = adv.attack(projection(3.0), torch.full((20,), -10.0, dtype=torch.float64), sample(), "relu-output", 0.1)
+    assert a["vulnerability"] == pytest.approx(3.0, rel=1e-12)
+    assert a["relu_vulnerability"] == 0.0 and a["relu_vulnerability_active"] == 0.0
+
+
+def test_checks_pass_and_fail():
+    fpd = np.array([1.0, 2.0, 4.0, 3.5])
+    assert adv.check_rise(fpd, np.array([1.0, 2.0, 3.5, 3.0]))["passed"]  # 3.5x at the most superposition
+    assert not adv.check_rise(fpd, np.array([1.0, 2.0, 2.5, 4.0]))["passed"]  # 4x, but not where fpd is largest
+    assert adv.check_linear_flat(np.array([1.0, 1.01, 0.99]))["passed"]
+    assert not adv.check_linear_flat(np.array([1.0, 1.5, 0.99]))["passed"]
+    assert adv.check_tracking(fpd, fpd * 1.1)["passed"]
+    assert not adv.check_tracking(fpd, np.array([4.0, 3.0, 1.0, 2.0]))["passed"]
+    assert not adv.check_tracking(fpd, np.ones(4))["passed"]  # flat: no correlation to speak of
