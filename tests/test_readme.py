@@ -19,3 +19,14 @@ def test_readme_shows_the_two_commands_and_ci_runs_the_test_one():
     main_cmd = 'pip install torch==2.13.0 -e . && supbench run phase-diagram'
     test_cmd = 'pip install torch==2.13.0 -e ".[dev]" && pytest'
     assert main_cmd in readme and test_cmd in readme and test_cmd in ci
+
+
+def test_readme_documents_every_experiment_with_a_figure():
+    from engine.experiments import EXPERIMENTS
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    for name in EXPERIMENTS:
+        assert f"`supbench run {name}" in readme, name
+    for fig in re.findall(r"\]\((docs/figures/[^)]+\.png)\)", readme):
+        assert (root / fig).is_file(), fig
+    assert len(re.findall(r"\]\((docs/figures/[^)]+\.png)\)", readme)) >= len(EXPERIMENTS)

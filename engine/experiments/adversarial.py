@@ -235,7 +235,7 @@ class Adversarial(Experiment):
     results_format = 1
     analysis_fields = ("attack_scale", "test_samples")  # analysis only: changing them never retrains
     outputs = ("models.parquet", "instances.parquet", "weights.safetensors", "figures/vulnerability.png")
-    quick_cost = "60 models x 10,000 steps; ~20-25 s on 2 CPU cores (cpu backend)"
+    quick_cost = "60 models x 10,000 steps; 23 s on 2 CPU cores (cpu backend)"
 
     def jobs(self, spec):
         table = instance_table(spec)

@@ -204,8 +204,7 @@ class Dimensionality(Experiment):
     results_format = 1
     outputs = ("instances.parquet", "points.parquet", "features.parquet", "weights.safetensors",
                "figures/dimensionality.png")
-    quick_cost = ("40 models (n=400, m=30) x 2,000 steps at batch 128; 121-153 s on 2 CPU cores shared with "
-                  "other jobs (cpu backend, ~2 min of CPU time)")
+    quick_cost = "40 models (n=400, m=30) x 2,000 steps at batch 128; 61 s on 2 CPU cores (cpu backend)"
 
     def jobs(self, spec):
         table = instance_table(spec)

@@ -61,7 +61,7 @@ class Intro(Experiment):
         "paper": dict(points=10, fits=10, steps=10_000, batch_size=1024, lr=1e-3),
     }
     outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/intro.png")
-    quick_cost = "50 models x 10,000 steps; ~6 s on 2 CPU cores (cpu backend)"
+    quick_cost = "50 models x 10,000 steps; 5.6 s on 2 CPU cores (cpu backend)"
 
     def jobs(self, spec):
         d = np.repeat(spec.densities(), spec.fits)
