@@ -191,3 +191,16 @@ def test_snapshot_steps_beyond_the_run_are_refused():
     from engine.spec import DataSpec, ModelSpec, TrainSpec
     with pytest.raises(SpecError, match="snapshot_steps"):
         Job("x", ModelSpec(3, 2), DataSpec(np.full((1, 3), 0.5)), TrainSpec(steps=10), snapshot_steps=(0, 11))
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_every_experiment_runs_from_the_command_line(name, tmp_path, capsys):
+    """`supbench run <name>` end to end at a tiny size: exit 0, every declared output, its checks printed."""
+    out = tmp_path / name
+    code, stdout, err = run_cli(["--steps", "3", "--batch-size", "8", "--backend", "torch", "--no-progress",
+                                 "--out", str(out)], capsys, command=("run", name))
+    assert code == 0, err
+    for f in ("spec.json", "summary.json", "README.txt", *EXPERIMENTS[name].outputs):
+        assert (out / f).is_file(), f
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checks_total"] == len(summary["checks"]) >= 1 and stdout.count("check ") >= 1
