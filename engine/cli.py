@@ -119,7 +119,9 @@ def _run_experiment(exp, preset, backend, out, progress, threads, **options):
     except (BackendUnavailable, UnsupportedShape) as e:
         raise UserError(str(e))
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: finished chunks and checkpoints are saved in {out}; run the same command again to resume",
+        saved = out is not None and any(Path(out, "chunks").glob("*.safetensors"))
+        click.echo(f"\ninterrupted: finished chunks and checkpoints are saved in {out}; run the same command again to resume"
+                   if saved else "\ninterrupted before any chunk or checkpoint was saved; the same command starts again",
                    err=True)
         sys.exit(130)
     for line in exp.report(spec, summary):

@@ -17,6 +17,7 @@ VARIANTS = ("relu-output", "linear")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "tf32")
+MIN_PROBABILITY = 2.0**-24  # the smallest feature probability a float32 uniform can resolve
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
@@ -71,7 +72,7 @@ class ModelSpec:
 class DataSpec:
     """Per-instance, per-feature sparsity and importance.
 
-    feature_probability: (K, n) float, each in (0, 1]; feature i of an example is U[0,1) with this
+    feature_probability: (K, n) float, each in [2^-24, 1]; feature i of an example is U[0,1) with this
         probability, else 0 (density = 1 - sparsity S_i).
     importance: (K, n) float >= 0, the loss weight I_i. A (n,) vector or a scalar broadcasts.
     Both are stored as float64 numpy arrays of shape (K, n).
@@ -84,9 +85,12 @@ class DataSpec:
         p = np.asarray(self.feature_probability, dtype=np.float64)
         if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 1:
             raise SpecError("feature_probability", "a (K, n) array with K, n >= 1", tuple(p.shape))
-        if not np.all((p > 0) & (p <= 1)):
-            bad = p[~((p > 0) & (p <= 1))].flat[0]
-            raise SpecError("feature_probability", "in (0, 1] for every instance and feature", float(bad))
+        # Below 2^-24 a float32 uniform (24 random bits) is below p only when it is exactly 0, and 1/p
+        # may overflow float32 (0 * inf = NaN): such a feature can never be sampled correctly.
+        ok = (p >= MIN_PROBABILITY) & (p <= 1)
+        if not np.all(ok):
+            raise SpecError("feature_probability", f"in [2^-24 ~ {MIN_PROBABILITY:.3g}, 1] for every instance and "
+                                                   "feature (the resolution of a float32 uniform)", float(p[~ok].flat[0]))
         imp = np.ones_like(p) if self.importance is None else np.asarray(self.importance, dtype=np.float64)
         try:
             imp = np.broadcast_to(imp, p.shape).copy()
@@ -144,6 +148,11 @@ class TrainSpec:
         _check_float("lr", self.lr, 0.0, 10.0, lo_open=True)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        if self.optimizer == "adamw" and self.lr * self.weight_decay >= 1.0:
+            # AdamW multiplies every parameter by 1 - lr * wd each step: at or below 0 it flips or
+            # zeroes the weights every step, and the run diverges (NaN) instead of training.
+            raise SpecError("weight_decay", f"below 1 / lr = {1 / self.lr:.4g} with adamw (lr * weight_decay "
+                                            "must stay below 1)", self.weight_decay)
         _check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True)
         _check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True)
         _check_float("eps", self.eps, 0.0, 1.0, lo_open=True)

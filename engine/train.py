@@ -8,8 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import backends
-from .errors import SpecError
-from .spec import DataSpec, ModelSpec, TrainSpec
+from .errors import BackendUnavailable, SpecError
+from .spec import DataSpec, ModelSpec, TrainSpec, _check_int
 
 
 @dataclass
@@ -73,6 +73,12 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
         res.W.shape  # (8, 5, 20)
     """
     training = training or TrainSpec()
+    _check_int("history_every", history_every, 0)
+    _check_int("first_instance", first_instance, 0, 2**32 - data.n_instances)  # the Philox counter is 32-bit
+    if chunk_size is not None:
+        _check_int("chunk_size", chunk_size, 1)
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device: {device!r} needs a CUDA GPU, and none is available here; use 'cpu'")
     if data.n_features != model.n_features:
         raise SpecError("feature_probability", f"of shape (K, {model.n_features}) to match n_features",
                         tuple(data.feature_probability.shape))

@@ -255,3 +255,12 @@ def test_cpu_backend_without_numba_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(backends, "cpu_usable", lambda: False)
     code, _, err = run_cli([*TINY, "--backend", "cpu", "--out", str(tmp_path / "c")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "numba" in err
+
+
+def test_ctrl_c_before_anything_is_saved_does_not_claim_checkpoints(tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda name: interrupted)
+    code, _, err = run_cli([*TINY, "--backend", "torch", "--out", str(tmp_path / "r")], capsys)
+    assert code == 130 and "before any chunk or checkpoint was saved" in err and "are saved" not in err

@@ -29,7 +29,7 @@ def test_train_spec_rejects(kwargs, field):
 
 @pytest.mark.parametrize("p", [0.0, -0.1, 1.5, np.nan])
 def test_data_spec_rejects_probability_outside_unit_interval(p):
-    with pytest.raises(SpecError, match=r"feature_probability: must be in \(0, 1\]"):
+    with pytest.raises(SpecError, match=r"feature_probability: must be in \[2\^-24"):
         DataSpec(np.full((2, 3), p))
 
 
@@ -49,3 +49,33 @@ def test_train_spec_round_trip_and_schedules():
     lin = TrainSpec(steps=10, schedule="linear")
     assert lin.lr_at(5) == pytest.approx(0.5e-3)
     assert TrainSpec().lr_at(9999) == 1e-3
+
+
+def test_settings_that_cannot_train_are_refused():
+    """Found by a hostile test: AdamW with lr * wd >= 1 flips or zeroes the weights every step (every
+    model NaN), and a probability below float32's resolution makes 0 * inf = NaN features."""
+    import numpy as np
+    import pytest
+    from engine import DataSpec, SpecError, TrainSpec
+    with pytest.raises(SpecError, match="weight_decay"):
+        TrainSpec(lr=3, weight_decay=1)
+    TrainSpec(lr=3, weight_decay=1, optimizer="adam")  # L2 decay: no such flip
+    TrainSpec(lr=0.9, weight_decay=1)
+    with pytest.raises(SpecError, match="feature_probability"):
+        DataSpec(np.full((1, 2), 1e-40))
+    DataSpec(np.full((1, 2), 2.0**-24))
+
+
+def test_train_refuses_bad_arguments_by_name():
+    import numpy as np
+    import pytest
+    import torch
+    from engine import BackendUnavailable, DataSpec, ModelSpec, SpecError, TrainSpec, train
+    args = (ModelSpec(3, 2), DataSpec(np.full((2, 3), 0.5)), TrainSpec(steps=2, batch_size=4))
+    for kw, field in (({"chunk_size": -1}, "chunk_size"), ({"history_every": -5}, "history_every"),
+                      ({"first_instance": -1}, "first_instance")):
+        with pytest.raises(SpecError, match=field):
+            train(*args, backend="torch", progress=False, **kw)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="CUDA"):
+            train(*args, backend="torch", device="cuda", progress=False)
