@@ -130,10 +130,15 @@ def _run_experiment(exp, preset, backend, out, progress, threads, **options):
         click.echo(f"check {'pass' if c['passed'] else 'FAIL'}: {c['name']}: {c['claim']} "
                    f"(measured {runner.format_measured(c['measured'])}; expected {c['expected']})")
     rate = summary["instance_steps_per_second"]
-    compiled = (f" ({summary['compile_seconds']:.1f} s of it one-off compilation, cached for next time)"
-                if summary.get("compile_seconds", 0) > 1 else "")
-    click.echo(f"wall time: {time.perf_counter() - t0:.1f} s{compiled}; training {summary['train_seconds']:.1f} s, "
-               + (f"{rate:,.0f} instance-steps/s" if rate else "n/a (all chunks resumed)"))
+    if summary["chunks_trained"] == 0:
+        click.echo(f"wall time: {time.perf_counter() - t0:.1f} s; nothing to train (every chunk was already in {out})"
+                   + (f"; it trained in {summary['train_seconds']:.1f} s on {summary['backend']}"
+                      if summary.get("train_seconds") else ""))
+    else:
+        compiled = (f" ({summary['compile_seconds']:.1f} s of it one-off compilation, cached for next time)"
+                    if summary.get("compile_seconds", 0) > 1 else "")
+        click.echo(f"wall time: {time.perf_counter() - t0:.1f} s{compiled}; training {summary['train_seconds']:.1f} s, "
+                   + (f"{rate:,.0f} instance-steps/s" if rate else "n/a"))
     click.echo(f"outputs: {out}/ (summary.json, " + ", ".join(exp.outputs) + ")")
 
 

@@ -204,3 +204,14 @@ def test_every_experiment_runs_from_the_command_line(name, tmp_path, capsys):
         assert (out / f).is_file(), f
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checks_total"] == len(summary["checks"]) >= 1 and stdout.count("check ") >= 1
+
+
+def test_rerunning_a_finished_run_keeps_its_training_record(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--backend", "torch", "--out", out], capsys)[0] == 0
+    first = json.loads((tmp_path / "r/summary.json").read_text())
+    assert run_cli([*TINY, "--backend", "torch", "--out", out], capsys)[0] == 0
+    again = json.loads((tmp_path / "r/summary.json").read_text())
+    assert again["chunks_trained"] == 0 and "reanalysis" in again
+    for k in ("train_seconds", "instance_steps_per_second", "instance_steps_trained", "backend"):
+        assert again[k] == first[k] and first[k], k

@@ -198,11 +198,30 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
                    **timing, "backend": plan["backend"], "plan": plan, "preset": run_dir.recorded.get("preset"),
                    "environment": environment(plan["device"], threads),
                    "rerun": rerun_command(exp, spec, run_dir.root)}
+        if timing["chunks_trained"] == 0:
+            _keep_training_record(summary, run_dir.root / "summary.json")
         write_json(run_dir.root / "summary.json", summary)
         write_text(run_dir.root / "README.txt", readme_text(exp, spec, run_dir.root, summary))
         return summary
     finally:
         run_dir.close()
+
+
+TRAINING_RECORD = ("train_seconds", "compile_seconds", "instance_steps_trained", "instance_steps_per_second",
+                   "wall_seconds", "backend", "environment")
+
+
+def _keep_training_record(summary: dict, path: Path) -> None:
+    """A re-run that trained nothing (re-analysis, or the same command again) keeps the timing,
+    backend and environment of the run that trained the models, instead of reporting 0 s."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict) or not old.get("train_seconds"):
+        return
+    summary["reanalysis"] = {k: summary[k] for k in ("wall_seconds", "environment")}
+    summary.update({k: old[k] for k in TRAINING_RECORD if k in old})
 
 
 def _all_trained(run: RunDir, jobs: list[Job], plan: dict) -> bool:
