@@ -46,9 +46,7 @@ def phase_diagram(path: Path, density, rel_importance, empirical, theory, title:
     handles = [Patch(color=c, label=p) for c, p in zip(PHASE_COLORS, PHASES)]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"{title} — agreement {agreement:.1%} of grid cells")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path, dpi=120)
 
 
 def save(fig, path: Path, dpi: int = 130) -> None:
@@ -56,3 +54,25 @@ def save(fig, path: Path, dpi: int = 130) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def feature_arrows(ax, W, colors, lim: float, lw: float = 2.0) -> None:
+    """Columns of a 2-D embedding W (2, n) as arrows from the origin, colors (n,), over the unit
+    circle, on square axes [-lim, lim] without ticks (the paper's geometry panels). Feature 0 is
+    drawn last, on top."""
+    ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls=":", color="0.7"))
+    for i in reversed(range(W.shape[1])):
+        ax.annotate("", xy=(W[0, i], W[1, i]), xytext=(0, 0),
+                    arrowprops=dict(arrowstyle="-|>", color=colors[i], lw=lw, shrinkA=0, shrinkB=0))
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def fraction_line(ax, value: float, label: str, **kw) -> None:
+    """A dashed horizontal line at ``value`` labelled at the right edge of the axes."""
+    ax.axhline(value, color="0.45", lw=0.8, ls="--", zorder=0, **kw)
+    ax.annotate(label, xy=(1.0, value), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                textcoords="offset points", va="center", fontsize=8, color="0.3")

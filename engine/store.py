@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import SpecError

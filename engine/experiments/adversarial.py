@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import metrics, reference, rng
 from ..errors import SpecError
-from ..plots import plt
+from ..plots import plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
@@ -221,9 +220,7 @@ def plot_vulnerability(path, rows: dict) -> None:
     ax2.legend(fontsize=8, frameon=False)
     fig.suptitle("Superposition and adversarial vulnerability (n=20, m=5, importance 0.9$^i$; "
                  "attack norm 0.1 x mean input norm)", fontsize=11)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)
 
 
 class Adversarial(Experiment):

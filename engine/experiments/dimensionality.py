@@ -22,7 +22,7 @@ import torch
 
 from .. import metrics
 from ..errors import SpecError
-from ..plots import plt, save
+from ..plots import fraction_line, plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
@@ -160,13 +160,6 @@ def analyse_weights(spec: DimensionalitySpec, W: torch.Tensor, loss: np.ndarray)
                 "inv_density": np.repeat(inv, n), "feature": np.tile(np.arange(n), P),
                 "dimensionality": D.ravel(), "norm": norms.ravel(), "fraction_line": labels[near.ravel()].tolist()}
     return instances, points, features
-
-
-def fraction_line(ax, value: float, label: str, **kw) -> None:
-    """A dashed horizontal line at ``value`` labelled at the right edge of the axes."""
-    ax.axhline(value, color="0.45", lw=0.8, ls="--", zorder=0, **kw)
-    ax.annotate(label, xy=(1.0, value), xycoords=("axes fraction", "data"), xytext=(4, 0),
-                textcoords="offset points", va="center", fontsize=8, color="0.3")
 
 
 def figure(path, spec: DimensionalitySpec, points: dict, features: dict) -> None:

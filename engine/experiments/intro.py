@@ -17,7 +17,7 @@ import torch
 
 from .. import metrics
 from ..errors import SpecError
-from ..plots import plt, save
+from ..plots import feature_arrows, plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
@@ -124,15 +124,7 @@ def figure(path, densities, W, importance) -> None:
         if k >= P:
             ax.axis("off")
             continue
-        for i in range(W.shape[2]):
-            ax.annotate("", xy=(W[k, 0, i], W[k, 1, i]), xytext=(0, 0),
-                        arrowprops=dict(arrowstyle="-|>", color=colours[i], lw=2))
-        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls=":", color="0.7"))
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        feature_arrows(ax, W[k], colours, lim)
         ax.set_title(f"1-S = {densities[k]:.3g}", fontsize=10)
     handles = [plt.Line2D([], [], color=colours[i], lw=2, label=f"feature {i} (I={importance[i]:.2f})")
                for i in range(W.shape[2])]

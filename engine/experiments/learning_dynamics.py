@@ -34,11 +34,11 @@ import torch
 from matplotlib.patches import Patch
 
 from .. import metrics
-from ..plots import plt, save
+from ..plots import fraction_line, plt, save
 from ..spec import _check_float, _check_int
 from ..store import write_parquet, write_tensors
 from .base import Experiment, Job, check, option
-from .dimensionality import UniformSpec, fraction_line
+from .dimensionality import UniformSpec
 
 NAME = "learning-dynamics"
 

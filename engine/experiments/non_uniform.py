@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +42,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from .. import metrics, reference, rng
 from ..errors import SpecError
-from ..plots import plt
+from ..plots import feature_arrows, plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
@@ -259,26 +258,14 @@ def plot_geometry(path, rel, W, codes, picks) -> None:
     """A row of 2-D panels: the kept W's five columns as arrows (feature 0 red) at rel[picks]."""
     fig, axes = plt.subplots(1, len(picks), figsize=(2.1 * len(picks), 2.7), constrained_layout=True)
     axes = np.atleast_1d(axes)
-    t = np.linspace(0, 2 * np.pi, 200)
     lim = max(1.2, float(np.abs(W[picks]).max()) * 1.1)
+    colors = ["#c44e52"] + ["#3b75af"] * (N_FEATURES - 1)  # feature 0 red
     for ax, k in zip(axes, picks):
-        ax.plot(np.cos(t), np.sin(t), color="#dddddd", lw=0.8)
-        for i in range(N_FEATURES):
-            x, y = W[k, 0, i], W[k, 1, i]
-            color, z = ("#c44e52", 3) if i == 0 else ("#3b75af", 2)
-            ax.annotate("", xy=(x, y), xytext=(0, 0), zorder=z,
-                        arrowprops=dict(arrowstyle="-|>", color=color, lw=1.8, shrinkA=0, shrinkB=0))
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        feature_arrows(ax, W[k], colors, lim, lw=1.8)
         ax.set_title(f"r = {rel[k]:.3g}\n{GEOMETRIES[codes[k]]}", fontsize=9)
     fig.suptitle("Kept model's W columns (feature 0 red) as feature 0 gets sparser (r = its relative density)",
                  fontsize=10)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_losses(path, rel, pent, dig, kept_loss, t, c) -> None:
@@ -305,9 +292,7 @@ def plot_losses(path, rel, pent, dig, kept_loss, t, c) -> None:
             ax.axvline(c, color="#9467bd", ls=":", lw=1.2, label=f"losses cross: r = {c:.3g}")
     top.legend(fontsize=8, frameon=False)
     top.set_title("Non-uniform superposition (n=5, m=2): competing solutions' losses", fontsize=10)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path)
 
 
 def panel_points(rel: np.ndarray, t: float | None) -> list[int]:

@@ -21,14 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import backends
 from ..checkpoint import Checkpoint, next_step
 from ..errors import SpecError
-from ..store import RunDir, read_tensors, write_json, write_text
+from ..store import RunDir, read_tensors, write_json, write_tensors, write_text
 from ..train import default_chunk_size, plan_chunks
 from .base import FUSED_BACKENDS, Experiment, Job, JobResult, option_name
 
@@ -154,7 +153,6 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, progr
 
 
 def _save_snapshot(run: RunDir, job: Job, index: int, step: int, W, b) -> None:
-    from ..store import write_tensors
     write_tensors(run.snapshot_path(index, job.name, step), {"W": W, "b": b})
 
 
