@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 _EPS = 1e-12
-PHASES = ("not represented", "dedicated", "superposition")
-NOT_REPRESENTED, DEDICATED, SUPERPOSITION = 0, 1, 2
+# "diverged": a model whose weights are NaN/inf (training blew up) is never given a real phase.
+PHASES = ("not represented", "dedicated", "superposition", "diverged")
+NOT_REPRESENTED, DEDICATED, SUPERPOSITION, DIVERGED = 0, 1, 2, 3
 NORM_THRESHOLD = 0.5
 SUPERPOSITION_THRESHOLD = 0.5
 
@@ -59,12 +60,14 @@ def dimensions_per_feature(W) -> torch.Tensor:
 
 def classify(norm, sup) -> np.ndarray:
     """Phase of a feature from its norm and superposition (the documented thresholds):
-    not represented if ||W_i|| < 0.5; else superposition if s_i >= 0.5; else dedicated.
-    Returns int codes indexing :data:`PHASES`."""
+    not represented if ||W_i|| < 0.5; else superposition if s_i >= 0.5; else dedicated; and
+    DIVERGED where either is NaN or inf (a NaN compares False to every threshold, so without this
+    a diverged model would be labelled dedicated). Returns int codes indexing :data:`PHASES`."""
     norm = np.asarray(norm)
     sup = np.asarray(sup)
-    return np.where(norm < NORM_THRESHOLD, NOT_REPRESENTED,
-                    np.where(sup >= SUPERPOSITION_THRESHOLD, SUPERPOSITION, DEDICATED)).astype(np.int64)
+    phase = np.where(norm < NORM_THRESHOLD, NOT_REPRESENTED,
+                     np.where(sup >= SUPERPOSITION_THRESHOLD, SUPERPOSITION, DEDICATED))
+    return np.where(np.isfinite(norm) & np.isfinite(sup), phase, DIVERGED).astype(np.int64)
 
 
 # The paper's "sticky" values of D_i: dedicated, tetrahedron, triangle, antipodal pair, pentagon,

@@ -13,8 +13,9 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from .metrics import PHASES  # noqa: E402
 
-# Light grey = not represented, blue = dedicated dimension, red = superposition (the paper's palette).
-PHASE_COLORS = ("#d9d9d9", "#3b75af", "#c44e52")
+# Light grey = not represented, blue = dedicated dimension, red = superposition (the paper's palette);
+# black = diverged (no phase: training blew up there).
+PHASE_COLORS = ("#d9d9d9", "#3b75af", "#c44e52", "#000000")
 
 
 def _phase_panel(ax, density, rel_importance, phases, title):
@@ -43,9 +44,11 @@ def phase_diagram(path: Path, density, rel_importance, empirical, theory, title:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True, sharey=True, constrained_layout=True)
     _phase_panel(axes[0], density, rel_importance, empirical, "trained models")
     _phase_panel(axes[1], density, rel_importance, theory, "analytic theory")
-    handles = [Patch(color=c, label=p) for c, p in zip(PHASE_COLORS, PHASES)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
-    fig.suptitle(f"{title} — agreement {agreement:.1%} of grid cells")
+    shown = set(np.unique(empirical)) | set(np.unique(theory)) | {0, 1, 2}  # "diverged" only when present
+    handles = [Patch(color=c, label=p) for k, (c, p) in enumerate(zip(PHASE_COLORS, PHASES)) if k in shown]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    fig.suptitle(f"{title} — agreement {agreement:.1%} of grid cells" if np.isfinite(agreement)
+                 else f"{title} — every cell diverged")
     save(fig, path, dpi=120)
 
 

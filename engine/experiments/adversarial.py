@@ -249,7 +249,7 @@ class Adversarial(Experiment):
         for v in VARIANTS:
             res = results[v]
             loss = res.loss.numpy().astype(np.float64)
-            kept = best_of_fits(loss, spec.fits)
+            kept = best_of_fits(loss, spec.fits, res.diverged)
             W = res.W[kept].double()
             b = res.b[kept].double()
             dstar = metrics.dimensions_per_feature(W).numpy()
@@ -270,7 +270,7 @@ class Adversarial(Experiment):
             rows[v] = r
             is_kept = np.zeros(len(loss), bool)
             is_kept[kept] = True
-            instances[v] = {**table, "variant": [v] * len(loss), "train_loss": loss, "kept": is_kept,
+            instances[v] = {**table, "variant": [v] * len(loss), "train_loss": loss, "diverged": res.diverged, "kept": is_kept,
                             "D_star": metrics.dimensions_per_feature(res.W).numpy()}
             tensors[f"W_{v}"], tensors[f"b_{v}"] = res.W, res.b
         def cat(d):  # both variants' rows, relu-output first

@@ -123,6 +123,18 @@ class JobResult:
     W_snapshots: torch.Tensor | None = None
     b_snapshots: torch.Tensor | None = None
 
+    @property
+    def diverged(self) -> np.ndarray:
+        """bool (K,): instances whose final loss, W or b hold a NaN or inf. They are flagged in the
+        tables (column ``diverged``), never chosen by :func:`best_of_fits`, never classified."""
+        return diverged(self.W, self.b, self.loss)
+
+
+def diverged(W: torch.Tensor, b: torch.Tensor, loss: torch.Tensor) -> np.ndarray:
+    """bool (K,) from W (K, ...), b (K, ...) and loss (K,): any non-finite value of the instance."""
+    ok = torch.isfinite(loss) & torch.isfinite(W.flatten(1)).all(1) & torch.isfinite(b.flatten(1)).all(1)
+    return (~ok).numpy()
+
 
 def check(name: str, claim: str, measured, passed: bool, expected: str) -> dict:
     """One paper check for summary.json: a named claim, the figure measured, what passing means."""
@@ -131,18 +143,22 @@ def check(name: str, claim: str, measured, passed: bool, expected: str) -> dict:
     return {"name": name, "claim": claim, "measured": measured, "expected": expected, "passed": bool(passed)}
 
 
-def lowest_loss(loss: np.ndarray) -> np.ndarray:
+def lowest_loss(loss: np.ndarray, diverged: np.ndarray | None = None) -> np.ndarray:
     """Per row of loss (points, fits): the column of the lowest loss, (points,). A diverged fit
-    (NaN or inf loss) never wins: argmin alone would return a NaN."""
+    (NaN or inf loss, or flagged in ``diverged`` of the same shape) never wins; a row whose fits
+    all diverged gets its first column (its model is diverged: analyses flag it, never classify it)."""
     loss = np.asarray(loss, dtype=np.float64)
-    return np.argmin(np.where(np.isfinite(loss), loss, np.inf), axis=1)
+    bad = ~np.isfinite(loss) if diverged is None else (~np.isfinite(loss) | np.asarray(diverged, bool).reshape(loss.shape))
+    return np.argmin(np.where(bad, np.inf, loss), axis=1)
 
 
-def best_of_fits(loss: np.ndarray, fits: int) -> np.ndarray:
+def best_of_fits(loss: np.ndarray, fits: int, diverged: np.ndarray | None = None) -> np.ndarray:
     """Index of the lowest-loss fit of each point: loss (points * fits,) in point-major order ->
-    (points,) instance indices. The paper's protocol for figures drawn from one model per point."""
+    (points,) instance indices. The paper's protocol for figures drawn from one model per point.
+    diverged: bool (points * fits,) instances that may never be chosen (JobResult.diverged)."""
     loss = np.asarray(loss, dtype=np.float64).reshape(-1, fits)
-    return np.arange(loss.shape[0]) * fits + lowest_loss(loss)
+    div = None if diverged is None else np.asarray(diverged, bool).reshape(-1, fits)
+    return np.arange(loss.shape[0]) * fits + lowest_loss(loss, div)
 
 
 class Experiment:

@@ -80,7 +80,7 @@ class Basic(Experiment):
         for v in VARIANTS:
             res = results[v]
             loss = res.loss.numpy()
-            kept = best_of_fits(loss, spec.fits)
+            kept = best_of_fits(loss, spec.fits, res.diverged)
             W, b = res.W[kept], res.b[kept]
             kept_W[v], kept_b[v] = W.numpy(), b.numpy()
             norms = metrics.feature_norms(W).numpy()
@@ -92,7 +92,7 @@ class Basic(Experiment):
             # The m most important features, and only they, are represented.
             top_m[v] = [bool(r[:m].all() and not r[m:].any()) for r in rep]
             rows.append({"variant": [v] * len(loss), "density": np.repeat(DENSITIES, spec.fits),
-                         "fit": np.tile(np.arange(spec.fits), P), "final_loss": loss,
+                         "fit": np.tile(np.arange(spec.fits), P), "final_loss": loss, "diverged": res.diverged,
                          "kept": np.isin(np.arange(len(loss)), kept)})
             feats.append({"variant": [v] * (P * n), "density": np.repeat(DENSITIES, n),
                           "feature": np.tile(np.arange(n), P), "importance": np.tile(spec.importance(), P),

@@ -130,23 +130,27 @@ def dense_point(inv_density, d_star) -> tuple[float, float]:
     return float(inv_density[i]), float(np.asarray(d_star)[i])
 
 
-def analyse_weights(spec: DimensionalitySpec, W: torch.Tensor, loss: np.ndarray) -> tuple[dict, dict, dict]:
+def analyse_weights(spec: DimensionalitySpec, W: torch.Tensor, loss: np.ndarray,
+                    diverged: np.ndarray | None = None) -> tuple[dict, dict, dict]:
     """Per-instance, per-point and per-feature tables of a sweep.
 
-    W: (points * fits, m, n) trained weights, loss: (points * fits,) final losses, instance order.
+    W: (points * fits, m, n) trained weights, loss: (points * fits,) final losses, diverged: bool
+    (points * fits,) instances never kept (JobResult.diverged), all in instance order.
     The point and feature tables describe the kept (lowest-loss) fit of each density.
     """
     table = instance_table(spec)
     inv = spec.inv_density()
     d_star_all = metrics.dimensions_per_feature(W).numpy()
-    kept = best_of_fits(loss, spec.fits)
+    kept = best_of_fits(loss, spec.fits, diverged)
     Wk = W[torch.as_tensor(kept)]
     D = metrics.dimensionality(Wk).numpy()          # (points, n)
     norms = metrics.feature_norms(Wk).numpy()       # (points, n)
     d_star = d_star_all[kept]
     is_kept = np.zeros(len(loss), bool)
     is_kept[kept] = True
-    instances = {**table, "final_loss": np.asarray(loss, np.float64), "D_star": d_star_all, "kept": is_kept}
+    instances = {**table, "final_loss": np.asarray(loss, np.float64),
+                 "diverged": np.zeros(len(loss), bool) if diverged is None else np.asarray(diverged, bool),
+                 "D_star": d_star_all, "kept": is_kept}
     near = metrics.nearest_fraction(D)
     points = {"density_index": np.arange(spec.points), "density": 1.0 / inv, "inv_density": inv,
               "kept_instance": kept, "kept_fit": table["fit"][kept], "D_star": d_star,
@@ -206,7 +210,7 @@ class Dimensionality(Experiment):
     def analyse(self, spec, results, run_dir):
         res = results["models"]
         loss = res.loss.numpy()
-        instances, points, features = analyse_weights(spec, res.W, loss)
+        instances, points, features = analyse_weights(spec, res.W, loss, res.diverged)
         write_parquet(run_dir.root / "instances.parquet", instances)
         write_parquet(run_dir.root / "points.parquet", points)
         write_parquet(run_dir.root / "features.parquet", features)

@@ -73,7 +73,7 @@ class Intro(Experiment):
         res = results["models"]
         dens = spec.densities()
         loss = res.loss.numpy()
-        kept = best_of_fits(loss, spec.fits)
+        kept = best_of_fits(loss, spec.fits, res.diverged)
         W = res.W[kept]  # (points, m, n)
         norms = metrics.feature_norms(W).numpy()
         sup = metrics.superposition(W).numpy()
@@ -81,7 +81,7 @@ class Intro(Experiment):
         represented = (norms >= metrics.NORM_THRESHOLD).sum(1)
         write_parquet(run_dir.root / "instances.parquet", {
             "instance": np.arange(len(loss)), "density": np.repeat(dens, spec.fits),
-            "fit": np.tile(np.arange(spec.fits), spec.points), "final_loss": loss,
+            "fit": np.tile(np.arange(spec.fits), spec.points), "final_loss": loss, "diverged": res.diverged,
             "kept": np.isin(np.arange(len(loss)), kept)})
         P, n = norms.shape
         write_parquet(run_dir.root / "features.parquet", {

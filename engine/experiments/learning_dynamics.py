@@ -339,6 +339,7 @@ class LearningDynamics(Experiment):
         ]
         per_seed = [{"final_D_star": float(Ds[-1, k]), "max_D_star": float(Ds[:, k].max()),
                      "max_D_star_step": int(steps[np.argmax(Ds[:, k])]), "final_loss": float(res.loss[k]),
+                     "diverged": bool(res.diverged[k]),
                      "fraction_counts": metrics.fraction_counts(D[-1, k]),
                      "judged": jumps[k]["judged"], "jumping": jumps[k]["jumping"],
                      "line_changes": line_changes(D[:, k]),

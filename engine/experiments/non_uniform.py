@@ -51,8 +51,8 @@ NAME = "non-uniform"
 N_FEATURES, N_HIDDEN = 5, 2
 EVAL_STREAM = rng.STREAM_EVAL  # Philox stream of the evaluation sample (0: training data, 1: initialisation)
 
-GEOMETRIES = ("pentagon", "two digons", "other")
-PENTAGON, DIGONS, OTHER = 0, 1, 2
+GEOMETRIES = ("pentagon", "two digons", "other", "diverged")
+PENTAGON, DIGONS, OTHER, DIVERGED = 0, 1, 2, 3
 D_TOLERANCE = 0.05          # |D_i - 2/5| or |D_i - 1/2|: the two values are 0.1 apart
 ANTIPODAL_COSINE = -0.9     # a digon partner points the opposite way
 # The paper: the pentagon breaks when one feature is ~2.5x sparser than the others; accepted range.
@@ -147,6 +147,7 @@ def classify_geometry(W) -> tuple[np.ndarray, np.ndarray]:
             if paired and np.all(np.abs(dims[k][idx] - 1 / 2) <= D_TOLERANCE):
                 codes[k] = DIGONS
                 dropped[k] = int(np.flatnonzero(~rep[k])[0])
+    codes[~torch.isfinite(Wd.flatten(1)).all(1).numpy()] = DIVERGED  # NaN/inf weights: no geometry
     return codes, dropped
 
 
@@ -330,7 +331,7 @@ class NonUniform(Experiment):
         cond = conditional_losses(W, b, eval_sample(spec))  # (P * F, 32)
         everywhere = expected_losses(cond, probs)  # (P * F, P): every model on every point's distribution
         eval_loss = everywhere[np.arange(P * F), table["point_index"]]
-        kept = best_of_fits(eval_loss, F)
+        kept = best_of_fits(eval_loss, F, res.diverged)
         codes_all, dropped_all = classify_geometry(W)
         norms = metrics.feature_norms(W).numpy()
         dims = metrics.dimensionality(W).numpy()
@@ -360,7 +361,7 @@ class NonUniform(Experiment):
                   "digons_loss": dig, "digons_from_rel": np.where(dig_src >= 0, rel[dig_src], np.nan)}
         is_kept = np.zeros(P * F, bool)
         is_kept[kept] = True
-        instances = {**table, "train_loss": train_loss, "eval_loss": eval_loss,
+        instances = {**table, "train_loss": train_loss, "eval_loss": eval_loss, "diverged": res.diverged,
                      "geometry": [GEOMETRIES[g] for g in codes_all], "dropped_feature": dropped_all,
                      "represented": (norms > metrics.NORM_THRESHOLD).sum(1), "kept": is_kept}
         write_parquet(run_dir.root / "points.parquet", points)

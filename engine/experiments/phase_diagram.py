@@ -91,7 +91,7 @@ class PhaseDiagramSpec(CommonSpec):
 PROTOCOLS = ("drop-worst", "best")
 
 
-def kept_seeds(loss: np.ndarray, protocol: str) -> np.ndarray:
+def kept_seeds(loss: np.ndarray, protocol: str, diverged: np.ndarray | None = None) -> np.ndarray:
     """Which seeds of each grid point its phase is made from: bool (cells, seeds) from loss (cells, seeds).
 
     drop-worst: every seed but the one with the highest final loss (the paper's phase-diagram
@@ -100,15 +100,20 @@ def kept_seeds(loss: np.ndarray, protocol: str) -> np.ndarray:
         analytic theory describes (the paper keeps the best of many fits for other figures). Seeds
         that fall into a worse local minimum (3->2 near r = 1..3, where the competing solutions'
         losses differ by (r - 1) s^2 / 6) then do not outvote the one that found the optimum.
+    diverged: bool (cells, seeds), seeds never kept (NaN/inf loss counts as diverged too); the
+        protocols apply to the remaining seeds. A cell whose seeds all diverged keeps none.
     """
     cells, S = loss.shape
+    bad = ~np.isfinite(loss) if diverged is None else (~np.isfinite(loss) | np.asarray(diverged, bool))
+    good = ~bad
     if protocol == "best":
         kept = np.zeros((cells, S), bool)
-        kept[np.arange(cells), lowest_loss(loss)] = True
-        return kept
-    kept = np.ones((cells, S), bool)
-    if S > 1:
-        kept[np.arange(cells), np.argmax(loss, axis=1)] = False
+        kept[np.arange(cells), lowest_loss(loss, bad)] = True
+        return kept & good
+    kept = good.copy()
+    several = good.sum(1) > 1
+    worst = np.argmax(np.where(good, loss, -np.inf), axis=1)
+    kept[np.arange(cells)[several], worst[several]] = False
     return kept
 
 
@@ -129,12 +134,17 @@ def data_spec(spec: PhaseDiagramSpec, table: dict) -> DataSpec:
     return DataSpec(p, imp)
 
 
-def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray) -> tuple[dict, dict, float, dict]:
+def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray,
+            diverged: np.ndarray | None = None) -> tuple[dict, dict, float, dict]:
     """Per-instance and per-cell tables, the agreement with theory under the spec's protocol, and
     the agreement under every protocol (so a run answers both questions).
 
-    W: (K, m, n) trained weights, loss: (K,) final losses, in instance order.
+    W: (K, m, n) trained weights, loss: (K,) final losses, diverged: bool (K,) instances to leave
+    out (JobResult.diverged), in instance order. Agreement is over the cells with at least one
+    kept seed (NaN when every seed of every cell diverged); a cell with none is phase "diverged".
     """
+    if diverged is None:
+        diverged = np.zeros(loss.shape, bool)
     G, S = spec.grid, spec.seeds
     table = instance_table(spec)
     norm = metrics.feature_norms(W)[:, -1].numpy()
@@ -148,18 +158,26 @@ def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray) -> tuple[
     def cell_phases(kept):
         """Per cell: the phase of the kept seeds' mean norm and superposition, and the mean itself."""
         def cell_mean(v):
-            return (np.where(kept, v, 0.0).reshape(G * G, S).sum(1) / kept.reshape(G * G, S).sum(1))
+            n_kept = kept.reshape(G * G, S).sum(1)
+            total = np.where(kept, v, 0.0).reshape(G * G, S).sum(1)
+            return np.divide(total, n_kept, out=np.full(G * G, np.nan), where=n_kept > 0)  # NaN: none kept
         return metrics.classify(cell_mean(norm), cell_mean(sup)), cell_mean
 
+    def agreement_of(emp):
+        trained = emp != metrics.DIVERGED
+        return float(np.mean(emp[trained] == th[trained])) if trained.any() else float("nan")
+
+    cell_loss, cell_div = loss.reshape(G * G, S), np.asarray(diverged, bool).reshape(G * G, S)
     by_protocol = {}
     for protocol in PROTOCOLS:
-        emp, _ = cell_phases(kept_seeds(loss.reshape(G * G, S), protocol).ravel())
-        by_protocol[protocol] = float(np.mean(emp == th))
-    kept = kept_seeds(loss.reshape(G * G, S), spec.protocol).ravel()
+        emp, _ = cell_phases(kept_seeds(cell_loss, protocol, cell_div).ravel())
+        by_protocol[protocol] = agreement_of(emp)
+    kept = kept_seeds(cell_loss, spec.protocol, cell_div).ravel()
     empirical, cell_mean = cell_phases(kept)
     mean_norm, mean_sup = cell_mean(norm), cell_mean(sup)
     agreement = by_protocol[spec.protocol]
-    instances = {**table, "final_loss": loss, "extra_norm": norm,
+    phase = np.where(diverged, metrics.DIVERGED, phase)  # flagged: weights may be finite, loss not
+    instances = {**table, "final_loss": loss, "diverged": np.asarray(diverged, bool), "extra_norm": norm,
                  "extra_superposition": sup, "extra_dimensionality": dim, "phase": [metrics.PHASES[k] for k in phase],
                  "kept": kept}
     cells = {"density_index": di.ravel(), "importance_index": ri.ravel(), "density": d[di.ravel()],
@@ -167,7 +185,7 @@ def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray) -> tuple[
              "theory_phase": [metrics.PHASES[k] for k in th], "match": empirical == th,
              "mean_extra_norm": mean_norm, "mean_extra_superposition": mean_sup,
              "mean_extra_dimensionality": cell_mean(dim), "mean_final_loss": cell_mean(loss),
-             "seeds_kept": kept.reshape(G * G, S).sum(1)}
+             "seeds_kept": kept.reshape(G * G, S).sum(1), "seeds_diverged": cell_div.sum(1)}
     return instances, cells, agreement, by_protocol
 
 
@@ -194,7 +212,7 @@ class PhaseDiagram(Experiment):
     def analyse(self, spec, results, run_dir):
         res = results["models"]
         W, b, loss = res.W, res.b, res.loss.numpy()
-        instances, cells, agreement, by_protocol = analyse(spec, W, loss)
+        instances, cells, agreement, by_protocol = analyse(spec, W, loss, res.diverged)
         write_parquet(run_dir.root / "instances.parquet", instances)
         write_parquet(run_dir.root / "cells.parquet", cells)
         write_tensors(run_dir.root / "weights.safetensors", {"W": W, "b": b},
@@ -211,23 +229,36 @@ class PhaseDiagram(Experiment):
         sure = (cells["density"] <= 0.1) & (cells["rel_importance"] >= 0.5) & (cells["rel_importance"] <= 2)
         sparse_sup = float(np.mean(emp.ravel()[sure] == metrics.SUPERPOSITION)) if sure.any() else None
         want = 0.9 if spec.features == 2 else 0.8
-        checks = [check("agreement", f"the trained phase map matches the analytic one (at least {want:.0%} of cells)",
-                        agreement, agreement >= want, f">= {want}")]
+        n_div = int((emp == metrics.DIVERGED).sum())
+        over = f" of the {G * G - n_div} cells with a trained model" if n_div else ""
+        checks = [check("agreement", f"the trained phase map matches the analytic one (at least {want:.0%}{over})",
+                        _json_number(agreement), agreement >= want, f">= {want}")]
         if sparse_sup is not None:
             checks.append(check("sparse-superposition", "sparse features of comparable importance are stored in "
                                 "superposition (cells with density <= 0.1, r in [0.5, 2])", sparse_sup,
                                 sparse_sup >= 0.9, ">= 0.9 of those cells"))
-        return {"agreement": agreement, "protocol": spec.protocol, "agreement_by_protocol": by_protocol,
-                "grid_cells": G * G,
+        return {"agreement": _json_number(agreement), "protocol": spec.protocol,
+                "agreement_by_protocol": {k: _json_number(v) for k, v in by_protocol.items()},
+                "grid_cells": G * G, "cells_diverged": n_div,
                 "phase_counts": {p: int((emp == k).sum()) for k, p in enumerate(metrics.PHASES)},
                 "theory_phase_counts": {p: int((th == k).sum()) for k, p in enumerate(metrics.PHASES)},
                 "checks": checks}
 
     def report(self, spec, summary):
-        others = ", ".join(f"{p} {a:.3f}" for p, a in summary["agreement_by_protocol"].items() if p != spec.protocol)
-        return [f"phase diagram {spec.features}->{spec.features - 1}: {spec.grid}x{spec.grid} grid, {spec.seeds} seeds, "
-                f"{spec.n_instances} models x {spec.steps} steps on {summary['backend']}",
-                f"agreement with theory: {summary['agreement']:.3f} of grid cells (protocol {spec.protocol}; {others})"]
+        head = (f"phase diagram {spec.features}->{spec.features - 1}: {spec.grid}x{spec.grid} grid, {spec.seeds} seeds, "
+                f"{spec.n_instances} models x {spec.steps} steps on {summary['backend']}")
+        if summary["agreement"] is None:
+            return [head, "agreement with theory: none (every grid cell diverged)"]
+        others = ", ".join(f"{p} {a:.3f}" for p, a in summary["agreement_by_protocol"].items()
+                           if p != spec.protocol and a is not None)
+        where = f"of the {summary['grid_cells'] - summary['cells_diverged']} cells that trained" \
+            if summary["cells_diverged"] else "of grid cells"
+        return [head, f"agreement with theory: {summary['agreement']:.3f} {where} (protocol {spec.protocol}; {others})"]
+
+
+def _json_number(x: float) -> float | None:
+    """A float for summary.json, None for NaN (JSON has no NaN)."""
+    return None if x is None or not np.isfinite(x) else float(x)
 
 
 EXPERIMENT = PhaseDiagram()

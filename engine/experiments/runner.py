@@ -188,11 +188,13 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
                 log(f"note: this run was started on {recorded['backend']}; resuming on {plan['backend']} "
                     "(same data stream; results agree to float32 rounding)")
         results, timing = _train_jobs(exp, jobs, plan, run_dir, progress, log, checkpoint_every_s, threads)
+        diverged = report_diverged(results, log)
         analysis = exp.analyse(spec, results, run_dir)
         checks = analysis.pop("checks", [])
         summary = {"experiment": exp.name, **analysis, "checks": checks,
                    "checks_passed": sum(c["passed"] for c in checks), "checks_total": len(checks),
-                   "n_instances": sum(j.n_instances for j in jobs), "wall_seconds": time.perf_counter() - t0,
+                   "n_instances": sum(j.n_instances for j in jobs), "diverged_instances": diverged,
+                   "wall_seconds": time.perf_counter() - t0,
                    **timing, "backend": plan["backend"], "plan": plan, "preset": run_dir.recorded.get("preset"),
                    "environment": environment(plan["device"], threads),
                    "rerun": rerun_command(exp, spec, run_dir.root)}
@@ -203,6 +205,18 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
         return summary
     finally:
         run_dir.close()
+
+
+def report_diverged(results: dict, log) -> dict:
+    """{job: number of diverged instances (NaN/inf loss or weights)}; prints one line per job that
+    has any. The analyses flag them (column ``diverged``) and leave them out (JobResult.diverged)."""
+    counts = {name: int(res.diverged.sum()) for name, res in results.items()}
+    for name, n in counts.items():
+        if n:
+            K = len(res.loss) if (res := results[name]) is not None else 0
+            log(f"warning: {n} of {K} {name} instances diverged (NaN/inf loss or weights): flagged 'diverged' "
+                "in the tables and left out of the analysis (a lower --lr usually trains them)")
+    return counts
 
 
 TRAINING_RECORD = ("train_seconds", "compile_seconds", "instance_steps_trained", "instance_steps_per_second",
