@@ -69,7 +69,7 @@ def _common_options(exp) -> list[click.Option]:
                      help="auto (triton on a CUDA GPU, else cpu if numba is installed, else torch; a resumed run "
                           "keeps the backend it was started on), torch, triton or cpu."),
         click.Option(["--threads"], type=int, default=None, help="CPU threads of the cpu backend (default: all cores)."),
-        click.Option(["--out"], type=click.Path(path_type=Path), default=None,
+        click.Option(["--out"], type=str, default=None,
                      help=f"Run directory (default {exp.default_out(exp.make_spec(), '<preset>')}). Re-running the "
                           "same command resumes; --preset and --backend auto then keep what the run was started with."),
         click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Show a progress bar."),
@@ -110,6 +110,10 @@ def _run_experiment(exp, preset, backend, out, progress, threads, **options):
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
         given = {k: v for k, v in options.items() if v is not None}
+        if out is not None:
+            if not out.strip():  # '' would be the current directory, not a run directory
+                raise SpecError("--out", "a directory path (a run's own directory, not empty)", out)
+            out = Path(out)
         exp.make_spec(**given)  # validates every option given before any work
         backends.check_threads(threads)
         backend, preset, spec, out = _resolve(exp, preset, backend, given, out, log)

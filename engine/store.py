@@ -1,10 +1,14 @@
 """The run directory: spec.json, chunk checkpoints, Parquet tables, safetensors, summary.json.
 
-Every file is written to a temporary name and renamed into place, so an interrupted run never
-leaves a half-written file behind, and a finished chunk is never trained again.
+Every file is written to a temporary name, flushed to disk (fsync) and renamed into place, so an
+interrupted run (or a power loss) never leaves a half-written or empty file behind, and a finished
+chunk is never trained again. Every chunk and checkpoint carries in its metadata the hash of the
+spec and chunk that made it (``spec_hash``): a file another spec made is never mistaken for this
+one's, and a damaged file is named and retrained, never read as a result.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import SpecError
@@ -37,10 +42,25 @@ def _atomic(path: Path, write) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give results the mode any new file gets
+        _fsync(tmp)  # the data is on disk before the name points at it: no empty file after a power loss
         os.replace(tmp, path)
+        _fsync(path.parent)  # and the rename itself
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # a directory cannot be opened on some platforms (Windows): best effort
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj) -> None:
@@ -64,6 +84,36 @@ def write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> No
 
 def read_tensors(path: Path) -> dict:
     return load_file(str(path))
+
+
+def spec_hash(obj) -> str:
+    """A short stable hash of a JSON-able object (what made a chunk: spec identity, job, range, data stream)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class DamagedFile(ValueError):
+    """A run file that cannot be read, or does not hold what its name says. ``str()`` names the file."""
+
+
+def read_checked(path: Path, key: str) -> dict:
+    """The tensors of a chunk or checkpoint file whose metadata ``spec_hash`` is ``key``.
+
+    Raises FileNotFoundError if absent, DamagedFile if unreadable (truncated, empty, not
+    safetensors) and SpecMismatch if it was made by another spec (its hash differs)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types (header too small, truncated, ...)
+        raise DamagedFile(f"{path} is damaged ({str(e).strip() or type(e).__name__})") from None
+    if meta.get("spec_hash") != key:
+        raise SpecMismatch("--out", "a new directory or one made by the same options "
+                           f"({path} was made by another spec or chunk plan: its spec_hash is "
+                           f"{meta.get('spec_hash')!r}, this run's is {key!r})", str(path.parent.parent))
+    return tensors
 
 
 # spec.json entries that say how a run was set up, not what it computes: never compared on reopening.
@@ -122,6 +172,7 @@ class RunDir:
         except OSError as e:
             raise SpecError("--out", "a directory that can be created and written", f"{root}: {e.strerror}") from None
         run._lock = _lock(run.root / ".lock")
+        run._remove_orphans()
         try:
             run._check_spec(spec, root)
         except SpecError:
@@ -129,23 +180,42 @@ class RunDir:
             raise
         return run
 
+    def _remove_orphans(self) -> None:
+        """Temporary files of a writer killed mid-write (SIGKILL, power loss): never results, and
+        nobody else writes here while we hold the lock."""
+        for folder in (self.root, self.chunks):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
     def _check_spec(self, spec: dict, root) -> None:
         spec_path = self.root / "spec.json"
         if spec_path.exists():
             try:
                 old = json.loads(spec_path.read_text())
-            except ValueError:
-                raise SpecMismatch("--out", "a new directory or one made by this command (its spec.json is unreadable)",
-                                   str(root)) from None
+            except (ValueError, UnicodeDecodeError):
+                old = None
+            if not isinstance(old, dict):
+                raise SpecMismatch("--out", f"a new directory or one made by this command ({spec_path} is damaged: "
+                                   "not a spec; move the directory aside to start over)", str(root))
             new = json.loads(json.dumps(spec))
-            if not isinstance(old, dict) or {k: v for k, v in old.items() if k not in BOOKKEEPING} != \
+            if {k: v for k, v in old.items() if k not in BOOKKEEPING} != \
                     {k: v for k, v in new.items() if k not in BOOKKEEPING}:
-                diff = _first_difference(old, new) if isinstance(old, dict) else "its spec.json is not a spec"
-                raise SpecMismatch("--out", f"a new directory or one made by the same options ({diff})", str(root))
+                raise SpecMismatch("--out", f"a new directory or one made by the same options "
+                                   f"({_first_difference(old, new)})", str(root))
             self.recorded = old
         else:
+            others = sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+            if others:  # results of something else (or a run whose spec.json was deleted): never overwrite
+                raise SpecMismatch("--out", "a new or empty directory, or a run directory (this one has no spec.json "
+                                   f"but holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})", str(root))
             write_json(spec_path, spec)
             self.recorded = json.loads(json.dumps(spec))
+
+    def record_plan(self, plan: dict) -> None:
+        """Write a changed chunk plan into spec.json (only untrained chunks ever change)."""
+        self.recorded = {**self.recorded, "plan": json.loads(json.dumps(plan))}
+        write_json(self.root / "spec.json", self.recorded)
 
     def close(self) -> None:
         """Release the directory lock (also released when the process ends)."""
@@ -154,23 +224,24 @@ class RunDir:
             lock.close()
             self._lock = None
 
-    def chunk_path(self, index: int, job: str = "chunk") -> Path:
-        """The finished chunk ``index`` of ``job``."""
-        return self.chunks / f"{job}_{index:05d}.safetensors"
+    def chunk_path(self, job: str, start: int, stop: int) -> Path:
+        """The finished chunk of instances [start, stop) of ``job``."""
+        return self.chunks / f"{job}_{start:09d}-{stop:09d}.safetensors"
 
-    def partial_path(self, index: int, job: str = "chunk") -> Path:
+    def partial_path(self, job: str, start: int, stop: int) -> Path:
         """Mid-chunk checkpoint of a chunk still in training."""
-        return self.chunks / f"{job}_{index:05d}.partial.safetensors"
+        return self.chunks / f"{job}_{start:09d}-{stop:09d}.partial.safetensors"
 
-    def snapshot_path(self, index: int, job: str, step: int) -> Path:
+    def snapshot_path(self, job: str, start: int, stop: int, step: int) -> Path:
         """Parameters of a chunk in training after ``step`` steps (kept until the chunk is saved)."""
-        return self.chunks / f"{job}_{index:05d}.snapshot_{step:09d}.safetensors"
+        return self.chunks / f"{job}_{start:09d}-{stop:09d}.snapshot_{step:09d}.safetensors"
 
-    def has_chunk(self, index: int, job: str = "chunk") -> bool:
-        return self.chunk_path(index, job).exists()
-
-    def save_chunk(self, index: int, tensors: dict, job: str = "chunk") -> None:
-        write_tensors(self.chunk_path(index, job), tensors)
-
-    def load_chunk(self, index: int, job: str = "chunk") -> dict:
-        return read_tensors(self.chunk_path(index, job))
+    def chunk_files(self, job: str) -> dict[tuple[int, int], Path]:
+        """Finished chunk files of ``job`` on disk: {(start, stop): path} (validity not checked)."""
+        found = {}
+        for path in self.chunks.glob(f"{job}_*-*.safetensors"):
+            rng = path.name[len(job) + 1:-len(".safetensors")]
+            a, sep, b = rng.partition("-")
+            if sep and a.isdigit() and b.isdigit():
+                found[(int(a), int(b))] = path
+        return found

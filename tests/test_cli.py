@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(backends, "train_chunk_fn", lambda name: flaky)
     code, _, err = run_cli([*args, "--out", str(tmp_path / "cut")], capsys)
     assert code == 130 and "resume" in err
-    assert len(list((tmp_path / "cut/chunks").glob("models_?????.safetensors"))) == 2
+    assert len(list((tmp_path / "cut/chunks").glob("models_?????????-?????????.safetensors"))) == 2
     monkeypatch.setattr(backends, "train_chunk_fn", lambda name: real)
     code, _, err = run_cli([*args, "--out", str(tmp_path / "cut")], capsys)
     assert code == 0 and "resuming: 2 of 5 chunks" in err
@@ -116,11 +116,11 @@ def test_killed_process_loses_no_finished_chunk(tmp_path):
            "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("chunks/models_?????.safetensors"))) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(list(out.glob("chunks/models_?????????-?????????.safetensors"))) < 2 and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in out.glob("chunks/models_?????.safetensors"))
+    done = sorted(p.name for p in out.glob("chunks/models_?????????-?????????.safetensors"))
     assert done and not list(out.glob("chunks/*.tmp"))
     before = {n: (out / "chunks" / n).read_bytes() for n in done}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -211,8 +211,8 @@ def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(reference, "train_step", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None, checkpoint_every_s=0)
-    partial = tmp_path / "cut/chunks/models_00001.partial.safetensors"
-    assert partial.exists() and (tmp_path / "cut/chunks/models_00000.safetensors").exists()
+    partial = tmp_path / "cut/chunks/models_000000004-000000008.partial.safetensors"
+    assert partial.exists() and (tmp_path / "cut/chunks/models_000000000-000000004.safetensors").exists()
     monkeypatch.setattr(reference, "train_step", real)
     summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None)
     assert not partial.exists()

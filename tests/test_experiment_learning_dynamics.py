@@ -230,7 +230,7 @@ def test_snapshots_survive_a_kill_inside_a_chunk(backend, tmp_path, monkeypatch)
     monkeypatch.setattr(module, name, dies_midway)
     with pytest.raises(KeyboardInterrupt):
         runner.run(ld.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None, checkpoint_every_s=0)
-    chunk = "models_00001" if backend == "torch" else "models_00000"
+    chunk = "models_000000001-000000002" if backend == "torch" else "models_000000000-000000002"
     assert (tmp_path / f"cut/chunks/{chunk}.partial.safetensors").exists()
     assert list((tmp_path / "cut/chunks").glob(f"{chunk}.snapshot_*"))  # some snapshots saved before the kill
     monkeypatch.setattr(module, name, real)

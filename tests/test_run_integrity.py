@@ -79,3 +79,112 @@ def test_best_of_fits_never_picks_a_diverged_fit_even_with_a_finite_loss():
     diverged = np.array([True, False, False, False])  # e.g. weights NaN after the last update
     assert best_of_fits(loss, 2, diverged).tolist() == [1, 3]
     assert best_of_fits(loss, 2).tolist() == [0, 3]
+
+
+# --- Findings 2-4 and 6 of the hostile test: each failed on the code before the fix. ---------------
+
+TINY = ["--grid", "3", "--seeds", "2", "--steps", "30", "--batch-size", "16", "--backend", "torch", "--no-progress"]
+
+
+def run_cli(args, capsys):
+    from engine.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["run", "phase-diagram", *args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def _weights(path):
+    w = load_file(str(path / "weights.safetensors"))
+    return w["W"], w["b"]
+
+
+def test_chunks_of_another_spec_are_never_reported_as_this_ones(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    spec_path = tmp_path / "r/spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec["seed"] = 1  # edit spec.json to say another seed made these chunks
+    spec_path.write_text(json.dumps(spec))
+    code, _, err = run_cli([*TINY, "--seed", "1", "--out", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "models_000000000-000000003.safetensors" in err and "another spec" in err
+
+
+def test_a_directory_without_spec_json_is_never_overwritten(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    (tmp_path / "r/spec.json").unlink()
+    before = (tmp_path / "r/summary.json").read_bytes()
+    code, _, err = run_cli([*TINY, "--seed", "3", "--out", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no spec.json" in err, err
+    assert (tmp_path / "r/summary.json").read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/cells.parquet").write_text("someone's results")
+    code, _, err = run_cli([*TINY, "--out", str(tmp_path / "other")], capsys)
+    assert code == 2 and "cells.parquet" in err
+    assert (tmp_path / "other/cells.parquet").read_text() == "someone's results"
+
+
+def test_out_empty_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli([*TINY, "--out", ""], capsys)
+    assert code == 2 and "--out: must be a directory path" in err and list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_chunk_is_named_and_retrained(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    W0, b0 = _weights(tmp_path / "r")
+    chunks = sorted((tmp_path / "r/chunks").glob("*.safetensors"))
+    chunks[0].write_bytes(b"")                                # empty (as after a power loss)
+    chunks[1].write_bytes(chunks[1].read_bytes()[:-40])      # truncated
+    code, _, err = run_cli([*TINY, "--out", out], capsys)
+    assert code == 0, err
+    assert f"{chunks[0].name} is damaged" in err and f"{chunks[1].name} is damaged" in err
+    W1, b1 = _weights(tmp_path / "r")
+    assert torch.equal(W0, W1) and torch.equal(b0, b1)
+
+
+def test_damaged_or_impossible_checkpoints_are_discarded(tmp_path):
+    """A truncated checkpoint, and one whose step is past the end (accepted before: negative
+    throughput), are named and discarded; the chunk retrains from its start to the same result."""
+    spec = pd.PhaseDiagramSpec(grid=2, seeds=1, steps=30, batch_size=16, backend="torch", chunk_size=4)
+    whole = runner.run(pd.EXPERIMENT, spec, tmp_path / "r", **QUIET)
+    W0, b0 = _weights(tmp_path / "r")
+    chunk = next((tmp_path / "r/chunks").glob("*.safetensors"))
+    meta_key = runner.chunk_key(pd.EXPERIMENT.identity(spec), "models", 0, 4, "torch-cpu")
+    tensors = load_file(str(chunk))
+    from engine.store import write_tensors
+    partial = chunk.with_name(chunk.name.replace(".safetensors", ".partial.safetensors"))
+    for damage in ("past-end", "truncated"):
+        write_tensors(partial, {**tensors, "next_step": torch.tensor(35)}, metadata={"spec_hash": meta_key})
+        if damage == "truncated":
+            partial.write_bytes(partial.read_bytes()[:50])
+        chunk.unlink()
+        logs = []
+        summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "r", progress=False, log=logs.append)
+        assert any("discarded a checkpoint" in m and partial.name in m for m in logs), logs
+        assert summary["instance_steps_trained"] == 4 * 30 and summary["instance_steps_per_second"] > 0
+        W1, b1 = _weights(tmp_path / "r")
+        assert torch.equal(W0, W1) and torch.equal(b0, b1) and not partial.exists()
+    assert whole["chunks_trained"] == 1
+
+
+def test_a_spec_json_holding_null_is_named(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    (tmp_path / "r/spec.json").write_text("null")
+    code, _, err = run_cli([*TINY, "--out", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "spec.json is damaged" in err, err
+
+
+def test_orphan_temporary_files_are_removed(tmp_path, capsys):
+    """A writer killed by SIGKILL between write and rename leaves .<name>.tmp behind."""
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    orphan = tmp_path / "r/chunks/.models_000000000-000000003.safetensorsabc.tmp"
+    orphan.write_bytes(b"half a chunk")
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    assert not orphan.exists()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.errors import SpecError
-from engine.store import RunDir, SpecMismatch, write_parquet, write_tensors, read_tensors
+from engine.store import RunDir, SpecMismatch, read_checked, read_tensors, write_parquet, write_tensors
 
 
 def test_run_dir_keeps_its_spec_and_refuses_another(tmp_path):
@@ -14,9 +14,11 @@ def test_run_dir_keeps_its_spec_and_refuses_another(tmp_path):
     with pytest.raises(SpecMismatch, match="a is 1 there but 2 here"):
         RunDir.open(tmp_path / "r", {"a": 2, "b": [1, 2]})
     run = RunDir.open(tmp_path / "r", {"a": 1, "b": [1, 2]})  # same spec: reopen to resume
-    run.save_chunk(3, {"W": torch.ones(2, 3)})
-    assert run.has_chunk(3) and not run.has_chunk(2)
-    assert torch.equal(run.load_chunk(3)["W"], torch.ones(2, 3))
+    write_tensors(run.chunk_path("m", 3, 5), {"W": torch.ones(2, 3)}, metadata={"spec_hash": "k"})
+    assert list(run.chunk_files("m")) == [(3, 5)] and run.chunk_files("other") == {}
+    assert torch.equal(read_checked(run.chunk_path("m", 3, 5), "k")["W"], torch.ones(2, 3))
+    with pytest.raises(SpecMismatch, match="another spec"):
+        read_checked(run.chunk_path("m", 3, 5), "other key")
 
 
 def test_unwritable_directory_is_a_spec_error(tmp_path):

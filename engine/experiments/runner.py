@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .. import backends
 from ..checkpoint import Checkpoint, next_step
 from ..errors import SpecError
-from ..store import RunDir, read_tensors, write_json, write_tensors, write_text
+from ..store import DamagedFile, RunDir, read_checked, spec_hash, write_json, write_tensors, write_text
 from ..train import default_chunk_size, plan_chunks
 from .base import FUSED_BACKENDS, Experiment, Job, JobResult, option_name
 
@@ -48,17 +48,37 @@ def auto_chunk_size(job: Job, backend: str, device: str) -> int:
 
 
 def make_plan(spec, jobs: list[Job]) -> dict:
-    """The chunk plan this machine would choose for a new run of ``spec``."""
+    """The chunk plan this machine would choose for a new run of ``spec``: backend, device, data
+    stream, chunk size per job and the chunks themselves, {job: [[start, stop], ...]}."""
     device = backends.default_device(spec.backend)
+    sizes = {j.name: spec.chunk_size or auto_chunk_size(j, spec.backend, device) for j in jobs}
     return {"backend": spec.backend, "device": device, "data_stream": data_stream(spec.backend, device),
-            "chunk_size": {j.name: spec.chunk_size or auto_chunk_size(j, spec.backend, device) for j in jobs}}
+            "chunk_size": sizes, "chunks": {j.name: [list(c) for c in plan_chunks(j.n_instances, sizes[j.name])]
+                                            for j in jobs}}
 
 
-def reconcile_plan(recorded: dict, proposed: dict, spec) -> dict:
+def replan(n_instances: int, size: int, trained: list) -> list[list[int]]:
+    """Chunks covering range(n_instances): the ``trained`` [start, stop) ranges as they are, every
+    gap between them cut into chunks of ``size``."""
+    out, at = [], 0
+    for a, b in sorted(map(tuple, trained)) + [(n_instances, n_instances)]:
+        out += [[s, min(s + size, a)] for s in range(at, a, size)]
+        if a < b:
+            out.append([a, b])
+        at = b
+    return out
+
+
+def reconcile_plan(recorded: dict, proposed: dict, spec, trained: dict | None = None) -> dict:
     """The plan a resumed run trains with: the recorded one, on this invocation's backend when that
-    draws the same data. Raises SpecError naming the option when the two cannot be reconciled."""
+    draws the same data. An explicit chunk size that differs from the recorded one re-plans the
+    chunks not yet trained (``trained``: {job: [[start, stop], ...]} already on disk) and keeps the
+    trained ones. Raises SpecError naming the option when the two cannot be reconciled."""
     if not recorded:
         return proposed
+    if "chunks" not in recorded:
+        raise SpecError("--out", "a run directory made by this version of supbench (this one predates chunk "
+                                 "hashes; start a new --out)", spec.backend)
     if recorded["data_stream"] != proposed["data_stream"]:
         was = recorded["backend"]
         if recorded["data_stream"] == "philox" or proposed["data_stream"] == "philox":
@@ -68,13 +88,22 @@ def reconcile_plan(recorded: dict, proposed: dict, spec) -> dict:
         if recorded["data_stream"] == "torch-cuda" and not torch.cuda.is_available():
             raise SpecError("--out", "a run this machine can resume (it was started on the torch backend on a "
                                      "CUDA GPU, whose data stream needs one)", spec.backend)
-    if spec.chunk_size and any(size != spec.chunk_size for size in recorded["chunk_size"].values()):
-        sizes = sorted(set(recorded["chunk_size"].values()))
-        raise SpecError("chunk_size", f"{' or '.join(map(str, sizes))} on this run directory (the chunk plan "
-                                      "recorded in spec.json; it cannot change once the run has started)",
-                        spec.chunk_size)
     device = recorded["device"] if recorded["backend"] == "torch" else proposed["device"]
-    return {**recorded, "backend": spec.backend, "device": device}
+    plan = {**recorded, "backend": spec.backend, "device": device,
+            "chunk_size": dict(recorded["chunk_size"]), "chunks": {k: [list(c) for c in v] for k, v in recorded["chunks"].items()}}
+    if spec.chunk_size:
+        for job, size in recorded["chunk_size"].items():
+            if size != spec.chunk_size:
+                n = recorded["chunks"][job][-1][1] if recorded["chunks"][job] else 0
+                plan["chunk_size"][job] = spec.chunk_size
+                plan["chunks"][job] = replan(n, spec.chunk_size, (trained or {}).get(job, []))
+    return plan
+
+
+def chunk_key(identity: dict, job: str, start: int, stop: int, stream: str) -> str:
+    """The spec hash every file of one chunk carries: what it computes (the run's identity), which
+    instances, and the data stream they were drawn from (cpu and triton share one)."""
+    return spec_hash({"identity": identity, "job": job, "range": [start, stop], "data_stream": stream})
 
 
 def environment(device: str, threads: int | None = None) -> dict:
@@ -95,22 +124,128 @@ def environment(device: str, threads: int | None = None) -> dict:
     return env
 
 
-def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, progress: bool, log,
-                checkpoint_every_s: float, threads: int | None) -> tuple[dict, dict]:
-    """Train every chunk not already in the run directory; returns (results per job, timing)."""
+class ChunkStore:
+    """The chunks of one run directory: which are trained (every file validated: readable, this
+    spec's hash, the right number of instances), saving new ones once, loading a job's results.
+
+    identity: the run's identity (Experiment.identity); stream: the plan's data stream.
+    """
+
+    def __init__(self, run: RunDir, jobs: list[Job], identity: dict, stream: str, log):
+        self.run, self.identity, self.stream, self.log = run, identity, stream, log
+        self.jobs = {j.name: j for j in jobs}
+        self.loaded: dict[tuple[str, int, int], dict] = {}
+
+    def key(self, job: str, start: int, stop: int) -> str:
+        return chunk_key(self.identity, job, start, stop, self.stream)
+
+    def scan(self) -> dict:
+        """Validate every finished chunk file on disk: {job: [[start, stop], ...]} of the good ones.
+        A damaged file is named, deleted and so retrained; another spec's file is refused
+        (SpecMismatch): the directory mixes two runs."""
+        trained = {}
+        for name in self.jobs:
+            trained[name] = []
+            for (a, b), path in sorted(self.run.chunk_files(name).items()):
+                if self._read(name, a, b, path) is not None:
+                    trained[name].append([a, b])
+        return trained
+
+    def _read(self, job: str, a: int, b: int, path: Path) -> dict | None:
+        try:
+            tensors = read_checked(path, self.key(job, a, b))
+            if tensors["W"].shape[0] != b - a or tuple(tensors["loss"].shape) != (b - a,):
+                raise DamagedFile(f"{path} holds {tuple(tensors['W'].shape)} weights, not {b - a} instances")
+        except (DamagedFile, KeyError) as e:
+            self.log(f"warning: {e if isinstance(e, DamagedFile) else f'{path} is damaged (no {e})'}; retraining it")
+            path.unlink(missing_ok=True)
+            return None
+        self.loaded[(job, a, b)] = tensors
+        return tensors
+
+    def has(self, job: str, a: int, b: int) -> bool:
+        return (job, a, b) in self.loaded
+
+    def save(self, job: str, a: int, b: int, tensors: dict) -> bool:
+        """Write a finished chunk once; False (and nothing written) when it is already there, e.g. a
+        retried task's duplicate completion."""
+        if self.has(job, a, b):
+            return False
+        write_tensors(self.run.chunk_path(job, a, b), tensors, metadata={"spec_hash": self.key(job, a, b)})
+        self.loaded[(job, a, b)] = tensors
+        return True
+
+    def result(self, job: Job, chunks: list) -> JobResult:
+        parts = [self.loaded[(job.name, a, b)] for a, b in chunks]
+        cat = lambda key, dim=0: torch.cat([p[key] for p in parts], dim=dim) if key in parts[0] else None  # noqa: E731
+        return JobResult(cat("W"), cat("b"), cat("loss"), cat("history", 1), tuple(job.snapshot_steps),
+                         cat("W_snapshots", 1), cat("b_snapshots", 1))
+
+
+def chunk_inputs(job: Job, start: int, stop: int) -> dict:
+    """What a backend's train_chunk needs for instances [start, stop) of ``job`` (no run directory)."""
+    return dict(model=job.model, p=job.data.feature_probability[start:stop], importance=job.data.importance[start:stop],
+                train=job.train, first_instance=start, history_every=job.history_every)
+
+
+def train_one(fn, job: Job, start: int, stop: int, device: str, on_step=None, checkpoint=None,
+              on_snapshot=None, snapshots: dict | None = None) -> dict:
+    """Train one chunk; the tensors its file holds (W, b, loss, history?, W/b_snapshots?).
+    snapshots: {step: {"W", "b"}} recorded before a resume (the rest come through on_snapshot)."""
+    got = dict(snapshots or {})
+
+    def keep(t, W, b):
+        got[t] = {"W": W, "b": b}
+        if on_snapshot is not None:
+            on_snapshot(t, W, b)
+
+    inp = chunk_inputs(job, start, stop)
+    W, b, loss, hist = fn(inp["model"], inp["p"], inp["importance"], inp["train"], start, device=device,
+                          history_every=job.history_every, on_step=on_step, checkpoint=checkpoint,
+                          snapshot_steps=job.snapshot_steps, on_snapshot=keep if job.snapshot_steps else None)
+    tensors = {"W": W, "b": b, "loss": loss}
+    if hist is not None:
+        tensors["history"] = hist
+    if job.snapshot_steps:
+        tensors["W_snapshots"] = torch.stack([got[t]["W"] for t in job.snapshot_steps])
+        tensors["b_snapshots"] = torch.stack([got[t]["b"] for t in job.snapshot_steps])
+    return tensors
+
+
+def _restored_snapshots(run: RunDir, store: ChunkStore, job: Job, a: int, b: int, ckpt: Checkpoint) -> dict:
+    """Snapshots saved before a chunk's checkpoint; if one is missing or bad, the checkpoint is
+    discarded too (the chunk then trains from its start and records every snapshot again)."""
+    saved = ckpt.load()
+    step, key, got = next_step(saved), store.key(job.name, a, b), {}
+    for t in job.snapshot_steps:
+        path = run.snapshot_path(job.name, a, b, t)
+        if t <= step and saved is not None:
+            try:
+                got[t] = read_checked(path, key)
+                continue
+            except (FileNotFoundError, DamagedFile, SpecError):
+                store.log(f"warning: snapshot {path.name} missing or damaged; chunk {job.name} [{a}, {b}) "
+                          "trains from its start")
+                ckpt.remove()
+                return _restored_snapshots(run, store, job, a, b, ckpt)
+        path.unlink(missing_ok=True)  # a snapshot after the checkpoint is recorded again
+    return got
+
+
+OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError) if hasattr(torch, "OutOfMemoryError") else (MemoryError,)
+
+
+def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store: ChunkStore, progress: bool,
+                log, checkpoint_every_s: float, threads: int | None) -> tuple[dict, dict]:
+    """Train every chunk of the plan not already in the run directory; returns (results per job,
+    timing). A chunk that runs out of memory is split in two (recorded in spec.json's plan) and retried."""
     backend, device = plan["backend"], plan["device"]
     fn = backends.train_chunk_fn(backend)
-    chunks = {j.name: plan_chunks(j.n_instances, plan["chunk_size"][j.name]) for j in jobs}
-    todo = [(j, i) for j in jobs for i in range(len(chunks[j.name])) if not run.has_chunk(i, j.name)]
-    n_chunks = sum(len(c) for c in chunks.values())
+    todo = [(j, a, b) for j in jobs for a, b in plan["chunks"][j.name] if not store.has(j.name, a, b)]
+    n_chunks = sum(len(plan["chunks"][j.name]) for j in jobs)
     if len(todo) < n_chunks:
         log(f"resuming: {n_chunks - len(todo)} of {n_chunks} chunks already trained in {run.root}")
-    for j in jobs:  # a partial (or snapshot) of a chunk that was saved is stale
-        for i in range(len(chunks[j.name])):
-            if run.has_chunk(i, j.name):
-                run.partial_path(i, j.name).unlink(missing_ok=True)
-                for old in run.chunks.glob(f"{j.name}_{i:05d}.snapshot_*"):
-                    old.unlink()
+    _remove_stale(run, jobs, plan, store)
     compile_seconds = 0.0
     if backend == "cpu" and todo:
         from .. import cpu_backend
@@ -118,53 +253,69 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, progr
         compile_seconds = cpu_backend.compile()
         if compile_seconds > 2:
             log(f"cpu backend: compiled the training loop in {compile_seconds:.0f} s (cached on disk from now on)")
-    total = sum((chunks[j.name][i][1] - chunks[j.name][i][0]) * j.train.steps for j, i in todo)
-    instance_steps, seconds = total, 0.0
+    total = sum((b - a) * j.train.steps for j, a, b in todo)
+    instance_steps, seconds, trained = total, 0.0, 0
     with tqdm(total=total, unit="inst-step", unit_scale=True, disable=not progress,
               desc=f"{exp.name} [{backend}]") as bar:
-        for job, i in todo:
-            start, stop = chunks[job.name][i]
-            k = stop - start
-            ckpt = Checkpoint(run.partial_path(i, job.name), checkpoint_every_s)
-            instance_steps -= next_step(ckpt.load()) * k  # restored, not trained now
-            t0 = time.perf_counter()
-            W, b, loss, hist = fn(job.model, job.data.feature_probability[start:stop],
-                                  job.data.importance[start:stop], job.train, start, device=device,
-                                  history_every=job.history_every, on_step=lambda s, k=k: bar.update(s * k),
-                                  checkpoint=ckpt, snapshot_steps=job.snapshot_steps,
-                                  on_snapshot=lambda t, W, b, job=job, i=i: _save_snapshot(run, job, i, t, W, b))
+        while todo:
+            job, a, b = todo.pop(0)
+            key = store.key(job.name, a, b)
+            ckpt = Checkpoint(run.partial_path(job.name, a, b), checkpoint_every_s, key=key, steps=job.train.steps,
+                              on_discard=log)
+            snaps = _restored_snapshots(run, store, job, a, b, ckpt)
+            done_before = next_step(ckpt.load())
+            instance_steps -= done_before * (b - a)  # restored, not trained now
+            t0, progressed = time.perf_counter(), [0]
+
+            def on_step(s, k=b - a, progressed=progressed):
+                progressed[0] += s * k
+                bar.update(s * k)
+            try:
+                tensors = train_one(fn, job, a, b, device, on_step=on_step,
+                                    checkpoint=ckpt, snapshots=snaps,
+                                    on_snapshot=lambda t, W, b_, job=job, a=a, b=b: write_tensors(
+                                        run.snapshot_path(job.name, a, b, t), {"W": W, "b": b_},
+                                        metadata={"spec_hash": store.key(job.name, a, b)}))
+            except OUT_OF_MEMORY:
+                if b - a == 1:
+                    raise SpecError("--out", "a run whose models fit in memory (one instance of "
+                                             f"{job.name} alone ran out of memory on {device})") from None
+                mid = (a + b) // 2
+                chunks = plan["chunks"][job.name]
+                k = chunks.index([a, b])
+                chunks[k:k + 1] = [[a, mid], [mid, b]]
+                run.record_plan(plan)
+                ckpt.remove()
+                log(f"chunk {job.name} [{a}, {b}) ran out of memory on {device}: split in two and retried "
+                    "(the new plan is recorded in spec.json)")
+                instance_steps += done_before * (b - a)
+                bar.total += progressed[0]  # the halves train those steps again
+                bar.refresh()
+                todo[:0] = [(job, a, mid), (job, mid, b)]
+                continue
             seconds += time.perf_counter() - t0
-            tensors = {"W": W, "b": b, "loss": loss}
-            if hist is not None:
-                tensors["history"] = hist
-            if job.snapshot_steps:
-                snaps = [read_tensors(run.snapshot_path(i, job.name, t)) for t in job.snapshot_steps]
-                tensors["W_snapshots"] = torch.stack([s["W"] for s in snaps])
-                tensors["b_snapshots"] = torch.stack([s["b"] for s in snaps])
-            run.save_chunk(i, tensors, job.name)
+            store.save(job.name, a, b, tensors)
+            trained += 1
             ckpt.remove()  # after the chunk is safe: a kill in between leaves a stale partial, ignored
             for t in job.snapshot_steps:
-                run.snapshot_path(i, job.name, t).unlink(missing_ok=True)
-    results = {j.name: _load_job(run, j, len(chunks[j.name])) for j in jobs}
-    timing = {"n_chunks": n_chunks, "chunks_trained": len(todo), "chunks_resumed": n_chunks - len(todo),
+                run.snapshot_path(job.name, a, b, t).unlink(missing_ok=True)
+    n_chunks = sum(len(plan["chunks"][j.name]) for j in jobs)
+    results = {j.name: store.result(j, plan["chunks"][j.name]) for j in jobs}
+    timing = {"n_chunks": n_chunks, "chunks_trained": trained, "chunks_resumed": n_chunks - trained,
               "train_seconds": seconds, "compile_seconds": compile_seconds, "instance_steps_trained": instance_steps,
               "instance_steps_per_second": instance_steps / seconds if seconds else None}
     return results, timing
 
 
-def _save_snapshot(run: RunDir, job: Job, index: int, step: int, W, b) -> None:
-    write_tensors(run.snapshot_path(index, job.name, step), {"W": W, "b": b})
-
-
-def _load_job(run: RunDir, job: Job, n_chunks: int) -> JobResult:
-    parts = [run.load_chunk(i, job.name) for i in range(n_chunks)]
-    cat = lambda key, dim=0: torch.cat([p[key] for p in parts], dim=dim) if key in parts[0] else None  # noqa: E731
-    res = JobResult(cat("W"), cat("b"), cat("loss"), cat("history", 1), tuple(job.snapshot_steps),
-                    cat("W_snapshots", 1), cat("b_snapshots", 1))
-    if res.W.shape[0] != job.n_instances:
-        raise SpecError("--out", f"a run directory whose chunks hold {job.n_instances} {job.name} instances "
-                                 f"(they hold {res.W.shape[0]})", str(run.root))
-    return res
+def _remove_stale(run: RunDir, jobs: list[Job], plan: dict, store: ChunkStore) -> None:
+    """Checkpoints and snapshots of chunks that are trained or no longer in the plan."""
+    for j in jobs:
+        live = {(a, b) for a, b in plan["chunks"][j.name] if not store.has(j.name, a, b)}
+        for path in run.chunks.glob(f"{j.name}_*-*.*.safetensors"):
+            rng = path.name[len(j.name) + 1:].split(".")[0]
+            a, _, b = rng.partition("-")
+            if a.isdigit() and b.isdigit() and (int(a), int(b)) not in live:
+                path.unlink(missing_ok=True)
 
 
 def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, checkpoint_every_s: float = 30.0,
@@ -177,17 +328,26 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
     jobs = exp.jobs(spec)
     proposed = make_plan(spec, jobs)
     analysis = {k: getattr(spec, k) for k in exp.analysis_fields}
-    run_dir = RunDir.open(out, {**exp.identity(spec), "preset": preset, "analysis": analysis, "plan": proposed})
+    identity = exp.identity(spec)
+    run_dir = RunDir.open(out, {**identity, "preset": preset, "analysis": analysis, "plan": proposed})
     try:
         recorded = run_dir.recorded["plan"]
-        if _all_trained(run_dir, jobs, recorded):
+        if "chunks" not in recorded:
+            reconcile_plan(recorded, proposed, spec)  # refuses a directory of an older format
+        store = ChunkStore(run_dir, jobs, identity, recorded["data_stream"], log)
+        trained = store.scan()
+        if all(store.has(j.name, a, b) for j in jobs for a, b in recorded["chunks"][j.name]):
             plan = recorded  # nothing to train: analyse what is there, whatever this machine could train
         else:
-            plan = reconcile_plan(recorded, proposed, spec)
+            plan = reconcile_plan(recorded, proposed, spec, trained)
+            if plan["chunks"] != recorded["chunks"]:
+                log("note: the chunks not yet trained are re-planned at --chunk-size "
+                    f"{spec.chunk_size} (recorded in spec.json)")
+                run_dir.record_plan({**recorded, "chunk_size": plan["chunk_size"], "chunks": plan["chunks"]})
             if plan["backend"] != recorded["backend"]:
                 log(f"note: this run was started on {recorded['backend']}; resuming on {plan['backend']} "
                     "(same data stream; results agree to float32 rounding)")
-        results, timing = _train_jobs(exp, jobs, plan, run_dir, progress, log, checkpoint_every_s, threads)
+        results, timing = _train_jobs(exp, jobs, plan, run_dir, store, progress, log, checkpoint_every_s, threads)
         diverged = report_diverged(results, log)
         analysis = exp.analyse(spec, results, run_dir)
         checks = analysis.pop("checks", [])
@@ -234,11 +394,6 @@ def _keep_training_record(summary: dict, path: Path) -> None:
         return
     summary["reanalysis"] = {k: summary[k] for k in ("wall_seconds", "environment")}
     summary.update({k: old[k] for k in TRAINING_RECORD if k in old})
-
-
-def _all_trained(run: RunDir, jobs: list[Job], plan: dict) -> bool:
-    return all(run.has_chunk(i, j.name) for j in jobs
-               for i in range(len(plan_chunks(j.n_instances, plan["chunk_size"][j.name]))))
 
 
 def recorded_run(out: Path) -> dict:
