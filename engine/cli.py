@@ -16,7 +16,7 @@ import click
 
 from . import backends
 from .errors import BackendUnavailable, SpecError, UnsupportedShape
-from .experiments import EXPERIMENTS, runner
+from .experiments import EXPERIMENTS, memory, runner
 from .experiments.base import CommonSpec, default_preset, option_name, spec_fields
 
 
@@ -76,6 +76,10 @@ def _common_options(exp) -> list[click.Option]:
     ]
 
 
+# SpecError fields that name no option (the whole run's memory): printed as they are, not as --memory.
+NOT_OPTIONS = ("memory",)
+
+
 def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, log):
     """(backend, preset name, spec, out) for the options given, auto backend and preset resolved.
 
@@ -95,6 +99,8 @@ def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, lo
         except BackendUnavailable:
             pass
     spec = exp.make_spec(**{**exp.presets[name], **given, "backend": backend})
+    # Before anything is built: a sweep too big for this machine is refused with the figure.
+    memory.check_fits(exp.job_sizes(spec), spec, backend, backends.default_device(backend))
     if requested == "auto" and backend == "triton":  # the GPU self-test, for every model the run trains
         for job in exp.jobs(spec):
             fallback = backends.resolve("auto", job.model, job.train, log=log)
@@ -119,7 +125,8 @@ def _run_experiment(exp, preset, backend, out, progress, threads, **options):
         backend, preset, spec, out = _resolve(exp, preset, backend, given, out, log)
         summary = runner.run(exp, spec, out, progress=progress, log=log, threads=threads, preset=preset)
     except SpecError as e:
-        raise UserError(f"{option_name(e.field)}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
+        name = e.field if e.field in NOT_OPTIONS else option_name(e.field)
+        raise UserError(f"{name}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
     except (BackendUnavailable, UnsupportedShape) as e:
         raise UserError(str(e))
     except KeyboardInterrupt:

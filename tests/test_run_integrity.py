@@ -188,3 +188,59 @@ def test_orphan_temporary_files_are_removed(tmp_path, capsys):
     orphan.write_bytes(b"half a chunk")
     assert run_cli([*TINY, "--out", out], capsys)[0] == 0
     assert not orphan.exists()
+
+
+def test_a_chunk_that_runs_out_of_memory_is_split_and_retried(tmp_path, monkeypatch):
+    """cpu backend: its batches are keyed by (seed, instance, step), so the split chunks train to
+    exactly the unsplit result; the split is recorded in spec.json, so a resume keeps it."""
+    pytest.importorskip("numba")
+    from engine import backends
+    spec = pd.PhaseDiagramSpec(grid=2, seeds=3, steps=20, batch_size=16, backend="cpu")
+    runner.run(pd.EXPERIMENT, spec, tmp_path / "whole", **QUIET)
+    real = backends.train_chunk_fn("cpu")
+
+    def small_memory(model, p, *a, **k):
+        if len(p) > 4:
+            raise MemoryError
+        return real(model, p, *a, **k)
+
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda name: small_memory)
+    logs = []
+    summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "split", progress=False, log=logs.append)
+    assert summary["plan"]["chunks"]["models"] == [[0, 3], [3, 6], [6, 9], [9, 12]]
+    assert json.loads((tmp_path / "split/spec.json").read_text())["plan"]["chunks"] == summary["plan"]["chunks"]
+    assert sum("ran out of memory" in m for m in logs) == 3
+    a, b = (load_file(str(tmp_path / d / "weights.safetensors")) for d in ("whole", "split"))
+    assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])
+
+
+# --- Finding 5: memory ------------------------------------------------------------------------------
+
+def test_a_sweep_too_big_for_memory_is_refused_with_the_figure_before_anything_is_built(tmp_path, capsys):
+    """The hostile test's example: it passed validation and died with a MemoryError traceback (here,
+    on a 24 GiB machine, the OOM killer took it while it listed its instances)."""
+    code, _, err = run_cli(["--grid", "1024", "--seeds", "1000", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("supbench: error: memory: must be enough") or "memory: must be enough" in err
+    assert "GiB" in err and "1,048,576,000 instances" in err and not (tmp_path / "r").exists()
+
+
+def test_an_explicit_chunk_too_big_for_memory_is_named():
+    from engine.errors import SpecError
+    from engine.experiments import memory
+    spec = pd.PhaseDiagramSpec(grid=100, seeds=10, chunk_size=100_000, backend="torch")
+    sizes = pd.EXPERIMENT.job_sizes(spec)
+    with pytest.raises(SpecError) as e:
+        memory.check_fits(sizes, spec, "torch", "cpu", available=1 << 30)
+    assert e.value.field == "chunk_size" and "100,000 instances needs about" in e.value.allowed
+    small = pd.PhaseDiagramSpec(grid=100, seeds=10, chunk_size=1000, backend="torch")
+    assert memory.check_fits(pd.EXPERIMENT.job_sizes(small), small, "torch", "cpu", available=1 << 30) < 1 << 30
+
+
+@pytest.mark.parametrize("name", ["phase-diagram"])
+def test_an_experiments_arithmetic_job_sizes_match_its_jobs(name):
+    from engine.experiments import EXPERIMENTS
+    from engine.experiments.base import Experiment
+    exp = EXPERIMENTS[name]
+    spec = exp.make_spec(**exp.presets["quick"])
+    assert exp.job_sizes(spec) == Experiment.job_sizes(exp, spec)

@@ -194,6 +194,15 @@ class Experiment:
     def jobs(self, spec) -> list[Job]:
         raise NotImplementedError
 
+    def job_sizes(self, spec) -> list:
+        """What ``jobs(spec)`` will train, as engine.experiments.memory.JobSize s, for the memory
+        check made before anything is built. This default builds the jobs; experiments whose sweeps
+        can grow past memory (phase-diagram's grid^2 x seeds) override it with arithmetic."""
+        from .memory import JobSize
+        return [JobSize(j.name, j.n_instances, j.model.n_features, j.model.n_hidden,
+                        -(-j.train.steps // j.history_every) if j.history_every else 0, len(j.snapshot_steps))
+                for j in self.jobs(spec)]
+
     def analyse(self, spec, results: dict, run_dir) -> dict:
         """Write tables and figures into run_dir; return summary entries (with a ``checks`` list)."""
         raise NotImplementedError

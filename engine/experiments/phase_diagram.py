@@ -205,6 +205,10 @@ class PhaseDiagram(Experiment):
         from pathlib import Path
         return Path("runs") / f"{NAME}-{spec.features}f-{preset}"  # preset: quick, quick-fused or paper
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize("models", spec.n_instances, spec.model.n_features, spec.model.n_hidden)]
+
     def jobs(self, spec):
         table = instance_table(spec)
         return [Job("models", spec.model, data_spec(spec, table), spec.train_spec())]

@@ -29,6 +29,7 @@ from ..checkpoint import Checkpoint, next_step
 from ..errors import SpecError
 from ..store import DamagedFile, RunDir, read_checked, spec_hash, write_json, write_tensors, write_text
 from ..train import default_chunk_size, plan_chunks
+from . import memory
 from .base import FUSED_BACKENDS, Experiment, Job, JobResult, option_name
 
 
@@ -325,7 +326,12 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
 
     preset: the preset name the spec came from (recorded in spec.json, so ``--preset auto`` resumes it)."""
     t0 = time.perf_counter()
-    jobs = exp.jobs(spec)
+    memory.check_fits(exp.job_sizes(spec), spec, spec.backend, backends.default_device(spec.backend))
+    try:
+        jobs = exp.jobs(spec)
+    except MemoryError:
+        raise SpecError("memory", "enough to build the sweep (this machine ran out of memory listing its "
+                                  "instances; use fewer)", None) from None
     proposed = make_plan(spec, jobs)
     analysis = {k: getattr(spec, k) for k in exp.analysis_fields}
     identity = exp.identity(spec)

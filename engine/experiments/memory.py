@@ -1,0 +1,86 @@
+"""Memory a run needs, estimated before anything is built, so a sweep too big for this machine is
+refused with the figure instead of dying with a MemoryError traceback (or the OOM killer) later.
+
+The estimate is an upper-bound style sum over jobs, in bytes:
+- the job's inputs: per-instance feature probabilities and importances (2 * n float64) and the
+  experiment's instance tables (~10 float64 columns);
+- its results, held together for the analysis: W, b, loss, loss history and weight snapshots in
+  float32, counted 4 times (the chunks, their concatenation, float64 metrics, the written copy);
+- one chunk in training: the torch backend's ~8 (B, n + m) float32 tensors per instance, or the
+  fused backends' parameters and Adam moments.
+It is compared with the memory the OS says is available now (MemAvailable).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import SpecError
+from ..train import default_chunk_size
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """What a job will train, without building it: instances, model shape, history length, snapshots."""
+
+    name: str
+    instances: int
+    n: int
+    m: int
+    history: int = 0
+    snapshots: int = 0
+
+
+def job_bytes(size: JobSize, chunk: int, batch: int, backend: str) -> tuple[int, int]:
+    """(bytes held for the whole run, peak bytes of one chunk in training) of one job."""
+    params = size.m * size.n + size.n
+    per_instance = 8 * (2 * size.n + 10) + 4 * 4 * (params + 1 + size.history + size.snapshots * params)
+    if backend == "torch":
+        per_chunk = 4 * 8 * batch * (size.n + size.m) + 4 * 5 * params
+    else:
+        per_chunk = 4 * 5 * params + 4 * size.history
+    return size.instances * per_instance, min(chunk, size.instances) * per_chunk
+
+
+def available_bytes() -> int | None:
+    """Memory available to a new allocation now (Linux MemAvailable), else physical memory, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def gib(x: float) -> str:
+    return f"{x / 2**30:.1f} GiB"
+
+
+def check_fits(sizes: list[JobSize], spec, backend: str, device: str, available: int | None = None) -> int:
+    """Raise SpecError with the figures when the run cannot fit in memory; returns the estimate.
+
+    An explicit --chunk-size whose chunk alone does not fit is named as such (field chunk_size)."""
+    available = available_bytes() if available is None else available
+    total, peak = 0, 0
+    for s in sizes:
+        from ..spec import ModelSpec
+        auto = default_chunk_size(ModelSpec(s.n, s.m), spec.train_spec(), backend, device)
+        held, chunk = job_bytes(s, spec.chunk_size or auto, spec.batch_size, backend)
+        total += held
+        peak = max(peak, chunk)
+    if available is None:
+        return total + peak
+    if spec.chunk_size and peak > available:
+        raise SpecError("chunk_size", f"small enough for this machine's {gib(available)} of free memory (one chunk of "
+                                      f"{spec.chunk_size:,} instances needs about {gib(peak)})", spec.chunk_size)
+    if total + peak > available:
+        n = sum(s.instances for s in sizes)
+        raise SpecError("memory", f"enough for the run: it needs about {gib(total + peak)} for {n:,} instances and "
+                                  f"this machine has {gib(available)} free (use fewer instances, or run it in parts "
+                                  "with a smaller sweep per --out)", None)
+    return total + peak
