@@ -73,6 +73,10 @@ def _common_options(exp) -> list[click.Option]:
                      help=f"Run directory (default {exp.default_out(exp.make_spec(), '<preset>')}). Re-running the "
                           "same command resumes; --preset and --backend auto then keep what the run was started with."),
         click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Show a progress bar."),
+        click.Option(["--ray"], is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Train the chunks as Ray tasks: --ray alone starts a local Ray instance (--threads CPUs, "
+                          "default all); --ray ADDRESS joins a running cluster. Same results as a local run. "
+                          "Needs pip install -e \".[ray]\"."),
     ]
 
 
@@ -111,7 +115,7 @@ def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, lo
     return backend, name, spec, out
 
 
-def _run_experiment(exp, preset, backend, out, progress, threads, **options):
+def _run_experiment(exp, preset, backend, out, progress, threads, ray, **options):
     t0 = time.perf_counter()
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
@@ -123,7 +127,7 @@ def _run_experiment(exp, preset, backend, out, progress, threads, **options):
         exp.make_spec(**given)  # validates every option given before any work
         backends.check_threads(threads)
         backend, preset, spec, out = _resolve(exp, preset, backend, given, out, log)
-        summary = runner.run(exp, spec, out, progress=progress, log=log, threads=threads, preset=preset)
+        summary = runner.run(exp, spec, out, progress=progress, log=log, threads=threads, preset=preset, ray=ray)
     except SpecError as e:
         name = e.field if e.field in NOT_OPTIONS else option_name(e.field)
         raise UserError(f"{name}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))

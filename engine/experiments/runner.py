@@ -237,16 +237,25 @@ OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError) if hasattr(torch, "OutOfMe
 
 
 def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store: ChunkStore, progress: bool,
-                log, checkpoint_every_s: float, threads: int | None) -> tuple[dict, dict]:
+                log, checkpoint_every_s: float, threads: int | None, on_ray: bool = False) -> tuple[dict, dict]:
     """Train every chunk of the plan not already in the run directory; returns (results per job,
-    timing). A chunk that runs out of memory is split in two (recorded in spec.json's plan) and retried."""
+    timing). A chunk that runs out of memory is split in two (recorded in spec.json's plan) and
+    retried. on_ray: the chunks are Ray tasks (engine/experiments/distributed.py)."""
     backend, device = plan["backend"], plan["device"]
-    fn = backends.train_chunk_fn(backend)
     todo = [(j, a, b) for j in jobs for a, b in plan["chunks"][j.name] if not store.has(j.name, a, b)]
     n_chunks = sum(len(plan["chunks"][j.name]) for j in jobs)
     if len(todo) < n_chunks:
         log(f"resuming: {n_chunks - len(todo)} of {n_chunks} chunks already trained in {run.root}")
     _remove_stale(run, jobs, plan, store)
+    if on_ray:
+        from . import distributed
+        trained, seconds = distributed.train_chunks(exp, jobs, plan, store, todo, progress, log)
+        steps = sum((b - a) * j.train.steps for j, a, b in todo)
+        return ({j.name: store.result(j, plan["chunks"][j.name]) for j in jobs},
+                {"n_chunks": n_chunks, "chunks_trained": trained, "chunks_resumed": n_chunks - len(todo),
+                 "train_seconds": seconds, "compile_seconds": 0.0, "instance_steps_trained": steps,
+                 "instance_steps_per_second": steps / seconds if seconds else None, "ray": True})
+    fn = backends.train_chunk_fn(backend)
     compile_seconds = 0.0
     if backend == "cpu" and todo:
         from .. import cpu_backend
@@ -320,11 +329,13 @@ def _remove_stale(run: RunDir, jobs: list[Job], plan: dict, store: ChunkStore) -
 
 
 def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, checkpoint_every_s: float = 30.0,
-        threads: int | None = None, preset: str | None = None) -> dict:
+        threads: int | None = None, preset: str | None = None, ray: str | None = None) -> dict:
     """Train (or resume) ``spec``'s jobs into ``out``, analyse them, write every output; returns the
     summary dict (also in out/summary.json). The directory is locked while this runs.
 
-    preset: the preset name the spec came from (recorded in spec.json, so ``--preset auto`` resumes it)."""
+    preset: the preset name the spec came from (recorded in spec.json, so ``--preset auto`` resumes it).
+    ray: train the chunks as Ray tasks: 'local' (start a local Ray instance with ``threads`` CPUs,
+        default all) or a cluster address; the result equals a local run's with the same plan."""
     t0 = time.perf_counter()
     memory.check_fits(exp.job_sizes(spec), spec, spec.backend, backends.default_device(spec.backend))
     try:
@@ -333,6 +344,15 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
         raise SpecError("memory", "enough to build the sweep (this machine ran out of memory listing its "
                                   "instances; use fewer)", None) from None
     proposed = make_plan(spec, jobs)
+    if ray is not None:
+        from . import distributed
+        resources = distributed.connect(ray, threads, log)
+        if spec.backend == "triton":
+            proposed["device"] = "cuda"  # the workers' GPUs, whatever the driver has
+        if spec.backend in FUSED_BACKENDS and not spec.chunk_size:
+            sizes = {j.name: distributed.chunk_size_for(j.n_instances, spec.backend, resources) for j in jobs}
+            proposed = {**proposed, "chunk_size": sizes,
+                        "chunks": {j.name: [list(c) for c in plan_chunks(j.n_instances, sizes[j.name])] for j in jobs}}
     analysis = {k: getattr(spec, k) for k in exp.analysis_fields}
     identity = exp.identity(spec)
     run_dir = RunDir.open(out, {**identity, "preset": preset, "analysis": analysis, "plan": proposed})
@@ -353,7 +373,8 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
             if plan["backend"] != recorded["backend"]:
                 log(f"note: this run was started on {recorded['backend']}; resuming on {plan['backend']} "
                     "(same data stream; results agree to float32 rounding)")
-        results, timing = _train_jobs(exp, jobs, plan, run_dir, store, progress, log, checkpoint_every_s, threads)
+        results, timing = _train_jobs(exp, jobs, plan, run_dir, store, progress, log, checkpoint_every_s, threads,
+                                      on_ray=ray is not None)
         diverged = report_diverged(results, log)
         analysis = exp.analyse(spec, results, run_dir)
         checks = analysis.pop("checks", [])
