@@ -63,8 +63,9 @@ def resolve(name: str, model=None, train=None, log=None) -> str:
         if model is not None:
             key = (model.n_features, model.n_hidden, model.variant, getattr(train, "precision", "fp32"))
             if key not in _SELF_TESTS:
-                from .triton_backend import self_test
-                _SELF_TESTS[key] = self_test(model, train)
+                from .triton_backend import VARIANTS, self_test
+                _SELF_TESTS[key] = (f"it does not implement the {model.variant} variant"
+                                    if model.variant not in VARIANTS else self_test(model, train))
             if _SELF_TESTS[key]:
                 if log is not None:
                     log(f"warning: triton backend unavailable for this model ({_SELF_TESTS[key]}); using {fallback}")

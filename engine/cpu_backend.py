@@ -65,7 +65,8 @@ def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_ins
         state, p, imp, sched, loss_acc, hist, batch=train.batch_size, first_instance=first_instance, step0=step0,
         n_steps=n_steps, window_start=train.steps - train.loss_window, hist_every=history_every, seed=train.seed,
         weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2, eps=train.eps,
-        relu=model.variant == "relu-output", decoupled=train.optimizer == "adamw", lanes=lanes)
+        relu=model.variant != "linear", decoupled=train.optimizer == "adamw", lanes=lanes,
+        relu_hidden=model.variant == "relu-hidden")
 
 
 def segment_sizer(steps_per_launch: int | None = None):

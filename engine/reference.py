@@ -55,10 +55,13 @@ def sample_batch(p: torch.Tensor, batch_size: int, generator: torch.Generator) -
 
 
 def forward(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, variant: str) -> torch.Tensor:
-    """x' (K, B, n) = act(W^T W x + b), computed as the notebook does: h = W x, then W^T h."""
+    """x' (K, B, n) = act(W^T h + b) with h = W x (relu-hidden: h = ReLU(W x)), as the notebook
+    computes it: h first, then W^T h. act = ReLU except for the linear variant."""
     h = torch.bmm(x, W.transpose(1, 2))
+    if variant == "relu-hidden":
+        h = torch.relu(h)
     z = torch.baddbmm(b[:, None, :], h, W)
-    return torch.relu(z) if variant == "relu-output" else z
+    return z if variant == "linear" else torch.relu(z)
 
 
 def instance_loss(W, b, x, importance, variant: str) -> torch.Tensor:
@@ -70,21 +73,26 @@ def instance_loss(W, b, x, importance, variant: str) -> torch.Tensor:
 def loss_and_grads(W, b, x, importance, variant: str):
     """Per-instance loss (K,) and the gradients dW (K, m, n), db (K, n) of sum_k loss_k.
 
-    With H = x W^T and Z = H W + b:  dZ = 2 I (act(Z) - x) act'(Z) / (B n),
-    db = sum_B dZ,  dW = H^T dZ + (dZ W^T)^T x.  ReLU'(0) is taken as 0, as autograd does.
+    With H = x W^T (relu-hidden: H = ReLU(x W^T)) and Z = H W + b:
+    dZ = 2 I (act(Z) - x) act'(Z) / (B n),  db = sum_B dZ,  dH = dZ W^T (relu-hidden: times
+    [x W^T > 0]),  dW = H^T dZ + dH^T x.  ReLU'(0) is taken as 0, as autograd does.
     """
     B, n = x.shape[1], x.shape[2]
     h = torch.bmm(x, W.transpose(1, 2))
+    if variant == "relu-hidden":
+        h = torch.relu(h)
     z = torch.baddbmm(b[:, None, :], h, W)
-    y = torch.relu(z) if variant == "relu-output" else z
+    y = z if variant == "linear" else torch.relu(z)
     d = y - x
     wd = importance[:, None, :] * d
     loss = (wd * d).mean(dim=(1, 2))
     dz = wd * (2.0 / (B * n))
-    if variant == "relu-output":
+    if variant != "linear":
         dz = dz * (z > 0)
     db = dz.sum(dim=1)
     dh = torch.bmm(dz, W.transpose(1, 2))
+    if variant == "relu-hidden":
+        dh = dh * (h > 0)  # h = ReLU(pre) > 0 exactly where pre > 0
     dW = torch.bmm(h.transpose(1, 2), dz) + torch.bmm(dh.transpose(1, 2), x)
     return loss, dW, db
 

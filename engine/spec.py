@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import SpecError
 
-VARIANTS = ("relu-output", "linear")
+VARIANTS = ("relu-output", "linear", "relu-hidden")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "tf32")
@@ -48,7 +48,8 @@ def _check_float(name: str, value, lo: float, hi: float, lo_open=False, hi_open=
 class ModelSpec:
     """The tied toy model x' = act(W^T W x + b), W of shape (n_hidden, n_features) per instance.
 
-    variant: ``relu-output`` (act = ReLU, the paper's main model) or ``linear`` (act = identity).
+    variant: ``relu-output`` (act = ReLU, the paper's main model), ``linear`` (act = identity) or
+    ``relu-hidden`` (the privileged-basis model: h = ReLU(W x), x' = ReLU(W^T h + b)).
     """
 
     n_features: int

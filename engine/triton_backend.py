@@ -19,7 +19,15 @@ from .spec import ModelSpec, TrainSpec
 STEPS_PER_LAUNCH = 500
 
 
+# Model variants the GPU kernels implement (kernels/train*.py: a RELU flag on the output only).
+VARIANTS = ("relu-output", "linear")
+
+
 def check_supported(model: ModelSpec, train: TrainSpec) -> None:
+    """Raise UnsupportedShape, naming what is missing, unless the kernels train this model."""
+    if model.variant not in VARIANTS:
+        raise UnsupportedShape(f"backend: triton does not train {model.variant!r} models (its kernels implement "
+                               f"{' and '.join(VARIANTS)}); use --backend cpu or torch")
     reason = layout.supported(model.n_features, model.n_hidden)
     if reason:
         raise UnsupportedShape(reason)

@@ -114,7 +114,7 @@ def _lane_mask(valid, r0, n, batch):
 
 @njit(cache=True, fastmath=FASTMATH)
 def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, batch, inst, step0, n_steps,
-                    window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, R):
+                    window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, R, relu_hidden):
     """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment."""
     m, n = W.shape[1], W.shape[2]
     f32 = np.float32
@@ -146,7 +146,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
             _draw_block(x, act, pk, inv, r0, batch, n, c1, c2, k0, k1)
             if r0 == last_r0 and batch % R != 0:
                 _lane_mask(valid, r0, n, batch)
-            # h = W x
+            # h = W x (relu-hidden: ReLU(W x))
             for j in range(m):
                 for l in range(R):
                     h[j, l] = 0.0
@@ -155,6 +155,9 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                         w = W[k, j, f]
                         for l in range(R):
                             h[j, l] += w * x[f, l]
+                if relu_hidden:
+                    for l in range(R):
+                        h[j, l] = max(h[j, l], f32(0.0))
             # z = W^T h + b, the loss and dz = d loss / d z
             for f in range(n):
                 for l in range(R):
@@ -185,6 +188,9 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                         w = W[k, j, f]
                         for l in range(R):
                             dh[j, l] += w * dz[f, l]
+                if relu_hidden:  # through the hidden ReLU: h > 0 exactly where W x > 0
+                    for l in range(R):
+                        dh[j, l] = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
                 for f in range(n):
                     if dzact[f]:
                         for l in range(R):
@@ -233,7 +239,8 @@ def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, bet
 
 @njit(parallel=True, cache=True)
 def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0, n_steps,
-                  window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes):
+                  window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
+                  relu_hidden):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
 
     W, mW, vW (K, m, n); b, mb, vb, p, imp (K, n); all float32, C-contiguous.
@@ -244,7 +251,8 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
     K = W.shape[0]
     for k in prange(K):
         _train_instance(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, k, K, batch, first_instance + k, step0,
-                        n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes)
+                        n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
+                        relu_hidden)
 
 
 # acc_w (m, n, lanes) float32 per thread: lanes shrink for big models so it stays within this.
@@ -265,12 +273,14 @@ def lanes_for(n: int, m: int) -> int:
 
 def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first_instance: int, step0: int,
                 n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
-                beta2: float, eps: float, relu: bool, decoupled: bool, lanes: int | None = None) -> None:
+                beta2: float, eps: float, relu: bool, decoupled: bool, lanes: int | None = None,
+                relu_hidden: bool = False) -> None:
     """Advance ``state`` = dict(W, b, mW, vW, mb, vb) by steps [step0, step0 + n_steps), in place;
     the CPU twin of kernels.train.train_steps (same arguments, torch CPU tensors or numpy arrays).
 
     W-like (K, m, n), b-like and p, imp (K, n), float32 contiguous; sched (steps, 3); loss_acc (K,);
     hist (T, K) or None. lanes: batch rows per block (multiple of 4; default lanes_for(n, m)).
+    relu: ReLU on the output; relu_hidden: ReLU on the hidden layer too (the relu-hidden variant).
     """
     from .cpu_rng import seed_words
 
@@ -292,4 +302,4 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     # Plain Python ints and float32 scalars: one compiled signature, cached on disk.
     train_segment(W, b, mW, vW, mb, vb, arr(p), arr(imp), arr(sched), loss, hist_arr, int(batch), int(first_instance),
                   int(step0), int(n_steps), int(window_start), int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1),
-                  f32(beta2), f32(eps), bool(relu), bool(decoupled), lanes)
+                  f32(beta2), f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden))

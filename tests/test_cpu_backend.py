@@ -101,7 +101,7 @@ SHAPES = [(n, m) for n in (1, 2, 3, 5, 20, 33, 400) for m in (1, 2, 5, 7, 30)]
 
 
 @pytest.mark.parametrize("n, m", SHAPES)
-@pytest.mark.parametrize("variant", ["relu-output", "linear"])
+@pytest.mark.parametrize("variant", ["relu-output", "linear", "relu-hidden"])
 def test_one_step_matches_float64_on_the_exact_batch(n, m, variant):
     """Gradients, loss and updated parameters of one step, for both optimizers and every schedule."""
     model = ModelSpec(n, m, variant)
@@ -126,9 +126,10 @@ def test_one_step_matches_float64_on_the_exact_batch(n, m, variant):
 @pytest.mark.parametrize("n, m, optimizer, schedule", [(2, 1, "adamw", "constant"), (3, 2, "adam", "cosine"),
                                                        (20, 5, "adamw", "linear"), (33, 7, "adam", "constant"),
                                                        (1, 1, "adamw", "cosine")])
-def test_trajectory_tracks_the_float64_reference_fed_the_same_batches(n, m, optimizer, schedule):
+@pytest.mark.parametrize("variant", ["relu-output", "relu-hidden"])
+def test_trajectory_tracks_the_float64_reference_fed_the_same_batches(n, m, optimizer, schedule, variant):
     steps, B, first = 40, 33, 2
-    model = ModelSpec(n, m)
+    model = ModelSpec(n, m, variant)
     train = TrainSpec(steps=steps, batch_size=B, lr=1e-2, optimizer=optimizer, schedule=schedule, seed=9)
     p, imp = problem(n, m)
     state = fused.new_state(model, train, first, p.shape[0])

@@ -18,7 +18,7 @@ def _problem(K, n, m, B, seed=0, dtype=torch.float64):
     return W, b, x, imp
 
 
-@pytest.mark.parametrize("variant", ["relu-output", "linear"])
+@pytest.mark.parametrize("variant", ["relu-output", "linear", "relu-hidden"])
 @pytest.mark.parametrize("K, n, m, B", [(3, 1, 1, 7), (2, 2, 1, 16), (4, 3, 2, 9), (2, 20, 5, 33), (1, 33, 7, 5)])
 def test_gradients_equal_float64_autograd(variant, K, n, m, B):
     W, b, x, imp = _problem(K, n, m, B, seed=n * 10 + m)

@@ -3,8 +3,10 @@
 ``EXPERIMENTS`` maps each name (as in ``supbench run <name>``) to its :class:`base.Experiment`, in the
 paper's order.
 """
-from . import adversarial, basic, dimensionality, intro, learning_dynamics, non_uniform, phase_diagram
+from . import (adversarial, basic, dimensionality, intro, learning_dynamics, non_uniform, phase_diagram,
+               privileged_basis)
 
 EXPERIMENTS = {e.name: e for e in (intro.EXPERIMENT, basic.EXPERIMENT, phase_diagram.EXPERIMENT,
                                          non_uniform.EXPERIMENT, dimensionality.EXPERIMENT,
-                                         learning_dynamics.EXPERIMENT, adversarial.EXPERIMENT)}
+                                         learning_dynamics.EXPERIMENT, adversarial.EXPERIMENT,
+                                         privileged_basis.EXPERIMENT)}

@@ -1,0 +1,171 @@
+"""Privileged basis: with a ReLU on the hidden layer, do features get neurons of their own?
+
+relu-hidden models (h = ReLU(W x), x' = ReLU(W^T h + b)), n=10 features, m=5 neurons, importance
+0.75^i, densities log spaced from ``density_max`` (>= 0.5) down to ``density_min`` (<= 0.04);
+``fits`` models per density, of which the lowest-loss one is analysed (the paper keeps the best of
+1,000). Paper: every neuron monosemantic when dense (>= 0.5); features start sharing neurons as
+density falls (3 features in 2 neurons at 0.2-0.5, 8 in 5 at 0.05-0.08, pairs of neurons at <= 0.04).
+
+Neuron j is driven by feature i when W[j, i] >= DRIVE (a positive weight of at least 0.3: the
+hidden ReLU passes only positive drive, and a learned feature's weight is about 1). A neuron is
+monosemantic when exactly one feature drives it, polysemantic when two or more do, dead when none.
+A feature is represented when ||W_i|| >= 0.5 (engine.metrics).
+
+Instance order: density-major, fits within a density.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import metrics
+from ..errors import SpecError
+from ..plots import plt, save
+from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..store import write_parquet, write_tensors
+from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+
+N_FEATURES, N_HIDDEN = 10, 5
+DRIVE = 0.3
+
+
+@dataclass(frozen=True)
+class PrivilegedBasisSpec(CommonSpec):
+    points: int = option(9, "Densities from density_max down to density_min (log spaced).")
+    fits: int = option(50, "Models trained per density; the lowest-loss one is analysed (the paper: 1,000).")
+    density_min: float = option(0.03, "Sparsest density, in (0, 1] (the paper's sparse end: <= 0.04).")
+    density_max: float = option(0.7, "Densest density, in (0, 1] (the paper's dense end: >= 0.5).")
+    importance_decay: float = option(0.75, "Feature i has importance decay^i.")
+
+    def __post_init__(self):
+        _check_int("points", self.points, 1, 1000)
+        _check_int("fits", self.fits, 1, 100_000)
+        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
+        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
+        if self.density_max < self.density_min:
+            raise SpecError("density_max", f"a number >= density_min ({self.density_min})", self.density_max)
+        _check_float("importance_decay", self.importance_decay, 0.0, 1.0, lo_open=True)
+        super().__post_init__()
+
+    def densities(self) -> np.ndarray:
+        """(points,) from density_max down to density_min, log spaced."""
+        return np.logspace(math.log10(self.density_max), math.log10(self.density_min), self.points)
+
+    def importance(self) -> np.ndarray:
+        return self.importance_decay ** np.arange(N_FEATURES)
+
+
+def neuron_table(W: np.ndarray) -> dict:
+    """Per model and neuron, from W (P, m, n): the features that drive it (W[j, i] >= DRIVE).
+
+    Returns drivers (P, m) counts, driven_by (P, m, n) bool and, per model (P,): neurons
+    monosemantic / polysemantic / dead and features represented (||W_i|| >= 0.5)."""
+    driven_by = W >= DRIVE
+    drivers = driven_by.sum(2)
+    norms = np.linalg.norm(W, axis=1)
+    return {"drivers": drivers, "driven_by": driven_by,
+            "monosemantic": (drivers == 1).sum(1), "polysemantic": (drivers >= 2).sum(1),
+            "dead": (drivers == 0).sum(1), "represented": (norms >= metrics.NORM_THRESHOLD).sum(1)}
+
+
+class PrivilegedBasis(Experiment):
+    name = "privileged-basis"
+    title = "ReLU hidden layer: neurons monosemantic when dense, polysemantic when sparse (n=10, m=5)"
+    spec_cls = PrivilegedBasisSpec
+    presets = {
+        # The notebook's optimiser and batch; 50 fits per density (the paper keeps the best of 1,000).
+        "quick": dict(points=9, fits=20, steps=5_000, batch_size=1024, lr=1e-3),
+        "quick-fused": dict(points=9, fits=50, steps=10_000, batch_size=1024, lr=1e-3),
+        "paper": dict(points=9, fits=1000, steps=10_000, batch_size=1024, lr=1e-3),
+    }
+    outputs = ("instances.parquet", "neurons.parquet", "weights.safetensors", "figures/privileged_basis.png")
+    quick_cost = "450 models x 10,000 steps; 83 s on 2 CPU cores (cpu backend)"
+
+    def jobs(self, spec):
+        d = np.repeat(spec.densities(), spec.fits)
+        p = np.repeat(d[:, None], N_FEATURES, axis=1)
+        return [Job("models", ModelSpec(N_FEATURES, N_HIDDEN, "relu-hidden"), DataSpec(p, spec.importance()),
+                    spec.train_spec())]
+
+    def analyse(self, spec, results, run_dir):
+        res = results["models"]
+        dens = spec.densities()
+        loss = res.loss.numpy()
+        kept = best_of_fits(loss, spec.fits, res.diverged)
+        W = res.W[kept].numpy()  # (points, m, n)
+        t = neuron_table(W)
+        P = len(dens)
+        write_parquet(run_dir.root / "instances.parquet", {
+            "instance": np.arange(len(loss)), "density": np.repeat(dens, spec.fits),
+            "fit": np.tile(np.arange(spec.fits), P), "final_loss": loss, "diverged": res.diverged,
+            "kept": np.isin(np.arange(len(loss)), kept)})
+        write_parquet(run_dir.root / "neurons.parquet", {
+            "density": np.repeat(dens, N_HIDDEN), "neuron": np.tile(np.arange(N_HIDDEN), P),
+            "drivers": t["drivers"].ravel(),
+            "features": [",".join(map(str, np.flatnonzero(row))) for row in t["driven_by"].reshape(-1, N_FEATURES)],
+            **{f"w_{i}": W[:, :, i].ravel() for i in range(N_FEATURES)}})
+        write_tensors(run_dir.root / "weights.safetensors", {"W": res.W, "b": res.b, "kept": torch.as_tensor(kept)},
+                      metadata={"layout": f"W (instances, {N_HIDDEN}, {N_FEATURES}), b (instances, {N_FEATURES}): "
+                                          "rows as instances.parquet; kept: the instance analysed per density"})
+        figure(run_dir.figures / "privileged_basis.png", dens, W, spec.importance())
+        dense = dens >= 0.5
+        sparse = dens <= 0.04
+        checks = []
+        if dense.any():
+            poly = int(t["polysemantic"][dense].max())
+            checks.append(check("dense-monosemantic", "when dense (density >= 0.5) every neuron that is used is "
+                                "monosemantic (driven by one feature)", poly, poly == 0,
+                                "0 polysemantic neurons"))
+        if sparse.any():
+            k = int(np.flatnonzero(sparse)[-1])
+            got = [int(t["polysemantic"][k]), int(t["represented"][k])]
+            checks.append(check("sparse-polysemantic", f"when sparse (density {dens[k]:.3g}) neurons are shared: "
+                                "polysemantic neurons, and more features represented than neurons", got,
+                                got[0] >= 1 and got[1] > N_HIDDEN, f"[>= 1, > {N_HIDDEN}]"))
+        return {"densities": dens.tolist(), "represented": t["represented"].tolist(),
+                "monosemantic_neurons": t["monosemantic"].tolist(), "polysemantic_neurons": t["polysemantic"].tolist(),
+                "dead_neurons": t["dead"].tolist(), "checks": checks}
+
+    def report(self, spec, summary):
+        rows = ", ".join(f"{d:.3g}: {r} feat / {p} poly" for d, r, p in
+                         zip(summary["densities"], summary["represented"], summary["polysemantic_neurons"]))
+        return [f"privileged basis (n=10, m=5, relu-hidden): features represented / polysemantic neurons "
+                f"by density: {rows}"]
+
+
+def figure(path, densities, W, importance) -> None:
+    """One panel per density: for each neuron a stacked bar of its weights W[j, i] per feature
+    (positive up, negative down), coloured by feature importance (yellow = most important)."""
+    P, m, n = W.shape
+    cols = min(P, 5)
+    rows = math.ceil(P / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False, sharey=True,
+                             constrained_layout=True)
+    colours = plt.cm.viridis_r(np.linspace(0.0, 1.0, n))
+    top = max(1.2, float(np.clip(W, 0, None).sum(2).max()) * 1.05)
+    bottom = min(-0.2, float(np.clip(W, None, 0).sum(2).min()) * 1.05)
+    for k, ax in enumerate(axes.ravel()):
+        if k >= P:
+            ax.axis("off")
+            continue
+        up, down = np.zeros(m), np.zeros(m)
+        for i in range(n):
+            w = W[k, :, i]
+            pos, neg = np.clip(w, 0, None), np.clip(w, None, 0)
+            ax.bar(np.arange(m), pos, bottom=up, color=colours[i], width=0.7, edgecolor="white", linewidth=0.3)
+            ax.bar(np.arange(m), neg, bottom=down, color=colours[i], width=0.7, edgecolor="white", linewidth=0.3)
+            up, down = up + pos, down + neg
+        ax.axhline(0, color="0.3", lw=0.6)
+        ax.set_ylim(bottom, top)
+        ax.set_xticks(np.arange(m), [f"n{j}" for j in range(m)], fontsize=8)
+        ax.set_title(f"1-S = {densities[k]:.3g}", fontsize=10)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i], label=f"{i} (I={importance[i]:.2f})") for i in range(n)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=n, frameon=False, fontsize=7, title="feature")
+    fig.suptitle("Privileged basis: each neuron's weights per feature (lowest-loss model per density)")
+    save(fig, path)
+
+
+EXPERIMENT = PrivilegedBasis()
