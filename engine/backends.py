@@ -45,7 +45,7 @@ def check_threads(threads) -> None:
 _SELF_TESTS: dict = {}
 
 
-def resolve(name: str, model=None, train=None, log=None) -> str:
+def resolve(name: str, model=None, train=None, log=None, sets=()) -> str:
     """Map ``auto`` to ``triton`` when usable on a CUDA device, else ``cpu`` when numba is
     installed, else ``torch``; validate the rest.
 
@@ -66,9 +66,11 @@ def resolve(name: str, model=None, train=None, log=None) -> str:
                 from .triton_backend import VARIANTS, self_test
                 _SELF_TESTS[key] = (f"it does not implement the {model.variant} variant"
                                     if model.variant not in VARIANTS else self_test(model, train))
-            if _SELF_TESTS[key]:
+            reason = _SELF_TESTS[key] or ("it draws independent features only, and this data has "
+                                          "correlated or anticorrelated sets" if sets else None)
+            if reason:
                 if log is not None:
-                    log(f"warning: triton backend unavailable for this model ({_SELF_TESTS[key]}); using {fallback}")
+                    log(f"warning: triton backend unavailable for this model ({reason}); using {fallback}")
                 return fallback
         return "triton"
     if name == "triton" and not triton_usable():
@@ -99,8 +101,9 @@ def train_chunk_fn(backend: str):
     return train_chunk
 
 
-def check_supported(backend: str, model, train) -> None:
-    """Raise UnsupportedShape early (before any training) if the backend cannot train this model."""
+def check_supported(backend: str, model, train, sets=()) -> None:
+    """Raise UnsupportedShape early (before any training) if the backend cannot train this model
+    on data with these feature sets (DataSpec.sets)."""
     if backend == "triton":
         from .triton_backend import check_supported as check
-        check(model, train)
+        check(model, train, sets)

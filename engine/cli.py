@@ -107,11 +107,11 @@ def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, lo
     memory.check_fits(exp.job_sizes(spec), spec, backend, backends.default_device(backend))
     if requested == "auto" and backend == "triton":  # the GPU self-test, for every model the run trains
         for job in exp.jobs(spec):
-            fallback = backends.resolve("auto", job.model, job.train, log=log)
+            fallback = backends.resolve("auto", job.model, job.train, log=log, sets=job.data.sets)
             if fallback != "triton":
                 return _resolve(exp, preset, fallback, given, out, log)
     for job in exp.jobs(spec):
-        backends.check_supported(backend, job.model, job.train)
+        backends.check_supported(backend, job.model, job.train, job.data.sets)
     return backend, name, spec, out
 
 

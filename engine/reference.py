@@ -35,23 +35,41 @@ def init_weights(model: ModelSpec, seed: int, instances: torch.Tensor) -> torch.
     return rng.normals(seed, instances, model.n_hidden, model.n_features) * std
 
 
-def features_from_uniform(u: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def features_from_uniform(u: torch.Tensor, p: torch.Tensor, sets=()) -> torch.Tensor:
     """The sampling rule shared by every backend: active iff u < p, then value u * (1 / p).
 
     u: (K, B, n) uniforms in [0, 1); p: (K, n). Given active, u / p is uniform on [0, 1); it is
     computed as u times the rounded reciprocal of p (in u's dtype), which the GPU kernels
     reproduce bit for bit with one multiply instead of a division per draw (the value can round
     up to exactly 1.0, with probability about 2^-24 per active draw).
+
+    sets (DataSpec.sets), from the same uniforms, no extra draws; a = the set's first member:
+    correlated: the set is active iff u_a < p_a; x_a = u_a / p_a as above, every other member
+        x_f = u_f (uniform on [0, 1) and independent of u_a) when active, else 0.
+    anticorrelated: active iff u_a < p_a; then member a + j with j = min(floor(u_a * (1 / p_a) * size),
+        size - 1) (uniform given active) takes the value u_{a+1} (independent of u_a), the rest 0.
+    The CPU kernel (kernels/cpu_train.py, _apply_sets) mirrors this bit for bit.
     """
-    p = p[:, None, :]
-    return torch.where(u < p, u * (1.0 / p), torch.zeros((), dtype=u.dtype, device=u.device))
+    pb = p[:, None, :]
+    inv = 1.0 / pb
+    zero = torch.zeros((), dtype=u.dtype, device=u.device)
+    x = torch.where(u < pb, u * inv, zero)
+    for kind, a, size in sets:
+        u0, on = u[..., a], u[..., a] < pb[..., a]
+        if kind == "correlated":
+            x[..., a + 1:a + size] = torch.where(on[..., None], u[..., a + 1:a + size], zero)
+        else:
+            j = torch.clamp(torch.floor(u0 * inv[..., a] * size), max=size - 1).long()
+            members = torch.arange(size, device=u.device)
+            x[..., a:a + size] = torch.where(on[..., None] & (j[..., None] == members), u[..., a + 1:a + 2], zero)
+    return x
 
 
-def sample_batch(p: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+def sample_batch(p: torch.Tensor, batch_size: int, generator: torch.Generator, sets=()) -> torch.Tensor:
     """A fresh batch x (K, B, n) from torch's generator (the torch backend's data stream)."""
     K, n = p.shape
     u = torch.rand(K, batch_size, n, generator=generator, device=p.device, dtype=p.dtype)
-    return features_from_uniform(u, p)
+    return features_from_uniform(u, p, sets)
 
 
 def forward(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, variant: str) -> torch.Tensor:

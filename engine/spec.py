@@ -18,6 +18,7 @@ OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "tf32")
 MIN_PROBABILITY = 2.0**-24  # the smallest feature probability a float32 uniform can resolve
+SET_KINDS = ("correlated", "anticorrelated")
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
@@ -77,10 +78,16 @@ class DataSpec:
         probability, else 0 (density = 1 - sparsity S_i).
     importance: (K, n) float >= 0, the loss weight I_i. A (n,) vector or a scalar broadcasts.
     Both are stored as float64 numpy arrays of shape (K, n).
+    sets: feature sets that are not independent, ((kind, first, size), ...), disjoint, each with one
+        probability p (its members' probabilities must be equal in every instance):
+        ``correlated``: all members zero or nonzero together (values independent U[0,1));
+        ``anticorrelated`` (size >= 2): all zero with probability 1 - p, else exactly one member,
+        chosen uniformly, is active. The sampling rule is engine.reference.features_from_uniform.
     """
 
     feature_probability: np.ndarray
     importance: np.ndarray = field(default=None)
+    sets: tuple = ()
 
     def __post_init__(self):
         p = np.asarray(self.feature_probability, dtype=np.float64)
@@ -101,6 +108,7 @@ class DataSpec:
             raise SpecError("importance", "finite and >= 0", float(imp[~(np.isfinite(imp) & (imp >= 0))].flat[0]))
         object.__setattr__(self, "feature_probability", p)
         object.__setattr__(self, "importance", imp)
+        object.__setattr__(self, "sets", check_sets(self.sets, p))
 
     @property
     def n_instances(self) -> int:
@@ -112,14 +120,38 @@ class DataSpec:
 
     def select(self, start: int, stop: int) -> "DataSpec":
         """The instances [start, stop) as their own DataSpec."""
-        return DataSpec(self.feature_probability[start:stop], self.importance[start:stop])
+        return DataSpec(self.feature_probability[start:stop], self.importance[start:stop], self.sets)
 
     def to_dict(self) -> dict:
-        return {"feature_probability": self.feature_probability.tolist(), "importance": self.importance.tolist()}
+        return {"feature_probability": self.feature_probability.tolist(), "importance": self.importance.tolist(),
+                "sets": [list(s) for s in self.sets]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
-        return cls(np.array(d["feature_probability"]), np.array(d["importance"]))
+        return cls(np.array(d["feature_probability"]), np.array(d["importance"]),
+                   tuple(tuple(s) for s in d.get("sets", ())))
+
+
+def check_sets(sets, p: np.ndarray) -> tuple:
+    """Validated feature sets as a tuple of (kind, first, size); raises SpecError("sets", ...)."""
+    n = p.shape[1]
+    out, used = [], np.zeros(n, bool)
+    for s in sets:
+        try:
+            kind, first, size = s
+        except (TypeError, ValueError):
+            raise SpecError("sets", "a sequence of (kind, first feature, size) triples", s) from None
+        _check_choice("sets", kind, SET_KINDS)
+        _check_int("sets", first, 0, n - 1)
+        _check_int("sets", size, 2 if kind == "anticorrelated" else 1, n - first)
+        if used[first:first + size].any():
+            raise SpecError("sets", "disjoint feature sets", s)
+        used[first:first + size] = True
+        if not np.all(p[:, first:first + size] == p[:, first:first + 1]):
+            raise SpecError("sets", f"sets whose members share one feature probability per instance (features "
+                                    f"{first}..{first + size - 1} differ)", s)
+        out.append((str(kind), int(first), int(size)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

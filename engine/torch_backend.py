@@ -36,7 +36,7 @@ def matmul_precision(precision: str):
 
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cpu",
                 history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
-                snapshot_steps=(), on_snapshot=None):
+                snapshot_steps=(), on_snapshot=None, sets=()):
     """Train K instances; p, importance (K, n). Returns W (K, m, n), b (K, n), final_loss (K,)
     (mean over the last ``train.loss_window`` steps) and history (T, K) of the loss every
     ``history_every`` steps (None if 0), all float32 on CPU. ``on_step(k)`` is called after
@@ -44,6 +44,7 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
     ``on_snapshot(t, W, b)`` is called with CPU copies of the parameters after t steps, for every t
     in ``snapshot_steps`` (0 = the initialisation) that this call trains through; a resumed call
     repeats none before its checkpoint, so callers store snapshots as they come.
+    ``sets``: DataSpec.sets (correlated / anticorrelated features; reference.features_from_uniform).
     """
     device = torch.device(device)
     checkpoint = checkpoint or Checkpoint()
@@ -73,7 +74,7 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
     report_every = max(1, min(100, train.steps // 100))
     with matmul_precision(train.precision):
         for t in range(next_step(saved), train.steps):
-            x = reference.sample_batch(p, train.batch_size, gen)
+            x = reference.sample_batch(p, train.batch_size, gen, sets)
             loss = reference.train_step(W, b, x, imp, model.variant, states, t + 1, train.lr_at(t), train)
             if t >= window_start:
                 loss_sum += loss

@@ -22,7 +22,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cpu_rng import M32, feature, philox
+from .cpu_rng import M32, feature, philox, uniform_at
+
+# Feature-set kinds in the (S, 3) int32 ``sets`` array (kind, first feature, size) the kernels take.
+SET_KIND = {"correlated": 1, "anticorrelated": 2}
 
 # 'contract' lets LLVM fuse a*b+c into FMA (as the GPU kernels do); nothing else of fastmath:
 # no reassociation, so sums keep their written order.
@@ -90,6 +93,36 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, k0, k1):
         act[f] = a
 
 
+@njit(inline="always", cache=True)
+def _apply_sets(x, act, sets, p, inv, r0, batch, n, c1, c2, k0, k1):
+    """After _draw_block: rewrite the features of correlated / anticorrelated sets (sets (S, 3):
+    kind, first, size) by engine.reference.features_from_uniform's rule, from the same uniforms
+    (recomputed with uniform_at), and refresh act for them."""
+    R = x.shape[1]
+    for s in range(sets.shape[0]):
+        kind, a, size = sets[s, 0], sets[s, 1], sets[s, 2]
+        for l in range(R):
+            row = lane_row(l, r0, R, n)
+            if row >= batch:
+                continue
+            u0 = uniform_at(row, a, n, c1, c2, k0, k1)
+            on = u0 < p[a]
+            if kind == 1:
+                for f in range(a + 1, a + size):
+                    x[f, l] = uniform_at(row, f, n, c1, c2, k0, k1) if on else np.float32(0.0)
+            else:
+                for f in range(a, a + size):
+                    x[f, l] = 0.0
+                if on:
+                    j = min(int(np.floor(u0 * inv[a] * np.float32(size))), size - 1)
+                    x[a + j, l] = uniform_at(row, a + 1, n, c1, c2, k0, k1)
+        for f in range(a, a + size):
+            any_on = False
+            for l in range(R):
+                any_on |= x[f, l] != 0.0
+            act[f] = any_on
+
+
 @njit(cache=True)
 def padded_rule(p):
     """(p_pad, inv_pad): p (n,) float32 and float32(1) / p, both padded with zeros to the rows the
@@ -114,7 +147,8 @@ def _lane_mask(valid, r0, n, batch):
 
 @njit(cache=True, fastmath=FASTMATH)
 def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, batch, inst, step0, n_steps,
-                    window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, R, relu_hidden):
+                    window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, R, relu_hidden,
+                    sets):
     """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment."""
     m, n = W.shape[1], W.shape[2]
     f32 = np.float32
@@ -144,6 +178,8 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
         valid[:] = 1.0
         for r0 in range(0, batch, R):
             _draw_block(x, act, pk, inv, r0, batch, n, c1, c2, k0, k1)
+            if sets.shape[0]:
+                _apply_sets(x, act, sets, pk, inv, r0, batch, n, c1, c2, k0, k1)
             if r0 == last_r0 and batch % R != 0:
                 _lane_mask(valid, r0, n, batch)
             # h = W x (relu-hidden: ReLU(W x))
@@ -240,7 +276,7 @@ def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, bet
 @njit(parallel=True, cache=True)
 def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0, n_steps,
                   window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
-                  relu_hidden):
+                  relu_hidden, sets):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
 
     W, mW, vW (K, m, n); b, mb, vb, p, imp (K, n); all float32, C-contiguous.
@@ -252,7 +288,7 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
     for k in prange(K):
         _train_instance(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, k, K, batch, first_instance + k, step0,
                         n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
-                        relu_hidden)
+                        relu_hidden, sets)
 
 
 # acc_w (m, n, lanes) float32 per thread: lanes shrink for big models so it stays within this.
@@ -274,13 +310,14 @@ def lanes_for(n: int, m: int) -> int:
 def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first_instance: int, step0: int,
                 n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
                 beta2: float, eps: float, relu: bool, decoupled: bool, lanes: int | None = None,
-                relu_hidden: bool = False) -> None:
+                relu_hidden: bool = False, sets=()) -> None:
     """Advance ``state`` = dict(W, b, mW, vW, mb, vb) by steps [step0, step0 + n_steps), in place;
     the CPU twin of kernels.train.train_steps (same arguments, torch CPU tensors or numpy arrays).
 
     W-like (K, m, n), b-like and p, imp (K, n), float32 contiguous; sched (steps, 3); loss_acc (K,);
     hist (T, K) or None. lanes: batch rows per block (multiple of 4; default lanes_for(n, m)).
     relu: ReLU on the output; relu_hidden: ReLU on the hidden layer too (the relu-hidden variant).
+    sets: DataSpec.sets, ((kind, first, size), ...): correlated / anticorrelated features.
     """
     from .cpu_rng import seed_words
 
@@ -302,4 +339,9 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     # Plain Python ints and float32 scalars: one compiled signature, cached on disk.
     train_segment(W, b, mW, vW, mb, vb, arr(p), arr(imp), arr(sched), loss, hist_arr, int(batch), int(first_instance),
                   int(step0), int(n_steps), int(window_start), int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1),
-                  f32(beta2), f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden))
+                  f32(beta2), f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden), set_array(sets))
+
+
+def set_array(sets) -> np.ndarray:
+    """DataSpec.sets as the kernels' (S, 3) int64 array of (kind code, first, size)."""
+    return np.array([(SET_KIND[k], a, s) for k, a, s in sets], dtype=np.int64).reshape(-1, 3)

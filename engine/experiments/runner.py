@@ -203,7 +203,8 @@ def train_one(fn, job: Job, start: int, stop: int, device: str, on_step=None, ch
     inp = chunk_inputs(job, start, stop)
     W, b, loss, hist = fn(inp["model"], inp["p"], inp["importance"], inp["train"], start, device=device,
                           history_every=job.history_every, on_step=on_step, checkpoint=checkpoint,
-                          snapshot_steps=job.snapshot_steps, on_snapshot=keep if job.snapshot_steps else None)
+                          snapshot_steps=job.snapshot_steps, on_snapshot=keep if job.snapshot_steps else None,
+                          sets=job.data.sets)
     tensors = {"W": W, "b": b, "loss": loss}
     if hist is not None:
         tensors["history"] = hist
