@@ -4,9 +4,9 @@
 paper's order.
 """
 from . import (adversarial, basic, dimensionality, intro, learning_dynamics, non_uniform, phase_diagram,
-               privileged_basis)
+               privileged_basis, correlated)
 
 EXPERIMENTS = {e.name: e for e in (intro.EXPERIMENT, basic.EXPERIMENT, phase_diagram.EXPERIMENT,
                                          non_uniform.EXPERIMENT, dimensionality.EXPERIMENT,
                                          learning_dynamics.EXPERIMENT, adversarial.EXPERIMENT,
-                                         privileged_basis.EXPERIMENT)}
+                                         privileged_basis.EXPERIMENT, correlated.EXPERIMENT)}
