@@ -45,7 +45,7 @@ def check_threads(threads) -> None:
 _SELF_TESTS: dict = {}
 
 
-def resolve(name: str, model=None, train=None, log=None, sets=()) -> str:
+def resolve(name: str, model=None, train=None, log=None, sets=(), examples: int = 0) -> str:
     """Map ``auto`` to ``triton`` when usable on a CUDA device, else ``cpu`` when numba is
     installed, else ``torch``; validate the rest.
 
@@ -66,8 +66,8 @@ def resolve(name: str, model=None, train=None, log=None, sets=()) -> str:
                 from .triton_backend import VARIANTS, self_test
                 _SELF_TESTS[key] = (f"it does not implement the {model.variant} variant"
                                     if model.variant not in VARIANTS else self_test(model, train))
-            reason = _SELF_TESTS[key] or ("it draws independent features only, and this data has "
-                                          "correlated or anticorrelated sets" if sets else None)
+            reason = _SELF_TESTS[key] or ("it draws fresh independent features only, and this data has "
+                                          "feature sets or a finite dataset" if sets or examples else None)
             if reason:
                 if log is not None:
                     log(f"warning: triton backend unavailable for this model ({reason}); using {fallback}")
@@ -101,9 +101,9 @@ def train_chunk_fn(backend: str):
     return train_chunk
 
 
-def check_supported(backend: str, model, train, sets=()) -> None:
+def check_supported(backend: str, model, train, sets=(), examples: int = 0) -> None:
     """Raise UnsupportedShape early (before any training) if the backend cannot train this model
     on data with these feature sets (DataSpec.sets)."""
     if backend == "triton":
         from .triton_backend import check_supported as check
-        check(model, train, sets)
+        check(model, train, sets, examples)

@@ -107,11 +107,12 @@ def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, lo
     memory.check_fits(exp.job_sizes(spec), spec, backend, backends.default_device(backend))
     if requested == "auto" and backend == "triton":  # the GPU self-test, for every model the run trains
         for job in exp.jobs(spec):
-            fallback = backends.resolve("auto", job.model, job.train, log=log, sets=job.data.sets)
+            fallback = backends.resolve("auto", job.model, job.train, log=log, sets=job.data.sets,
+                                        examples=job.data.examples)
             if fallback != "triton":
                 return _resolve(exp, preset, fallback, given, out, log)
     for job in exp.jobs(spec):
-        backends.check_supported(backend, job.model, job.train, job.data.sets)
+        backends.check_supported(backend, job.model, job.train, job.data.sets, job.data.examples)
     return backend, name, spec, out
 
 

@@ -58,7 +58,8 @@ def compile() -> float:
 
 
 def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_instance: int, step0: int, n_steps: int,
-              loss_acc, hist=None, history_every: int = 0, sched=None, lanes: int | None = None, sets=()) -> None:
+              loss_acc, hist=None, history_every: int = 0, sched=None, lanes: int | None = None, sets=(),
+              examples: int = 0) -> None:
     """Advance ``state`` by steps [step0, step0 + n_steps) in one compiled call (tests and bench)."""
     sched = fused.schedule_table(train) if sched is None else sched
     cpu_train.train_steps(
@@ -66,7 +67,7 @@ def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_ins
         n_steps=n_steps, window_start=train.steps - train.loss_window, hist_every=history_every, seed=train.seed,
         weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2, eps=train.eps,
         relu=model.variant != "linear", decoupled=train.optimizer == "adamw", lanes=lanes,
-        relu_hidden=model.variant == "relu-hidden", sets=sets)
+        relu_hidden=model.variant == "relu-hidden", sets=sets, finite=examples > 0)
 
 
 def segment_sizer(steps_per_launch: int | None = None):
@@ -88,14 +89,14 @@ def segment_sizer(steps_per_launch: int | None = None):
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cpu",
                 history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
                 steps_per_launch: int | None = None, lanes: int | None = None, snapshot_steps=(),
-                on_snapshot=None, sets=()):
+                on_snapshot=None, sets=(), examples: int = 0):
     """Train K instances with the fused CPU loop; same contract as engine.torch_backend.train_chunk.
     steps_per_launch, lanes: fixed segment size and rows per block (tests; default automatic)."""
     compile()
 
     def run_segment(state, p, imp, sched, loss_acc, hist, step0, n_steps):
         run_steps(model, train, state, p, imp, first_instance, step0, n_steps, loss_acc, hist, history_every, sched,
-                  lanes=lanes, sets=sets)
+                  lanes=lanes, sets=sets, examples=examples)
 
     return fused.train_chunk(run_segment, model, p, importance, train, first_instance, "cpu",
                              segment_sizer(steps_per_launch),

@@ -31,6 +31,13 @@ N_ROUNDS = 10
 STREAM_DATA = 0
 STREAM_INIT = 1
 STREAM_EVAL = 2  # evaluation samples drawn by analyses (never by training)
+STREAM_DATASET = 3  # finite datasets (DataSpec.examples): the rows of "step 0" of this stream
+
+
+def dataset_uniforms(seed: int, instances: torch.Tensor, examples: int, n: int) -> torch.Tensor:
+    """Uniforms (K, examples, n) of the finite training sets of the given instances: drawn once,
+    and the same on every backend (the cpu kernel redraws them at every step from this counter)."""
+    return uniforms(seed, instances, 0, examples, n, stream=STREAM_DATASET)
 
 
 def _mulhilo(a: int, b: torch.Tensor):

@@ -83,11 +83,16 @@ class DataSpec:
         ``correlated``: all members zero or nonzero together (values independent U[0,1));
         ``anticorrelated`` (size >= 2): all zero with probability 1 - p, else exactly one member,
         chosen uniformly, is active. The sampling rule is engine.reference.features_from_uniform.
+    examples: 0 (default) draws a fresh batch every step; T > 0 trains every instance on a finite
+        dataset of T examples (the double-descent setting), drawn once from the Philox dataset
+        stream (engine.rng.dataset_uniforms) by the same rule, the same on every backend; every
+        step then trains on the whole dataset (TrainSpec.batch_size must equal T).
     """
 
     feature_probability: np.ndarray
     importance: np.ndarray = field(default=None)
     sets: tuple = ()
+    examples: int = 0
 
     def __post_init__(self):
         p = np.asarray(self.feature_probability, dtype=np.float64)
@@ -109,6 +114,7 @@ class DataSpec:
         object.__setattr__(self, "feature_probability", p)
         object.__setattr__(self, "importance", imp)
         object.__setattr__(self, "sets", check_sets(self.sets, p))
+        _check_int("examples", self.examples, 0, 2**24)
 
     @property
     def n_instances(self) -> int:
@@ -120,16 +126,23 @@ class DataSpec:
 
     def select(self, start: int, stop: int) -> "DataSpec":
         """The instances [start, stop) as their own DataSpec."""
-        return DataSpec(self.feature_probability[start:stop], self.importance[start:stop], self.sets)
+        return DataSpec(self.feature_probability[start:stop], self.importance[start:stop], self.sets, self.examples)
 
     def to_dict(self) -> dict:
         return {"feature_probability": self.feature_probability.tolist(), "importance": self.importance.tolist(),
-                "sets": [list(s) for s in self.sets]}
+                "sets": [list(s) for s in self.sets], "examples": self.examples}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
         return cls(np.array(d["feature_probability"]), np.array(d["importance"]),
-                   tuple(tuple(s) for s in d.get("sets", ())))
+                   tuple(tuple(s) for s in d.get("sets", ())), d.get("examples", 0))
+
+
+def check_dataset(data: "DataSpec", train: "TrainSpec") -> None:
+    """A finite dataset is the batch of every step: raise SpecError unless batch_size equals it."""
+    if data.examples and train.batch_size != data.examples:
+        raise SpecError("batch_size", f"equal to the finite dataset's {data.examples} examples (every step trains "
+                                      "on the whole dataset)", train.batch_size)
 
 
 def check_sets(sets, p: np.ndarray) -> tuple:

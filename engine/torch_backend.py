@@ -11,7 +11,7 @@ import zlib
 
 import torch
 
-from . import reference
+from . import reference, rng
 from .checkpoint import Checkpoint, next_step, step_tensor
 from .spec import ModelSpec, TrainSpec
 
@@ -36,7 +36,7 @@ def matmul_precision(precision: str):
 
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cpu",
                 history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
-                snapshot_steps=(), on_snapshot=None, sets=()):
+                snapshot_steps=(), on_snapshot=None, sets=(), examples: int = 0):
     """Train K instances; p, importance (K, n). Returns W (K, m, n), b (K, n), final_loss (K,)
     (mean over the last ``train.loss_window`` steps) and history (T, K) of the loss every
     ``history_every`` steps (None if 0), all float32 on CPU. ``on_step(k)`` is called after
@@ -45,6 +45,8 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
     in ``snapshot_steps`` (0 = the initialisation) that this call trains through; a resumed call
     repeats none before its checkpoint, so callers store snapshots as they come.
     ``sets``: DataSpec.sets (correlated / anticorrelated features; reference.features_from_uniform).
+    ``examples``: DataSpec.examples; > 0 trains every step on that finite dataset (drawn once from
+    Philox, engine.rng.dataset_uniforms: the same data as the cpu backend).
     """
     device = torch.device(device)
     checkpoint = checkpoint or Checkpoint()
@@ -56,6 +58,10 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
     states = [reference.AdamState(torch.zeros_like(W), torch.zeros_like(W)),
               reference.AdamState(torch.zeros_like(b), torch.zeros_like(b))]
     gen = data_generator(train.seed, first_instance, device)
+    dataset = None
+    if examples:
+        u = rng.dataset_uniforms(train.seed, torch.arange(first_instance, first_instance + K), examples, p.shape[1])
+        dataset = reference.features_from_uniform(u.to(device), p, sets)
     loss_sum = torch.zeros(K, device=device)
     history = []
     saved = checkpoint.load()
@@ -74,7 +80,7 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
     report_every = max(1, min(100, train.steps // 100))
     with matmul_precision(train.precision):
         for t in range(next_step(saved), train.steps):
-            x = reference.sample_batch(p, train.batch_size, gen, sets)
+            x = dataset if dataset is not None else reference.sample_batch(p, train.batch_size, gen, sets)
             loss = reference.train_step(W, b, x, imp, model.variant, states, t + 1, train.lr_at(t), train)
             if t >= window_start:
                 loss_sum += loss

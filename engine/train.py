@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from . import backends
 from .errors import BackendUnavailable, SpecError
-from .spec import DataSpec, ModelSpec, TrainSpec, _check_int
+from .spec import DataSpec, ModelSpec, TrainSpec, _check_int, check_dataset
 
 
 @dataclass
@@ -82,9 +82,10 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     if data.n_features != model.n_features:
         raise SpecError("feature_probability", f"of shape (K, {model.n_features}) to match n_features",
                         tuple(data.feature_probability.shape))
+    check_dataset(data, training)
     name = backends.resolve(backend, model, training, log=(lambda m: tqdm.write(m)) if progress else None,
-                            sets=data.sets)
-    backends.check_supported(name, model, training, data.sets)
+                            sets=data.sets, examples=data.examples)
+    backends.check_supported(name, model, training, data.sets, data.examples)
     device = device or backends.default_device(name)
     chunk_size = chunk_size or default_chunk_size(model, training, name, device)
     fn = backends.train_chunk_fn(name)
@@ -103,7 +104,7 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
             k = stop - start
             outs.append(fn(model, data.feature_probability[start:stop], data.importance[start:stop], training,
                            first_instance + start, device=device, history_every=history_every,
-                           on_step=lambda s, k=k: bar.update(s * k), sets=data.sets))
+                           on_step=lambda s, k=k: bar.update(s * k), sets=data.sets, examples=data.examples))
     seconds = time.perf_counter() - t0
     hist = torch.cat([o[3] for o in outs], dim=1) if history_every else None
     return TrainResult(torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]),

@@ -23,14 +23,14 @@ STEPS_PER_LAUNCH = 500
 VARIANTS = ("relu-output", "linear")
 
 
-SETS_UNSUPPORTED = ("backend: triton draws independent features only (no correlated or anticorrelated sets); "
-                    "use --backend cpu or torch")
+SETS_UNSUPPORTED = ("backend: triton draws fresh independent features only (no correlated or anticorrelated "
+                    "sets, no finite dataset); use --backend cpu or torch")
 
 
-def check_supported(model: ModelSpec, train: TrainSpec, sets=()) -> None:
+def check_supported(model: ModelSpec, train: TrainSpec, sets=(), examples: int = 0) -> None:
     """Raise UnsupportedShape, naming what is missing, unless the kernels train this model on data
     with these feature sets (DataSpec.sets)."""
-    if sets:
+    if sets or examples:
         raise UnsupportedShape(SETS_UNSUPPORTED)
     if model.variant not in VARIANTS:
         raise UnsupportedShape(f"backend: triton does not train {model.variant!r} models (its kernels implement "
@@ -59,14 +59,14 @@ def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_ins
 
 def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instance: int, device="cuda",
                 history_every: int = 0, on_step=None, checkpoint: Checkpoint | None = None,
-                snapshot_steps=(), on_snapshot=None, sets=(), **tile):
+                snapshot_steps=(), on_snapshot=None, sets=(), examples: int = 0, **tile):
     """Train K instances with the fused kernels; same contract as engine.torch_backend.train_chunk.
 
     State is written back after every launch of STEPS_PER_LAUNCH steps; that is where progress is
     reported and, when due, a checkpoint saved (engine/fused.py). ``tile`` overrides the kernel
     layout (tests). ``sets`` must be empty: the GPU sampler draws independent features only.
     """
-    if sets:
+    if sets or examples:
         raise UnsupportedShape(SETS_UNSUPPORTED)
     check_supported(model, train)
     device = torch.device(device)

@@ -24,6 +24,8 @@ from numba import njit, prange
 
 from .cpu_rng import M32, feature, philox, uniform_at
 
+STREAM_DATASET = 3  # engine.rng.STREAM_DATASET: the Philox stream of finite datasets
+
 # Feature-set kinds in the (S, 3) int32 ``sets`` array (kind, first feature, size) the kernels take.
 SET_KIND = {"correlated": 1, "anticorrelated": 2}
 
@@ -43,14 +45,13 @@ def lane_row(l, r0, R, n):
 
 
 @njit(inline="always", cache=True)
-def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, k0, k1):
+def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
     """Fill x (n_pad, R) with the draws of batch rows r0.. (lanes past the batch get 0) and act (n,)
     with whether any lane of feature f is nonzero; p, inv (n_pad,) are the feature probabilities
     and their float32 reciprocals, padded with 0 (see padded_rule). Lane <-> row: n >= 3, lane l is row r0 + l;
     n = 2, lanes l and l + R/2 are rows r0 + 2l, r0 + 2l + 1 (one call); n = 1, lanes l + kR/4
     are rows r0 + 4l + k. The training step sums over rows, so the order is free."""
     R = x.shape[1]
-    zero = np.uint64(0)
     if n >= 3:
         # x, p and inv have 4 * ceil(n/4) rows, the padding with p = 0 (never active), so every
         # word of every call is stored without a condition.
@@ -60,7 +61,7 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, k0, k1):
             p0, p1, p2, p3 = p[f], p[f + 1], p[f + 2], p[f + 3]
             i0, i1, i2, i3 = inv[f], inv[f + 1], inv[f + 2], inv[f + 3]
             for l in range(R):
-                o0, o1, o2, o3 = philox(np.uint64((r0 + l) * n4 + q), c1, c2, zero, k0, k1)
+                o0, o1, o2, o3 = philox(np.uint64((r0 + l) * n4 + q), c1, c2, c3, k0, k1)
                 x[f, l] = feature(o0, p0, i0)
                 x[f + 1, l] = feature(o1, p1, i1)
                 x[f + 2, l] = feature(o2, p2, i2)
@@ -68,7 +69,7 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, k0, k1):
     elif n == 2:
         H = R // 2
         for l in range(H):
-            o0, o1, o2, o3 = philox(np.uint64(r0 // 2 + l), c1, c2, zero, k0, k1)
+            o0, o1, o2, o3 = philox(np.uint64(r0 // 2 + l), c1, c2, c3, k0, k1)
             x[0, l] = feature(o0, p[0], inv[0])
             x[1, l] = feature(o1, p[1], inv[1])
             x[0, l + H] = feature(o2, p[0], inv[0])
@@ -76,7 +77,7 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, k0, k1):
     else:
         Q = R // 4
         for l in range(Q):
-            o0, o1, o2, o3 = philox(np.uint64(r0 // 4 + l), c1, c2, zero, k0, k1)
+            o0, o1, o2, o3 = philox(np.uint64(r0 // 4 + l), c1, c2, c3, k0, k1)
             x[0, l] = feature(o0, p[0], inv[0])
             x[0, l + Q] = feature(o1, p[0], inv[0])
             x[0, l + 2 * Q] = feature(o2, p[0], inv[0])
@@ -94,7 +95,7 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, k0, k1):
 
 
 @njit(inline="always", cache=True)
-def _apply_sets(x, act, sets, p, inv, r0, batch, n, c1, c2, k0, k1):
+def _apply_sets(x, act, sets, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
     """After _draw_block: rewrite the features of correlated / anticorrelated sets (sets (S, 3):
     kind, first, size) by engine.reference.features_from_uniform's rule, from the same uniforms
     (recomputed with uniform_at), and refresh act for them."""
@@ -105,17 +106,17 @@ def _apply_sets(x, act, sets, p, inv, r0, batch, n, c1, c2, k0, k1):
             row = lane_row(l, r0, R, n)
             if row >= batch:
                 continue
-            u0 = uniform_at(row, a, n, c1, c2, k0, k1)
+            u0 = uniform_at(row, a, n, c1, c2, c3, k0, k1)
             on = u0 < p[a]
             if kind == 1:
                 for f in range(a + 1, a + size):
-                    x[f, l] = uniform_at(row, f, n, c1, c2, k0, k1) if on else np.float32(0.0)
+                    x[f, l] = uniform_at(row, f, n, c1, c2, c3, k0, k1) if on else np.float32(0.0)
             else:
                 for f in range(a, a + size):
                     x[f, l] = 0.0
                 if on:
                     j = min(int(np.floor(u0 * inv[a] * np.float32(size))), size - 1)
-                    x[a + j, l] = uniform_at(row, a + 1, n, c1, c2, k0, k1)
+                    x[a + j, l] = uniform_at(row, a + 1, n, c1, c2, c3, k0, k1)
         for f in range(a, a + size):
             any_on = False
             for l in range(R):
@@ -148,7 +149,7 @@ def _lane_mask(valid, r0, n, batch):
 @njit(cache=True, fastmath=FASTMATH)
 def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, batch, inst, step0, n_steps,
                     window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, R, relu_hidden,
-                    sets):
+                    sets, finite):
     """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment."""
     m, n = W.shape[1], W.shape[2]
     f32 = np.float32
@@ -170,16 +171,19 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     last_r0 = ((batch - 1) // R) * R
     c2 = np.uint64(inst) & M32
     one_b1, one_b2 = f32(1.0) - beta1, f32(1.0) - beta2
+    # A finite dataset (examples > 0) is the batch of step 0 of the dataset stream, drawn again at
+    # every step (every step trains on the whole dataset): engine.rng.dataset_uniforms.
+    c3 = np.uint64(STREAM_DATASET if finite else 0)
     for t in range(step0, step0 + n_steps):
-        c1 = np.uint64(t) & M32
+        c1 = np.uint64(0) if finite else np.uint64(t) & M32
         acc_w[:] = 0.0
         acc_b[:] = 0.0
         acc_l[:] = 0.0
         valid[:] = 1.0
         for r0 in range(0, batch, R):
-            _draw_block(x, act, pk, inv, r0, batch, n, c1, c2, k0, k1)
+            _draw_block(x, act, pk, inv, r0, batch, n, c1, c2, c3, k0, k1)
             if sets.shape[0]:
-                _apply_sets(x, act, sets, pk, inv, r0, batch, n, c1, c2, k0, k1)
+                _apply_sets(x, act, sets, pk, inv, r0, batch, n, c1, c2, c3, k0, k1)
             if r0 == last_r0 and batch % R != 0:
                 _lane_mask(valid, r0, n, batch)
             # h = W x (relu-hidden: ReLU(W x))
@@ -276,7 +280,7 @@ def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, bet
 @njit(parallel=True, cache=True)
 def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0, n_steps,
                   window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
-                  relu_hidden, sets):
+                  relu_hidden, sets, finite):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
 
     W, mW, vW (K, m, n); b, mb, vb, p, imp (K, n); all float32, C-contiguous.
@@ -288,7 +292,7 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
     for k in prange(K):
         _train_instance(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, k, K, batch, first_instance + k, step0,
                         n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
-                        relu_hidden, sets)
+                        relu_hidden, sets, finite)
 
 
 # acc_w (m, n, lanes) float32 per thread: lanes shrink for big models so it stays within this.
@@ -310,7 +314,7 @@ def lanes_for(n: int, m: int) -> int:
 def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first_instance: int, step0: int,
                 n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
                 beta2: float, eps: float, relu: bool, decoupled: bool, lanes: int | None = None,
-                relu_hidden: bool = False, sets=()) -> None:
+                relu_hidden: bool = False, sets=(), finite: bool = False) -> None:
     """Advance ``state`` = dict(W, b, mW, vW, mb, vb) by steps [step0, step0 + n_steps), in place;
     the CPU twin of kernels.train.train_steps (same arguments, torch CPU tensors or numpy arrays).
 
@@ -318,6 +322,7 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     hist (T, K) or None. lanes: batch rows per block (multiple of 4; default lanes_for(n, m)).
     relu: ReLU on the output; relu_hidden: ReLU on the hidden layer too (the relu-hidden variant).
     sets: DataSpec.sets, ((kind, first, size), ...): correlated / anticorrelated features.
+    finite: every step trains on the same ``batch`` rows, the finite dataset (DataSpec.examples).
     """
     from .cpu_rng import seed_words
 
@@ -339,7 +344,7 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     # Plain Python ints and float32 scalars: one compiled signature, cached on disk.
     train_segment(W, b, mW, vW, mb, vb, arr(p), arr(imp), arr(sched), loss, hist_arr, int(batch), int(first_instance),
                   int(step0), int(n_steps), int(window_start), int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1),
-                  f32(beta2), f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden), set_array(sets))
+                  f32(beta2), f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden), set_array(sets), bool(finite))
 
 
 def set_array(sets) -> np.ndarray:

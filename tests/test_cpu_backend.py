@@ -53,7 +53,7 @@ def _training_draws(p, batch, step, inst, k0, k1, lanes):
     act = np.zeros(n, np.bool_)
     out = np.full((batch, n), -1.0, np.float32)
     for r0 in range(0, batch, lanes):
-        cpu_train._draw_block(x, act, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), k0, k1)
+        cpu_train._draw_block(x, act, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), np.uint64(0), k0, k1)
         for l in range(lanes):
             row = cpu_train.lane_row(l, r0, lanes, n)
             for f in range(n):

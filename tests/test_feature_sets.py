@@ -66,8 +66,8 @@ def _kernel_draws(p, sets, batch, step, inst, k0, k1, lanes):
     act = np.zeros(n, np.bool_)
     out = np.full((batch, n), -1.0, np.float32)
     for r0 in range(0, batch, lanes):
-        cpu_train._draw_block(x, act, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), k0, k1)
-        cpu_train._apply_sets(x, act, sets, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), k0, k1)
+        cpu_train._draw_block(x, act, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), np.uint64(0), k0, k1)
+        cpu_train._apply_sets(x, act, sets, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), np.uint64(0), k0, k1)
         for l in range(lanes):
             row = cpu_train.lane_row(l, r0, lanes, n)
             if row < batch:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import SpecError
-from ..spec import OPTIMIZERS, PRECISIONS, SCHEDULES, DataSpec, ModelSpec, TrainSpec, _check_int
+from ..spec import OPTIMIZERS, PRECISIONS, SCHEDULES, DataSpec, ModelSpec, TrainSpec, _check_int, check_dataset
 
 FUSED_BACKENDS = ("cpu", "triton")
 # Spec fields that say how to run, not what to compute: kept out of a run's identity (spec.json's
@@ -99,6 +99,7 @@ class Job:
 
     def __post_init__(self):
         _check_int("history_every", self.history_every, 0)
+        check_dataset(self.data, self.train)
         for t in self.snapshot_steps:
             _check_int("snapshot_steps", t, 0, self.train.steps)
 

@@ -204,7 +204,7 @@ def train_one(fn, job: Job, start: int, stop: int, device: str, on_step=None, ch
     W, b, loss, hist = fn(inp["model"], inp["p"], inp["importance"], inp["train"], start, device=device,
                           history_every=job.history_every, on_step=on_step, checkpoint=checkpoint,
                           snapshot_steps=job.snapshot_steps, on_snapshot=keep if job.snapshot_steps else None,
-                          sets=job.data.sets)
+                          sets=job.data.sets, examples=job.data.examples)
     tensors = {"W": W, "b": b, "loss": loss}
     if hist is not None:
         tensors["history"] = hist
