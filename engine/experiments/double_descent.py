@@ -1,0 +1,199 @@
+"""Double descent (Henighan et al. 2023, "Superposition, Memorization, and Double Descent"; ARENA).
+
+relu-output models with m=2 hidden dimensions and n features of density ``density`` (importance 1),
+each trained on a finite dataset of T examples (DataSpec.examples: drawn once from the Philox
+dataset stream; every step trains on the whole dataset), T log spaced from ``examples_min`` to
+``examples_max``, ``fits`` seeds per T. The test loss is measured on one fixed fresh sample
+(``test_examples`` rows of the Philox evaluation stream, float64), the same for every model.
+Expected: small datasets are memorized (train loss ~0, test loss at or above the zero model's),
+large ones generalize (train ~ test), and between the two regimes the test loss peaks.
+
+Geometry (the lowest-train-loss fit per T): features represented (||W_i|| >= 0.5) and data points
+memorized (training examples whose hidden vector h = W x has norm >= 0.5).
+
+The recipe is the notebook's AdamW (lr 1e-3, weight decay 1e-2) with a cosine schedule (ARENA adds
+a 2,500-step warm-up, which engine schedules do not have). ``--batch-size`` is not used.
+Instance order: job ``T<examples>`` per dataset size, fits within it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import metrics, reference, rng
+from ..errors import SpecError
+from ..plots import plt, save
+from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..store import write_parquet, write_tensors
+from .base import CommonSpec, Experiment, Job, check, option
+
+N_HIDDEN = 2
+PEAK_MARGIN = 1.1  # the peak's test loss must exceed both ends' by 10%
+
+
+@dataclass(frozen=True)
+class DoubleDescentSpec(CommonSpec):
+    features: int = option(100, "Number of features n (the paper: 10,000; ARENA: 1,000).")
+    density: float = option(0.01, "Feature density 1 - S, in (0, 1].")
+    points: int = option(10, "Dataset sizes T, log spaced from examples_min to examples_max.")
+    examples_min: int = option(3, "Smallest dataset size T.")
+    examples_max: int = option(3000, "Largest dataset size T.")
+    fits: int = option(3, "Seeds per dataset size (the test loss is their mean; the geometry is the best fit's).")
+    test_examples: int = option(20_000, "Fresh examples the test loss is measured on (analysis only).")
+
+    def __post_init__(self):
+        _check_int("features", self.features, 1, 100_000)
+        _check_float("density", self.density, 0.0, 1.0, lo_open=True)
+        _check_int("points", self.points, 2, 100)
+        _check_int("examples_min", self.examples_min, 1, 1_000_000)
+        _check_int("examples_max", self.examples_max, 1, 1_000_000)
+        if self.examples_max <= self.examples_min:
+            raise SpecError("examples_max", f"an integer > examples_min ({self.examples_min})", self.examples_max)
+        _check_int("fits", self.fits, 1, 10_000)
+        _check_int("test_examples", self.test_examples, 1, 10_000_000)
+        super().__post_init__()
+
+    def sizes(self) -> list[int]:
+        """Dataset sizes T (points,), log spaced, distinct, ascending."""
+        T = np.unique(np.round(np.logspace(math.log10(self.examples_min), math.log10(self.examples_max),
+                                           self.points)).astype(int))
+        return [int(t) for t in T]
+
+
+def test_sample(spec: DoubleDescentSpec) -> torch.Tensor:
+    """The fixed test set (test_examples, n), float64: fresh draws of the Philox evaluation stream."""
+    u = rng.uniforms(spec.seed, torch.tensor([0]), 0, spec.test_examples, spec.features, stream=rng.STREAM_EVAL)
+    return reference.features_from_uniform(u, torch.full((1, spec.features), spec.density))[0].double()
+
+
+def test_losses(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, rows: int = 4096) -> np.ndarray:
+    """Loss (K,) of each model W (K, m, n), b (K, n) on the test set x (N, n), float64, in row blocks."""
+    W, b = W.double(), b.double()
+    total = torch.zeros(W.shape[0], dtype=torch.float64)
+    ones = torch.ones(W.shape[0], W.shape[2], dtype=torch.float64)
+    for r in range(0, x.shape[0], rows):
+        xb = x[r:r + rows].expand(W.shape[0], -1, -1)
+        total += reference.instance_loss(W, b, xb, ones, "relu-output") * xb.shape[1]
+    return (total / x.shape[0]).numpy()
+
+
+class DoubleDescent(Experiment):
+    name = "double-descent"
+    title = "finite datasets: memorize small ones, generalize from large ones; the test loss peaks between"
+    spec_cls = DoubleDescentSpec
+    presets = {
+        "quick": dict(features=100, points=10, fits=3, steps=10_000, lr=1e-3, weight_decay=1e-2, schedule="cosine"),
+        "paper": dict(features=1000, points=10, fits=5, steps=15_000, lr=1e-3, weight_decay=1e-2, schedule="cosine"),
+    }
+    analysis_fields = ("test_examples",)
+    outputs = ("instances.parquet", "sizes.parquet", "weights.safetensors", "figures/double_descent.png")
+    quick_cost = "30 models (n=100, m=2) x 10,000 steps on 3..3,000 examples; 26 s on 2 CPU cores (cpu backend)"
+
+    def jobs(self, spec):
+        jobs = []
+        for T in spec.sizes():
+            p = np.full((spec.fits, spec.features), spec.density)
+            train = dataclasses.replace(spec.train_spec(), batch_size=T)  # every step: the whole dataset
+            jobs.append(Job(f"T{T}", ModelSpec(spec.features, N_HIDDEN), DataSpec(p, 1.0, examples=T), train))
+        return jobs
+
+    def analyse(self, spec, results, run_dir):
+        x_test = test_sample(spec)
+        zero_loss = float((x_test ** 2).mean())
+        rows, sizes, tensors, kept = [], [], {}, {}
+        for T in spec.sizes():
+            res = results[f"T{T}"]
+            train_loss = res.loss.numpy().astype(np.float64)
+            test = test_losses(res.W, res.b, x_test)
+            ok = ~res.diverged
+            k = int(np.argmin(np.where(ok, train_loss, np.inf)))
+            data = reference.features_from_uniform(rng.dataset_uniforms(spec.train_spec().seed, torch.tensor([k]),
+                                                                        T, spec.features),
+                                                   torch.full((1, spec.features), spec.density))[0].double()
+            h = data @ res.W[k].double().T  # (T, m) hidden vectors of the training examples
+            norms = metrics.feature_norms(res.W[k:k + 1])[0].numpy()
+            kept[T] = (res.W[k].numpy(), h.numpy())
+            rows.append({"examples": [T] * len(train_loss), "fit": np.arange(len(train_loss)), "train_loss": train_loss,
+                         "test_loss": test, "diverged": res.diverged, "kept": np.arange(len(train_loss)) == k})
+            sizes.append({"examples": T, "mean_test_loss": float(test[ok].mean()) if ok.any() else float("nan"),
+                          "mean_train_loss": float(train_loss[ok].mean()) if ok.any() else float("nan"),
+                          "features_represented": int((norms >= metrics.NORM_THRESHOLD).sum()),
+                          "points_memorized": int((h.norm(dim=1) >= 0.5).sum())})
+            tensors[f"W_T{T}"], tensors[f"b_T{T}"] = res.W, res.b
+        write_parquet(run_dir.root / "instances.parquet",
+                      {k: np.concatenate([np.asarray(r[k]) for r in rows]) for k in rows[0]})
+        write_parquet(run_dir.root / "sizes.parquet", {k: [s[k] for s in sizes] for k in sizes[0]})
+        write_tensors(run_dir.root / "weights.safetensors", tensors,
+                      metadata={"layout": f"W_T<examples> (fits, {N_HIDDEN}, n), b_T<examples> (fits, n): rows as "
+                                          "instances.parquet for that dataset size"})
+        figure(run_dir.figures / "double_descent.png", spec, rows, sizes, kept, zero_loss)
+
+        test = np.array([s["mean_test_loss"] for s in sizes])
+        train = np.array([s["mean_train_loss"] for s in sizes])
+        peak = int(np.nanargmax(test))
+        interior = 0 < peak < len(test) - 1
+        checks = [
+            check("test-loss-peak", f"the test loss peaks between the regimes: its maximum over dataset sizes is at an "
+                  f"inner size and at least {PEAK_MARGIN:.1f}x the test loss at both ends",
+                  {"peak_examples": sizes[peak]["examples"], "peak": float(test[peak]), "smallest": float(test[0]),
+                   "largest": float(test[-1])},
+                  interior and test[peak] >= PEAK_MARGIN * max(test[0], test[-1]), "inner peak, >= 1.1x both ends"),
+            check("memorize-then-generalize", "the smallest dataset is memorized (train loss <= 1% of test loss) and "
+                  "the largest generalizes (train loss within 10% of test loss)",
+                  [float(train[0] / test[0]), float(train[-1] / test[-1])],
+                  train[0] <= 0.01 * test[0] and abs(train[-1] / test[-1] - 1) <= 0.1, "[<= 0.01, 0.9..1.1]"),
+        ]
+        return {"examples": [s["examples"] for s in sizes], "mean_test_loss": test.tolist(),
+                "mean_train_loss": train.tolist(), "zero_model_test_loss": zero_loss,
+                "features_represented": [s["features_represented"] for s in sizes],
+                "points_memorized": [s["points_memorized"] for s in sizes], "checks": checks}
+
+    def report(self, spec, summary):
+        rows = ", ".join(f"T={t}: {v:.3g}" for t, v in zip(summary["examples"], summary["mean_test_loss"]))
+        return [f"double descent (n={spec.features}, m=2, density {spec.density:g}): mean test loss {rows} "
+                f"(zero model {summary['zero_model_test_loss']:.3g})"]
+
+
+def figure(path, spec, rows, sizes, kept, zero_loss) -> None:
+    """Left: train and test loss against dataset size (dots: fits; lines: their mean), the zero
+    model's test loss dashed. Right: the hidden space of the best fit at 4 sizes: feature columns W_i
+    (lines) and the training examples' hidden vectors W x (dots)."""
+    T = np.array([s["examples"] for s in sizes])
+    fig = plt.figure(figsize=(11, 4.8), constrained_layout=True)
+    grid = fig.add_gridspec(2, 3, width_ratios=[2.2, 1, 1])
+    ax = fig.add_subplot(grid[:, 0])
+    for r in rows:
+        ax.scatter(r["examples"], r["test_loss"], s=10, color="#c44e52", alpha=0.5)
+        ax.scatter(r["examples"], np.maximum(r["train_loss"], 1e-9), s=10, color="#3b75af", alpha=0.5)
+    ax.plot(T, [s["mean_test_loss"] for s in sizes], color="#c44e52", label="test loss")
+    ax.plot(T, np.maximum([s["mean_train_loss"] for s in sizes], 1e-9), color="#3b75af", label="train loss")
+    ax.axhline(zero_loss, color="0.5", ls="--", lw=1, label="zero model (test)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training set size T")
+    ax.set_ylabel("loss")
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(f"n={spec.features}, m=2, density {spec.density:g}")
+    shown = [T[int(round(i))] for i in np.linspace(0, len(T) - 1, 6)[[0, 2, 3, 5]]]
+    for j, t in enumerate(shown):
+        a = fig.add_subplot(grid[j // 2, 1 + j % 2])
+        W, h = kept[t]
+        lim = max(1.0, float(np.abs(W).max()), float(np.abs(h).max()) if h.size else 0) * 1.1
+        for i in np.flatnonzero(np.linalg.norm(W, axis=0) > 0.1):
+            a.plot([0, W[0, i]], [0, W[1, i]], color="#3b75af", lw=1)
+        a.scatter(h[:, 0], h[:, 1], s=6, color="#c44e52")
+        a.set_xlim(-lim, lim)
+        a.set_ylim(-lim, lim)
+        a.set_aspect("equal")
+        a.set_xticks([])
+        a.set_yticks([])
+        a.set_title(f"T = {t}", fontsize=9)
+    fig.text(0.99, 0.01, "blue: features W_i; red: training examples W x", ha="right", fontsize=8)
+    save(fig, path)
+
+
+EXPERIMENT = DoubleDescent()
