@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..errors import SpecError
-from ..spec import OPTIMIZERS, PRECISIONS, SCHEDULES, DataSpec, ModelSpec, TrainSpec, _check_int, check_dataset
+from ..spec import (OPTIMIZERS, PRECISIONS, SCHEDULES, DataSpec, ModelSpec, TrainSpec, _check_float, _check_int,
+                    check_dataset)
 
 FUSED_BACKENDS = ("cpu", "triton")
 # Spec fields that say how to run, not what to compute: kept out of a run's identity (spec.json's
@@ -74,6 +75,38 @@ class CommonSpec:
 
     def fields_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DensitySweepSpec(CommonSpec):
+    """A sweep over densities (log spaced from density_max down to density_min), ``fits`` models per
+    density of which the lowest-loss one is analysed, importance decay^i over ``n_features``.
+    Subclasses set ``n_features`` and redeclare fields to change their defaults and help."""
+
+    n_features: typing.ClassVar[int] = 0
+    points: int = option(10, "Densities from density_max down to density_min (log spaced).")
+    fits: int = option(5, "Models trained per density; the lowest-loss one is analysed.")
+    density_min: float = option(0.05, "Sparsest density, in (0, 1].")
+    density_max: float = option(1.0, "Densest density, in (0, 1].")
+    importance_decay: float = option(0.9, "Feature i has importance decay^i.")
+
+    def __post_init__(self):
+        _check_int("points", self.points, 1, 1000)
+        _check_int("fits", self.fits, 1, 100_000)
+        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
+        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
+        if self.density_max < self.density_min:
+            raise SpecError("density_max", f"a number >= density_min ({self.density_min})", self.density_max)
+        _check_float("importance_decay", self.importance_decay, 0.0, 1.0, lo_open=True)
+        super().__post_init__()
+
+    def densities(self) -> np.ndarray:
+        """(points,) from density_max down to density_min, log spaced."""
+        return np.logspace(np.log10(self.density_max), np.log10(self.density_min), self.points)
+
+    def importance(self) -> np.ndarray:
+        """(n_features,) decay^i."""
+        return self.importance_decay ** np.arange(self.n_features)
 
 
 def spec_fields(spec_cls) -> list[tuple[dataclasses.Field, type]]:

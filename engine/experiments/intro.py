@@ -11,44 +11,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from .. import metrics
-from ..errors import SpecError
 from ..plots import feature_arrows, plt, save
-from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..spec import DataSpec, ModelSpec
 from ..store import write_parquet, write_tensors
-from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+from .base import DensitySweepSpec, Experiment, Job, best_of_fits, check, option
 
 N_FEATURES, N_HIDDEN = 5, 2
 
 
 @dataclass(frozen=True)
-class IntroSpec(CommonSpec):
+class IntroSpec(DensitySweepSpec):
+    n_features: ClassVar[int] = N_FEATURES
     points: int = option(10, "Densities from density_max down to density_min (log spaced).")
     fits: int = option(5, "Models trained per density; the lowest-loss one is drawn (the paper's protocol).")
     density_min: float = option(0.05, "Sparsest density (the notebook's 1/20), in (0, 1].")
     density_max: float = option(1.0, "Densest density, in (0, 1].")
     importance_decay: float = option(0.9, "Feature i has importance decay^i.")
-
-    def __post_init__(self):
-        _check_int("points", self.points, 1, 1000)
-        _check_int("fits", self.fits, 1, 10_000)
-        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
-        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
-        if self.density_max < self.density_min:
-            raise SpecError("density_max", f"a number >= density_min ({self.density_min})", self.density_max)
-        _check_float("importance_decay", self.importance_decay, 0.0, 1.0, lo_open=True)
-        super().__post_init__()
-
-    def densities(self) -> np.ndarray:
-        """(points,) from density_max down to density_min, log spaced."""
-        return np.logspace(math.log10(self.density_max), math.log10(self.density_min), self.points)
-
-    def importance(self) -> np.ndarray:
-        return self.importance_decay ** np.arange(N_FEATURES)
 
 
 class Intro(Experiment):

@@ -17,45 +17,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from .. import metrics
-from ..errors import SpecError
 from ..plots import plt, save
-from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..spec import DataSpec, ModelSpec
 from ..store import write_parquet, write_tensors
-from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+from .base import DensitySweepSpec, Experiment, Job, best_of_fits, check, option
 
 N_FEATURES, N_HIDDEN = 10, 5
 DRIVE = 0.3
 
 
 @dataclass(frozen=True)
-class PrivilegedBasisSpec(CommonSpec):
+class PrivilegedBasisSpec(DensitySweepSpec):
+    n_features: ClassVar[int] = N_FEATURES
     points: int = option(9, "Densities from density_max down to density_min (log spaced).")
     fits: int = option(50, "Models trained per density; the lowest-loss one is analysed (the paper: 1,000).")
     density_min: float = option(0.03, "Sparsest density, in (0, 1] (the paper's sparse end: <= 0.04).")
     density_max: float = option(0.7, "Densest density, in (0, 1] (the paper's dense end: >= 0.5).")
     importance_decay: float = option(0.75, "Feature i has importance decay^i.")
-
-    def __post_init__(self):
-        _check_int("points", self.points, 1, 1000)
-        _check_int("fits", self.fits, 1, 100_000)
-        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
-        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
-        if self.density_max < self.density_min:
-            raise SpecError("density_max", f"a number >= density_min ({self.density_min})", self.density_max)
-        _check_float("importance_decay", self.importance_decay, 0.0, 1.0, lo_open=True)
-        super().__post_init__()
-
-    def densities(self) -> np.ndarray:
-        """(points,) from density_max down to density_min, log spaced."""
-        return np.logspace(math.log10(self.density_max), math.log10(self.density_min), self.points)
-
-    def importance(self) -> np.ndarray:
-        return self.importance_decay ** np.arange(N_FEATURES)
 
 
 def neuron_table(W: np.ndarray) -> dict:
