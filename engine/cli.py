@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from . import backends
-from .errors import BackendUnavailable, SpecError, UnsupportedShape
+from .errors import BackendUnavailable, SpecError, TrainingDiverged, TrainingFailed, UnsupportedShape
 from .experiments import EXPERIMENTS, memory, runner
 from .experiments.base import CommonSpec, default_preset, option_name, spec_fields
 
@@ -96,7 +96,7 @@ def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, lo
     recorded = runner.recorded_run(out)
     if recorded.get("preset") in exp.presets and preset == "auto":
         name = recorded["preset"]
-    was = recorded.get("plan", {}).get("backend")
+    was = (recorded.get("plan") or {}).get("backend") if isinstance(recorded.get("plan"), dict) else None
     if requested == "auto" and was in ("torch", "cpu", "triton") and was != backend:
         try:
             backend = backends.resolve(was)
@@ -134,6 +134,13 @@ def _run_experiment(exp, preset, backend, out, progress, threads, ray, **options
         raise UserError(f"{name}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
     except (BackendUnavailable, UnsupportedShape) as e:
         raise UserError(str(e))
+    except (TrainingDiverged, TrainingFailed) as e:
+        click.echo(f"supbench: error: {e}", err=True)
+        sys.exit(1)
+    except MemoryError:
+        click.echo("supbench: error: memory: this machine ran out of memory building the run; use fewer instances",
+                   err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         saved = out is not None and any(Path(out, "chunks").glob("*.safetensors"))
         click.echo(f"\ninterrupted: finished chunks and checkpoints are saved in {out}; run the same command again to resume"

@@ -24,3 +24,11 @@ class BackendUnavailable(RuntimeError):
 
 class UnsupportedShape(ValueError):
     """No kernel path supports this model shape; the message names the limit."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Every instance of a job diverged (NaN/inf): there is nothing to analyse. One-line message."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training failed somewhere the user cannot see (a Ray task): the message is one line."""

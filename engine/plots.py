@@ -53,10 +53,12 @@ def phase_diagram(path: Path, density, rel_importance, empirical, theory, title:
 
 
 def save(fig, path: Path, dpi: int = 130) -> None:
-    """Write ``fig`` as a PNG at ``path`` (parents created) and free it."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    """Write ``fig`` as a PNG at ``path`` (parents created; atomically, like every run file) and free it."""
+    from .store import write_with
+    try:
+        write_with(Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def feature_arrows(ax, W, colors, lim: float, lw: float = 2.0) -> None:

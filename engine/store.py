@@ -63,8 +63,25 @@ def _fsync(path) -> None:
         os.close(fd)
 
 
+def write_with(path: Path, write) -> None:
+    """Write ``path`` atomically with ``write(tmp_path)`` (temporary name, fsync, rename)."""
+    _atomic(Path(path), write)
+
+
 def write_json(path: Path, obj) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    """Strict JSON: NaN and infinities (a diverged model's figures) are written as null."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def write_text(path: Path, text: str) -> None:
@@ -166,19 +183,30 @@ class RunDir:
         run = cls(root)
         try:
             run.root.mkdir(parents=True, exist_ok=True)
+            run._refuse_foreign_directory(root)  # before anything is written into it
             probe = run.root / ".write-probe"
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
             raise SpecError("--out", "a directory that can be created and written", f"{root}: {e.strerror}") from None
         run._lock = _lock(run.root / ".lock")
-        run._remove_orphans()
         try:
             run._check_spec(spec, root)
         except SpecError:
             run.close()
             raise
+        run._remove_orphans()  # only in a directory that is this run's
         return run
+
+    def _refuse_foreign_directory(self, root) -> None:
+        """A directory without spec.json must be empty (but for a .lock our own interrupted start may
+        have left): anything else is someone's files, never written over or next to."""
+        if (self.root / "spec.json").exists():
+            return
+        others = sorted(p.name for p in self.root.iterdir() if p.name != ".lock")
+        if others:
+            raise SpecMismatch("--out", "a new or empty directory, or a run directory (this one has no spec.json "
+                               f"but holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})", str(root))
 
     def _remove_orphans(self) -> None:
         """Temporary files of a writer killed mid-write (SIGKILL, power loss): never results, and
@@ -205,16 +233,17 @@ class RunDir:
                                    f"({_first_difference(old, new)})", str(root))
             self.recorded = old
         else:
-            others = sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
-            if others:  # results of something else (or a run whose spec.json was deleted): never overwrite
-                raise SpecMismatch("--out", "a new or empty directory, or a run directory (this one has no spec.json "
-                                   f"but holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})", str(root))
             write_json(spec_path, spec)
             self.recorded = json.loads(json.dumps(spec))
 
     def record_plan(self, plan: dict) -> None:
         """Write a changed chunk plan into spec.json (only untrained chunks ever change)."""
-        self.recorded = {**self.recorded, "plan": json.loads(json.dumps(plan))}
+        self.record("plan", plan)
+
+    def record(self, key: str, value) -> None:
+        """Rewrite one bookkeeping entry of spec.json (BOOKKEEPING: plan, preset, analysis)."""
+        assert key in BOOKKEEPING, key
+        self.recorded = {**self.recorded, key: json.loads(json.dumps(value))}
         write_json(self.root / "spec.json", self.recorded)
 
     def close(self) -> None:

@@ -107,3 +107,57 @@ def test_ray_without_ray_installed_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     code, _, err = run_cli([*ARGS, "--backend", "cpu", "--ray", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and 'pip install -e ".[ray]"' in err, err
+
+
+def test_an_unreachable_cluster_is_one_line_within_seconds(tmp_path, capsys):
+    t0 = time.time()
+    code, _, err = run_cli([*ARGS, "--backend", "cpu", "--ray", "127.0.0.1:1", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--ray" in err and time.time() - t0 < 30, err
+
+
+def test_gpu_tasks_on_a_cluster_without_gpus_are_refused():
+    from engine.errors import SpecError
+    from engine.experiments import distributed
+    with pytest.raises(SpecError, match="GPUs"):
+        distributed.check_resources("triton", "cuda", {"CPU": 2.0})
+    distributed.check_resources("cpu", "cpu", {"CPU": 2.0})
+
+
+def test_a_task_that_runs_out_of_memory_is_split_and_others_fail_in_one_line(tmp_path, monkeypatch, capsys):
+    """Inside a Ray task an out-of-memory error is re-raised on the driver: the chunk is split and
+    resubmitted; any other task error is one line (no Ray traceback), exit 1."""
+    from engine.experiments import distributed, runner
+    from engine.experiments import phase_diagram as pd
+    from engine.store import RunDir
+    spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=20, batch_size=16, backend="cpu", chunk_size=8)
+    distributed.connect("local", 2, log=lambda m: None)
+    jobs = pd.EXPERIMENT.jobs(spec)
+    plan = runner.make_plan(spec, jobs)
+    run = RunDir.open(tmp_path / "r", {"plan": plan})
+    store = runner.ChunkStore(run, jobs, pd.EXPERIMENT.identity(spec), plan["data_stream"], lambda m: None)
+    # The injected task functions live in this test module, which workers cannot import: ship them by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(distributed, "_train_remote", _fails_above_4)
+    logs = []
+    saved, _ = distributed.train_chunks(pd.EXPERIMENT, jobs, plan, store, [(jobs[0], 0, 8)], False, logs.append,
+                                        split=lambda job, a, b: runner.split_chunk(run, plan, job, a, b, "cpu",
+                                                                                   logs.append))
+    assert saved == 2 and plan["chunks"]["models"] == [[0, 4], [4, 8]]
+    monkeypatch.setattr(distributed, "_train_remote", _always_fails)
+    from engine.errors import TrainingFailed
+    with pytest.raises(TrainingFailed) as e:
+        distributed.train_chunks(pd.EXPERIMENT, jobs, plan, store, [(jobs[0], 0, 4)], False, logs.append)
+    assert str(e.value) == "chunk models [0, 4) failed on ray: ValueError: broken worker" and "\x1b" not in str(e.value)
+    run.close()
+
+
+def _fails_above_4(job, start, stop, backend, device):
+    if stop - start > 4:
+        raise MemoryError
+    from engine import backends
+    from engine.experiments.runner import train_one
+    return train_one(backends.train_chunk_fn("cpu"), job, start, stop, device)
+
+
+def _always_fails(job, start, stop, backend, device):
+    raise ValueError("broken worker\nsecond line")

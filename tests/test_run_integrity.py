@@ -237,10 +237,137 @@ def test_an_explicit_chunk_too_big_for_memory_is_named():
     assert memory.check_fits(pd.EXPERIMENT.job_sizes(small), small, "torch", "cpu", available=1 << 30) < 1 << 30
 
 
-@pytest.mark.parametrize("name", ["phase-diagram"])
-def test_an_experiments_arithmetic_job_sizes_match_its_jobs(name):
+def _experiment_names():
+    from engine.experiments import EXPERIMENTS
+    return list(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", _experiment_names())
+@pytest.mark.parametrize("preset", ["quick", "paper"])
+def test_an_experiments_arithmetic_job_sizes_match_its_jobs(name, preset):
+    """Every experiment sizes its jobs by arithmetic (the memory check runs before anything is built)
+    and the figures are those of the jobs it then builds."""
     from engine.experiments import EXPERIMENTS
     from engine.experiments.base import Experiment
     exp = EXPERIMENTS[name]
-    spec = exp.make_spec(**exp.presets["quick"])
+    spec = exp.make_spec(**exp.presets[preset])
+    assert type(exp).job_sizes is not Experiment.job_sizes, "override job_sizes with arithmetic"
     assert exp.job_sizes(spec) == Experiment.job_sizes(exp, spec)
+
+
+# --- Findings of the review of the first version (each failed on it) --------------------------------
+
+def _nan_instances(monkeypatch, job: str, indices, loss_only=False):
+    """Make the given global instances of ``job`` come back diverged from training."""
+    from engine import backends
+    real = backends.train_chunk_fn
+
+    def fn_for(name):
+        inner = real(name)
+
+        def train_chunk(model, p, imp, train, first, **k):
+            W, b, loss, hist = inner(model, p, imp, train, first, **k)
+            for i in indices:
+                if first <= i < first + len(loss) and k.get("_job", job) == job:
+                    loss[i - first] = float("inf")
+                    if not loss_only:
+                        W[i - first] = float("nan")
+            return W, b, loss, hist
+        return train_chunk
+
+    monkeypatch.setattr(backends, "train_chunk_fn", fn_for)
+
+
+def test_a_check_over_a_nan_never_passes():
+    from engine.experiments.base import check
+    assert not check("x", "c", [1.0, float("nan")], True, "e")["passed"]
+    assert not check("x", "c", {"a": float("-inf")}, True, "e")["passed"]
+    assert check("x", "c", [1.0, 2], True, "e")["passed"]
+
+
+def test_a_run_with_a_diverged_instance_reports_a_failed_check(tmp_path, monkeypatch):
+    _nan_instances(monkeypatch, "models", [0])
+    spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=20, batch_size=16, backend="torch")
+    summary = runner.run(pd.EXPERIMENT, spec, tmp_path, **QUIET)
+    failed = [c for c in summary["checks"] if c["name"] == "no-divergence"]
+    assert failed and not failed[0]["passed"] and failed[0]["measured"] == {"models": 1}
+
+
+def test_every_instance_diverged_is_one_line_and_no_analysis(tmp_path, capsys, monkeypatch):
+    _nan_instances(monkeypatch, "models", range(100))
+    code, out, err = run_cli([*TINY, "--out", str(tmp_path / "r")], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "every models instance diverged" in err, err
+    summary = json.loads((tmp_path / "r/summary.json").read_text())
+    assert summary["diverged_instances"] == {"models": 18} and not (tmp_path / "r/cells.parquet").exists()
+
+
+def test_adversarial_never_passes_a_check_on_a_point_without_a_trained_model(tmp_path, monkeypatch):
+    """The review's case: both linear fits at the densest point diverged; linear-flat passed with -0.0."""
+    from engine.experiments import adversarial as adv
+    spec = adv.AdversarialSpec(points=3, fits=2, steps=30, batch_size=32, backend="torch", test_samples=500)
+    real = runner.train_one
+
+    def planted(fn, job, a, b, device, **k):
+        out = real(fn, job, a, b, device, **k)
+        if job.name == "linear":
+            for i in (0, 1):
+                if a <= i < b:
+                    out["W"][i - a] = float("nan")
+                    out["loss"][i - a] = float("nan")
+        return out
+
+    monkeypatch.setattr(runner, "train_one", planted)
+    summary = runner.run(adv.EXPERIMENT, spec, tmp_path, **QUIET)
+    flat = next(c for c in summary["checks"] if c["name"] == "linear-flat")
+    assert not flat["passed"]
+    inst = pq.read_table(tmp_path / "instances.parquet").to_pydict()
+    assert not any(d and k for d, k in zip(inst["diverged"], inst["kept"]))  # never both
+
+
+def test_a_torch_cpu_allocation_failure_splits_the_chunk(tmp_path, monkeypatch):
+    """torch raises a plain RuntimeError when a CPU allocation fails, not MemoryError."""
+    from engine import backends
+    real = backends.train_chunk_fn("torch")
+
+    def small_memory(model, p, *a, **k):
+        if len(p) > 4:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 123 bytes")
+        return real(model, p, *a, **k)
+
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda name: small_memory)
+    spec = pd.PhaseDiagramSpec(grid=2, seeds=3, steps=10, batch_size=16, backend="torch", chunk_size=12)
+    logs = []
+    summary = runner.run(pd.EXPERIMENT, spec, tmp_path, progress=False, log=logs.append)
+    assert summary["plan"]["chunks"]["models"] == [[0, 3], [3, 6], [6, 9], [9, 12]]
+    recorded = json.loads((tmp_path / "spec.json").read_text())["plan"]
+    assert recorded["backend"] == "torch" and recorded["chunks"] == summary["plan"]["chunks"]
+
+
+@pytest.mark.parametrize("damage", ["no plan", "null", "empty chunks", "half covered"])
+def test_a_damaged_plan_in_spec_json_is_named(damage, tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    path = tmp_path / "r/spec.json"
+    spec = json.loads(path.read_text())
+    if damage == "no plan":
+        del spec["plan"]
+    elif damage == "null":
+        spec["plan"] = None
+    elif damage == "empty chunks":
+        spec["plan"]["chunks"] = {}
+    else:
+        spec["plan"]["chunks"]["models"] = [[0, 9]]
+    path.write_text(json.dumps(spec))
+    code, _, err = run_cli([*TINY, "--out", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "spec.json is damaged" in err, err
+
+
+def test_a_directory_of_hidden_files_is_not_a_run_directory_and_is_left_untouched(tmp_path, capsys):
+    d = tmp_path / "home"
+    d.mkdir()
+    (d / ".notes.tmp").write_text("important")
+    (d / ".bashrc").write_text("x")
+    code, _, err = run_cli([*TINY, "--out", str(d)], capsys)
+    assert code == 2 and ".bashrc" in err
+    assert sorted(p.name for p in d.iterdir()) == [".bashrc", ".notes.tmp"]  # nothing deleted, nothing added

@@ -47,7 +47,7 @@ from ..errors import SpecError
 from ..plots import plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
-from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
 NAME = "adversarial"
 N_FEATURES, N_HIDDEN = 20, 5
@@ -234,6 +234,10 @@ class Adversarial(Experiment):
     outputs = ("models.parquet", "instances.parquet", "weights.safetensors", "figures/vulnerability.png")
     quick_cost = "60 models x 10,000 steps; 23 s on 2 CPU cores (cpu backend)"
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize(v, spec.densities().size * spec.fits, N_FEATURES, N_HIDDEN) for v in VARIANTS]
+
     def jobs(self, spec):
         table = instance_table(spec)
         p = np.repeat(table["density"][:, None], N_FEATURES, axis=1)
@@ -267,9 +271,12 @@ class Adversarial(Experiment):
                  "features_per_dimension": 1 / dstar, "train_loss": loss[kept],
                  **{k: np.asarray(val) for k, val in found.items() if not k.endswith("_direction")},
                  **{k: [direction_name(c) for c in val] for k, val in found.items() if k.endswith("_direction")}}
+            no_model = res.diverged[kept]  # points whose fits all diverged: no figures from them
+            for key, val in r.items():
+                if isinstance(val, np.ndarray) and val.dtype.kind == "f":
+                    r[key] = np.where(no_model, np.nan, val)
             rows[v] = r
-            is_kept = np.zeros(len(loss), bool)
-            is_kept[kept] = True
+            is_kept = kept_column(len(loss), kept, res.diverged)
             instances[v] = {**table, "variant": [v] * len(loss), "train_loss": loss, "diverged": res.diverged, "kept": is_kept,
                             "D_star": metrics.dimensions_per_feature(res.W).numpy()}
             tensors[f"W_{v}"], tensors[f"b_{v}"] = res.W, res.b

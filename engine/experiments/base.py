@@ -171,10 +171,40 @@ def diverged(W: torch.Tensor, b: torch.Tensor, loss: torch.Tensor) -> np.ndarray
 
 
 def check(name: str, claim: str, measured, passed: bool, expected: str) -> dict:
-    """One paper check for summary.json: a named claim, the figure measured, what passing means."""
+    """One paper check for summary.json: a named claim, the figure measured, what passing means.
+    A measurement holding NaN or inf (a point whose models all diverged) never passes."""
     if isinstance(measured, (np.floating, np.integer)):
         measured = measured.item()
-    return {"name": name, "claim": claim, "measured": measured, "expected": expected, "passed": bool(passed)}
+    return {"name": name, "claim": claim, "measured": measured, "expected": expected,
+            "passed": bool(passed) and _all_finite(measured)}
+
+
+def _all_finite(v) -> bool:
+    if isinstance(v, dict):
+        return all(_all_finite(x) for x in v.values())
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return all(_all_finite(x) for x in v)
+    if isinstance(v, (float, np.floating)):
+        return bool(np.isfinite(v))
+    return True
+
+
+def kept_column(n: int, kept: np.ndarray, diverged: np.ndarray) -> np.ndarray:
+    """bool (n,): the instances an analysis drew (``kept`` indices), never a diverged one (a point
+    whose fits all diverged has none)."""
+    out = np.zeros(n, bool)
+    out[np.asarray(kept)] = True
+    return out & ~np.asarray(diverged, bool)
+
+
+def divergence_check(results: dict) -> dict | None:
+    """A failed check when any instance diverged (None otherwise): the analysis left them out, and
+    a point whose models all diverged has no model, so the run is not a clean reproduction."""
+    counts = {name: int(res.diverged.sum()) for name, res in results.items()}
+    if not any(counts.values()):
+        return None
+    return check("no-divergence", "every instance trained without diverging (diverged ones are flagged and left "
+                 "out of the analysis)", counts, False, "0 diverged instances")
 
 
 def lowest_loss(loss: np.ndarray, diverged: np.ndarray | None = None) -> np.ndarray:

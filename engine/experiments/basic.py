@@ -19,7 +19,7 @@ from .. import metrics
 from ..plots import plt, save
 from ..spec import DataSpec, ModelSpec, _check_int
 from ..store import write_parquet, write_tensors
-from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
 SIZES = {"small": (20, 5, 0.7), "large": (80, 20, 0.9)}  # n, m, importance decay (the paper's two figures)
 DENSITIES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
@@ -66,6 +66,11 @@ class Basic(Experiment):
         from pathlib import Path
         return Path("runs") / f"basic-{spec.size}-{preset}"
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        n, m = spec.shape
+        return [JobSize(v, len(DENSITIES) * spec.fits, n, m) for v in VARIANTS]
+
     def jobs(self, spec):
         n, m = spec.shape
         d = np.repeat(np.array(DENSITIES), spec.fits)
@@ -93,7 +98,7 @@ class Basic(Experiment):
             top_m[v] = [bool(r[:m].all() and not r[m:].any()) for r in rep]
             rows.append({"variant": [v] * len(loss), "density": np.repeat(DENSITIES, spec.fits),
                          "fit": np.tile(np.arange(spec.fits), P), "final_loss": loss, "diverged": res.diverged,
-                         "kept": np.isin(np.arange(len(loss)), kept)})
+                         "kept": kept_column(len(loss), kept, res.diverged)})
             feats.append({"variant": [v] * (P * n), "density": np.repeat(DENSITIES, n),
                           "feature": np.tile(np.arange(n), P), "importance": np.tile(spec.importance(), P),
                           "norm": norms.ravel(), "superposition": sup.ravel(), "dimensionality": dim.ravel(),

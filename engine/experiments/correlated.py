@@ -28,7 +28,7 @@ from ..errors import SpecError
 from ..plots import feature_arrows, plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
-from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
 COLLAPSED, ORTHOGONAL = 0.9, 0.2
 # name: (n, m, sets)
@@ -113,6 +113,10 @@ class Correlated(Experiment):
     outputs = ("instances.parquet", "sets.parquet", "weights.safetensors", "figures/correlated.png")
     quick_cost = "100 models x 10,000 steps; 66 s on 2 CPU cores (cpu backend)"
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize(name, spec.densities(name).size * spec.fits, n, m) for name, (n, m, _) in SETUPS.items()]
+
     def jobs(self, spec):
         jobs = []
         for name, (n, m, sets) in SETUPS.items():
@@ -131,7 +135,7 @@ class Correlated(Experiment):
             kept_W[name] = res.W[kept]
             instances.append({"setup": [name] * len(loss), "density": np.repeat(dens, spec.fits),
                               "fit": np.tile(np.arange(spec.fits), len(dens)), "final_loss": loss,
-                              "diverged": res.diverged, "kept": np.isin(np.arange(len(loss)), kept)})
+                              "diverged": res.diverged, "kept": kept_column(len(loss), kept, res.diverged)})
             for j, geo in enumerate(set_geometry(res.W[kept], sets)):
                 for s, g in enumerate(geo):
                     set_rows.append({"setup": name, "density": float(dens[j]), "set": s, "kind": sets[s][0],

@@ -25,7 +25,7 @@ from ..errors import SpecError
 from ..plots import fraction_line, plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
-from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
 NAME = "dimensionality"
 
@@ -146,10 +146,9 @@ def analyse_weights(spec: DimensionalitySpec, W: torch.Tensor, loss: np.ndarray,
     D = metrics.dimensionality(Wk).numpy()          # (points, n)
     norms = metrics.feature_norms(Wk).numpy()       # (points, n)
     d_star = d_star_all[kept]
-    is_kept = np.zeros(len(loss), bool)
-    is_kept[kept] = True
-    instances = {**table, "final_loss": np.asarray(loss, np.float64),
-                 "diverged": np.zeros(len(loss), bool) if diverged is None else np.asarray(diverged, bool),
+    diverged = np.zeros(len(loss), bool) if diverged is None else np.asarray(diverged, bool)
+    is_kept = kept_column(len(loss), kept, diverged)
+    instances = {**table, "final_loss": np.asarray(loss, np.float64), "diverged": diverged,
                  "D_star": d_star_all, "kept": is_kept}
     near = metrics.nearest_fraction(D)
     points = {"density_index": np.arange(spec.points), "density": 1.0 / inv, "inv_density": inv,
@@ -202,6 +201,10 @@ class Dimensionality(Experiment):
     outputs = ("instances.parquet", "points.parquet", "features.parquet", "weights.safetensors",
                "figures/dimensionality.png")
     quick_cost = "40 models (n=400, m=30) x 2,000 steps at batch 128; 61 s on 2 CPU cores (cpu backend)"
+
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize("models", spec.points * spec.fits, spec.model.n_features, spec.model.n_hidden)]
 
     def jobs(self, spec):
         table = instance_table(spec)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
 import time
 
 from tqdm.auto import tqdm
 
-from ..errors import SpecError
+from ..errors import SpecError, TrainingFailed
 
 # Test hook: a path; the first task to see it absent creates it and kills its own worker process
 # after its first progress report (a worker lost mid-chunk). Never set outside tests.
@@ -36,6 +38,8 @@ def connect(address: str | None, num_cpus: int | None = None, log=print) -> dict
         import ray
     except ImportError:
         raise SpecError("--ray", "used with Ray installed (pip install -e \".[ray]\", or pip install ray)", address or "local") from None
+    if address not in (None, "", "local", "auto"):
+        _check_reachable(address)
     if not ray.is_initialized():
         env = {KILL_ONCE_ENV: os.environ[KILL_ONCE_ENV]} if KILL_ONCE_ENV in os.environ else {}
         kwargs = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
@@ -50,6 +54,24 @@ def connect(address: str | None, num_cpus: int | None = None, log=print) -> dict
     res = ray.cluster_resources()
     log(f"ray: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs in the cluster")
     return res
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an unreachable head for minutes: say so in one line after a few seconds instead."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as e:
+        raise SpecError("--ray", "the HOST:PORT of a running Ray cluster's head (or no value, for a local instance)",
+                        f"{address}: {e.strerror or e}" if isinstance(e, OSError) else address) from None
+
+
+def check_resources(backend: str, device: str, resources: dict) -> None:
+    """Tasks that need a GPU on a cluster without one would wait forever: refuse in one line."""
+    if (backend == "triton" or str(device).startswith("cuda")) and not resources.get("GPU"):
+        raise SpecError("--ray", f"a cluster with GPUs for {backend} on {device} (this one has none); use --backend cpu",
+                        backend)
 
 
 def chunk_size_for(n_instances: int, backend: str, resources: dict) -> int:
@@ -78,13 +100,17 @@ def _train_remote(job, start: int, stop: int, backend: str, device: str) -> dict
     return train_one(backends.train_chunk_fn(backend), job, start, stop, device, on_step=on_step if die else None)
 
 
-def train_chunks(exp, jobs, plan: dict, store, todo: list, progress: bool, log) -> tuple[int, float]:
+def train_chunks(exp, jobs, plan: dict, store, todo: list, progress: bool, log, split=None) -> tuple[int, float]:
     """Train the ``todo`` chunks [(job, start, stop)] as Ray tasks, saving each into ``store`` as it
-    finishes; returns (chunks saved, seconds). Interrupting cancels the tasks still running."""
+    finishes; returns (chunks saved, seconds). A task that runs out of memory has its chunk split
+    (``split(job, a, b)`` -> the halves, recorded in the plan) and the halves submitted; any other
+    task failure is a one-line TrainingFailed. Interrupting cancels the tasks still running."""
     import ray
+
+    from .runner import is_out_of_memory
     backend, device = plan["backend"], plan["device"]
-    remote = ray.remote(max_retries=MAX_RETRIES, num_cpus=0 if backend == "triton" else 1,
-                        num_gpus=1 if backend == "triton" else 0)(_train_remote)
+    gpu = backend == "triton" or str(device).startswith("cuda")
+    remote = ray.remote(max_retries=MAX_RETRIES, num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)(_train_remote)
     job_refs = {j.name: ray.put(j) for j in jobs}
     t0 = time.perf_counter()
     pending = {remote.remote(job_refs[j.name], a, b, backend, device): (j, a, b) for j, a, b in todo}
@@ -100,8 +126,12 @@ def train_chunks(exp, jobs, plan: dict, store, todo: list, progress: bool, log) 
                     try:
                         tensors = ray.get(ref)
                     except ray.exceptions.RayError as e:
-                        raise RuntimeError(f"chunk {job.name} [{a}, {b}) failed on ray after {MAX_RETRIES} retries: "
-                                           f"{str(e).splitlines()[0]}") from None
+                        cause = getattr(e, "cause", None)
+                        if split is not None and cause is not None and is_out_of_memory(cause):
+                            for s, t in split(job, a, b):
+                                pending[remote.remote(job_refs[job.name], s, t, backend, device)] = (job, s, t)
+                            continue
+                        raise TrainingFailed(f"chunk {job.name} [{a}, {b}) failed on ray: {_one_line(e, cause)}") from None
                     if store.save(job.name, a, b, tensors):
                         saved += 1
                     else:
@@ -111,3 +141,12 @@ def train_chunks(exp, jobs, plan: dict, store, todo: list, progress: bool, log) 
         for ref in pending:
             ray.cancel(ref, force=True)
     return saved, time.perf_counter() - t0
+
+
+def _one_line(e, cause) -> str:
+    """The failure without Ray's ANSI colours and traceback: 'ExceptionType: first line'."""
+    if cause is not None:
+        text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+    else:
+        text = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return re.sub(r"\x1b\[[0-9;]*m", "", text).strip()

@@ -93,6 +93,10 @@ class DoubleDescent(Experiment):
     outputs = ("instances.parquet", "sizes.parquet", "weights.safetensors", "figures/double_descent.png")
     quick_cost = "30 models (n=100, m=2) x 10,000 steps on 3..3,000 examples; 26 s on 2 CPU cores (cpu backend)"
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize(f"T{T}", spec.fits, spec.features, N_HIDDEN) for T in spec.sizes()]
+
     def jobs(self, spec):
         jobs = []
         for T in spec.sizes():
@@ -118,7 +122,7 @@ class DoubleDescent(Experiment):
             norms = metrics.feature_norms(res.W[k:k + 1])[0].numpy()
             kept[T] = (res.W[k].numpy(), h.numpy())
             rows.append({"examples": [T] * len(train_loss), "fit": np.arange(len(train_loss)), "train_loss": train_loss,
-                         "test_loss": test, "diverged": res.diverged, "kept": np.arange(len(train_loss)) == k})
+                         "test_loss": test, "diverged": res.diverged, "kept": (np.arange(len(train_loss)) == k) & ok})
             sizes.append({"examples": T, "mean_test_loss": float(test[ok].mean()) if ok.any() else float("nan"),
                           "mean_train_loss": float(train_loss[ok].mean()) if ok.any() else float("nan"),
                           "features_represented": int((norms >= metrics.NORM_THRESHOLD).sum()),

@@ -20,7 +20,7 @@ from .. import metrics
 from ..plots import feature_arrows, plt, save
 from ..spec import DataSpec, ModelSpec
 from ..store import write_parquet, write_tensors
-from .base import DensitySweepSpec, Experiment, Job, best_of_fits, check, option
+from .base import DensitySweepSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
 N_FEATURES, N_HIDDEN = 5, 2
 
@@ -47,6 +47,10 @@ class Intro(Experiment):
     outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/intro.png")
     quick_cost = "50 models x 10,000 steps; 5.6 s on 2 CPU cores (cpu backend)"
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize("models", spec.points * spec.fits, N_FEATURES, N_HIDDEN)]
+
     def jobs(self, spec):
         d = np.repeat(spec.densities(), spec.fits)
         p = np.repeat(d[:, None], N_FEATURES, axis=1)
@@ -66,7 +70,7 @@ class Intro(Experiment):
         write_parquet(run_dir.root / "instances.parquet", {
             "instance": np.arange(len(loss)), "density": np.repeat(dens, spec.fits),
             "fit": np.tile(np.arange(spec.fits), spec.points), "final_loss": loss, "diverged": res.diverged,
-            "kept": np.isin(np.arange(len(loss)), kept)})
+            "kept": kept_column(len(loss), kept, res.diverged)})
         P, n = norms.shape
         write_parquet(run_dir.root / "features.parquet", {
             "density": np.repeat(dens, n), "feature": np.tile(np.arange(n), P),

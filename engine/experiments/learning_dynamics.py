@@ -282,6 +282,11 @@ class LearningDynamics(Experiment):
     outputs = ("snapshots.parquet", "history.parquet", "weights.safetensors", "figures/learning_dynamics.png")
     quick_cost = "3 models (n=400, m=30) x 5,000 steps at batch 256, 46 snapshots; 25 s on 2 CPU cores (cpu backend)"
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize("models", spec.seeds, spec.model.n_features, spec.model.n_hidden,
+                        -(-spec.steps // spec.history_every) if spec.history_every else 0, len(spec.snapshot_steps()))]
+
     def jobs(self, spec):
         density = np.full(spec.seeds, 1.0 / spec.inv_density)
         return [Job("models", spec.model, spec.data_spec(density), spec.train_spec(),

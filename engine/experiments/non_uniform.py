@@ -45,7 +45,7 @@ from ..errors import SpecError
 from ..plots import feature_arrows, plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
-from .base import CommonSpec, Experiment, Job, best_of_fits, check, option
+from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
 NAME = "non-uniform"
 N_FEATURES, N_HIDDEN = 5, 2
@@ -316,6 +316,10 @@ class NonUniform(Experiment):
                "figures/loss_curves.png")
     quick_cost = "410 models x 5,000 steps; 16 s on 2 CPU cores (cpu backend)"
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize("models", spec.rel_axis().size * spec.fits, spec.model.n_features, spec.model.n_hidden)]
+
     def jobs(self, spec):
         table = instance_table(spec)
         p = feature_probability(spec, table["rel_density"])
@@ -333,6 +337,7 @@ class NonUniform(Experiment):
         eval_loss = everywhere[np.arange(P * F), table["point_index"]]
         kept = best_of_fits(eval_loss, F, res.diverged)
         codes_all, dropped_all = classify_geometry(W)
+        codes_all[res.diverged] = DIVERGED  # also a finite W whose loss is inf
         norms = metrics.feature_norms(W).numpy()
         dims = metrics.dimensionality(W).numpy()
         codes, dropped = codes_all[kept], dropped_all[kept]
@@ -359,8 +364,7 @@ class NonUniform(Experiment):
                   **{f"norm_{i}": norms[kept, i] for i in range(N_FEATURES)},
                   "pentagon_loss": pent, "pentagon_from_rel": np.where(pent_src >= 0, rel[pent_src], np.nan),
                   "digons_loss": dig, "digons_from_rel": np.where(dig_src >= 0, rel[dig_src], np.nan)}
-        is_kept = np.zeros(P * F, bool)
-        is_kept[kept] = True
+        is_kept = kept_column(P * F, kept, res.diverged)
         instances = {**table, "train_loss": train_loss, "eval_loss": eval_loss, "diverged": res.diverged,
                      "geometry": [GEOMETRIES[g] for g in codes_all], "dropped_feature": dropped_all,
                      "represented": (norms > metrics.NORM_THRESHOLD).sum(1), "kept": is_kept}

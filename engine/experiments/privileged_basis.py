@@ -26,7 +26,7 @@ from .. import metrics
 from ..plots import plt, save
 from ..spec import DataSpec, ModelSpec
 from ..store import write_parquet, write_tensors
-from .base import DensitySweepSpec, Experiment, Job, best_of_fits, check, option
+from .base import DensitySweepSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
 N_FEATURES, N_HIDDEN = 10, 5
 DRIVE = 0.3
@@ -68,6 +68,10 @@ class PrivilegedBasis(Experiment):
     outputs = ("instances.parquet", "neurons.parquet", "weights.safetensors", "figures/privileged_basis.png")
     quick_cost = "450 models x 10,000 steps; 83 s on 2 CPU cores (cpu backend)"
 
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize("models", spec.points * spec.fits, N_FEATURES, N_HIDDEN)]
+
     def jobs(self, spec):
         d = np.repeat(spec.densities(), spec.fits)
         p = np.repeat(d[:, None], N_FEATURES, axis=1)
@@ -85,7 +89,7 @@ class PrivilegedBasis(Experiment):
         write_parquet(run_dir.root / "instances.parquet", {
             "instance": np.arange(len(loss)), "density": np.repeat(dens, spec.fits),
             "fit": np.tile(np.arange(spec.fits), P), "final_loss": loss, "diverged": res.diverged,
-            "kept": np.isin(np.arange(len(loss)), kept)})
+            "kept": kept_column(len(loss), kept, res.diverged)})
         write_parquet(run_dir.root / "neurons.parquet", {
             "density": np.repeat(dens, N_HIDDEN), "neuron": np.tile(np.arange(N_HIDDEN), P),
             "drivers": t["drivers"].ravel(),

@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 
 from .. import backends
 from ..checkpoint import Checkpoint, next_step
-from ..errors import SpecError
+from ..errors import SpecError, TrainingDiverged
 from ..store import DamagedFile, RunDir, read_checked, spec_hash, write_json, write_tensors, write_text
 from ..train import default_chunk_size, plan_chunks
 from . import memory
-from .base import FUSED_BACKENDS, Experiment, Job, JobResult, option_name
+from .base import FUSED_BACKENDS, Experiment, Job, JobResult, divergence_check, option_name
 
 
 def data_stream(backend: str, device: str) -> str:
@@ -79,7 +79,7 @@ def reconcile_plan(recorded: dict, proposed: dict, spec, trained: dict | None = 
         return proposed
     if "chunks" not in recorded:
         raise SpecError("--out", "a run directory made by this version of supbench (this one predates chunk "
-                                 "hashes; start a new --out)", spec.backend)
+                                 "hashes; start a new --out)")
     if recorded["data_stream"] != proposed["data_stream"]:
         was = recorded["backend"]
         if recorded["data_stream"] == "philox" or proposed["data_stream"] == "philox":
@@ -99,6 +99,29 @@ def reconcile_plan(recorded: dict, proposed: dict, spec, trained: dict | None = 
                 plan["chunk_size"][job] = spec.chunk_size
                 plan["chunks"][job] = replan(n, spec.chunk_size, (trained or {}).get(job, []))
     return plan
+
+
+def check_plan(plan, jobs: list[Job], path: Path) -> None:
+    """Raise SpecError naming spec.json unless its plan is whole: a backend, device and data stream,
+    and for every job chunks that cover its instances exactly, in order."""
+    def bad(why):
+        raise SpecError("--out", f"a run directory with a whole chunk plan ({path} is damaged: {why}; move the "
+                                 "directory aside to start over)")
+    if not isinstance(plan, dict):
+        bad("no plan")
+    if "chunks" not in plan:
+        raise SpecError("--out", f"a run directory made by this version of supbench ({path.parent} predates chunk "
+                                 "hashes; start a new --out)")
+    for key in ("backend", "device", "data_stream", "chunk_size"):
+        if key not in plan:
+            bad(f"the plan has no {key}")
+    for j in jobs:
+        chunks = plan["chunks"].get(j.name) if isinstance(plan["chunks"], dict) else None
+        ok = isinstance(chunks, list) and all(isinstance(c, list) and len(c) == 2 for c in chunks)
+        ok = ok and bool(chunks) and chunks[0][0] == 0 and chunks[-1][1] == j.n_instances and all(
+            c[0] < c[1] for c in chunks) and all(x[1] == y[0] for x, y in zip(chunks, chunks[1:]))
+        if not ok:
+            bad(f"the chunks of {j.name} do not cover its {j.n_instances} instances")
 
 
 def chunk_key(identity: dict, job: str, start: int, stop: int, stream: str) -> str:
@@ -234,7 +257,31 @@ def _restored_snapshots(run: RunDir, store: ChunkStore, job: Job, a: int, b: int
     return got
 
 
-OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError) if hasattr(torch, "OutOfMemoryError") else (MemoryError,)
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation failure: MemoryError (numpy, numba), torch.OutOfMemoryError (CUDA), or the plain
+    RuntimeError torch raises when a CPU allocation fails ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e).lower())
+
+
+def split_chunk(run: RunDir, plan: dict, job: Job, a: int, b: int, device: str, log) -> list[tuple[int, int]]:
+    """Replace chunk [a, b) of ``job`` by its two halves in ``plan`` and in spec.json (only the chunk
+    list changes there), drop its checkpoint and snapshots; returns the halves. One instance that
+    does not fit is a one-line error."""
+    if b - a == 1:
+        raise SpecError("memory", f"enough for one instance of {job.name} (it alone ran out of memory on {device})")
+    mid = (a + b) // 2
+    chunks = plan["chunks"][job.name]
+    k = chunks.index([a, b])
+    chunks[k:k + 1] = [[a, mid], [mid, b]]
+    run.record_plan({**run.recorded["plan"], "chunks": plan["chunks"]})
+    run.partial_path(job.name, a, b).unlink(missing_ok=True)
+    for t in job.snapshot_steps:
+        run.snapshot_path(job.name, a, b, t).unlink(missing_ok=True)
+    log(f"chunk {job.name} [{a}, {b}) ran out of memory on {device}: split in two and retried "
+        "(the new plan is recorded in spec.json)")
+    return [(a, mid), (mid, b)]
 
 
 def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store: ChunkStore, progress: bool,
@@ -250,10 +297,14 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
     _remove_stale(run, jobs, plan, store)
     if on_ray:
         from . import distributed
-        trained, seconds = distributed.train_chunks(exp, jobs, plan, store, todo, progress, log)
+        trained, seconds = distributed.train_chunks(
+            exp, jobs, plan, store, todo, progress, log,
+            split=lambda job, a, b: split_chunk(run, plan, job, a, b, device, log))
         steps = sum((b - a) * j.train.steps for j, a, b in todo)
+        resumed = n_chunks - len(todo)
+        n_chunks = sum(len(plan["chunks"][j.name]) for j in jobs)  # out-of-memory splits add chunks
         return ({j.name: store.result(j, plan["chunks"][j.name]) for j in jobs},
-                {"n_chunks": n_chunks, "chunks_trained": trained, "chunks_resumed": n_chunks - len(todo),
+                {"n_chunks": n_chunks, "chunks_trained": trained, "chunks_resumed": resumed,
                  "train_seconds": seconds, "compile_seconds": 0.0, "instance_steps_trained": steps,
                  "instance_steps_per_second": steps / seconds if seconds else None, "ray": True})
     fn = backends.train_chunk_fn(backend)
@@ -287,22 +338,14 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
                                     on_snapshot=lambda t, W, b_, job=job, a=a, b=b: write_tensors(
                                         run.snapshot_path(job.name, a, b, t), {"W": W, "b": b_},
                                         metadata={"spec_hash": store.key(job.name, a, b)}))
-            except OUT_OF_MEMORY:
-                if b - a == 1:
-                    raise SpecError("--out", "a run whose models fit in memory (one instance of "
-                                             f"{job.name} alone ran out of memory on {device})") from None
-                mid = (a + b) // 2
-                chunks = plan["chunks"][job.name]
-                k = chunks.index([a, b])
-                chunks[k:k + 1] = [[a, mid], [mid, b]]
-                run.record_plan(plan)
-                ckpt.remove()
-                log(f"chunk {job.name} [{a}, {b}) ran out of memory on {device}: split in two and retried "
-                    "(the new plan is recorded in spec.json)")
+            except (MemoryError, RuntimeError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                halves = split_chunk(run, plan, job, a, b, device, log)
                 instance_steps += done_before * (b - a)
                 bar.total += progressed[0]  # the halves train those steps again
                 bar.refresh()
-                todo[:0] = [(job, a, mid), (job, mid, b)]
+                todo[:0] = [(job, s, t) for s, t in halves]
                 continue
             seconds += time.perf_counter() - t0
             store.save(job.name, a, b, tensors)
@@ -350,6 +393,7 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
         resources = distributed.connect(ray, threads, log)
         if spec.backend == "triton":
             proposed["device"] = "cuda"  # the workers' GPUs, whatever the driver has
+        distributed.check_resources(spec.backend, proposed["device"], resources)
         if spec.backend in FUSED_BACKENDS and not spec.chunk_size:
             sizes = {j.name: distributed.chunk_size_for(j.n_instances, spec.backend, resources) for j in jobs}
             proposed = {**proposed, "chunk_size": sizes,
@@ -358,9 +402,10 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
     identity = exp.identity(spec)
     run_dir = RunDir.open(out, {**identity, "preset": preset, "analysis": analysis, "plan": proposed})
     try:
-        recorded = run_dir.recorded["plan"]
-        if "chunks" not in recorded:
-            reconcile_plan(recorded, proposed, spec)  # refuses a directory of an older format
+        if run_dir.recorded.get("analysis") != json.loads(json.dumps(analysis)):
+            run_dir.record("analysis", analysis)  # re-analysed under other analysis-only options
+        recorded = run_dir.recorded.get("plan")
+        check_plan(recorded, jobs, run_dir.root / "spec.json")
         store = ChunkStore(run_dir, jobs, identity, recorded["data_stream"], log)
         trained = store.scan()
         if all(store.has(j.name, a, b) for j in jobs for a, b in recorded["chunks"][j.name]):
@@ -376,9 +421,17 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
                     "(same data stream; results agree to float32 rounding)")
         results, timing = _train_jobs(exp, jobs, plan, run_dir, store, progress, log, checkpoint_every_s, threads,
                                       on_ray=ray is not None)
-        diverged = report_diverged(results, log)
+        everything = [name for name, res in results.items() if res.diverged.all()]
+        diverged = report_diverged(results, log if not everything else lambda m: None)
+        if everything:
+            write_json(run_dir.root / "summary.json", {"experiment": exp.name, "diverged_instances": diverged,
+                                                        **timing, "plan": plan, "error": "every instance diverged"})
+            raise TrainingDiverged(f"every {everything[0]} instance diverged (NaN/inf loss or weights): nothing to "
+                                   "analyse; a lower --lr usually trains them")
         analysis = exp.analyse(spec, results, run_dir)
         checks = analysis.pop("checks", [])
+        if (failed := divergence_check(results)) is not None:
+            checks.append(failed)
         summary = {"experiment": exp.name, **analysis, "checks": checks,
                    "checks_passed": sum(c["passed"] for c in checks), "checks_total": len(checks),
                    "n_instances": sum(j.n_instances for j in jobs), "diverged_instances": diverged,
