@@ -342,6 +342,8 @@ def test_a_torch_cpu_allocation_failure_splits_the_chunk(tmp_path, monkeypatch):
     assert summary["plan"]["chunks"]["models"] == [[0, 3], [3, 6], [6, 9], [9, 12]]
     recorded = json.loads((tmp_path / "spec.json").read_text())["plan"]
     assert recorded["backend"] == "torch" and recorded["chunks"] == summary["plan"]["chunks"]
+    # torch batches depend on the chunking: README.txt says the plan changed and where it lives
+    assert "chunk plan changed while it ran" in (tmp_path / "README.txt").read_text()
 
 
 @pytest.mark.parametrize("damage", ["no plan", "null", "empty chunks", "half covered"])

@@ -495,12 +495,24 @@ def rerun_command(exp: Experiment, spec, out: Path) -> str:
 
 def readme_text(exp: Experiment, spec, out: Path, summary: dict) -> str:
     lines = [f"{exp.name}: {exp.title}", "", "Re-run or resume (bit-identical on the recorded plan):",
-             "    " + rerun_command(exp, spec, out), "", "Files: spec.json (what was run, and the chunk plan), "
+             "    " + rerun_command(exp, spec, out), ""]
+    plan = summary.get("plan", {})
+    if plan.get("data_stream", "").startswith("torch") and replanned(plan):
+        lines += ["Note: this run's chunk plan changed while it ran (a --chunk-size re-plan or an out-of-memory split),",
+                  "and the torch backend's batches depend on the chunking: the command above reproduces it bit for bit",
+                  "from this directory (its spec.json holds the plan), not in a new one.", ""]
+    lines += ["Files: spec.json (what was run, and the chunk plan), "
              "summary.json (results, paper checks, timing, environment), " + ", ".join(exp.outputs), "",
              "Paper checks:"]
     lines += [f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['claim']} (measured {format_measured(c['measured'])}; "
               f"expected {c['expected']})" for c in summary["checks"]]
     return "\n".join(lines) + "\n"
+
+
+def replanned(plan: dict) -> bool:
+    """True when some job's chunks are not the even cut of its recorded chunk size."""
+    return any(chunks != [list(c) for c in plan_chunks(chunks[-1][1], plan["chunk_size"][job])]
+               for job, chunks in plan.get("chunks", {}).items() if chunks)
 
 
 def format_measured(v) -> str:
