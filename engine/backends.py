@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .errors import BackendUnavailable, SpecError
+from .errors import BackendUnavailable, SpecError, UnsupportedShape
 
 BACKENDS = ("auto", "torch", "triton", "cpu")
 
@@ -57,7 +57,9 @@ def resolve(name: str, model=None, train=None, log=None, sets=(), examples: int 
     if name not in BACKENDS:
         raise SpecError("backend", "one of " + ", ".join(BACKENDS), name)
     if name == "auto":
-        fallback = "cpu" if cpu_usable() else "torch"
+        fallback = "cpu" if cpu_usable() and cpu_supports(model) else "torch"
+        if cpu_usable() and not cpu_supports(model) and log is not None:
+            log(f"note: the cpu backend does not train {model.variant} models; using torch")
         if not (torch.cuda.is_available() and triton_usable()):
             return fallback
         if model is not None:
@@ -78,6 +80,15 @@ def resolve(name: str, model=None, train=None, log=None, sets=(), examples: int 
     if name == "cpu" and not cpu_usable():
         raise BackendUnavailable("backend: 'cpu' needs numba (pip install numba); use --backend torch or auto")
     return name
+
+
+def cpu_supports(model) -> bool:
+    """Whether the fused cpu kernels train this model (None: any model)."""
+    return model is None or model.variant in CPU_VARIANTS
+
+
+# Variants kernels/cpu_train.py implements (abs-computation, untied, trains on torch).
+CPU_VARIANTS = ("relu-output", "linear", "relu-hidden")
 
 
 def default_device(backend: str) -> str:
@@ -107,3 +118,6 @@ def check_supported(backend: str, model, train, sets=(), examples: int = 0) -> N
     if backend == "triton":
         from .triton_backend import check_supported as check
         check(model, train, sets, examples)
+    if backend == "cpu" and not cpu_supports(model):
+        raise UnsupportedShape(f"backend: cpu does not train {model.variant!r} models (its kernels implement "
+                               f"{', '.join(CPU_VARIANTS)}); use --backend torch")

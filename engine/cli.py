@@ -105,6 +105,11 @@ def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, lo
     spec = exp.make_spec(**{**exp.presets[name], **given, "backend": backend})
     # Before anything is built: a sweep too big for this machine is refused with the figure.
     memory.check_fits(exp.job_sizes(spec), spec, backend, backends.default_device(backend))
+    if requested == "auto" and backend == "cpu":
+        for job in exp.jobs(spec):
+            if not backends.cpu_supports(job.model):
+                log(f"note: the cpu backend does not train {job.model.variant} models; using torch")
+                return _resolve(exp, preset, "torch", given, out, log)
     if requested == "auto" and backend == "triton":  # the GPU self-test, for every model the run trains
         for job in exp.jobs(spec):
             fallback = backends.resolve("auto", job.model, job.train, log=log, sets=job.data.sets,

@@ -90,5 +90,5 @@ def train_chunk(run_segment, model: ModelSpec, p, importance, train: TrainSpec, 
             checkpoint.save({**state, "loss_sum": loss_acc, "next_step": step_tensor(step0), **extra})
         if on_step is not None:
             on_step(n)
-    return (state["W"].cpu(), state["b"].cpu(), (loss_acc / train.loss_window).cpu(),
+    return ({"W": state["W"].cpu(), "b": state["b"].cpu()}, (loss_acc / train.loss_window).cpu(),
             hist.cpu() if hist is not None else None)

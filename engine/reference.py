@@ -35,7 +35,7 @@ def init_weights(model: ModelSpec, seed: int, instances: torch.Tensor) -> torch.
     return rng.normals(seed, instances, model.n_hidden, model.n_features) * std
 
 
-def features_from_uniform(u: torch.Tensor, p: torch.Tensor, sets=()) -> torch.Tensor:
+def features_from_uniform(u: torch.Tensor, p: torch.Tensor, sets=(), signed: bool = False) -> torch.Tensor:
     """The sampling rule shared by every backend: active iff u < p, then value u * (1 / p).
 
     u: (K, B, n) uniforms in [0, 1); p: (K, n). Given active, u / p is uniform on [0, 1); it is
@@ -49,6 +49,8 @@ def features_from_uniform(u: torch.Tensor, p: torch.Tensor, sets=()) -> torch.Te
     anticorrelated: active iff u_a < p_a; then member a + j with j = min(floor(u_a * (1 / p_a) * size),
         size - 1) (uniform given active) takes the value u_{a+1} (independent of u_a), the rest 0.
     The CPU kernel (kernels/cpu_train.py, _apply_sets) mirrors this bit for bit.
+    signed (the abs-computation model's inputs): an active value v in [0, 1) becomes 2 v - 1, uniform
+    on [-1, 1); inactive features stay 0.
     """
     pb = p[:, None, :]
     inv = 1.0 / pb
@@ -62,14 +64,17 @@ def features_from_uniform(u: torch.Tensor, p: torch.Tensor, sets=()) -> torch.Te
             j = torch.clamp(torch.floor(u0 * inv[..., a] * size), max=size - 1).long()
             members = torch.arange(size, device=u.device)
             x[..., a:a + size] = torch.where(on[..., None] & (j[..., None] == members), u[..., a + 1:a + 2], zero)
+    if signed:
+        x = torch.where(x != 0, 2.0 * x - 1.0, zero)
     return x
 
 
-def sample_batch(p: torch.Tensor, batch_size: int, generator: torch.Generator, sets=()) -> torch.Tensor:
+def sample_batch(p: torch.Tensor, batch_size: int, generator: torch.Generator, sets=(),
+                 signed: bool = False) -> torch.Tensor:
     """A fresh batch x (K, B, n) from torch's generator (the torch backend's data stream)."""
     K, n = p.shape
     u = torch.rand(K, batch_size, n, generator=generator, device=p.device, dtype=p.dtype)
-    return features_from_uniform(u, p, sets)
+    return features_from_uniform(u, p, sets, signed)
 
 
 def forward(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, variant: str) -> torch.Tensor:
@@ -148,4 +153,63 @@ def train_step(W, b, x, importance, variant, states, step, lr, train: TrainSpec)
     loss, dW, db = loss_and_grads(W, b, x, importance, variant)
     adam_update(W, dW, states[0], step, lr, train)
     adam_update(b, db, states[1], step, lr, train)
+    return loss
+
+
+# --- Every variant through one parameter dict (ModelSpec.param_shapes) -------------------------------
+
+def init_params(model: ModelSpec, seed: int, instances: torch.Tensor) -> dict:
+    """Initial parameters {name: (K, *shape)} float32: per-instance Xavier-normal weights from the
+    Philox init stream (tied: init_weights; abs-computation: W1 draw 0, W2 draw 1, std sqrt(2/(n+m))
+    both), zero biases."""
+    K = len(instances)
+    if model.tied:
+        return {"W": init_weights(model, seed, instances), "b": torch.zeros(K, model.n_features)}
+    n, m = model.n_features, model.n_hidden
+    std = math.sqrt(2.0 / (n + m))
+    return {"W1": rng.normals(seed, instances, m, n, draw=0) * std, "b1": torch.zeros(K, m),
+            "W2": rng.normals(seed, instances, n, m, draw=1) * std, "b2": torch.zeros(K, n)}
+
+
+def untied_loss_and_grads(P: dict, x: torch.Tensor, importance: torch.Tensor):
+    """abs-computation: loss (K,) and gradients {name: like P} of sum_k loss_k, hand-written.
+
+    h = ReLU(x W1^T + b1) (K, B, m), z = h W2^T + b2, y = ReLU(z) (K, B, n), target |x|;
+    dZ = 2 I (y - |x|) [z > 0] / (B n), db2 = sum_B dZ, dW2 = dZ^T h, dH = dZ W2 [pre > 0],
+    db1 = sum_B dH, dW1 = dH^T x.
+    """
+    B, n = x.shape[1], x.shape[2]
+    pre = torch.baddbmm(P["b1"][:, None, :], x, P["W1"].transpose(1, 2))
+    h = torch.relu(pre)
+    z = torch.baddbmm(P["b2"][:, None, :], h, P["W2"].transpose(1, 2))
+    d = torch.relu(z) - x.abs()
+    wd = importance[:, None, :] * d
+    loss = (wd * d).mean(dim=(1, 2))
+    dz = wd * (2.0 / (B * n)) * (z > 0)
+    dh = torch.bmm(dz, P["W2"]) * (pre > 0)
+    return loss, {"W1": torch.bmm(dh.transpose(1, 2), x), "b1": dh.sum(dim=1),
+                  "W2": torch.bmm(dz.transpose(1, 2), h), "b2": dz.sum(dim=1)}
+
+
+def params_loss_and_grads(P: dict, x: torch.Tensor, importance: torch.Tensor, model: ModelSpec):
+    """Loss (K,) and gradients {name: like P} of any variant."""
+    if model.tied:
+        loss, dW, db = loss_and_grads(P["W"], P["b"], x, importance, model.variant)
+        return loss, {"W": dW, "b": db}
+    return untied_loss_and_grads(P, x, importance)
+
+
+def params_instance_loss(P: dict, x: torch.Tensor, importance: torch.Tensor, model: ModelSpec) -> torch.Tensor:
+    """Loss per instance (K,) of any variant (for evaluation on held-out data)."""
+    if model.tied:
+        return instance_loss(P["W"], P["b"], x, importance, model.variant)
+    return untied_loss_and_grads(P, x, importance)[0]
+
+
+def params_train_step(P: dict, x, importance, model: ModelSpec, states: dict, step, lr, train: TrainSpec):
+    """One step on batch x of any variant: returns the loss (K,) before the update; P and
+    ``states`` ({name: AdamState}) are updated in place. step is 1-based."""
+    loss, grads = params_loss_and_grads(P, x, importance, model)
+    for name, g in grads.items():
+        adam_update(P[name], g, states[name], step, lr, train)
     return loss

@@ -88,9 +88,10 @@ def uniforms(seed: int, instances: torch.Tensor, step: int, rows: int, n: int, s
     return u.reshape(K, rows, -1)[:, :, :n]
 
 
-def normals(seed: int, instances: torch.Tensor, rows: int, n: int) -> torch.Tensor:
-    """Standard normals (K, rows, n) from the init stream (Box-Muller on two Philox draws)."""
-    u1 = uniforms(seed, instances, 0, rows, n, stream=STREAM_INIT)
-    u2 = uniforms(seed, instances, 1, rows, n, stream=STREAM_INIT)
+def normals(seed: int, instances: torch.Tensor, rows: int, n: int, draw: int = 0) -> torch.Tensor:
+    """Standard normals (K, rows, n) from the init stream (Box-Muller on two Philox draws: "steps"
+    2 draw and 2 draw + 1, so each parameter tensor of a model has its own draw)."""
+    u1 = uniforms(seed, instances, 2 * draw, rows, n, stream=STREAM_INIT)
+    u2 = uniforms(seed, instances, 2 * draw + 1, rows, n, stream=STREAM_INIT)
     # 1 - u1 is in (0, 1], so the log is finite.
     return torch.sqrt(-2.0 * torch.log1p(-u1.double())) .mul(torch.cos(2 * math.pi * u2.double())).float()

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import SpecError
 
-VARIANTS = ("relu-output", "linear", "relu-hidden")
+VARIANTS = ("relu-output", "linear", "relu-hidden", "abs-computation")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "tf32")
@@ -49,8 +49,14 @@ def _check_float(name: str, value, lo: float, hi: float, lo_open=False, hi_open=
 class ModelSpec:
     """The tied toy model x' = act(W^T W x + b), W of shape (n_hidden, n_features) per instance.
 
-    variant: ``relu-output`` (act = ReLU, the paper's main model), ``linear`` (act = identity) or
-    ``relu-hidden`` (the privileged-basis model: h = ReLU(W x), x' = ReLU(W^T h + b)).
+    variant: ``relu-output`` (act = ReLU, the paper's main model), ``linear`` (act = identity),
+    ``relu-hidden`` (the privileged-basis model: h = ReLU(W x), x' = ReLU(W^T h + b)) or
+    ``abs-computation`` (untied, computation in superposition: h = ReLU(W1 x + b1),
+    y' = ReLU(W2 h + b2), inputs x_i ~ U[-1, 1] when active, target |x|).
+
+    Parameters (:meth:`param_shapes`, per instance): tied variants W (m, n) and b (n,);
+    abs-computation W1 (m, n), b1 (m,), W2 (n, m), b2 (n,). Every backend, the run store and the
+    results carry them by these names.
     """
 
     n_features: int
@@ -68,6 +74,23 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         return cls(**d)
+
+    @property
+    def tied(self) -> bool:
+        """One W used twice (W, then W^T), and an output bias b; False for abs-computation."""
+        return self.variant != "abs-computation"
+
+    def param_shapes(self) -> dict:
+        """{name: per-instance shape} of the trained parameters, in a fixed order."""
+        n, m = self.n_features, self.n_hidden
+        if self.tied:
+            return {"W": (m, n), "b": (n,)}
+        return {"W1": (m, n), "b1": (m,), "W2": (n, m), "b2": (n,)}
+
+    @property
+    def param_count(self) -> int:
+        """Trained numbers per instance."""
+        return sum(math.prod(s) for s in self.param_shapes().values())
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,12 +16,12 @@ from .spec import DataSpec, ModelSpec, TrainSpec, _check_int, check_dataset
 class TrainResult:
     """Trained instances, rows in the order of the DataSpec.
 
-    W (K, m, n), b (K, n), loss (K,) final loss (mean over the last ``loss_window`` steps),
+    params {name: (K, *shape)} (ModelSpec.param_shapes; tied models: W (K, m, n) and b (K, n), also
+    as ``res.W`` and ``res.b``), loss (K,) final loss (mean over the last ``loss_window`` steps),
     history (T, K) loss every ``history_every`` steps or None; all float32 CPU tensors.
     """
 
-    W: torch.Tensor
-    b: torch.Tensor
+    params: dict
     loss: torch.Tensor
     history: torch.Tensor | None
     backend: str
@@ -31,8 +31,16 @@ class TrainResult:
     compile_seconds: float = 0.0  # one-off kernel compilation (cpu backend), not in ``seconds``
 
     @property
+    def W(self) -> torch.Tensor | None:
+        return self.params.get("W")
+
+    @property
+    def b(self) -> torch.Tensor | None:
+        return self.params.get("b")
+
+    @property
     def instance_steps_per_second(self) -> float:
-        return self.W.shape[0] * self.steps / max(self.seconds, 1e-9)
+        return self.loss.shape[0] * self.steps / max(self.seconds, 1e-9)
 
 
 def default_chunk_size(model: ModelSpec, train: TrainSpec, backend: str, device: str) -> int:
@@ -42,7 +50,7 @@ def default_chunk_size(model: ModelSpec, train: TrainSpec, backend: str, device:
     fused backends (triton, cpu) never hold the batch, so only parameters and Adam state count.
     """
     if backend in ("triton", "cpu"):
-        per_instance = 16 * model.n_features * (model.n_hidden + 1)
+        per_instance = 16 * model.param_count
         budget = 4 << 30
     else:
         per_instance = 4 * 8 * train.batch_size * (model.n_features + model.n_hidden)
@@ -106,7 +114,7 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
                            first_instance + start, device=device, history_every=history_every,
                            on_step=lambda s, k=k: bar.update(s * k), sets=data.sets, examples=data.examples))
     seconds = time.perf_counter() - t0
-    hist = torch.cat([o[3] for o in outs], dim=1) if history_every else None
-    return TrainResult(torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]),
-                       torch.cat([o[2] for o in outs]), hist, name, str(device), seconds, training.steps,
+    hist = torch.cat([o[2] for o in outs], dim=1) if history_every else None
+    params = {k: torch.cat([o[0][k] for o in outs]) for k in outs[0][0]}
+    return TrainResult(params, torch.cat([o[1] for o in outs]), hist, name, str(device), seconds, training.steps,
                        compile_seconds)

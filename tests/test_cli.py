@@ -200,7 +200,7 @@ def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=300, batch_size=16, chunk_size=4, backend="torch")
     runner.run(pd.EXPERIMENT, spec, tmp_path / "whole", progress=False, log=lambda m: None)
     from engine import reference
-    real, calls = reference.train_step, []
+    real, calls = reference.params_train_step, []
 
     def dies_midway(*a, **k):
         calls.append(1)
@@ -208,12 +208,12 @@ def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(reference, "train_step", dies_midway)
+    monkeypatch.setattr(reference, "params_train_step", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None, checkpoint_every_s=0)
     partial = tmp_path / "cut/chunks/models_000000004-000000008.partial.safetensors"
     assert partial.exists() and (tmp_path / "cut/chunks/models_000000000-000000004.safetensors").exists()
-    monkeypatch.setattr(reference, "train_step", real)
+    monkeypatch.setattr(reference, "params_train_step", real)
     summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None)
     assert not partial.exists()
     # Only what was not finished is trained again: 8 instances in 2 chunks; the second died in step 150

@@ -21,6 +21,12 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
+def tup(result):
+    """A tied model's train_chunk result ({"W", "b"}, loss, history) as (W, b, loss, history)."""
+    params, loss, hist = result
+    return params["W"], params["b"], loss, hist
+
+
 def exact_batch(p, batch, step, seed, first):
     """The batch (K, batch, n) float32 every backend draws at ``step``: engine/rng.py's twin."""
     K, n = p.shape
@@ -169,7 +175,7 @@ def test_results_do_not_depend_on_threads_chunks_or_segments():
         assert torch.equal(r.W, runs[0].W) and torch.equal(r.b, runs[0].b) and torch.equal(r.loss, runs[0].loss)
         assert torch.equal(r.history, runs[0].history)
     p, imp = data.feature_probability, data.importance
-    seg = [cpu_backend.train_chunk(model, p, imp, tr, 0, steps_per_launch=s, history_every=10) for s in (7, 60)]
+    seg = [tup(cpu_backend.train_chunk(model, p, imp, tr, 0, steps_per_launch=s, history_every=10)) for s in (7, 60)]
     assert all(torch.equal(a, b) for a, b in zip(seg[0], seg[1]))
     assert torch.equal(seg[0][0], runs[0].W)
 
@@ -183,7 +189,7 @@ def test_resume_from_a_mid_chunk_checkpoint_gives_the_uninterrupted_result(tmp_p
     model = ModelSpec(3, 2)
     p, imp = np.full((4, 3), 0.3), np.ones((4, 3))
     tr = TrainSpec(steps=50, batch_size=16, lr=1e-2)
-    whole = cpu_backend.train_chunk(model, p, imp, tr, 5, history_every=history_every, steps_per_launch=4)
+    whole = tup(cpu_backend.train_chunk(model, p, imp, tr, 5, history_every=history_every, steps_per_launch=4))
     ckpt = Checkpoint(tmp_path / "c.safetensors", every_s=0)
     calls = []
 
@@ -197,9 +203,9 @@ def test_resume_from_a_mid_chunk_checkpoint_gives_the_uninterrupted_result(tmp_p
                                 checkpoint=ckpt, steps_per_launch=4)
     assert int(ckpt.load()["next_step"]) == 20
     done = []
-    resumed = cpu_backend.train_chunk(model, p, imp, tr, 5, history_every=history_every, on_step=done.append,
-                                      checkpoint=Checkpoint(tmp_path / "c.safetensors", every_s=1e9),
-                                      steps_per_launch=9)
+    resumed = tup(cpu_backend.train_chunk(model, p, imp, tr, 5, history_every=history_every, on_step=done.append,
+                                          checkpoint=Checkpoint(tmp_path / "c.safetensors", every_s=1e9),
+                                          steps_per_launch=9))
     assert sum(done) == tr.steps
     for a, b in zip(whole, resumed):
         assert (a is None and b is None) or torch.equal(a, b)

@@ -191,15 +191,16 @@ def test_snapshots_equal_runs_of_that_many_steps(backend):
     imp = np.ones((K, 6))
     train = TrainSpec(steps=40, batch_size=16, lr=1e-2, schedule="constant", seed=3)
     got = {}
-    W, b, _, _ = fn(model, p, imp, train, 5, snapshot_steps=(0, 3, 10, 25, 40),
-                    on_snapshot=lambda t, W, b: got.__setitem__(t, (W, b)))
+    params, _, _ = fn(model, p, imp, train, 5, snapshot_steps=(0, 3, 10, 25, 40),
+                      on_snapshot=lambda t, W, b: got.__setitem__(t, (W, b)))
+    W, b = params["W"], params["b"]
     assert sorted(got) == [0, 3, 10, 25, 40]
     assert torch.equal(got[0][0], reference.init_weights(model, 3, torch.arange(5, 8)))
     assert torch.equal(got[0][1], torch.zeros(K, 6))
     assert torch.equal(got[40][0], W) and torch.equal(got[40][1], b)
     for t in (3, 10, 25):
-        Wt, bt, _, _ = fn(model, p, imp, TrainSpec(steps=t, batch_size=16, lr=1e-2, schedule="constant", seed=3), 5)
-        assert torch.equal(got[t][0], Wt) and torch.equal(got[t][1], bt), t
+        at_t, _, _ = fn(model, p, imp, TrainSpec(steps=t, batch_size=16, lr=1e-2, schedule="constant", seed=3), 5)
+        assert torch.equal(got[t][0], at_t["W"]) and torch.equal(got[t][1], at_t["b"]), t
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
@@ -212,7 +213,7 @@ def test_snapshots_survive_a_kill_inside_a_chunk(backend, tmp_path, monkeypatch)
     runner.run(ld.EXPERIMENT, spec, tmp_path / "whole", progress=False, log=lambda m: None)
     if backend == "torch":
         # 2 chunks of 1 instance (the torch plan); die in chunk 1 at step 120 (a checkpoint every 2 steps)
-        module, name, die_at, wanted = reference, "train_step", 200 + 121, lambda *a, **k: True
+        module, name, die_at, wanted = reference, "params_train_step", 200 + 121, lambda *a, **k: True
     else:
         # 1 chunk of 2 instances; segments end at every snapshot step: die in the 6th segment
         from engine import cpu_backend

@@ -18,6 +18,12 @@ from kernels.sampling import feature_tile_rows_last, rows_last_features, rows_la
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def tup(result):
+    """A tied model's train_chunk result ({"W", "b"}, loss, history) as (W, b, loss, history)."""
+    params, loss, hist = result
+    return params["W"], params["b"], loss, hist
+
+
 def rel(a, b):
     """Norm-wise relative error of a against the float64 b."""
     return ((a.double().cpu() - b.cpu()).norm() / b.cpu().norm().clamp_min(1e-300)).item()
@@ -181,7 +187,7 @@ def test_multi_step_run_tracks_the_reference(n, m, schedule):
     train = TrainSpec(steps=steps, batch_size=batch, lr=5e-3, schedule=schedule, seed=seed)
     p = torch.full((K, n), 0.4)
     imp = torch.tensor(0.8 ** np.arange(n), dtype=torch.float32).expand(K, n).contiguous()
-    W, b, loss, hist = tb.train_chunk(model, p, imp, train, first, device=DEVICE, history_every=4, P=2)
+    W, b, loss, hist = tup(tb.train_chunk(model, p, imp, train, first, device=DEVICE, history_every=4, P=2))
     Wr = reference.init_weights(model, seed, torch.arange(K)).double()
     br = torch.zeros(K, n, dtype=torch.float64)
     states = [reference.AdamState(torch.zeros_like(Wr), torch.zeros_like(Wr)),
@@ -235,8 +241,8 @@ def test_blocked_path_multi_step_tracks_the_reference():
     train = TrainSpec(steps=steps, batch_size=batch, lr=5e-3, optimizer="adam", weight_decay=0.01)
     p = torch.full((K, n), 0.3)
     imp = torch.rand(K, n, generator=torch.Generator().manual_seed(2)) + 0.1
-    W, b, loss, hist = tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=1, path="blocked",
-                                      NB=16, BB=16)
+    W, b, loss, hist = tup(tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=1, path="blocked",
+                                          NB=16, BB=16))
     Wr = reference.init_weights(model, train.seed, torch.arange(K)).double()
     br = torch.zeros(K, n, dtype=torch.float64)
     states = [reference.AdamState(torch.zeros_like(Wr), torch.zeros_like(Wr)),
@@ -278,7 +284,7 @@ def test_triton_resume_from_a_mid_chunk_checkpoint_is_exact(tmp_path, monkeypatc
     monkeypatch.setattr(tb, "STEPS_PER_LAUNCH", 3)
     model, train = ModelSpec(5, 2), TrainSpec(steps=10, batch_size=8)
     p, imp = torch.full((3, 5), 0.5), torch.ones(3, 5)
-    whole = tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2)
+    whole = tup(tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2))
     ckpt = Checkpoint(tmp_path / "c.safetensors", every_s=0)
     calls = []
 
@@ -290,7 +296,7 @@ def test_triton_resume_from_a_mid_chunk_checkpoint_is_exact(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2, on_step=stop, checkpoint=ckpt)
     assert int(ckpt.load()["next_step"]) == 6
-    resumed = tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2, checkpoint=ckpt)
+    resumed = tup(tb.train_chunk(model, p, imp, train, 0, device=DEVICE, history_every=2, checkpoint=ckpt))
     for a, b in zip(whole, resumed):
         assert torch.equal(a, b)
 

@@ -266,13 +266,13 @@ def _nan_instances(monkeypatch, job: str, indices, loss_only=False):
         inner = real(name)
 
         def train_chunk(model, p, imp, train, first, **k):
-            W, b, loss, hist = inner(model, p, imp, train, first, **k)
+            params, loss, hist = inner(model, p, imp, train, first, **k)
             for i in indices:
                 if first <= i < first + len(loss) and k.get("_job", job) == job:
                     loss[i - first] = float("inf")
                     if not loss_only:
-                        W[i - first] = float("nan")
-            return W, b, loss, hist
+                        params["W"][i - first] = float("nan")
+            return params, loss, hist
         return train_chunk
 
     monkeypatch.setattr(backends, "train_chunk_fn", fn_for)

@@ -132,6 +132,9 @@ class Job:
 
     def __post_init__(self):
         _check_int("history_every", self.history_every, 0)
+        if self.snapshot_steps and not self.model.tied:
+            raise SpecError("snapshot_steps", "empty for a model without one W (weight snapshots are of W and b)",
+                            self.snapshot_steps)
         check_dataset(self.data, self.train)
         for t in self.snapshot_steps:
             _check_int("snapshot_steps", t, 0, self.train.steps)
@@ -149,24 +152,31 @@ class JobResult:
     (S, K, m, n) and b_snapshots (S, K, n) after the steps in ``snapshot_steps`` (S,), or None.
     """
 
-    W: torch.Tensor
-    b: torch.Tensor
+    W: torch.Tensor | None
+    b: torch.Tensor | None
     loss: torch.Tensor
     history: torch.Tensor | None = None
     snapshot_steps: tuple = ()
     W_snapshots: torch.Tensor | None = None
     b_snapshots: torch.Tensor | None = None
+    params: dict | None = None  # {name: (K, *shape)}, ModelSpec.param_shapes; tied: W and b as above
+
+    def __post_init__(self):
+        if self.params is None:
+            self.params = {"W": self.W, "b": self.b}
 
     @property
     def diverged(self) -> np.ndarray:
-        """bool (K,): instances whose final loss, W or b hold a NaN or inf. They are flagged in the
-        tables (column ``diverged``), never chosen by :func:`best_of_fits`, never classified."""
-        return diverged(self.W, self.b, self.loss)
+        """bool (K,): instances whose final loss or any parameter holds a NaN or inf. They are flagged
+        in the tables (column ``diverged``), never chosen by :func:`best_of_fits`, never classified."""
+        return diverged(self.loss, *self.params.values())
 
 
-def diverged(W: torch.Tensor, b: torch.Tensor, loss: torch.Tensor) -> np.ndarray:
-    """bool (K,) from W (K, ...), b (K, ...) and loss (K,): any non-finite value of the instance."""
-    ok = torch.isfinite(loss) & torch.isfinite(W.flatten(1)).all(1) & torch.isfinite(b.flatten(1)).all(1)
+def diverged(loss: torch.Tensor, *params: torch.Tensor) -> np.ndarray:
+    """bool (K,) from loss (K,) and parameter tensors (K, ...): any non-finite value of the instance."""
+    ok = torch.isfinite(loss)
+    for t in params:
+        ok = ok & torch.isfinite(t.flatten(1)).all(1)
     return (~ok).numpy()
 
 
@@ -264,7 +274,8 @@ class Experiment:
         can grow past memory (phase-diagram's grid^2 x seeds) override it with arithmetic."""
         from .memory import JobSize
         return [JobSize(j.name, j.n_instances, j.model.n_features, j.model.n_hidden,
-                        -(-j.train.steps // j.history_every) if j.history_every else 0, len(j.snapshot_steps))
+                        -(-j.train.steps // j.history_every) if j.history_every else 0, len(j.snapshot_steps),
+                        not j.model.tied)
                 for j in self.jobs(spec)]
 
     def analyse(self, spec, results: dict, run_dir) -> dict:

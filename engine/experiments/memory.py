@@ -29,11 +29,12 @@ class JobSize:
     m: int
     history: int = 0
     snapshots: int = 0
+    untied: bool = False  # two weight matrices and two biases (abs-computation)
 
 
 def job_bytes(size: JobSize, chunk: int, batch: int, backend: str) -> tuple[int, int]:
     """(bytes held for the whole run, peak bytes of one chunk in training) of one job."""
-    params = size.m * size.n + size.n
+    params = 2 * size.m * size.n + size.m + size.n if size.untied else size.m * size.n + size.n
     per_instance = 8 * (2 * size.n + 10) + 4 * 4 * (params + 1 + size.history + size.snapshots * params)
     if backend == "torch":
         per_chunk = 4 * 8 * batch * (size.n + size.m) + 4 * 5 * params

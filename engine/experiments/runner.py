@@ -178,8 +178,11 @@ class ChunkStore:
     def _read(self, job: str, a: int, b: int, path: Path) -> dict | None:
         try:
             tensors = read_checked(path, self.key(job, a, b))
-            if tensors["W"].shape[0] != b - a or tuple(tensors["loss"].shape) != (b - a,):
-                raise DamagedFile(f"{path} holds {tuple(tensors['W'].shape)} weights, not {b - a} instances")
+            shapes = self.jobs[job].model.param_shapes()
+            if tuple(tensors["loss"].shape) != (b - a,) or any(tuple(tensors[k].shape) != (b - a, *s)
+                                                                for k, s in shapes.items()):
+                raise DamagedFile(f"{path} holds {tuple(tensors['loss'].shape)} losses or parameters of another "
+                                  f"shape, not {b - a} instances of {shapes}")
         except (DamagedFile, KeyError) as e:
             self.log(f"warning: {e if isinstance(e, DamagedFile) else f'{path} is damaged (no {e})'}; retraining it")
             path.unlink(missing_ok=True)
@@ -202,8 +205,9 @@ class ChunkStore:
     def result(self, job: Job, chunks: list) -> JobResult:
         parts = [self.loaded[(job.name, a, b)] for a, b in chunks]
         cat = lambda key, dim=0: torch.cat([p[key] for p in parts], dim=dim) if key in parts[0] else None  # noqa: E731
-        return JobResult(cat("W"), cat("b"), cat("loss"), cat("history", 1), tuple(job.snapshot_steps),
-                         cat("W_snapshots", 1), cat("b_snapshots", 1))
+        params = {k: cat(k) for k in job.model.param_shapes()}
+        return JobResult(params.get("W"), params.get("b"), cat("loss"), cat("history", 1), tuple(job.snapshot_steps),
+                         cat("W_snapshots", 1), cat("b_snapshots", 1), params=params)
 
 
 def chunk_inputs(job: Job, start: int, stop: int) -> dict:
@@ -214,7 +218,8 @@ def chunk_inputs(job: Job, start: int, stop: int) -> dict:
 
 def train_one(fn, job: Job, start: int, stop: int, device: str, on_step=None, checkpoint=None,
               on_snapshot=None, snapshots: dict | None = None) -> dict:
-    """Train one chunk; the tensors its file holds (W, b, loss, history?, W/b_snapshots?).
+    """Train one chunk; the tensors its file holds (the model's parameters by name, loss, history?,
+    W/b_snapshots?).
     snapshots: {step: {"W", "b"}} recorded before a resume (the rest come through on_snapshot)."""
     got = dict(snapshots or {})
 
@@ -224,11 +229,11 @@ def train_one(fn, job: Job, start: int, stop: int, device: str, on_step=None, ch
             on_snapshot(t, W, b)
 
     inp = chunk_inputs(job, start, stop)
-    W, b, loss, hist = fn(inp["model"], inp["p"], inp["importance"], inp["train"], start, device=device,
+    params, loss, hist = fn(inp["model"], inp["p"], inp["importance"], inp["train"], start, device=device,
                           history_every=job.history_every, on_step=on_step, checkpoint=checkpoint,
                           snapshot_steps=job.snapshot_steps, on_snapshot=keep if job.snapshot_steps else None,
                           sets=job.data.sets, examples=job.data.examples)
-    tensors = {"W": W, "b": b, "loss": loss}
+    tensors = {**params, "loss": loss}
     if hist is not None:
         tensors["history"] = hist
     if job.snapshot_steps:

@@ -1,0 +1,103 @@
+"""The untied abs-computation model (#10): parameters W1, b1, W2, b2 by name through the whole
+engine; the hand-written gradients equal float64 autograd; the torch backend trains it, resumes it
+bit for bit and stores it; the fused backends refuse it up front."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine import DataSpec, ModelSpec, TrainSpec, backends, reference, rng, train
+from engine.errors import UnsupportedShape
+
+ABS = "abs-computation"
+
+
+def test_param_shapes_name_every_trained_tensor():
+    assert ModelSpec(7, 3, ABS).param_shapes() == {"W1": (3, 7), "b1": (3,), "W2": (7, 3), "b2": (7,)}
+    assert ModelSpec(7, 3).param_shapes() == {"W": (3, 7), "b": (7,)} and ModelSpec(7, 3).param_count == 28
+    tied = reference.init_params(ModelSpec(7, 3), 4, torch.arange(5))
+    assert torch.equal(tied["W"], reference.init_weights(ModelSpec(7, 3), 4, torch.arange(5)))  # unchanged init
+
+
+@pytest.mark.parametrize("K, n, m, B", [(2, 1, 1, 5), (3, 5, 2, 17), (2, 20, 7, 9)])
+def test_gradients_equal_float64_autograd(K, n, m, B):
+    g = torch.Generator().manual_seed(n * 100 + m)
+    P = {k: torch.randn(K, *s, generator=g, dtype=torch.float64) * 0.5
+         for k, s in ModelSpec(n, m, ABS).param_shapes().items()}
+    u = torch.rand(K, B, n, generator=g, dtype=torch.float64)
+    x = reference.features_from_uniform(u, torch.full((K, n), 0.6, dtype=torch.float64), signed=True)
+    imp = torch.rand(K, n, generator=g, dtype=torch.float64) + 0.1
+    loss, grads = reference.params_loss_and_grads(P, x, imp, ModelSpec(n, m, ABS))
+    leaves = {k: v.clone().requires_grad_() for k, v in P.items()}
+    h = torch.relu(x @ leaves["W1"].transpose(1, 2) + leaves["b1"][:, None])
+    y = torch.relu(h @ leaves["W2"].transpose(1, 2) + leaves["b2"][:, None])
+    ref = (imp[:, None] * (y - x.abs()) ** 2).mean(dim=(1, 2))
+    ref.sum().backward()
+    assert torch.allclose(loss, ref.detach(), rtol=1e-12)
+    for k in P:
+        assert torch.allclose(grads[k], leaves[k].grad, rtol=1e-10, atol=1e-13), k
+
+
+def test_signed_inputs_are_uniform_on_minus_one_one_when_active():
+    u = rng.uniforms(0, torch.arange(1), 0, 200_000, 3)
+    x = reference.features_from_uniform(u, torch.tensor([[0.3, 0.3, 1.0]]), signed=True)[0]
+    on = x != 0
+    assert abs(on[:, 0].float().mean() - 0.3) < 0.005 and on[:, 2].all()
+    v = x[on[:, 0], 0]
+    assert v.min() >= -1 and v.max() < 1 and abs(v.mean()) < 0.01 and abs(v.var() - 1 / 3) < 0.01
+
+
+def test_the_torch_backend_learns_abs_and_the_fused_backends_refuse_it():
+    model = ModelSpec(3, 6, ABS)
+    data = DataSpec(np.full((3, 3), 1.0), 1.0)
+    res = train(model, data, TrainSpec(steps=2000, batch_size=256, lr=1e-2), backend="torch", progress=False)
+    assert set(res.params) == {"W1", "b1", "W2", "b2"} and res.W is None
+    assert float(res.loss.max()) < 0.1 * (1 / 3)  # E[|x|^2] = 1/3 for the zero model
+    with pytest.raises(UnsupportedShape, match="cpu does not train 'abs-computation'"):
+        backends.check_supported("cpu", model, TrainSpec())
+    logs = []
+    assert backends.resolve("auto", model, TrainSpec(), log=logs.append) == "torch" or not backends.cpu_usable()
+
+
+def test_the_runner_stores_and_resumes_untied_parameters(tmp_path, monkeypatch):
+    """A tiny experiment of abs-computation models through the runner: chunk files carry W1..b2,
+    an interrupted chunk resumes from its checkpoint bit for bit."""
+    from engine.experiments import runner
+    from engine.experiments.base import CommonSpec, Experiment, Job
+
+    class Tiny(Experiment):
+        name = "tiny-abs"
+        spec_cls = CommonSpec
+
+        def jobs(self, spec):
+            return [Job("models", ModelSpec(4, 3, ABS), DataSpec(np.full((4, 4), 0.5), 1.0), spec.train_spec())]
+
+        def analyse(self, spec, results, run_dir):
+            res = results["models"]
+            return {"shapes": {k: list(v.shape) for k, v in res.params.items()}, "diverged": int(res.diverged.sum()),
+                    "checks": []}
+
+    spec = CommonSpec(steps=300, batch_size=16, lr=1e-2, backend="torch", chunk_size=2)
+    whole = runner.run(Tiny(), spec, tmp_path / "whole", progress=False, log=lambda m: None)
+    assert whole["shapes"] == {"W1": [4, 3, 4], "b1": [4, 3], "W2": [4, 4, 3], "b2": [4, 4]}
+    calls = []
+    real = reference.params_train_step
+
+    def dies(*a, **k):
+        calls.append(1)
+        if len(calls) == 450:  # second chunk, step 150
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(reference, "params_train_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(Tiny(), spec, tmp_path / "cut", progress=False, log=lambda m: None, checkpoint_every_s=0)
+    monkeypatch.setattr(reference, "params_train_step", real)
+    resumed = runner.run(Tiny(), spec, tmp_path / "cut", progress=False, log=lambda m: None)
+    assert 0 < resumed["instance_steps_trained"] < 4 * 300
+    for chunk in ("models_000000000-000000002.safetensors", "models_000000002-000000004.safetensors"):
+        a, b = (load_file(str(tmp_path / d / "chunks" / chunk)) for d in ("whole", "cut"))
+        assert set(a) == {"W1", "b1", "W2", "b2", "loss"} and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "cut/spec.json").read_text())["plan"]["backend"] == "torch"
