@@ -1,0 +1,185 @@
+"""Computation in superposition: models that compute |x| for more features than they have neurons.
+
+abs-computation models (untied: h = ReLU(W1 x + b1), y = ReLU(W2 h + b2), inputs x_i ~ U[-1, 1]
+when active, target |x_i|), n=100 features, m=40 neurons, importance 0.8^i, at the paper's seven
+densities; ``fits`` models per density, the lowest-loss one analysed. Neurons are rescaled so the
+largest |W1| entry of each is 1 (W1 row and b1 times c, W2 column divided by c: the function is
+unchanged, as ReLU is positively homogeneous), as in the paper's figure.
+
+A feature is *computed* when the model's output for it predicts |x_i| with R^2 >= 0.5 (feature_r2:
+fresh examples with feature i active half the time and the others at the training density; a
+constant output scores <= 0). Paper: at low density the model computes more features than it has
+neurons.
+Instance order: density-major, fits within a density.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import reference, rng
+from ..plots import plt, save
+from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..store import write_parquet, write_tensors
+from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
+
+DENSITIES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+COMPUTED = 0.5  # a feature is computed when its output predicts |x_i| with at least this R^2
+# One ReLU neuron computes only one sign of x_i (ReLU(x) or ReLU(-x)), R^2 about 0.2: "half computed".
+HALF = 0.15
+
+
+@dataclass(frozen=True)
+class ComputationSpec(CommonSpec):
+    features: int = option(100, "Number of features n (the paper: 100).")
+    hidden: int = option(40, "Neurons m (the paper: 40).")
+    importance_decay: float = option(0.8, "Feature i has importance decay^i.")
+    fits: int = option(1, "Models trained per density; the lowest-loss one is analysed.")
+    test_examples: int = option(2000, "Fresh examples per feature for its R^2 (analysis only).")
+
+    def __post_init__(self):
+        _check_int("features", self.features, 1, 10_000)
+        _check_int("hidden", self.hidden, 1, 10_000)
+        _check_float("importance_decay", self.importance_decay, 0.0, 1.0, lo_open=True)
+        _check_int("fits", self.fits, 1, 10_000)
+        _check_int("test_examples", self.test_examples, 1, 1_000_000)
+        super().__post_init__()
+
+    @property
+    def model(self) -> ModelSpec:
+        return ModelSpec(self.features, self.hidden, "abs-computation")
+
+    def importance(self) -> np.ndarray:
+        return self.importance_decay ** np.arange(self.features)
+
+
+def rescale_neurons(P: dict) -> dict:
+    """The same function with every neuron's largest |W1| entry 1: W1 rows and b1 times c_j = 1 / max_i
+    |W1[j, i]|, W2 columns divided by c_j (a dead all-zero neuron is left as it is). P: one model."""
+    scale = P["W1"].abs().amax(dim=1)
+    c = torch.where(scale > 0, 1.0 / scale.clamp_min(1e-30), torch.ones_like(scale))
+    return {"W1": P["W1"] * c[:, None], "b1": P["b1"] * c, "W2": P["W2"] / c[None, :], "b2": P["b2"].clone()}
+
+
+def feature_r2(P: dict, spec: ComputationSpec, density: float) -> np.ndarray:
+    """Per feature i (n,): R^2 of the model's output y_i as a prediction of |x_i|, 1 - E[(y_i - |x_i|)^2]
+    / Var(|x_i|), on fresh examples (Philox evaluation stream, float64) where feature i is active with
+    probability 1/2 and every other feature at the model's training ``density``. A constant output
+    (e.g. the bias alone) scores <= 0; computing |x_i| exactly scores 1. P: one model."""
+    n = spec.features
+    Pd = {k: v.double() for k, v in P.items()}
+    out = np.empty(n)
+    for i in range(n):
+        p = torch.full((1, n), density)
+        p[0, i] = 0.5
+        u = rng.uniforms(spec.seed, torch.tensor([i]), 0, spec.test_examples, n, stream=rng.STREAM_EVAL)
+        x = reference.features_from_uniform(u, p, signed=True)[0].double()
+        h = torch.relu(x @ Pd["W1"].T + Pd["b1"])
+        y = torch.relu(h @ Pd["W2"][i] + Pd["b2"][i])
+        t = x[:, i].abs()
+        out[i] = 1.0 - float(((y - t) ** 2).mean()) / max(float(t.var(unbiased=False)), 1e-30)
+    return out
+
+
+class Computation(Experiment):
+    name = "computation"
+    title = "computation in superposition: n=100 features' |x| computed by m=40 neurons when sparse"
+    spec_cls = ComputationSpec
+    presets = {
+        # torch backend (the fused kernels do not train untied models): 1 fit, 5,000 steps.
+        "quick": dict(fits=1, steps=5_000, batch_size=1024, lr=3e-3),
+        "paper": dict(fits=3, steps=10_000, batch_size=1024, lr=1e-3),
+    }
+    analysis_fields = ("test_examples",)
+    outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/computation.png")
+    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps, torch backend; 2 min 7 s on 2 CPU cores; checks FAIL"
+
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize("models", len(DENSITIES) * spec.fits, spec.features, spec.hidden, untied=True)]
+
+    def jobs(self, spec):
+        d = np.repeat(np.array(DENSITIES), spec.fits)
+        p = np.repeat(d[:, None], spec.features, axis=1)
+        return [Job("models", spec.model, DataSpec(p, spec.importance()), spec.train_spec())]
+
+    def analyse(self, spec, results, run_dir):
+        res = results["models"]
+        loss = res.loss.numpy()
+        kept = best_of_fits(loss, spec.fits, res.diverged)
+        computed, rows, rescaled = [], [], []
+        for j, d in enumerate(DENSITIES):
+            k = int(kept[j])
+            P = rescale_neurons({name: t[k] for name, t in res.params.items()})
+            rescaled.append(P)
+            r2 = feature_r2(P, spec, d)
+            ok = r2 >= COMPUTED
+            bad = bool(res.diverged[k])
+            computed.append(-1 if bad else int(ok.sum()))
+            rows.append({"density": [d] * spec.features, "feature": np.arange(spec.features),
+                         "importance": spec.importance(), "r2": np.where(bad, np.nan, r2), "computed": ok & ~bad})
+        P_ = len(DENSITIES)
+        write_parquet(run_dir.root / "instances.parquet", {
+            "instance": np.arange(len(loss)), "density": np.repeat(DENSITIES, spec.fits),
+            "fit": np.tile(np.arange(spec.fits), P_), "final_loss": loss, "diverged": res.diverged,
+            "kept": kept_column(len(loss), kept, res.diverged)})
+        write_parquet(run_dir.root / "features.parquet", {k: np.concatenate([np.asarray(r[k]) for r in rows])
+                                                          for k in rows[0]})
+        write_tensors(run_dir.root / "weights.safetensors",
+                      {**res.params, **{f"{k}_rescaled": torch.stack([P[k] for P in rescaled]) for k in rescaled[0]},
+                       "kept": torch.as_tensor(kept)},
+                      metadata={"layout": f"W1 (instances, {spec.hidden}, {spec.features}), b1 (instances, "
+                                          f"{spec.hidden}), W2 (instances, {spec.features}, {spec.hidden}), b2 "
+                                          f"(instances, {spec.features}): rows as instances.parquet; *_rescaled: the "
+                                          "kept model per density with every neuron's max |W1| = 1"})
+        figure(run_dir.figures / "computation.png", spec, rescaled, computed)
+        sparse = [c for c, d in zip(computed, DENSITIES) if d <= 0.01]
+        dense = computed[0]
+        checks = [
+            check("computes-more-than-m", f"at low density (<= 0.01) the model computes |x_i| for more features than "
+                  f"its {spec.hidden} neurons (a feature counts when its output predicts |x_i| with R^2 >= {COMPUTED})", sparse, bool(sparse) and max(sparse) > spec.hidden, f"> {spec.hidden} at some density"),
+            check("dense-at-most-m", "when dense (density 1) it computes no more features than neurons", dense,
+                  0 <= dense <= spec.hidden, f"<= {spec.hidden}"),
+        ]
+        half = [int((np.asarray(r["r2"]) >= HALF).sum()) for r in rows]
+        return {"densities": list(DENSITIES), "features_computed": computed, "features_half_computed": half,
+                "checks": checks}
+
+    def report(self, spec, summary):
+        rows = ", ".join(f"{d:g}: {c} ({h})" for d, c, h in zip(summary["densities"], summary["features_computed"],
+                                                                summary["features_half_computed"]))
+        return [f"computation (n={spec.features}, m={spec.hidden}): features whose |x| is computed (R^2 >= {COMPUTED}; "
+                f"in brackets at least one sign, R^2 >= {HALF}), by density: {rows}"]
+
+
+def figure(path, spec, rescaled, computed) -> None:
+    """One panel per density: each neuron's input weights W1[j, :] (rescaled, max |W1| = 1) as a
+    stacked bar per feature, positive up and negative down, coloured by feature (yellow = most
+    important), neurons sorted by their strongest feature."""
+    P = len(DENSITIES)
+    fig, axes = plt.subplots(P, 1, figsize=(11, 1.55 * P + 0.8), sharex=True, constrained_layout=True)
+    colours = plt.cm.viridis_r(np.linspace(0.0, 1.0, spec.features))
+    for ax, d, M, c in zip(axes, DENSITIES, rescaled, computed):
+        W1 = M["W1"].numpy()
+        order = np.argsort(np.argmax(np.abs(W1), axis=1), kind="stable")
+        W1 = W1[order]
+        up, down = np.zeros(W1.shape[0]), np.zeros(W1.shape[0])
+        for i in range(spec.features):
+            w = W1[:, i]
+            pos, neg = np.clip(w, 0, None), np.clip(w, None, 0)
+            if np.any(w != 0):
+                ax.bar(np.arange(len(w)), pos, bottom=up, color=colours[i], width=0.8, linewidth=0)
+                ax.bar(np.arange(len(w)), neg, bottom=down, color=colours[i], width=0.8, linewidth=0)
+            up, down = up + pos, down + neg
+        ax.axhline(0, color="0.3", lw=0.5)
+        ax.set_ylabel(f"1-S={d:g}\n{c} computed", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1].set_xlabel("neuron (sorted by its strongest feature)")
+    fig.suptitle(f"Computation in superposition: W1 per neuron (n={spec.features}, m={spec.hidden}; colour = "
+                 "feature, yellow = most important)", fontsize=10)
+    save(fig, path)
+
+
+EXPERIMENT = Computation()

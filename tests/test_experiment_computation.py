@@ -1,0 +1,47 @@
+"""computation: neuron rescaling keeps the function, the R^2 of planted models, a tiny run end to end."""
+import numpy as np
+import torch
+
+from engine import reference
+from engine.experiments import computation as co
+from engine.experiments import runner
+from engine.spec import ModelSpec
+
+
+def test_rescaling_neurons_keeps_the_function():
+    g = torch.Generator().manual_seed(0)
+    P = {k: torch.randn(*s, generator=g) for k, s in ModelSpec(6, 4, "abs-computation").param_shapes().items()}
+    P["W1"][2] = 0.0  # a dead neuron stays as it is
+    R = co.rescale_neurons(P)
+    assert torch.allclose(R["W1"].abs().amax(1)[[0, 1, 3]], torch.ones(3))
+    x = torch.rand(1, 50, 6, generator=g) * 2 - 1
+    ones = torch.ones(1, 6)
+    a = reference.params_instance_loss({k: v[None] for k, v in P.items()}, x, ones, ModelSpec(6, 4, "abs-computation"))
+    b = reference.params_instance_loss({k: v[None] for k, v in R.items()}, x, ones, ModelSpec(6, 4, "abs-computation"))
+    assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_r2_is_one_for_a_model_computing_abs_and_at_most_zero_for_a_constant():
+    spec = co.ComputationSpec(features=3, hidden=6, test_examples=3000)
+    # |x_i| = ReLU(x_i) + ReLU(-x_i): two neurons per feature
+    W1 = torch.zeros(6, 3)
+    W2 = torch.zeros(3, 6)
+    for i in range(3):
+        W1[2 * i, i], W1[2 * i + 1, i] = 1.0, -1.0
+        W2[i, 2 * i] = W2[i, 2 * i + 1] = 1.0
+    exact = {"W1": W1, "b1": torch.zeros(6), "W2": W2, "b2": torch.zeros(3)}
+    assert np.allclose(co.feature_r2(exact, spec, 0.05), 1.0)
+    constant = {"W1": torch.zeros(6, 3), "b1": torch.zeros(6), "W2": torch.zeros(3, 6), "b2": torch.full((3,), 0.25)}
+    assert (co.feature_r2(constant, spec, 0.05) <= 1e-9).all()
+    half = {**exact, "W2": W2 * torch.tensor([1.0, 0.0] * 3)}  # ReLU(x_i) only: one sign
+    r2 = co.feature_r2(half, spec, 0.05)
+    assert (r2 > co.HALF).all() and (r2 < co.COMPUTED).all()
+
+
+def test_a_tiny_run_writes_its_outputs(tmp_path):
+    spec = co.ComputationSpec(features=8, hidden=3, fits=1, steps=20, batch_size=16, test_examples=200,
+                              backend="torch")
+    summary = runner.run(co.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
+    assert [c["name"] for c in summary["checks"]] == ["computes-more-than-m", "dense-at-most-m"]
+    assert len(summary["features_computed"]) == len(co.DENSITIES)
+    assert (tmp_path / "figures/computation.png").stat().st_size > 10_000
