@@ -87,8 +87,8 @@ def cpu_supports(model) -> bool:
     return model is None or model.variant in CPU_VARIANTS
 
 
-# Variants kernels/cpu_train.py implements (abs-computation, untied, trains on torch).
-CPU_VARIANTS = ("relu-output", "linear", "relu-hidden")
+# Variants the cpu kernels implement (kernels/cpu_train.py; abs-computation: kernels/cpu_train_untied.py).
+CPU_VARIANTS = ("relu-output", "linear", "relu-hidden", "abs-computation")
 
 
 def default_device(backend: str) -> str:

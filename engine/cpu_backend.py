@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from kernels import cpu_train
+from kernels import cpu_train, cpu_train_untied
 from . import fused
 from .checkpoint import Checkpoint
 from .spec import ModelSpec, TrainSpec
@@ -39,22 +39,23 @@ def max_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS
 
 
-_COMPILED = {"seconds": None}
+_COMPILED: dict = {}
 
 
-def compile() -> float:
-    """Compile (or load from the on-disk cache) the training loop; returns the seconds it took the
-    first time in this process, 0.0 afterwards."""
-    if _COMPILED["seconds"] is not None:
+def compile(untied: bool = False) -> float:
+    """Compile (or load from the on-disk cache) the training loop of tied models, or with
+    ``untied`` of the abs-computation model; returns the seconds it took the first time in this
+    process, 0.0 afterwards (each loop compiles only when a run needs it)."""
+    if untied in _COMPILED:
         return 0.0
     t0 = time.perf_counter()
-    model, train = ModelSpec(3, 2), TrainSpec(steps=1, batch_size=8)
+    model, train = ModelSpec(3, 2, "abs-computation" if untied else "relu-output"), TrainSpec(steps=1, batch_size=8)
     state = {k: v.numpy() for k, v in fused.new_state(model, train, 0, 1).items()}
     p = np.full((1, 3), 0.5, np.float32)
     run_steps(model, train, state, p, np.ones_like(p), 0, 0, 1, np.zeros(1, np.float32),
               sched=fused.schedule_table(train).numpy())
-    _COMPILED["seconds"] = time.perf_counter() - t0
-    return _COMPILED["seconds"]
+    _COMPILED[untied] = time.perf_counter() - t0
+    return _COMPILED[untied]
 
 
 def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_instance: int, step0: int, n_steps: int,
@@ -62,6 +63,13 @@ def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_ins
               examples: int = 0) -> None:
     """Advance ``state`` by steps [step0, step0 + n_steps) in one compiled call (tests and bench)."""
     sched = fused.schedule_table(train) if sched is None else sched
+    if not model.tied:
+        cpu_train_untied.train_steps(
+            state, p, imp, sched, loss_acc, hist, batch=train.batch_size, first_instance=first_instance, step0=step0,
+            n_steps=n_steps, window_start=train.steps - train.loss_window, hist_every=history_every, seed=train.seed,
+            weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2, eps=train.eps,
+            decoupled=train.optimizer == "adamw", lanes=lanes, sets=sets, finite=examples > 0)
+        return
     cpu_train.train_steps(
         state, p, imp, sched, loss_acc, hist, batch=train.batch_size, first_instance=first_instance, step0=step0,
         n_steps=n_steps, window_start=train.steps - train.loss_window, hist_every=history_every, seed=train.seed,
@@ -92,7 +100,7 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
                 on_snapshot=None, sets=(), examples: int = 0):
     """Train K instances with the fused CPU loop; same contract as engine.torch_backend.train_chunk.
     steps_per_launch, lanes: fixed segment size and rows per block (tests; default automatic)."""
-    compile()
+    compile(untied=not model.tied)
 
     def run_segment(state, p, imp, sched, loss_acc, hist, step0, n_steps):
         run_steps(model, train, state, p, imp, first_instance, step0, n_steps, loss_acc, hist, history_every, sched,

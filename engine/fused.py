@@ -32,7 +32,15 @@ def schedule_table(train: TrainSpec, device="cpu") -> torch.Tensor:
 
 def new_state(model: ModelSpec, train: TrainSpec, first_instance: int, K: int, device="cpu") -> dict:
     """Initial W (per-instance Xavier, the same Philox init as every backend), b = 0, Adam moments 0.
-    W, mW, vW (K, m, n); b, mb, vb (K, n); float32, contiguous."""
+    W, mW, vW (K, m, n); b, mb, vb (K, n); float32, contiguous. Untied models: every parameter of
+    ModelSpec.param_shapes (reference.init_params) and "m" / "v" + its name."""
+    if not model.tied:
+        P = reference.init_params(model, train.seed, torch.arange(first_instance, first_instance + K))
+        state = {}
+        for k, v in P.items():
+            v = v.to(device).contiguous()
+            state.update({k: v, "m" + k: torch.zeros_like(v), "v" + k: torch.zeros_like(v)})
+        return state
     W = reference.init_weights(model, train.seed, torch.arange(first_instance, first_instance + K)).to(device)
     b = torch.zeros(K, model.n_features, device=device)
     return {"W": W.contiguous(), "b": b, "mW": torch.zeros_like(W), "vW": torch.zeros_like(W),
@@ -71,6 +79,8 @@ def train_chunk(run_segment, model: ModelSpec, p, importance, train: TrainSpec, 
             on_step(next_step(saved))
     step0, last_seconds = next_step(saved), None
     snaps = sorted(set(snapshot_steps))
+    if not model.tied:
+        snaps = []  # snapshots are of W and b (Job refuses them for untied models)
     if on_snapshot is not None and step0 == 0 and 0 in snaps:
         on_snapshot(0, state["W"].cpu().clone(), state["b"].cpu().clone())
     while step0 < train.steps:
@@ -90,5 +100,5 @@ def train_chunk(run_segment, model: ModelSpec, p, importance, train: TrainSpec, 
             checkpoint.save({**state, "loss_sum": loss_acc, "next_step": step_tensor(step0), **extra})
         if on_step is not None:
             on_step(n)
-    return ({"W": state["W"].cpu(), "b": state["b"].cpu()}, (loss_acc / train.loss_window).cpu(),
+    return ({k: state[k].cpu() for k in model.param_shapes()}, (loss_acc / train.loss_window).cpu(),
             hist.cpu() if hist is not None else None)

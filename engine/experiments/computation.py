@@ -88,13 +88,13 @@ class Computation(Experiment):
     title = "computation in superposition: n=100 features' |x| computed by m=40 neurons when sparse"
     spec_cls = ComputationSpec
     presets = {
-        # torch backend (the fused kernels do not train untied models): 1 fit, 5,000 steps.
+        # 1 fit, 5,000 steps (cpu: kernels/cpu_train_untied.py; the triton kernels do not train untied models).
         "quick": dict(fits=1, steps=5_000, batch_size=1024, lr=3e-3),
         "paper": dict(fits=3, steps=10_000, batch_size=1024, lr=1e-3),
     }
     analysis_fields = ("test_examples",)
     outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/computation.png")
-    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps, torch backend; 2 min 7 s on 2 CPU cores; checks FAIL"
+    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps; 83 s on 2 CPU cores (cpu backend); a check FAILS"
 
     def job_sizes(self, spec):
         from .memory import JobSize

@@ -1,0 +1,212 @@
+"""The fused CPU training loop for the untied abs-computation model (numba), the twin of
+kernels/cpu_train.py for h = ReLU(W1 x + b1), y = ReLU(W2 h + b2), target |x|, inputs U[-1, 1)
+when active (the sampling rule of engine.reference.features_from_uniform with signed=True).
+
+Same structure and conventions as cpu_train.py (read its docstring first): per instance, per step,
+the batch is drawn block by block from the Philox stream (sets and finite datasets included), rows
+on the last axis of every work array, per-row-lane gradient accumulators summed once per step in a
+fixed order (results do not depend on threads, chunking or segments), then Adam/AdamW for W1, b1,
+W2 and b2 with kernels/adam.py's formula. Gradients (engine.reference.untied_loss_and_grads):
+dZ = 2 I (y - |x|) [z > 0] / (B n), db2 = sum dZ, dW2 = dZ h^T, dH = W2^T dZ [W1 x + b1 > 0],
+db1 = sum dH, dW1 = dH x^T.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .cpu_rng import M32, seed_words
+from .cpu_train import (FASTMATH, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask, padded_rule,
+                        set_array)
+
+LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
+
+
+def lanes_for(n: int, m: int) -> int:
+    """Batch rows per block: 128, halved down to 16 while 2 m n lanes float32 exceed LANE_BUDGET_BYTES."""
+    lanes = 128
+    while lanes > 16 and 2 * 4 * m * n * lanes > LANE_BUDGET_BYTES:
+        lanes //= 2
+    return lanes
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, sched, loss_acc, hist, k, batch,
+                    inst, step0, n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps,
+                    decoupled, R, sets, finite):
+    """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment."""
+    m, n = W1.shape[1], W1.shape[2]
+    f32 = np.float32
+    pk, inv = padded_rule(p[k])
+    grad_scale = f32(2.0) / f32(batch * n)
+    cz = np.empty(n, np.float32)
+    for f in range(n):
+        cz[f] = grad_scale * imp[k, f]
+    x = np.zeros((pk.shape[0], R), np.float32)
+    act = np.empty(n, np.bool_)
+    h = np.empty((m, R), np.float32)
+    dz = np.empty((n, R), np.float32)
+    dzact = np.empty(n, np.bool_)
+    dh = np.empty((m, R), np.float32)
+    acc_w1 = np.empty((m, n, R), np.float32)
+    acc_w2 = np.empty((n, m, R), np.float32)
+    acc_b1 = np.empty((m, R), np.float32)
+    acc_b2 = np.empty((n, R), np.float32)
+    acc_l = np.empty(R, np.float32)
+    valid = np.ones(R, np.float32)
+    last_r0 = ((batch - 1) // R) * R
+    c2 = np.uint64(inst) & M32
+    c3 = np.uint64(STREAM_DATASET if finite else 0)
+    one_b1, one_b2 = f32(1.0) - beta1, f32(1.0) - beta2
+    for t in range(step0, step0 + n_steps):
+        c1 = np.uint64(0) if finite else np.uint64(t) & M32
+        acc_w1[:] = 0.0
+        acc_w2[:] = 0.0
+        acc_b1[:] = 0.0
+        acc_b2[:] = 0.0
+        acc_l[:] = 0.0
+        valid[:] = 1.0
+        for r0 in range(0, batch, R):
+            _draw_block(x, act, pk, inv, r0, batch, n, c1, c2, c3, k0, k1)
+            if sets.shape[0]:
+                _apply_sets(x, act, sets, pk, inv, r0, batch, n, c1, c2, c3, k0, k1)
+            for f in range(n):  # signed inputs: an active value v in [0, 1) becomes 2 v - 1
+                if act[f]:
+                    for l in range(R):
+                        v = x[f, l]
+                        x[f, l] = f32(2.0) * v - f32(1.0) if v != 0.0 else f32(0.0)
+            if r0 == last_r0 and batch % R != 0:
+                _lane_mask(valid, r0, n, batch)
+            # h = ReLU(W1 x + b1)
+            for j in range(m):
+                for l in range(R):
+                    h[j, l] = b1[k, j]
+                for f in range(n):
+                    if act[f]:
+                        w = W1[k, j, f]
+                        for l in range(R):
+                            h[j, l] += w * x[f, l]
+                for l in range(R):
+                    h[j, l] = max(h[j, l], f32(0.0))
+            # z = W2 h + b2, y = ReLU(z), the loss against |x| and dz
+            for f in range(n):
+                for l in range(R):
+                    dz[f, l] = b2[k, f]
+                for j in range(m):
+                    w = W2[k, f, j]
+                    for l in range(R):
+                        dz[f, l] += w * h[j, l]
+                c = cz[f]
+                i_f = imp[k, f]
+                any_dz = False
+                for l in range(R):
+                    z = dz[f, l]
+                    d = (max(z, f32(0.0)) - abs(x[f, l])) * valid[l]
+                    acc_l[l] += i_f * d * d
+                    g = c * d if z > 0.0 else f32(0.0)
+                    dz[f, l] = g
+                    acc_b2[f, l] += g
+                    any_dz |= g != 0.0
+                dzact[f] = any_dz
+            # dW2 += dz h^T; dh = W2^T dz through the hidden ReLU; dW1 += dh x^T; db1 += dh
+            for f in range(n):
+                if dzact[f]:
+                    for j in range(m):
+                        for l in range(R):
+                            acc_w2[f, j, l] += dz[f, l] * h[j, l]
+            for j in range(m):
+                for l in range(R):
+                    dh[j, l] = 0.0
+                for f in range(n):
+                    if dzact[f]:
+                        w = W2[k, f, j]
+                        for l in range(R):
+                            dh[j, l] += w * dz[f, l]
+                for l in range(R):
+                    g = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
+                    dh[j, l] = g
+                    acc_b1[j, l] += g
+                for f in range(n):
+                    if act[f]:
+                        for l in range(R):
+                            acc_w1[j, f, l] += dh[j, l] * x[f, l]
+        loss_t = f32(0.0)
+        for l in range(R):
+            loss_t += acc_l[l]
+        loss_t = loss_t * (grad_scale * f32(0.5))
+        if t >= window_start:
+            loss_acc[k] += loss_t
+        if hist_every > 0 and t % hist_every == 0:
+            hist[t // hist_every, k] = loss_t
+        decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
+        for j in range(m):
+            for f in range(n):
+                g = f32(0.0)
+                for l in range(R):
+                    g += acc_w1[j, f, l]
+                W1[k, j, f], mW1[k, j, f], vW1[k, j, f] = _adam(W1[k, j, f], g, mW1[k, j, f], vW1[k, j, f], decay,
+                                                                step_size, inv_sqrt_bias2, weight_decay, one_b1,
+                                                                beta2, one_b2, eps, decoupled)
+            g = f32(0.0)
+            for l in range(R):
+                g += acc_b1[j, l]
+            b1[k, j], mb1[k, j], vb1[k, j] = _adam(b1[k, j], g, mb1[k, j], vb1[k, j], decay, step_size,
+                                                   inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
+        for f in range(n):
+            for j in range(m):
+                g = f32(0.0)
+                for l in range(R):
+                    g += acc_w2[f, j, l]
+                W2[k, f, j], mW2[k, f, j], vW2[k, f, j] = _adam(W2[k, f, j], g, mW2[k, f, j], vW2[k, f, j], decay,
+                                                                step_size, inv_sqrt_bias2, weight_decay, one_b1,
+                                                                beta2, one_b2, eps, decoupled)
+            g = f32(0.0)
+            for l in range(R):
+                g += acc_b2[f, l]
+            b2[k, f], mb2[k, f], vb2[k, f] = _adam(b2[k, f], g, mb2[k, f], vb2[k, f], decay, step_size,
+                                                   inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
+
+
+@njit(parallel=True, cache=True)
+def train_segment(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, schedule, loss_acc, hist, batch,
+                  first_instance, step0, n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps,
+                  decoupled, lanes, sets, finite):
+    """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
+    W1 (K, m, n), b1 (K, m), W2 (K, n, m), b2 (K, n) and their Adam moments; the rest as
+    kernels.cpu_train.train_segment."""
+    K = W1.shape[0]
+    for k in prange(K):
+        _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, schedule, loss_acc, hist, k,
+                        batch, first_instance + k, step0, n_steps, window_start, hist_every, k0, k1, weight_decay,
+                        beta1, beta2, eps, decoupled, lanes, sets, finite)
+
+
+NAMES = ("W1", "b1", "W2", "b2")
+
+
+def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first_instance: int, step0: int,
+                n_steps: int, window_start: int, hist_every: int, seed: int, weight_decay: float, beta1: float,
+                beta2: float, eps: float, decoupled: bool, lanes: int | None = None, sets=(),
+                finite: bool = False) -> None:
+    """Advance ``state`` = dict(W1, b1, W2, b2 and "m"/"v" + each) by steps [step0, step0 + n_steps), in
+    place (torch CPU tensors or numpy arrays, float32 C-contiguous); the untied twin of
+    kernels.cpu_train.train_steps."""
+    def arr(t):
+        a = t.numpy() if hasattr(t, "numpy") else t
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            raise ValueError("cpu kernels need float32 C-contiguous arrays")
+        return a
+
+    P = [arr(state[k]) for k in NAMES]
+    moments = [arr(state[pre + k]) for k in NAMES for pre in ("m", "v")]
+    K, m, n = P[0].shape
+    lanes = lanes or lanes_for(n, m)
+    if lanes % 4:
+        raise ValueError(f"lanes: must be a multiple of 4 (got {lanes})")
+    hist_arr = arr(hist) if hist is not None else np.zeros((1, K), np.float32)
+    k0, k1 = seed_words(seed)
+    f32 = np.float32
+    train_segment(*P, *moments, arr(p), arr(imp), arr(sched), arr(loss_acc), hist_arr, int(batch),
+                  int(first_instance), int(step0), int(n_steps), int(window_start),
+                  int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1), f32(beta2),
+                  f32(eps), bool(decoupled), lanes, set_array(sets), bool(finite))
