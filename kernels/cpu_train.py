@@ -239,14 +239,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                         for l in range(R):
                             acc_w[j, f, l] += dh[j, l] * x[f, l]
         # End of step: sum the lanes, record the loss, Adam/AdamW (kernels/adam.py's formula).
-        loss_t = f32(0.0)
-        for l in range(R):
-            loss_t += acc_l[l]
-        loss_t = loss_t * (grad_scale * f32(0.5))
-        if t >= window_start:
-            loss_acc[k] += loss_t
-        if hist_every > 0 and t % hist_every == 0:
-            hist[t // hist_every, k] = loss_t
+        _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         for j in range(m):
             for f in range(n):
@@ -262,6 +255,28 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                 g += acc_b[f, l]
             b[k, f], mb[k, f], vb[k, f] = _adam(b[k, f], g, mb[k, f], vb[k, f], decay, step_size, inv_sqrt_bias2,
                                                 weight_decay, one_b1, beta2, one_b2, eps, decoupled)
+
+
+@njit(inline="always", cache=True)
+def _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist):
+    """End of step t of instance k: the step's loss from the per-lane sums acc_l (R,) (each I (y - x)^2;
+    grad_scale / 2 = 1 / (B n) makes it the mean), added to the loss window and the history."""
+    loss_t = np.float32(0.0)
+    for l in range(acc_l.shape[0]):
+        loss_t += acc_l[l]
+    loss_t = loss_t * (grad_scale * np.float32(0.5))
+    if t >= window_start:
+        loss_acc[k] += loss_t
+    if hist_every > 0 and t % hist_every == 0:
+        hist[t // hist_every, k] = loss_t
+
+
+def f32_array(t) -> np.ndarray:
+    """A torch CPU tensor or numpy array as the float32 C-contiguous numpy array the kernels update in place."""
+    a = t.numpy() if hasattr(t, "numpy") else t
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ValueError("cpu kernels need float32 C-contiguous arrays")
+    return a
 
 
 @njit(inline="always", cache=True)
@@ -326,12 +341,7 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     """
     from .cpu_rng import seed_words
 
-    def arr(t):
-        a = t.numpy() if hasattr(t, "numpy") else t
-        if a.dtype != np.float32 or not a.flags.c_contiguous:
-            raise ValueError("cpu kernels need float32 C-contiguous arrays")
-        return a
-
+    arr = f32_array
     W, b, mW, vW, mb, vb = (arr(state[k]) for k in ("W", "b", "mW", "vW", "mb", "vb"))
     K, m, n = W.shape
     lanes = lanes or lanes_for(n, m)

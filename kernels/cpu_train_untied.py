@@ -16,8 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
-from .cpu_train import (FASTMATH, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask, padded_rule,
-                        set_array)
+from .cpu_train import (FASTMATH, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask, _record_loss,
+                        f32_array, padded_rule, set_array)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
@@ -130,14 +130,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                     if act[f]:
                         for l in range(R):
                             acc_w1[j, f, l] += dh[j, l] * x[f, l]
-        loss_t = f32(0.0)
-        for l in range(R):
-            loss_t += acc_l[l]
-        loss_t = loss_t * (grad_scale * f32(0.5))
-        if t >= window_start:
-            loss_acc[k] += loss_t
-        if hist_every > 0 and t % hist_every == 0:
-            hist[t // hist_every, k] = loss_t
+        _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         for j in range(m):
             for f in range(n):
@@ -191,12 +184,7 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     """Advance ``state`` = dict(W1, b1, W2, b2 and "m"/"v" + each) by steps [step0, step0 + n_steps), in
     place (torch CPU tensors or numpy arrays, float32 C-contiguous); the untied twin of
     kernels.cpu_train.train_steps."""
-    def arr(t):
-        a = t.numpy() if hasattr(t, "numpy") else t
-        if a.dtype != np.float32 or not a.flags.c_contiguous:
-            raise ValueError("cpu kernels need float32 C-contiguous arrays")
-        return a
-
+    arr = f32_array
     P = [arr(state[k]) for k in NAMES]
     moments = [arr(state[pre + k]) for k in NAMES for pre in ("m", "v")]
     K, m, n = P[0].shape
