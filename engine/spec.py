@@ -137,7 +137,7 @@ class DataSpec:
         object.__setattr__(self, "feature_probability", p)
         object.__setattr__(self, "importance", imp)
         object.__setattr__(self, "sets", check_sets(self.sets, p))
-        _check_int("examples", self.examples, 0, 2**24)
+        _check_int("examples", self.examples, 0, 2**20)  # a batch: TrainSpec.batch_size's range
 
     @property
     def n_instances(self) -> int:
@@ -162,10 +162,18 @@ class DataSpec:
 
 
 def check_dataset(data: "DataSpec", train: "TrainSpec") -> None:
-    """A finite dataset is the batch of every step: raise SpecError unless batch_size equals it."""
+    """A finite dataset is the batch of every step: raise SpecError unless batch_size equals it. And
+    a batch must fit the Philox counter: word c0 of a row is 32-bit (engine/rng.py's layout), so
+    rows x ceil(n / 4) calls (n <= 2: rows x n / 4) must stay below 2^32, or batches would repeat."""
     if data.examples and train.batch_size != data.examples:
         raise SpecError("batch_size", f"equal to the finite dataset's {data.examples} examples (every step trains "
                                       "on the whole dataset)", train.batch_size)
+    n = data.n_features
+    calls_per_row = n / 4 if n <= 2 else math.ceil(n / 4)
+    if train.batch_size * calls_per_row >= 2**32:
+        top = int((2**32 - 1) // calls_per_row)
+        raise SpecError("batch_size", f"at most {top:,} rows for {n:,} features (a batch's Philox counter is 32-bit)",
+                        train.batch_size)
 
 
 def check_sets(sets, p: np.ndarray) -> tuple:

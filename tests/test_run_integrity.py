@@ -373,3 +373,26 @@ def test_a_directory_of_hidden_files_is_not_a_run_directory_and_is_left_untouche
     code, _, err = run_cli([*TINY, "--out", str(d)], capsys)
     assert code == 2 and ".bashrc" in err
     assert sorted(p.name for p in d.iterdir()) == [".bashrc", ".notes.tmp"]  # nothing deleted, nothing added
+
+
+def test_the_memory_check_counts_finite_datasets_and_their_batches():
+    """Review of #10: double-descent jobs train with batch = T and the torch backend holds the
+    dataset; the estimate used the spec's batch (1024) and no dataset (0.65 GiB for ~400 GiB)."""
+    from engine.errors import SpecError
+    from engine.experiments import double_descent as dd
+    from engine.experiments import memory
+    spec = dd.DoubleDescentSpec(features=20_000, examples_max=200_000, backend="torch")
+    with pytest.raises(SpecError, match="memory"):
+        memory.check_fits(dd.EXPERIMENT.job_sizes(spec), spec, "torch", "cpu", available=64 << 30)
+
+
+def test_a_batch_past_the_32_bit_philox_counter_is_refused():
+    """rows x ceil(n/4) Philox calls per instance and step: past 2^32 the cpu kernel's counter
+    wrapped (repeated rows) while engine/rng.py's did not."""
+    import numpy as np
+    from engine import DataSpec, ModelSpec, TrainSpec, train
+    from engine.errors import SpecError
+    n = 100_000
+    with pytest.raises(SpecError, match="batch_size: must be at most 171,798 rows for 100,000 features"):
+        train(ModelSpec(n, 2), DataSpec(np.full((1, n), 0.01)), TrainSpec(steps=1, batch_size=200_000),
+              backend="torch", progress=False)

@@ -275,7 +275,7 @@ class Experiment:
         from .memory import JobSize
         return [JobSize(j.name, j.n_instances, j.model.n_features, j.model.n_hidden,
                         -(-j.train.steps // j.history_every) if j.history_every else 0, len(j.snapshot_steps),
-                        not j.model.tied)
+                        not j.model.tied, j.train.batch_size if j.data.examples else 0, j.data.examples)
                 for j in self.jobs(spec)]
 
     def analyse(self, spec, results: dict, run_dir) -> dict:

@@ -27,7 +27,7 @@ import torch
 from .. import metrics, reference, rng
 from ..errors import SpecError
 from ..plots import plt, save
-from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..spec import MIN_PROBABILITY, DataSpec, ModelSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, check, option
 
@@ -47,10 +47,10 @@ class DoubleDescentSpec(CommonSpec):
 
     def __post_init__(self):
         _check_int("features", self.features, 1, 100_000)
-        _check_float("density", self.density, 0.0, 1.0, lo_open=True)
+        _check_float("density", self.density, MIN_PROBABILITY, 1.0)
         _check_int("points", self.points, 2, 100)
-        _check_int("examples_min", self.examples_min, 1, 1_000_000)
-        _check_int("examples_max", self.examples_max, 1, 1_000_000)
+        _check_int("examples_min", self.examples_min, 1, 2**20)
+        _check_int("examples_max", self.examples_max, 1, 2**20)
         if self.examples_max <= self.examples_min:
             raise SpecError("examples_max", f"an integer > examples_min ({self.examples_min})", self.examples_max)
         _check_int("fits", self.fits, 1, 10_000)
@@ -95,7 +95,7 @@ class DoubleDescent(Experiment):
 
     def job_sizes(self, spec):
         from .memory import JobSize
-        return [JobSize(f"T{T}", spec.fits, spec.features, N_HIDDEN) for T in spec.sizes()]
+        return [JobSize(f"T{T}", spec.fits, spec.features, N_HIDDEN, batch=T, examples=T) for T in spec.sizes()]
 
     def jobs(self, spec):
         jobs = []

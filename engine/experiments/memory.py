@@ -12,6 +12,7 @@ It is compared with the memory the OS says is available now (MemAvailable).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ class JobSize:
     history: int = 0
     snapshots: int = 0
     untied: bool = False  # two weight matrices and two biases (abs-computation)
+    batch: int = 0        # the job's own batch size, when it is not the spec's (finite datasets)
+    examples: int = 0     # a finite dataset of this many rows per instance (held in memory by torch)
 
 
 def job_bytes(size: JobSize, chunk: int, batch: int, backend: str) -> tuple[int, int]:
@@ -37,7 +40,7 @@ def job_bytes(size: JobSize, chunk: int, batch: int, backend: str) -> tuple[int,
     params = 2 * size.m * size.n + size.m + size.n if size.untied else size.m * size.n + size.n
     per_instance = 8 * (2 * size.n + 10) + 4 * 4 * (params + 1 + size.history + size.snapshots * params)
     if backend == "torch":
-        per_chunk = 4 * 8 * batch * (size.n + size.m) + 4 * 5 * params
+        per_chunk = 4 * 8 * batch * (size.n + size.m) + 4 * 5 * params + 4 * size.examples * size.n
     else:
         per_chunk = 4 * 5 * params + 4 * size.history
     return size.instances * per_instance, min(chunk, size.instances) * per_chunk
@@ -68,10 +71,14 @@ def check_fits(sizes: list[JobSize], spec, backend: str, device: str, available:
     An explicit --chunk-size whose chunk alone does not fit is named as such (field chunk_size)."""
     available = available_bytes() if available is None else available
     total, peak = 0, 0
+    from ..spec import ModelSpec
     for s in sizes:
-        from ..spec import ModelSpec
-        auto = default_chunk_size(ModelSpec(s.n, s.m), spec.train_spec(), backend, device)
-        held, chunk = job_bytes(s, spec.chunk_size or auto, spec.batch_size, backend)
+        model = ModelSpec(s.n, s.m, "abs-computation" if s.untied else "relu-output")
+        train = spec.train_spec()
+        if s.batch:
+            train = dataclasses.replace(train, batch_size=s.batch)
+        auto = default_chunk_size(model, train, backend, device)
+        held, chunk = job_bytes(s, spec.chunk_size or auto, train.batch_size, backend)
         total += held
         peak = max(peak, chunk)
     if available is None:
