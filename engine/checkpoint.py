@@ -33,8 +33,16 @@ class Checkpoint:
         self.steps = steps
         self.on_discard = on_discard
         self._last = time.monotonic()
+        self._loaded = ()  # the last load()'s result, until save() or remove(): the runner and the
+        #                    backend both ask for it, and a checkpoint can hold large tensors
 
     def load(self) -> dict | None:
+        if self._loaded != ():
+            return self._loaded
+        self._loaded = self._read()
+        return self._loaded
+
+    def _read(self) -> dict | None:
         if self.path is None or not self.path.exists():
             return None
         try:
@@ -57,8 +65,10 @@ class Checkpoint:
         meta = {"spec_hash": self.key} if self.key is not None else None
         write_tensors(self.path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
         self._last = time.monotonic()
+        self._loaded = ()
 
     def remove(self) -> None:
+        self._loaded = ()
         if self.path is not None and self.path.exists():
             self.path.unlink()
 

@@ -96,7 +96,8 @@ def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, lo
     recorded = runner.recorded_run(out)
     if recorded.get("preset") in exp.presets and preset == "auto":
         name = recorded["preset"]
-    was = (recorded.get("plan") or {}).get("backend") if isinstance(recorded.get("plan"), dict) else None
+    plan = recorded.get("plan")
+    was = plan.get("backend") if isinstance(plan, dict) else None
     if requested == "auto" and was in ("torch", "cpu", "triton") and was != backend:
         try:
             backend = backends.resolve(was)

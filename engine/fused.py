@@ -16,7 +16,6 @@ from . import reference
 from .checkpoint import Checkpoint, next_step, step_tensor
 from .spec import ModelSpec, TrainSpec
 
-STATE_KEYS = ("W", "b", "mW", "vW", "mb", "vb")
 
 
 def schedule_table(train: TrainSpec, device="cpu") -> torch.Tensor:

@@ -292,3 +292,29 @@ class Experiment:
         skip = set(PLAN_FIELDS) | set(self.analysis_fields)
         fields = {k: v for k, v in spec.fields_dict().items() if k not in skip}
         return {"experiment": self.name, "results_format": self.results_format, **fields}
+
+
+class DensitySweep(Experiment):
+    """An experiment over a DensitySweepSpec: one job of ``points * fits`` models of one shape
+    (``model``), density-major with fits within a density; the lowest-loss fit of each density is
+    analysed. Subclasses set ``model`` and write analyse()."""
+
+    model: ModelSpec = None
+
+    def job_sizes(self, spec):
+        from .memory import JobSize
+        return [JobSize("models", spec.points * spec.fits, self.model.n_features, self.model.n_hidden)]
+
+    def jobs(self, spec):
+        d = np.repeat(spec.densities(), spec.fits)
+        p = np.repeat(d[:, None], self.model.n_features, axis=1)
+        return [Job("models", self.model, DataSpec(p, spec.importance()), spec.train_spec())]
+
+    @staticmethod
+    def kept_and_instances(spec, res: JobResult) -> tuple[np.ndarray, dict]:
+        """(the analysed instance per density (points,), the instances.parquet columns)."""
+        loss = res.loss.numpy()
+        kept = best_of_fits(loss, spec.fits, res.diverged)
+        return kept, {"instance": np.arange(len(loss)), "density": np.repeat(spec.densities(), spec.fits),
+                      "fit": np.tile(np.arange(spec.fits), spec.points), "final_loss": loss,
+                      "diverged": res.diverged, "kept": kept_column(len(loss), kept, res.diverged)}

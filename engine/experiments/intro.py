@@ -18,9 +18,9 @@ import torch
 
 from .. import metrics
 from ..plots import feature_arrows, plt, save
-from ..spec import DataSpec, ModelSpec
+from ..spec import ModelSpec
 from ..store import write_parquet, write_tensors
-from .base import DensitySweepSpec, Experiment, Job, best_of_fits, check, kept_column, option
+from .base import DensitySweep, DensitySweepSpec, check, option
 
 N_FEATURES, N_HIDDEN = 5, 2
 
@@ -35,10 +35,11 @@ class IntroSpec(DensitySweepSpec):
     importance_decay: float = option(0.9, "Feature i has importance decay^i.")
 
 
-class Intro(Experiment):
+class Intro(DensitySweep):
     name = "intro"
     title = "5 features in 2 dimensions: dense keeps 2, sparse stores all 5 as a pentagon"
     spec_cls = IntroSpec
+    model = ModelSpec(N_FEATURES, N_HIDDEN, "relu-output")
     presets = {
         # The notebook's optimiser (AdamW 1e-3, batch 1024, 10,000 steps) and sweep, 5 fits per point.
         "quick": dict(points=10, fits=5, steps=10_000, batch_size=1024, lr=1e-3),
@@ -47,30 +48,16 @@ class Intro(Experiment):
     outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/intro.png")
     quick_cost = "50 models x 10,000 steps; 5.6 s on 2 CPU cores (cpu backend)"
 
-    def job_sizes(self, spec):
-        from .memory import JobSize
-        return [JobSize("models", spec.points * spec.fits, N_FEATURES, N_HIDDEN)]
-
-    def jobs(self, spec):
-        d = np.repeat(spec.densities(), spec.fits)
-        p = np.repeat(d[:, None], N_FEATURES, axis=1)
-        return [Job("models", ModelSpec(N_FEATURES, N_HIDDEN, "relu-output"), DataSpec(p, spec.importance()),
-                    spec.train_spec())]
-
     def analyse(self, spec, results, run_dir):
         res = results["models"]
         dens = spec.densities()
-        loss = res.loss.numpy()
-        kept = best_of_fits(loss, spec.fits, res.diverged)
+        kept, instances = self.kept_and_instances(spec, res)
         W = res.W[kept]  # (points, m, n)
         norms = metrics.feature_norms(W).numpy()
         sup = metrics.superposition(W).numpy()
         dim = metrics.dimensionality(W).numpy()
         represented = (norms >= metrics.NORM_THRESHOLD).sum(1)
-        write_parquet(run_dir.root / "instances.parquet", {
-            "instance": np.arange(len(loss)), "density": np.repeat(dens, spec.fits),
-            "fit": np.tile(np.arange(spec.fits), spec.points), "final_loss": loss, "diverged": res.diverged,
-            "kept": kept_column(len(loss), kept, res.diverged)})
+        write_parquet(run_dir.root / "instances.parquet", instances)
         P, n = norms.shape
         write_parquet(run_dir.root / "features.parquet", {
             "density": np.repeat(dens, n), "feature": np.tile(np.arange(n), P),

@@ -24,9 +24,9 @@ import torch
 
 from .. import metrics
 from ..plots import plt, save
-from ..spec import DataSpec, ModelSpec
+from ..spec import ModelSpec
 from ..store import write_parquet, write_tensors
-from .base import DensitySweepSpec, Experiment, Job, best_of_fits, check, kept_column, option
+from .base import DensitySweep, DensitySweepSpec, check, option
 
 N_FEATURES, N_HIDDEN = 10, 5
 DRIVE = 0.3
@@ -55,10 +55,11 @@ def neuron_table(W: np.ndarray) -> dict:
             "dead": (drivers == 0).sum(1), "represented": (norms >= metrics.NORM_THRESHOLD).sum(1)}
 
 
-class PrivilegedBasis(Experiment):
+class PrivilegedBasis(DensitySweep):
     name = "privileged-basis"
     title = "ReLU hidden layer: neurons monosemantic when dense, polysemantic when sparse (n=10, m=5)"
     spec_cls = PrivilegedBasisSpec
+    model = ModelSpec(N_FEATURES, N_HIDDEN, "relu-hidden")
     presets = {
         # The notebook's optimiser and batch; 50 fits per density (the paper keeps the best of 1,000).
         "quick": dict(points=9, fits=20, steps=5_000, batch_size=1024, lr=1e-3),
@@ -68,28 +69,14 @@ class PrivilegedBasis(Experiment):
     outputs = ("instances.parquet", "neurons.parquet", "weights.safetensors", "figures/privileged_basis.png")
     quick_cost = "450 models x 10,000 steps; 73 s on 2 CPU cores (cpu backend)"
 
-    def job_sizes(self, spec):
-        from .memory import JobSize
-        return [JobSize("models", spec.points * spec.fits, N_FEATURES, N_HIDDEN)]
-
-    def jobs(self, spec):
-        d = np.repeat(spec.densities(), spec.fits)
-        p = np.repeat(d[:, None], N_FEATURES, axis=1)
-        return [Job("models", ModelSpec(N_FEATURES, N_HIDDEN, "relu-hidden"), DataSpec(p, spec.importance()),
-                    spec.train_spec())]
-
     def analyse(self, spec, results, run_dir):
         res = results["models"]
         dens = spec.densities()
-        loss = res.loss.numpy()
-        kept = best_of_fits(loss, spec.fits, res.diverged)
+        kept, instances = self.kept_and_instances(spec, res)
         W = res.W[kept].numpy()  # (points, m, n)
         t = neuron_table(W)
         P = len(dens)
-        write_parquet(run_dir.root / "instances.parquet", {
-            "instance": np.arange(len(loss)), "density": np.repeat(dens, spec.fits),
-            "fit": np.tile(np.arange(spec.fits), P), "final_loss": loss, "diverged": res.diverged,
-            "kept": kept_column(len(loss), kept, res.diverged)})
+        write_parquet(run_dir.root / "instances.parquet", instances)
         write_parquet(run_dir.root / "neurons.parquet", {
             "density": np.repeat(dens, N_HIDDEN), "neuron": np.tile(np.arange(N_HIDDEN), P),
             "drivers": t["drivers"].ravel(),
