@@ -161,14 +161,21 @@ def train_step(W, b, x, importance, variant, states, step, lr, train: TrainSpec)
 def init_params(model: ModelSpec, seed: int, instances: torch.Tensor) -> dict:
     """Initial parameters {name: (K, *shape)} float32: per-instance Xavier-normal weights from the
     Philox init stream (tied: init_weights; abs-computation: W1 draw 0, W2 draw 1, std sqrt(2/(n+m))
-    both), zero biases."""
+    both), zero biases.
+
+    abs-computation starts with W2 = |W2|. Why: the target |x| is never negative and y = ReLU(z), so
+    an output side (x_i > 0 or x_i < 0) whose pre-activation z_i starts negative passes no gradient to
+    anything and never learns. With signed W2 about half of all sides start dead, and trained models
+    compute one sign (ReLU(x_i) or ReLU(-x_i)) of most features: at density 0.1 the loss was 18.5x
+    higher (n=100, m=40, 10,000 steps). Non-negative W2 starts every side alive; it may turn negative
+    (inhibition) as it trains."""
     K = len(instances)
     if model.tied:
         return {"W": init_weights(model, seed, instances), "b": torch.zeros(K, model.n_features)}
     n, m = model.n_features, model.n_hidden
     std = math.sqrt(2.0 / (n + m))
     return {"W1": rng.normals(seed, instances, m, n, draw=0) * std, "b1": torch.zeros(K, m),
-            "W2": rng.normals(seed, instances, n, m, draw=1) * std, "b2": torch.zeros(K, n)}
+            "W2": rng.normals(seed, instances, n, m, draw=1).abs() * std, "b2": torch.zeros(K, n)}
 
 
 def untied_loss_and_grads(P: dict, x: torch.Tensor, importance: torch.Tensor):

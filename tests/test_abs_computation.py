@@ -21,6 +21,15 @@ def test_param_shapes_name_every_trained_tensor():
     assert torch.equal(tied["W"], reference.init_weights(ModelSpec(7, 3), 4, torch.arange(5)))  # unchanged init
 
 
+def test_untied_init_starts_every_output_side_alive():
+    """W1 and W2 are Xavier draws 0 and 1 of the init stream; W2 is their absolute value (see init_params)."""
+    P = reference.init_params(ModelSpec(30, 7, ABS), 3, torch.arange(4))
+    std = (2.0 / 37) ** 0.5
+    assert torch.equal(P["W1"], rng.normals(3, torch.arange(4), 7, 30, draw=0) * std)
+    assert torch.equal(P["W2"], rng.normals(3, torch.arange(4), 30, 7, draw=1).abs() * std)
+    assert (P["W2"] >= 0).all() and (P["W1"] < 0).any() and not P["b1"].any() and not P["b2"].any()
+
+
 @pytest.mark.parametrize("K, n, m, B", [(2, 1, 1, 5), (3, 5, 2, 17), (2, 20, 7, 9)])
 def test_gradients_equal_float64_autograd(K, n, m, B):
     g = torch.Generator().manual_seed(n * 100 + m)

@@ -42,6 +42,33 @@ def test_a_tiny_run_writes_its_outputs(tmp_path):
     spec = co.ComputationSpec(features=8, hidden=3, fits=1, steps=20, batch_size=16, test_examples=200,
                               backend="torch")
     summary = runner.run(co.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
-    assert [c["name"] for c in summary["checks"]] == ["computes-more-than-m", "dense-at-most-m"]
+    assert [c["name"] for c in summary["checks"]] == ["computes-more-than-m", "dense-at-most-m", "dense-monosemantic",
+                                                      "sparse-polysemantic"]
+    assert len(summary["mean_features_per_neuron"]) == len(co.DENSITIES)
+    assert (tmp_path / "neurons.parquet").stat().st_size > 0
     assert len(summary["features_computed"]) == len(co.DENSITIES)
     assert (tmp_path / "figures/computation.png").stat().st_size > 10_000
+
+
+def test_features_per_neuron_counts_weights_of_at_least_a_quarter_and_skips_dead_neurons():
+    W1 = torch.tensor([[1.0, 0.0, 0.0, 0.0],      # monosemantic
+                       [-1.0, 0.3, -0.25, 0.2],  # three features at >= 0.25 of its largest
+                       [0.0, 0.0, 0.0, 0.0]])    # dead
+    P = {"W1": W1, "b1": torch.zeros(3), "W2": torch.zeros(4, 3), "b2": torch.zeros(4)}
+    counts = co.features_per_neuron(P)
+    assert counts.tolist() == [1, 3, 0]
+    assert co._share(counts, lambda c: c == 1) == 0.5 and co._share(counts, lambda c: c >= 2) == 0.5
+
+
+def test_trained_abs_models_compute_both_signs_of_every_feature():
+    """The W2 = |W2| start (reference.init_params): with a signed start, an output side whose pre-activation
+    starts negative gets no gradient and never learns, and some feature ends computing one sign only."""
+    from engine import DataSpec, TrainSpec, train
+    spec = co.ComputationSpec(features=4, hidden=8, test_examples=2000)
+    p = np.full((4, 4), 0.1)
+    res = train(ModelSpec(4, 8, "abs-computation"), DataSpec(p, np.ones(4)),
+                TrainSpec(steps=3000, batch_size=256, lr=1e-2, weight_decay=0.0, optimizer="adam"),
+                backend="cpu", progress=False)
+    for k in range(4):
+        r2 = co.feature_r2({n: t[k] for n, t in res.params.items()}, spec, 0.1)
+        assert (r2 > 0.9).all(), (k, r2)

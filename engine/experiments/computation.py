@@ -1,4 +1,4 @@
-"""Computation in superposition: models that compute |x| for more features than they have neurons.
+"""Computation in superposition: can m=40 ReLU neurons compute |x| for more than 40 sparse features?
 
 abs-computation models (untied: h = ReLU(W1 x + b1), y = ReLU(W2 h + b2), inputs x_i ~ U[-1, 1]
 when active, target |x_i|), n=100 features, m=40 neurons, importance 0.8^i, at the paper's seven
@@ -6,10 +6,14 @@ densities; ``fits`` models per density, the lowest-loss one analysed. Neurons ar
 largest |W1| entry of each is 1 (W1 row and b1 times c, W2 column divided by c: the function is
 unchanged, as ReLU is positively homogeneous), as in the paper's figure.
 
-A feature is *computed* when the model's output for it predicts |x_i| with R^2 >= 0.5 (feature_r2:
-fresh examples with feature i active half the time and the others at the training density; a
-constant output scores <= 0). Paper: at low density the model computes more features than it has
-neurons.
+Three counts per density, from the kept model:
+- *computed*: the output predicts |x_i| with R^2 >= 0.5 (feature_r2: fresh examples with feature i
+  active half the time and the others at the training density; a constant output scores <= 0);
+- *one sign*: R^2 >= 0.15, which ReLU(x_i) alone (one neuron, one sign) reaches;
+- per neuron, the features it carries: rescaled |W1[j, i]| >= 0.25 (visible in the stacked plot).
+  A neuron is monosemantic with one such feature, polysemantic with more.
+The paper: dense, every neuron is monosemantic; at 1-S = 0.001 every neuron is highly polysemantic,
+and the model "represents more features than it has neurons".
 Instance order: density-major, fits within a density.
 """
 from __future__ import annotations
@@ -29,6 +33,8 @@ DENSITIES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 COMPUTED = 0.5  # a feature is computed when its output predicts |x_i| with at least this R^2
 # One ReLU neuron computes only one sign of x_i (ReLU(x) or ReLU(-x)), R^2 about 0.2: "half computed".
 HALF = 0.15
+CARRIES = 0.25  # a neuron carries feature i when its rescaled |W1[j, i]| is at least this (its largest is 1)
+MOSTLY = 0.9  # "every neuron" in the paper's figure captions, checked as at least this share of live neurons
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,14 @@ def rescale_neurons(P: dict) -> dict:
     return {"W1": P["W1"] * c[:, None], "b1": P["b1"] * c, "W2": P["W2"] / c[None, :], "b2": P["b2"].clone()}
 
 
+def features_per_neuron(P: dict) -> np.ndarray:
+    """Per neuron (m,): how many features it carries, rescaled |W1[j, i]| >= CARRIES; 0 for a dead
+    neuron (all-zero W1 row). P: one model, rescaled (rescale_neurons)."""
+    A = P["W1"].abs()
+    live = A.amax(dim=1) > 0
+    return np.where(live.numpy(), (A >= CARRIES).sum(dim=1).numpy(), 0)
+
+
 def feature_r2(P: dict, spec: ComputationSpec, density: float) -> np.ndarray:
     """Per feature i (n,): R^2 of the model's output y_i as a prediction of |x_i|, 1 - E[(y_i - |x_i|)^2]
     / Var(|x_i|), on fresh examples (Philox evaluation stream, float64) where feature i is active with
@@ -89,12 +103,12 @@ class Computation(Experiment):
     spec_cls = ComputationSpec
     presets = {
         # 1 fit, 5,000 steps (cpu: kernels/cpu_train_untied.py; the triton kernels do not train untied models).
-        "quick": dict(fits=1, steps=5_000, batch_size=1024, lr=3e-3),
+        "quick": dict(fits=1, steps=5_000, batch_size=1024, lr=1e-3),
         "paper": dict(fits=3, steps=10_000, batch_size=1024, lr=1e-3),
     }
     analysis_fields = ("test_examples",)
-    outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/computation.png")
-    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps; 83 s on 2 CPU cores (cpu backend); a check FAILS"
+    outputs = ("instances.parquet", "features.parquet", "neurons.parquet", "weights.safetensors", "figures/computation.png")
+    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps; 86 s on 2 CPU cores (cpu backend); a check FAILS"
 
     def job_sizes(self, spec):
         from .memory import JobSize
@@ -109,7 +123,7 @@ class Computation(Experiment):
         res = results["models"]
         loss = res.loss.numpy()
         kept = best_of_fits(loss, spec.fits, res.diverged)
-        computed, rows, rescaled = [], [], []
+        computed, rows, rescaled, carried = [], [], [], []
         for j, d in enumerate(DENSITIES):
             k = int(kept[j])
             P = rescale_neurons({name: t[k] for name, t in res.params.items()})
@@ -118,8 +132,10 @@ class Computation(Experiment):
             ok = r2 >= COMPUTED
             bad = bool(res.diverged[k])
             computed.append(-1 if bad else int(ok.sum()))
+            carried.append(features_per_neuron(P))
             rows.append({"density": [d] * spec.features, "feature": np.arange(spec.features),
-                         "importance": spec.importance(), "r2": np.where(bad, np.nan, r2), "computed": ok & ~bad})
+                         "importance": spec.importance(), "r2": np.where(bad, np.nan, r2), "computed": ok & ~bad,
+                         "neurons_carrying": (P["W1"].abs() >= CARRIES).sum(dim=0).numpy()})
         P_ = len(DENSITIES)
         write_parquet(run_dir.root / "instances.parquet", {
             "instance": np.arange(len(loss)), "density": np.repeat(DENSITIES, spec.fits),
@@ -127,6 +143,9 @@ class Computation(Experiment):
             "kept": kept_column(len(loss), kept, res.diverged)})
         write_parquet(run_dir.root / "features.parquet", {k: np.concatenate([np.asarray(r[k]) for r in rows])
                                                           for k in rows[0]})
+        write_parquet(run_dir.root / "neurons.parquet", {
+            "density": np.repeat(DENSITIES, spec.hidden), "neuron": np.tile(np.arange(spec.hidden), P_),
+            "features_carried": np.concatenate(carried)})
         write_tensors(run_dir.root / "weights.safetensors",
                       {**res.params, **{f"{k}_rescaled": torch.stack([P[k] for P in rescaled]) for k in rescaled[0]},
                        "kept": torch.as_tensor(kept)},
@@ -134,34 +153,51 @@ class Computation(Experiment):
                                           f"{spec.hidden}), W2 (instances, {spec.features}, {spec.hidden}), b2 "
                                           f"(instances, {spec.features}): rows as instances.parquet; *_rescaled: the "
                                           "kept model per density with every neuron's max |W1| = 1"})
-        figure(run_dir.figures / "computation.png", spec, rescaled, computed)
+        figure(run_dir.figures / "computation.png", spec, rescaled, computed, carried)
         sparse = [c for c, d in zip(computed, DENSITIES) if d <= 0.01]
         dense = computed[0]
+        mono = _share(carried[0], lambda c: c == 1)
+        poly = _share(carried[-1], lambda c: c >= 2)
         checks = [
             check("computes-more-than-m", f"at low density (<= 0.01) the model computes |x_i| for more features than "
-                  f"its {spec.hidden} neurons (a feature counts when its output predicts |x_i| with R^2 >= {COMPUTED})", sparse, bool(sparse) and max(sparse) > spec.hidden, f"> {spec.hidden} at some density"),
+                  f"its {spec.hidden} neurons (a feature counts when its output predicts |x_i| with R^2 >= {COMPUTED})",
+                  sparse, bool(sparse) and max(sparse) > spec.hidden, f"> {spec.hidden} at some density"),
             check("dense-at-most-m", "when dense (density 1) it computes no more features than neurons", dense,
                   0 <= dense <= spec.hidden, f"<= {spec.hidden}"),
+            check("dense-monosemantic", f"when dense (density 1) the neurons are monosemantic: share of live neurons "
+                  f"carrying one feature (rescaled |W1| >= {CARRIES})", mono, mono >= MOSTLY, f">= {MOSTLY}"),
+            check("sparse-polysemantic", f"at density {DENSITIES[-1]:g} the neurons are polysemantic: share of live "
+                  f"neurons carrying two or more features", poly, poly >= MOSTLY, f">= {MOSTLY}"),
         ]
         half = [int((np.asarray(r["r2"]) >= HALF).sum()) for r in rows]
         return {"densities": list(DENSITIES), "features_computed": computed, "features_half_computed": half,
+                "features_carried": [int((np.asarray(r["neurons_carrying"]) > 0).sum()) for r in rows],
+                "mean_features_per_neuron": [float(c[c > 0].mean()) if (c > 0).any() else 0.0 for c in carried],
                 "checks": checks}
 
     def report(self, spec, summary):
         rows = ", ".join(f"{d:g}: {c} ({h})" for d, c, h in zip(summary["densities"], summary["features_computed"],
                                                                 summary["features_half_computed"]))
+        per = ", ".join(f"{d:g}: {f:.1f}" for d, f in zip(summary["densities"], summary["mean_features_per_neuron"]))
         return [f"computation (n={spec.features}, m={spec.hidden}): features whose |x| is computed (R^2 >= {COMPUTED}; "
-                f"in brackets at least one sign, R^2 >= {HALF}), by density: {rows}"]
+                f"in brackets at least one sign, R^2 >= {HALF}), by density: {rows}",
+                f"features carried per live neuron (rescaled |W1| >= {CARRIES}), by density: {per}"]
 
 
-def figure(path, spec, rescaled, computed) -> None:
+def _share(counts: np.ndarray, rule) -> float:
+    """Share of live neurons (counts > 0) whose feature count satisfies ``rule``; 0 when none is live."""
+    live = counts[counts > 0]
+    return float(np.mean(rule(live))) if live.size else 0.0
+
+
+def figure(path, spec, rescaled, computed, carried) -> None:
     """One panel per density: each neuron's input weights W1[j, :] (rescaled, max |W1| = 1) as a
     stacked bar per feature, positive up and negative down, coloured by feature (yellow = most
     important), neurons sorted by their strongest feature."""
     P = len(DENSITIES)
     fig, axes = plt.subplots(P, 1, figsize=(11, 1.55 * P + 0.8), sharex=True, constrained_layout=True)
     colours = plt.cm.viridis_r(np.linspace(0.0, 1.0, spec.features))
-    for ax, d, M, c in zip(axes, DENSITIES, rescaled, computed):
+    for ax, d, M, c, per in zip(axes, DENSITIES, rescaled, computed, carried):
         W1 = M["W1"].numpy()
         order = np.argsort(np.argmax(np.abs(W1), axis=1), kind="stable")
         W1 = W1[order]
@@ -174,7 +210,8 @@ def figure(path, spec, rescaled, computed) -> None:
                 ax.bar(np.arange(len(w)), neg, bottom=down, color=colours[i], width=0.8, linewidth=0)
             up, down = up + pos, down + neg
         ax.axhline(0, color="0.3", lw=0.5)
-        ax.set_ylabel(f"1-S={d:g}\n{c} computed", fontsize=8)
+        live = per[per > 0]
+        ax.set_ylabel(f"1-S={d:g}\n{c} computed\n{live.mean() if live.size else 0:.1f} feat./neuron", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[-1].set_xlabel("neuron (sorted by its strongest feature)")
     fig.suptitle(f"Computation in superposition: W1 per neuron (n={spec.features}, m={spec.hidden}; colour = "
