@@ -11,7 +11,9 @@ every inner loop runs over R rows: straight-line, vectorisable code with no redu
 gradient's sum over rows is deferred: per-row-lane accumulators (``acc_w`` (m, n, R)) collect it
 through the whole step and are summed once at its end (a plain sum does not vectorise without
 fastmath's reassociation, and we keep IEEE order so results do not depend on the machine's vector
-width). Sparse inputs are exploited per block: a feature no row of the block uses (or whose
+width). Big models, whose per-lane accumulators would not fit in cache (m n R floats past
+ROWWISE_BYTES, e.g. n=400, m=30), instead sum the gradient row by row into (m, n), vectorised over
+features (_accumulate_rows): 1.7x faster on that model. Sparse inputs are exploited per block: a feature no row of the block uses (or whose
 output gradient is zero for every row) is skipped in the products it would only add zeros to.
 
 Each instance's arithmetic is the same whatever the thread count or chunking, so results are
@@ -164,7 +166,12 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     dz = np.empty((n, R), np.float32)
     dzact = np.empty(n, np.bool_)
     dh = np.empty((m, R), np.float32)
-    acc_w = np.empty((m, n, R), np.float32)
+    # Big models (m n R floats past ROWWISE_BYTES) sum the weight gradient row by row into acc_w
+    # (m, n): per-lane accumulators would stream m n R floats through memory at every block.
+    rowwise = 4 * m * n * R > ROWWISE_BYTES
+    acc_w = np.empty((m, n, 1 if rowwise else R), np.float32)
+    dzT = np.zeros((R if rowwise else 0, n), np.float32)
+    xT = np.zeros((R if rowwise else 0, n), np.float32)
     acc_b = np.empty((n, R), np.float32)
     acc_l = np.empty(R, np.float32)
     valid = np.ones(R, np.float32)
@@ -231,6 +238,8 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                 if relu_hidden:  # through the hidden ReLU: h > 0 exactly where W x > 0
                     for l in range(R):
                         dh[j, l] = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
+                if rowwise:
+                    continue
                 for f in range(n):
                     if dzact[f]:
                         for l in range(R):
@@ -238,13 +247,15 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                     if act[f]:
                         for l in range(R):
                             acc_w[j, f, l] += dh[j, l] * x[f, l]
+            if rowwise:
+                _accumulate_rows(acc_w, h, dh, dz, x, dzT, xT, dzact, act)
         # End of step: sum the lanes, record the loss, Adam/AdamW (kernels/adam.py's formula).
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         for j in range(m):
             for f in range(n):
                 g = f32(0.0)
-                for l in range(R):
+                for l in range(acc_w.shape[2]):
                     g += acc_w[j, f, l]
                 W[k, j, f], mW[k, j, f], vW[k, j, f] = _adam(W[k, j, f], g, mW[k, j, f], vW[k, j, f], decay,
                                                              step_size, inv_sqrt_bias2, weight_decay, one_b1,
@@ -255,6 +266,40 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                 g += acc_b[f, l]
             b[k, f], mb[k, f], vb[k, f] = _adam(b[k, f], g, mb[k, f], vb[k, f], decay, step_size, inv_sqrt_bias2,
                                                 weight_decay, one_b1, beta2, one_b2, eps, decoupled)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _accumulate_rows(acc_w, h, dh, dz, x, dzT, xT, dzact, act):
+    """acc_w[j, f, 0] += sum over the block's rows l, in order, of h[j, l] dz[f, l] + dh[j, l] x[f, l].
+
+    dz and x (n, R) are first transposed into dzT and xT (R, n) (features no row uses are zero), so
+    the inner loop runs over features: it vectorises with no reduction, each acc_w[j, :] row stays
+    in cache, and each element's sum keeps the row order. Four rows per pass over acc_w[j, :]
+    (R is a multiple of 4), written as one left-to-right sum: the same order as one row at a time."""
+    n, R = dz.shape
+    m = h.shape[0]
+    for f in range(n):
+        if dzact[f]:
+            for l in range(R):
+                dzT[l, f] = dz[f, l]
+        else:
+            for l in range(R):
+                dzT[l, f] = 0.0
+        if act[f]:
+            for l in range(R):
+                xT[l, f] = x[f, l]
+        else:
+            for l in range(R):
+                xT[l, f] = 0.0
+    for l in range(0, R, 4):
+        for j in range(m):
+            a0, a1, a2, a3 = h[j, l], h[j, l + 1], h[j, l + 2], h[j, l + 3]
+            c0, c1, c2, c3 = dh[j, l], dh[j, l + 1], dh[j, l + 2], dh[j, l + 3]
+            for f in range(n):
+                acc_w[j, f, 0] = (acc_w[j, f, 0] + a0 * dzT[l, f] + c0 * xT[l, f]
+                                  + a1 * dzT[l + 1, f] + c1 * xT[l + 1, f]
+                                  + a2 * dzT[l + 2, f] + c2 * xT[l + 2, f]
+                                  + a3 * dzT[l + 3, f] + c3 * xT[l + 3, f])
 
 
 @njit(inline="always", cache=True)
@@ -309,6 +354,10 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
                         n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
                         relu_hidden, sets, finite)
 
+
+# Past this many bytes of per-lane weight gradient (4 m n lanes) a model sums its gradient row by row
+# (_accumulate_rows): the per-lane accumulators no longer fit the core's L2 cache (1 MB on Zen 4).
+ROWWISE_BYTES = 1 << 20
 
 # acc_w (m, n, lanes) float32 per thread: lanes shrink for big models so it stays within this.
 LANE_BUDGET_BYTES = 8 << 20

@@ -129,6 +129,23 @@ def test_one_step_matches_float64_on_the_exact_batch(n, m, variant):
         assert rel(after["W"], W1) < 1e-5 and rel(after["b"], b1) < 1e-5
 
 
+@pytest.mark.parametrize("variant", ["relu-output", "relu-hidden"])
+def test_big_models_sum_their_gradient_row_by_row_and_match_float64(variant):
+    """n=403, m=7 with 128 lanes is past ROWWISE_BYTES: _accumulate_rows sums the weight gradient over
+    several blocks (the last one partial) of a sparse batch; gradients and parameters equal float64."""
+    n, m = 403, 7
+    assert 4 * m * n * cpu_train.lanes_for(n, m) > cpu_train.ROWWISE_BYTES
+    model = ModelSpec(n, m, variant)
+    p, imp = problem(n, m)
+    train = TrainSpec(steps=3, batch_size=300, lr=1e-2, optimizer="adamw", weight_decay=0.05, seed=4)
+    before, after, loss = one_step(model, train, p, imp)
+    x = exact_batch(p, 300, 0, train.seed, 5)
+    ref_loss, dW, db, W1, b1 = reference_step(model, train, before, x, imp)
+    assert rel(after["mW"].double() / (1 - train.beta1), dW) < 1e-5
+    assert rel(after["mb"].double() / (1 - train.beta1), db) < 1e-5
+    assert rel(loss, ref_loss) < 1e-5 and rel(after["W"], W1) < 1e-5 and rel(after["b"], b1) < 1e-5
+
+
 @pytest.mark.parametrize("n, m, optimizer, schedule", [(2, 1, "adamw", "constant"), (3, 2, "adam", "cosine"),
                                                        (20, 5, "adamw", "linear"), (33, 7, "adam", "constant"),
                                                        (1, 1, "adamw", "cosine")])
