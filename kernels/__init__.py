@@ -1,3 +1,34 @@
 """supbench's fused training kernels: Triton for CUDA GPUs (train_*.py, sampling.py, ...) and numba
 for CPUs (cpu_rng.py, cpu_train.py). Only kernel code and thin launchers live here; the engine
 reaches them through engine/backends.py alone (engine/triton_backend.py, engine/cpu_backend.py)."""
+
+import hashlib as _hashlib
+import os as _os
+import sys as _sys
+from pathlib import Path as _Path
+
+
+def _numba_cache_dir(here: _Path | None = None) -> str:
+    """Where numba caches the compiled CPU kernels: a directory named by a hash of every cpu_*.py here.
+
+    Why: numba keys its on-disk cache on the source file of the function compiled, not on the files
+    whose functions it inlines. cpu_train_untied.py inlines helpers from cpu_train.py, so a change
+    to those helpers kept serving the old machine code from the cache (a silent wrong gradient, seen
+    in development). A new hash gives a fresh cache whenever any CPU kernel source changes.
+    Beside the kernels when that is writable, else in the user's cache directory."""
+    here = here or _Path(__file__).resolve().parent
+    digest = _hashlib.sha256()
+    for path in sorted(here.glob("cpu_*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    name = f"numba-{digest.hexdigest()[:16]}"
+    if _os.access(here, _os.W_OK):
+        return str(here / "__pycache__" / name)
+    base = _os.environ.get("XDG_CACHE_HOME") or _os.path.join(_os.path.expanduser("~"), ".cache")
+    return _os.path.join(base, "supbench", name)
+
+
+if not _os.environ.get("NUMBA_CACHE_DIR"):  # a directory the user chose wins
+    _os.environ["NUMBA_CACHE_DIR"] = _numba_cache_dir()
+    if "numba" in _sys.modules:  # numba read its config at import: set the live value too
+        _sys.modules["numba"].config.CACHE_DIR = _os.environ["NUMBA_CACHE_DIR"]

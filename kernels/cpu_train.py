@@ -268,6 +268,19 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                                                 weight_decay, one_b1, beta2, one_b2, eps, decoupled)
 
 
+@njit(inline="always", cache=True)
+def transpose_active(src, active, dst):
+    """dst (R, n) = src (n, R) transposed, with zeros for the features not ``active`` (n,) in the block."""
+    R, n = dst.shape  # src may have padding rows past n (the sampler fills 4 * ceil(n / 4))
+    for f in range(n):
+        if active[f]:
+            for l in range(R):
+                dst[l, f] = src[f, l]
+        else:
+            for l in range(R):
+                dst[l, f] = 0.0
+
+
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _accumulate_rows(acc_w, h, dh, dz, x, dzT, xT, dzact, act):
     """acc_w[j, f, 0] += sum over the block's rows l, in order, of h[j, l] dz[f, l] + dh[j, l] x[f, l].
@@ -278,19 +291,8 @@ def _accumulate_rows(acc_w, h, dh, dz, x, dzT, xT, dzact, act):
     (R is a multiple of 4), written as one left-to-right sum: the same order as one row at a time."""
     n, R = dz.shape
     m = h.shape[0]
-    for f in range(n):
-        if dzact[f]:
-            for l in range(R):
-                dzT[l, f] = dz[f, l]
-        else:
-            for l in range(R):
-                dzT[l, f] = 0.0
-        if act[f]:
-            for l in range(R):
-                xT[l, f] = x[f, l]
-        else:
-            for l in range(R):
-                xT[l, f] = 0.0
+    transpose_active(dz, dzact, dzT)
+    transpose_active(x, act, xT)
     for l in range(0, R, 4):
         for j in range(m):
             a0, a1, a2, a3 = h[j, l], h[j, l + 1], h[j, l + 2], h[j, l + 3]

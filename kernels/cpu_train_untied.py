@@ -16,8 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
-from .cpu_train import (FASTMATH, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask, _record_loss,
-                        f32_array, padded_rule, set_array)
+from .cpu_train import (FASTMATH, ROWWISE_BYTES, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask,
+                        _record_loss, f32_array, padded_rule, set_array, transpose_active)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
@@ -48,8 +48,14 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     dz = np.empty((n, R), np.float32)
     dzact = np.empty(n, np.bool_)
     dh = np.empty((m, R), np.float32)
-    acc_w1 = np.empty((m, n, R), np.float32)
-    acc_w2 = np.empty((n, m, R), np.float32)
+    # Big models sum the weight gradients row by row (see kernels/cpu_train.py, _accumulate_rows):
+    # dW1 into acc_w1 (m, n, 1), dW2 transposed into acc_w2t (m, n).
+    rowwise = 4 * m * n * R > ROWWISE_BYTES
+    acc_w1 = np.empty((m, n, 1 if rowwise else R), np.float32)
+    acc_w2 = np.empty((0 if rowwise else n, m, R), np.float32)
+    acc_w2t = np.empty((m if rowwise else 0, n), np.float32)
+    dzT = np.zeros((R if rowwise else 0, n), np.float32)
+    xT = np.zeros((R if rowwise else 0, n), np.float32)
     acc_b1 = np.empty((m, R), np.float32)
     acc_b2 = np.empty((n, R), np.float32)
     acc_l = np.empty(R, np.float32)
@@ -62,6 +68,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
         acc_w1[:] = 0.0
         acc_w2[:] = 0.0
+        acc_w2t[:] = 0.0
         acc_b1[:] = 0.0
         acc_b2[:] = 0.0
         acc_l[:] = 0.0
@@ -109,7 +116,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                     any_dz |= g != 0.0
                 dzact[f] = any_dz
             # dW2 += dz h^T; dh = W2^T dz through the hidden ReLU; dW1 += dh x^T; db1 += dh
-            for f in range(n):
+            for f in range(0 if rowwise else n):
                 if dzact[f]:
                     for j in range(m):
                         for l in range(R):
@@ -126,16 +133,18 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                     g = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
                     dh[j, l] = g
                     acc_b1[j, l] += g
-                for f in range(n):
+                for f in range(0 if rowwise else n):
                     if act[f]:
                         for l in range(R):
                             acc_w1[j, f, l] += dh[j, l] * x[f, l]
+            if rowwise:
+                _accumulate_rows_untied(acc_w1, acc_w2t, h, dh, dz, x, dzT, xT, dzact, act)
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         for j in range(m):
             for f in range(n):
                 g = f32(0.0)
-                for l in range(R):
+                for l in range(acc_w1.shape[2]):
                     g += acc_w1[j, f, l]
                 W1[k, j, f], mW1[k, j, f], vW1[k, j, f] = _adam(W1[k, j, f], g, mW1[k, j, f], vW1[k, j, f], decay,
                                                                 step_size, inv_sqrt_bias2, weight_decay, one_b1,
@@ -147,9 +156,12 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                                                    inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
         for f in range(n):
             for j in range(m):
-                g = f32(0.0)
-                for l in range(R):
-                    g += acc_w2[f, j, l]
+                if rowwise:
+                    g = acc_w2t[j, f]
+                else:
+                    g = f32(0.0)
+                    for l in range(R):
+                        g += acc_w2[f, j, l]
                 W2[k, f, j], mW2[k, f, j], vW2[k, f, j] = _adam(W2[k, f, j], g, mW2[k, f, j], vW2[k, f, j], decay,
                                                                 step_size, inv_sqrt_bias2, weight_decay, one_b1,
                                                                 beta2, one_b2, eps, decoupled)
@@ -158,6 +170,26 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                 g += acc_b2[f, l]
             b2[k, f], mb2[k, f], vb2[k, f] = _adam(b2[k, f], g, mb2[k, f], vb2[k, f], decay, step_size,
                                                    inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _accumulate_rows_untied(acc_w1, acc_w2t, h, dh, dz, x, dzT, xT, dzact, act):
+    """acc_w1[j, f, 0] += sum over the block's rows l of dh[j, l] x[f, l], and acc_w2t[j, f] (dW2
+    transposed) += sum of h[j, l] dz[f, l], each in row order, vectorised over features: the untied
+    twin of kernels.cpu_train._accumulate_rows."""
+    n, R = dz.shape
+    m = h.shape[0]
+    transpose_active(dz, dzact, dzT)
+    transpose_active(x, act, xT)
+    for l in range(0, R, 4):
+        for j in range(m):
+            a0, a1, a2, a3 = h[j, l], h[j, l + 1], h[j, l + 2], h[j, l + 3]
+            c0, c1, c2, c3 = dh[j, l], dh[j, l + 1], dh[j, l + 2], dh[j, l + 3]
+            for f in range(n):
+                acc_w2t[j, f] = (acc_w2t[j, f] + a0 * dzT[l, f] + a1 * dzT[l + 1, f] + a2 * dzT[l + 2, f]
+                                 + a3 * dzT[l + 3, f])
+                acc_w1[j, f, 0] = (acc_w1[j, f, 0] + c0 * xT[l, f] + c1 * xT[l + 1, f] + c2 * xT[l + 2, f]
+                                   + c3 * xT[l + 3, f])
 
 
 @njit(parallel=True, cache=True)

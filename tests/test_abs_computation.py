@@ -113,12 +113,15 @@ def test_the_runner_stores_and_resumes_untied_parameters(tmp_path, monkeypatch):
 numba = pytest.importorskip("numba")
 
 
-@pytest.mark.parametrize("n, m", [(1, 1), (3, 2), (20, 7), (33, 5)])
+@pytest.mark.parametrize("n, m", [(1, 1), (3, 2), (20, 7), (33, 5), (101, 23)])
 @pytest.mark.parametrize("optimizer, schedule", [("adamw", "constant"), ("adam", "cosine")])
 def test_cpu_one_step_matches_float64_on_the_exact_batch(n, m, optimizer, schedule):
-    """The fused untied kernel against the float64 reference on the batch the rule draws."""
+    """The fused untied kernel against the float64 reference on the batch the rule draws. n=101, m=23 is
+    past ROWWISE_BYTES (the gradients summed row by row), over three blocks of rows, the last one partial."""
     from engine import cpu_backend, fused
-    K, B, seed = 3, 37, 6
+    from kernels import cpu_train, cpu_train_untied
+    K, B, seed = 3, (300 if n * m > 2048 else 37), 6
+    assert (4 * m * n * cpu_train_untied.lanes_for(n, m) > cpu_train.ROWWISE_BYTES) == (n * m > 2048)
     model = ModelSpec(n, m, ABS)
     tr = TrainSpec(steps=3, batch_size=B, lr=1e-2, optimizer=optimizer, schedule=schedule, weight_decay=0.05,
                    seed=seed)

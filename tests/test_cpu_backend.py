@@ -270,3 +270,20 @@ def test_cpu_backend_learns_like_the_torch_backend():
     norms = torch.linalg.vector_norm(cpu.W, dim=1)
     assert (norms[:, :2] > 0.8).all() and (norms[:, 3:] < 0.3).all()
     assert math.isclose(cpu.loss.mean().item(), ref.loss.mean().item(), rel_tol=0.05)
+
+
+def test_the_numba_cache_follows_every_cpu_kernel_source(tmp_path):
+    """numba's own cache key ignores the files a kernel inlines from: kernels/__init__.py names the
+    cache directory by a hash of every cpu_*.py, so editing a shared helper means a fresh cache."""
+    import shutil
+    from pathlib import Path
+
+    import kernels
+    src = Path(kernels.__file__).parent
+    for f in src.glob("cpu_*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    before = kernels._numba_cache_dir(tmp_path)
+    assert before == kernels._numba_cache_dir(tmp_path)
+    with open(tmp_path / "cpu_train.py", "a") as fh:
+        fh.write("\n# an edit to the helpers cpu_train_untied.py inlines\n")
+    assert kernels._numba_cache_dir(tmp_path) != before
