@@ -28,7 +28,10 @@ def _numba_cache_dir(here: _Path | None = None) -> str:
     return _os.path.join(base, "supbench", name)
 
 
-if not _os.environ.get("NUMBA_CACHE_DIR"):  # a directory the user chose wins
-    _os.environ["NUMBA_CACHE_DIR"] = _numba_cache_dir()
+# A directory the user chose wins. One this module set (SUPBENCH_NUMBA_CACHE_DIR marks it), inherited
+# by a child process, does not: the sources may have changed since the parent hashed them.
+_ours = "SUPBENCH_NUMBA_CACHE_DIR"
+if not _os.environ.get("NUMBA_CACHE_DIR") or _os.environ.get("NUMBA_CACHE_DIR") == _os.environ.get(_ours):
+    _os.environ["NUMBA_CACHE_DIR"] = _os.environ[_ours] = _numba_cache_dir()
     if "numba" in _sys.modules:  # numba read its config at import: set the live value too
         _sys.modules["numba"].config.CACHE_DIR = _os.environ["NUMBA_CACHE_DIR"]

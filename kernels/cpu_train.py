@@ -168,7 +168,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     dh = np.empty((m, R), np.float32)
     # Big models (m n R floats past ROWWISE_BYTES) sum the weight gradient row by row into acc_w
     # (m, n): per-lane accumulators would stream m n R floats through memory at every block.
-    rowwise = 4 * m * n * R > ROWWISE_BYTES
+    rowwise = uses_rowwise(n, m, R)
     acc_w = np.empty((m, n, 1 if rowwise else R), np.float32)
     dzT = np.zeros((R if rowwise else 0, n), np.float32)
     xT = np.zeros((R if rowwise else 0, n), np.float32)
@@ -359,20 +359,33 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
 
 # Past this many bytes of per-lane weight gradient (4 m n lanes) a model sums its gradient row by row
 # (_accumulate_rows): the per-lane accumulators no longer fit the core's L2 cache (1 MB on Zen 4).
+# Not below ROWWISE_MIN_FEATURES features: the transposed rows are then too short to vectorise (a
+# review measured n=1, m=2100 at 5.0 ms/step row by row against 1.9 per lane; from n=8 row by row wins).
 ROWWISE_BYTES = 1 << 20
+ROWWISE_MIN_FEATURES = 8
 
-# acc_w (m, n, lanes) float32 per thread: lanes shrink for big models so it stays within this.
+
+@njit(cache=True)
+def uses_rowwise(n, m, lanes):
+    """Whether a model with n features, m neurons and ``lanes`` rows per block sums its weight
+    gradient row by row (_accumulate_rows) instead of per lane; the rule of both CPU kernels."""
+    return n >= ROWWISE_MIN_FEATURES and 4 * m * n * lanes > ROWWISE_BYTES
+
+# acc_w (m, n, lanes) float32 per thread: lanes shrink so it stays within this (only models that
+# keep per-lane accumulators: past ROWWISE_BYTES, big models sum row by row at full lanes).
 LANE_BUDGET_BYTES = 8 << 20
 MAX_LANES = 128
 MIN_LANES = 16
 
 
 def lanes_for(n: int, m: int) -> int:
-    """Batch rows per block: 128 where the per-lane gradient fits LANE_BUDGET_BYTES, halving down to
-    16 for big models. 128 beat 64 and 32 on all three CPU workloads (AMD EPYC Zen 4, 2 cores: ms/step
-    phase 13.4 / 14.9 / 20.2, basic 27.9 / 31.7 / 34.6, uniform n=400 m=30 24.1 / 25.9 / 35.0)."""
+    """Batch rows per block: 128, except that a model keeping per-lane accumulators (uses_rowwise
+    false) halves it, down to 16, until they fit LANE_BUDGET_BYTES. 128 beat 64 and 32 on all three
+    CPU workloads (AMD EPYC Zen 4, 2 cores: ms/step phase 13.4 / 14.9 / 20.2, basic 27.9 / 31.7 /
+    34.6, uniform n=400 m=30 24.1 / 25.9 / 35.0, before the row-by-row path); row by row, n=1000 m=100
+    ran 26-27 ms/step at 128 lanes against 79-121 at 16 (review of 26eba0b)."""
     lanes = MAX_LANES
-    while lanes > MIN_LANES and 4 * m * n * lanes > LANE_BUDGET_BYTES:
+    while lanes > MIN_LANES and not uses_rowwise(n, m, lanes) and 4 * m * n * lanes > LANE_BUDGET_BYTES:
         lanes //= 2
     return lanes
 

@@ -16,16 +16,17 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
-from .cpu_train import (FASTMATH, ROWWISE_BYTES, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask,
-                        _record_loss, f32_array, padded_rule, set_array, transpose_active)
+from .cpu_train import (FASTMATH, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask, _record_loss,
+                        f32_array, padded_rule, set_array, transpose_active, uses_rowwise)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
 
 def lanes_for(n: int, m: int) -> int:
-    """Batch rows per block: 128, halved down to 16 while 2 m n lanes float32 exceed LANE_BUDGET_BYTES."""
+    """Batch rows per block: 128, halved down to 16 while a model keeping per-lane accumulators
+    (uses_rowwise false) needs more than LANE_BUDGET_BYTES for its two (2 m n lanes float32)."""
     lanes = 128
-    while lanes > 16 and 2 * 4 * m * n * lanes > LANE_BUDGET_BYTES:
+    while lanes > 16 and not uses_rowwise(n, m, lanes) and 2 * 4 * m * n * lanes > LANE_BUDGET_BYTES:
         lanes //= 2
     return lanes
 
@@ -50,7 +51,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     dh = np.empty((m, R), np.float32)
     # Big models sum the weight gradients row by row (see kernels/cpu_train.py, _accumulate_rows):
     # dW1 into acc_w1 (m, n, 1), dW2 transposed into acc_w2t (m, n).
-    rowwise = 4 * m * n * R > ROWWISE_BYTES
+    rowwise = uses_rowwise(n, m, R)
     acc_w1 = np.empty((m, n, 1 if rowwise else R), np.float32)
     acc_w2 = np.empty((0 if rowwise else n, m, R), np.float32)
     acc_w2t = np.empty((m if rowwise else 0, n), np.float32)

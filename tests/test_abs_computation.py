@@ -121,7 +121,7 @@ def test_cpu_one_step_matches_float64_on_the_exact_batch(n, m, optimizer, schedu
     from engine import cpu_backend, fused
     from kernels import cpu_train, cpu_train_untied
     K, B, seed = 3, (300 if n * m > 2048 else 37), 6
-    assert (4 * m * n * cpu_train_untied.lanes_for(n, m) > cpu_train.ROWWISE_BYTES) == (n * m > 2048)
+    assert cpu_train.uses_rowwise(n, m, cpu_train_untied.lanes_for(n, m)) == (n * m > 2048)
     model = ModelSpec(n, m, ABS)
     tr = TrainSpec(steps=3, batch_size=B, lr=1e-2, optimizer=optimizer, schedule=schedule, weight_decay=0.05,
                    seed=seed)

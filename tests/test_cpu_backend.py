@@ -134,7 +134,7 @@ def test_big_models_sum_their_gradient_row_by_row_and_match_float64(variant):
     """n=403, m=7 with 128 lanes is past ROWWISE_BYTES: _accumulate_rows sums the weight gradient over
     several blocks (the last one partial) of a sparse batch; gradients and parameters equal float64."""
     n, m = 403, 7
-    assert 4 * m * n * cpu_train.lanes_for(n, m) > cpu_train.ROWWISE_BYTES
+    assert cpu_train.uses_rowwise(n, m, cpu_train.lanes_for(n, m))
     model = ModelSpec(n, m, variant)
     p, imp = problem(n, m)
     train = TrainSpec(steps=3, batch_size=300, lr=1e-2, optimizer="adamw", weight_decay=0.05, seed=4)
@@ -272,6 +272,15 @@ def test_cpu_backend_learns_like_the_torch_backend():
     assert math.isclose(cpu.loss.mean().item(), ref.loss.mean().item(), rel_tol=0.05)
 
 
+def test_big_models_keep_128_lanes_and_only_few_feature_models_keep_per_lane_accumulators():
+    from kernels import cpu_train_untied
+    assert cpu_train.lanes_for(1000, 100) == 128 and cpu_train.uses_rowwise(1000, 100, 128)  # row by row
+    assert cpu_train_untied.lanes_for(400, 30) == 128
+    assert not cpu_train.uses_rowwise(2, 1100, 128)  # n < 8: per lane, even past ROWWISE_BYTES
+    assert cpu_train.lanes_for(2, 20_000) < 128  # per-lane accumulators within LANE_BUDGET_BYTES
+    assert 4 * 2 * 20_000 * cpu_train.lanes_for(2, 20_000) <= cpu_train.LANE_BUDGET_BYTES
+
+
 def test_the_numba_cache_follows_every_cpu_kernel_source(tmp_path):
     """numba's own cache key ignores the files a kernel inlines from: kernels/__init__.py names the
     cache directory by a hash of every cpu_*.py, so editing a shared helper means a fresh cache."""
@@ -287,3 +296,22 @@ def test_the_numba_cache_follows_every_cpu_kernel_source(tmp_path):
     with open(tmp_path / "cpu_train.py", "a") as fh:
         fh.write("\n# an edit to the helpers cpu_train_untied.py inlines\n")
     assert kernels._numba_cache_dir(tmp_path) != before
+
+
+def test_a_child_process_recomputes_an_inherited_cache_dir_but_keeps_the_users():
+    """A child inherits the NUMBA_CACHE_DIR its parent's ``import kernels`` set; it must not treat it as
+    the user's choice (its sources may have changed since: stale machine code). A user's own stays."""
+    import os
+    import subprocess
+    import sys
+
+    import kernels
+    probe = "import os, kernels; print(os.environ['NUMBA_CACHE_DIR'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "SUPBENCH_NUMBA_CACHE_DIR")}
+    old_dir = "/tmp/numba-0000000000000000"
+    stale = {**env, "NUMBA_CACHE_DIR": old_dir, "SUPBENCH_NUMBA_CACHE_DIR": old_dir}
+    out = subprocess.run([sys.executable, "-c", probe], env=stale, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == kernels._numba_cache_dir()
+    users = {**env, "NUMBA_CACHE_DIR": "/tmp/my-numba-cache"}
+    out = subprocess.run([sys.executable, "-c", probe], env=users, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "/tmp/my-numba-cache"

@@ -156,8 +156,9 @@ class Computation(Experiment):
         figure(run_dir.figures / "computation.png", spec, rescaled, computed, carried)
         sparse = [c for c, d in zip(computed, DENSITIES) if d <= 0.01]
         dense = computed[0]
-        mono = _share(carried[0], lambda c: c == 1)
-        poly = _share(carried[-1], lambda c: c >= 2)
+        # A diverged kept model measures NaN, so its check fails (base.check) instead of reading 0.
+        mono = float("nan") if computed[0] < 0 else _share(carried[0], lambda c: c == 1)
+        poly = float("nan") if computed[-1] < 0 else _share(carried[-1], lambda c: c >= 2)
         checks = [
             check("computes-more-than-m", f"at low density (<= 0.01) the model computes |x_i| for more features than "
                   f"its {spec.hidden} neurons (a feature counts when its output predicts |x_i| with R^2 >= {COMPUTED})",
@@ -171,7 +172,7 @@ class Computation(Experiment):
         ]
         half = [int((np.asarray(r["r2"]) >= HALF).sum()) for r in rows]
         return {"densities": list(DENSITIES), "features_computed": computed, "features_half_computed": half,
-                "features_carried": [int((np.asarray(r["neurons_carrying"]) > 0).sum()) for r in rows],
+                "features_in_some_neuron": [int((np.asarray(r["neurons_carrying"]) > 0).sum()) for r in rows],
                 "mean_features_per_neuron": [float(c[c > 0].mean()) if (c > 0).any() else 0.0 for c in carried],
                 "checks": checks}
 
