@@ -49,12 +49,12 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     dz = np.empty((n, R), np.float32)
     dzact = np.empty(n, np.bool_)
     dh = np.empty((m, R), np.float32)
-    # Big models sum the weight gradients row by row (see kernels/cpu_train.py, _accumulate_rows):
-    # dW1 into acc_w1 (m, n, 1), dW2 transposed into acc_w2t (m, n).
+    # Weight-gradient accumulators (m, n, lanes), dW2 transposed (acc_w2[j, f] for W2[f, j]) so that
+    # big models can sum row by row into one lane, vectorised over features (see kernels/cpu_train.py,
+    # _accumulate_rows).
     rowwise = uses_rowwise(n, m, R)
     acc_w1 = np.empty((m, n, 1 if rowwise else R), np.float32)
-    acc_w2 = np.empty((0 if rowwise else n, m, R), np.float32)
-    acc_w2t = np.empty((m if rowwise else 0, n), np.float32)
+    acc_w2 = np.empty((m, n, 1 if rowwise else R), np.float32)
     dzT = np.zeros((R if rowwise else 0, n), np.float32)
     xT = np.zeros((R if rowwise else 0, n), np.float32)
     acc_b1 = np.empty((m, R), np.float32)
@@ -69,7 +69,6 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
         acc_w1[:] = 0.0
         acc_w2[:] = 0.0
-        acc_w2t[:] = 0.0
         acc_b1[:] = 0.0
         acc_b2[:] = 0.0
         acc_l[:] = 0.0
@@ -121,7 +120,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                 if dzact[f]:
                     for j in range(m):
                         for l in range(R):
-                            acc_w2[f, j, l] += dz[f, l] * h[j, l]
+                            acc_w2[j, f, l] += dz[f, l] * h[j, l]
             for j in range(m):
                 for l in range(R):
                     dh[j, l] = 0.0
@@ -139,7 +138,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                         for l in range(R):
                             acc_w1[j, f, l] += dh[j, l] * x[f, l]
             if rowwise:
-                _accumulate_rows_untied(acc_w1, acc_w2t, h, dh, dz, x, dzT, xT, dzact, act)
+                _accumulate_rows_untied(acc_w1, acc_w2, h, dh, dz, x, dzT, xT, dzact, act)
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         for j in range(m):
@@ -157,12 +156,9 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                                                    inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
         for f in range(n):
             for j in range(m):
-                if rowwise:
-                    g = acc_w2t[j, f]
-                else:
-                    g = f32(0.0)
-                    for l in range(R):
-                        g += acc_w2[f, j, l]
+                g = f32(0.0)
+                for l in range(acc_w2.shape[2]):
+                    g += acc_w2[j, f, l]
                 W2[k, f, j], mW2[k, f, j], vW2[k, f, j] = _adam(W2[k, f, j], g, mW2[k, f, j], vW2[k, f, j], decay,
                                                                 step_size, inv_sqrt_bias2, weight_decay, one_b1,
                                                                 beta2, one_b2, eps, decoupled)
@@ -174,8 +170,8 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _accumulate_rows_untied(acc_w1, acc_w2t, h, dh, dz, x, dzT, xT, dzact, act):
-    """acc_w1[j, f, 0] += sum over the block's rows l of dh[j, l] x[f, l], and acc_w2t[j, f] (dW2
+def _accumulate_rows_untied(acc_w1, acc_w2, h, dh, dz, x, dzT, xT, dzact, act):
+    """acc_w1[j, f, 0] += sum over the block's rows l of dh[j, l] x[f, l], and acc_w2[j, f, 0] (dW2
     transposed) += sum of h[j, l] dz[f, l], each in row order, vectorised over features: the untied
     twin of kernels.cpu_train._accumulate_rows."""
     n, R = dz.shape
@@ -187,8 +183,8 @@ def _accumulate_rows_untied(acc_w1, acc_w2t, h, dh, dz, x, dzT, xT, dzact, act):
             a0, a1, a2, a3 = h[j, l], h[j, l + 1], h[j, l + 2], h[j, l + 3]
             c0, c1, c2, c3 = dh[j, l], dh[j, l + 1], dh[j, l + 2], dh[j, l + 3]
             for f in range(n):
-                acc_w2t[j, f] = (acc_w2t[j, f] + a0 * dzT[l, f] + a1 * dzT[l + 1, f] + a2 * dzT[l + 2, f]
-                                 + a3 * dzT[l + 3, f])
+                acc_w2[j, f, 0] = (acc_w2[j, f, 0] + a0 * dzT[l, f] + a1 * dzT[l + 1, f] + a2 * dzT[l + 2, f]
+                                   + a3 * dzT[l + 3, f])
                 acc_w1[j, f, 0] = (acc_w1[j, f, 0] + c0 * xT[l, f] + c1 * xT[l + 1, f] + c2 * xT[l + 2, f]
                                    + c3 * xT[l + 3, f])
 

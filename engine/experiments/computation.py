@@ -71,12 +71,15 @@ def rescale_neurons(P: dict) -> dict:
     return {"W1": P["W1"] * c[:, None], "b1": P["b1"] * c, "W2": P["W2"] / c[None, :], "b2": P["b2"].clone()}
 
 
+def carries(P: dict) -> torch.Tensor:
+    """(m, n) bool: neuron j carries feature i, rescaled |W1[j, i]| >= CARRIES (a dead, all-zero
+    neuron carries none). P: one model, rescaled (rescale_neurons)."""
+    return P["W1"].abs() >= CARRIES
+
+
 def features_per_neuron(P: dict) -> np.ndarray:
-    """Per neuron (m,): how many features it carries, rescaled |W1[j, i]| >= CARRIES; 0 for a dead
-    neuron (all-zero W1 row). P: one model, rescaled (rescale_neurons)."""
-    A = P["W1"].abs()
-    live = A.amax(dim=1) > 0
-    return np.where(live.numpy(), (A >= CARRIES).sum(dim=1).numpy(), 0)
+    """Per neuron (m,): how many features it carries (carries); 0 for a dead neuron."""
+    return carries(P).sum(dim=1).numpy()
 
 
 def feature_r2(P: dict, spec: ComputationSpec, density: float) -> np.ndarray:
@@ -125,7 +128,7 @@ class Computation(Experiment):
         res = results["models"]
         loss = res.loss.numpy()
         kept = best_of_fits(loss, spec.fits, res.diverged)
-        computed, rows, rescaled, carried = [], [], [], []
+        computed, rows, rescaled, carried, diverged = [], [], [], [], []
         for j, d in enumerate(DENSITIES):
             k = int(kept[j])
             P = rescale_neurons({name: t[k] for name, t in res.params.items()})
@@ -133,11 +136,12 @@ class Computation(Experiment):
             r2 = feature_r2(P, spec, d)
             ok = r2 >= COMPUTED
             bad = bool(res.diverged[k])
+            diverged.append(bad)
             computed.append(-1 if bad else int(ok.sum()))
             carried.append(features_per_neuron(P))
             rows.append({"density": [d] * spec.features, "feature": np.arange(spec.features),
                          "importance": spec.importance(), "r2": np.where(bad, np.nan, r2), "computed": ok & ~bad,
-                         "neurons_carrying": (P["W1"].abs() >= CARRIES).sum(dim=0).numpy()})
+                         "neurons_carrying": carries(P).sum(dim=0).numpy()})
         P_ = len(DENSITIES)
         write_parquet(run_dir.root / "instances.parquet", {
             "instance": np.arange(len(loss)), "density": np.repeat(DENSITIES, spec.fits),
@@ -159,8 +163,8 @@ class Computation(Experiment):
         sparse = [c for c, d in zip(computed, DENSITIES) if d <= 0.01]
         dense = computed[0]
         # A diverged kept model measures NaN, so its check fails (base.check) instead of reading 0.
-        mono = float("nan") if computed[0] < 0 else _share(carried[0], lambda c: c == 1)
-        poly = float("nan") if computed[-1] < 0 else _share(carried[-1], lambda c: c >= 2)
+        mono = float("nan") if diverged[0] else _share(carried[0], lambda c: c == 1)
+        poly = float("nan") if diverged[-1] else _share(carried[-1], lambda c: c >= 2)
         checks = [
             check("computes-more-than-m", f"at low density (<= 0.01) the model computes |x_i| for more features than "
                   f"its {spec.hidden} neurons (a feature counts when its output predicts |x_i| with R^2 >= {COMPUTED})",
@@ -216,7 +220,7 @@ def figure(path, spec, rescaled, computed, carried) -> None:
             faces.append(colours[i])
         ax.add_collection(PolyCollection(np.concatenate(boxes), facecolors=np.concatenate(faces), linewidths=0))
         ax.set_xlim(-0.8, W1.shape[0] - 0.2)
-        low, high = float(bottoms[:, -1].min()) if W1.size else 0.0, float(tops[:, -1].max()) if W1.size else 1.0
+        low, high = float(bottoms[:, -1].min()), float(tops[:, -1].max())
         pad = 0.05 * max(high - low, 1e-9)
         ax.set_ylim(low - pad, high + pad)
         ax.axhline(0, color="0.3", lw=0.5)
