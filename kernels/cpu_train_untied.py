@@ -16,8 +16,9 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
+from .cpu_tiles import slp_vectorize
 from .cpu_train import (FASTMATH, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask, _record_loss,
-                        f32_array, padded_rule, set_array, transpose_active, uses_rowwise)
+                        f32_array, padded_rule, rows_times, set_array, transpose_active, transpose_into, uses_rowwise)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
@@ -61,12 +62,19 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     acc_b2 = np.empty((n, R), np.float32)
     acc_l = np.empty(R, np.float32)
     valid = np.ones(R, np.float32)
+    # W1 and W2 transposed, refreshed every step (rows_times reads A[c, r]: W1T[f, j], W2T[j, f]).
+    W1T = np.empty((n, m), np.float32)
+    W2T = np.empty((m, n), np.float32)
+    zeros_m = np.zeros(m, np.float32)
+    all_m = np.ones(m, np.bool_)
     last_r0 = ((batch - 1) // R) * R
     c2 = np.uint64(inst) & M32
     c3 = np.uint64(STREAM_DATASET if finite else 0)
     one_b1, one_b2 = f32(1.0) - beta1, f32(1.0) - beta2
     for t in range(step0, step0 + n_steps):
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
+        transpose_into(W1[k], W1T)
+        transpose_into(W2[k], W2T)
         acc_w1[:] = 0.0
         acc_w2[:] = 0.0
         acc_b1[:] = 0.0
@@ -85,24 +93,13 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
             if r0 == last_r0 and batch % R != 0:
                 _lane_mask(valid, r0, n, batch)
             # h = ReLU(W1 x + b1)
+            rows_times(W1T, x, act, b1[k], h)
             for j in range(m):
-                for l in range(R):
-                    h[j, l] = b1[k, j]
-                for f in range(n):
-                    if act[f]:
-                        w = W1[k, j, f]
-                        for l in range(R):
-                            h[j, l] += w * x[f, l]
                 for l in range(R):
                     h[j, l] = max(h[j, l], f32(0.0))
             # z = W2 h + b2, y = ReLU(z), the loss against |x| and dz
+            rows_times(W2T, h, all_m, b2[k], dz)
             for f in range(n):
-                for l in range(R):
-                    dz[f, l] = b2[k, f]
-                for j in range(m):
-                    w = W2[k, f, j]
-                    for l in range(R):
-                        dz[f, l] += w * h[j, l]
                 c = cz[f]
                 i_f = imp[k, f]
                 any_dz = False
@@ -121,14 +118,8 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                     for j in range(m):
                         for l in range(R):
                             acc_w2[j, f, l] += dz[f, l] * h[j, l]
+            rows_times(W2[k], dz, dzact, zeros_m, dh)
             for j in range(m):
-                for l in range(R):
-                    dh[j, l] = 0.0
-                for f in range(n):
-                    if dzact[f]:
-                        w = W2[k, f, j]
-                        for l in range(R):
-                            dh[j, l] += w * dz[f, l]
                 for l in range(R):
                     g = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
                     dh[j, l] = g
@@ -223,7 +214,8 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     hist_arr = arr(hist) if hist is not None else np.zeros((1, K), np.float32)
     k0, k1 = seed_words(seed)
     f32 = np.float32
-    train_segment(*P, *moments, arr(p), arr(imp), arr(sched), arr(loss_acc), hist_arr, int(batch),
-                  int(first_instance), int(step0), int(n_steps), int(window_start),
-                  int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1), f32(beta2),
-                  f32(eps), bool(decoupled), lanes, set_array(sets), bool(finite))
+    with slp_vectorize():
+        train_segment(*P, *moments, arr(p), arr(imp), arr(sched), arr(loss_acc), hist_arr, int(batch),
+                      int(first_instance), int(step0), int(n_steps), int(window_start),
+                      int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1), f32(beta2),
+                      f32(eps), bool(decoupled), lanes, set_array(sets), bool(finite))
