@@ -261,7 +261,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                                                 weight_decay, one_b1, beta2, one_b2, eps, decoupled)
 
 
-# Sums of fewer terms than this take the plain loop: a tile's call would cost more than it saves.
+# Sums of fewer terms than this take the plain loop (rows_times): a tile's call would cost more than it saves.
 TILE_MIN_TERMS = 8
 
 
@@ -270,46 +270,53 @@ def rows_times(A, X, active, init, out):
     """out[r, l] = init[r] + the sum over c in order, active c only, of A[c, r] X[c, l]: every product
     of the CPU kernels (A (C, rows) float32, X (>= C, R), active (C,) bool, init (rows,), out (rows, R)).
 
-    Tiles of 8, 4, 2 or 1 rows x TILE_LANES lanes keep their sums in registers (kernels/cpu_tiles.py,
-    3-4x the plain loop's speed on n=400, m=30); short sums and the lanes past the last whole tile
-    take the plain loop. Both add the same terms in the same order (one FMA each), so out does not
-    depend on where the tiles fall."""
+    Sums of at least TILE_MIN_TERMS terms run in register tiles (_rows_times_tiled, ~3x the plain
+    loop on n=400, m=30); short ones (tiny models) take the plain loop, inlined here because a call
+    would cost more than their arithmetic. Both add the same terms in the same order (one FMA each),
+    so out is the same either way."""
     C, rows = A.shape
     R = out.shape[1]
-    if C < TILE_MIN_TERMS or R < TILE_LANES:
-        _rows_times_plain(A, X, active, init, out, 0)
+    if C >= TILE_MIN_TERMS and R >= TILE_LANES:
+        _rows_times_tiled(A, X, active, init, out)
     else:
-        l_tiled = R - R % TILE_LANES
-        for l0 in range(0, l_tiled, TILE_LANES):
-            r0 = 0
-            while r0 + 8 <= rows:
-                tile_8(A, X, active, init, out, r0, l0)
-                r0 += 8
-            if r0 + 4 <= rows:
-                tile_4(A, X, active, init, out, r0, l0)
-                r0 += 4
-            if r0 + 2 <= rows:
-                tile_2(A, X, active, init, out, r0, l0)
-                r0 += 2
-            if r0 < rows:
-                tile_1(A, X, active, init, out, r0, l0)
-        if l_tiled < R:
-            _rows_times_plain(A, X, active, init, out, l_tiled)
+        for r in range(rows):
+            for l in range(R):
+                out[r, l] = init[r]
+            for c in range(C):
+                if active[c]:
+                    w = A[c, r]
+                    for l in range(R):
+                        out[r, l] += w * X[c, l]
 
 
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _rows_times_plain(A, X, active, init, out, l_first):
-    """rows_times for lanes l_first.. only, as a plain loop (vectorised over lanes; it is ~7x slower
-    when l_first is not a constant, so rows_times calls it with 0 except for a remainder)."""
+@njit(cache=True, fastmath=FASTMATH)
+def _rows_times_tiled(A, X, active, init, out):
+    """rows_times by tiles of 8, 4, 2 or 1 rows x TILE_LANES lanes (kernels/cpu_tiles.py), which keep
+    their sums in registers; the lanes past the last whole tile (R not a multiple of TILE_LANES) take
+    the plain loop. Not inlined: one compiled copy serves every call site (compile time)."""
     C, rows = A.shape
     R = out.shape[1]
+    l_tiled = R - R % TILE_LANES
+    for l0 in range(0, l_tiled, TILE_LANES):
+        r0 = 0
+        while r0 + 8 <= rows:
+            tile_8(A, X, active, init, out, r0, l0)
+            r0 += 8
+        if r0 + 4 <= rows:
+            tile_4(A, X, active, init, out, r0, l0)
+            r0 += 4
+        if r0 + 2 <= rows:
+            tile_2(A, X, active, init, out, r0, l0)
+            r0 += 2
+        if r0 < rows:
+            tile_1(A, X, active, init, out, r0, l0)
     for r in range(rows):
-        for l in range(l_first, R):
+        for l in range(l_tiled, R):
             out[r, l] = init[r]
         for c in range(C):
             if active[c]:
                 w = A[c, r]
-                for l in range(l_first, R):
+                for l in range(l_tiled, R):
                     out[r, l] += w * X[c, l]
 
 
