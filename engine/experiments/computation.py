@@ -113,7 +113,7 @@ class Computation(Experiment):
     }
     analysis_fields = ("test_examples",)
     outputs = ("instances.parquet", "features.parquet", "neurons.parquet", "weights.safetensors", "figures/computation.png")
-    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps; 37 s on 2 CPU cores (cpu backend); a check FAILS"
+    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps; 21 s on 2 CPU cores (cpu backend); a check FAILS"
 
     def job_sizes(self, spec):
         from .memory import JobSize
