@@ -33,5 +33,8 @@ def _numba_cache_dir(here: _Path | None = None) -> str:
 _ours = "SUPBENCH_NUMBA_CACHE_DIR"
 if not _os.environ.get("NUMBA_CACHE_DIR") or _os.environ.get("NUMBA_CACHE_DIR") == _os.environ.get(_ours):
     _os.environ["NUMBA_CACHE_DIR"] = _os.environ[_ours] = _numba_cache_dir()
-    if "numba" in _sys.modules:  # numba read its config at import: set the live value too
-        _sys.modules["numba"].config.CACHE_DIR = _os.environ["NUMBA_CACHE_DIR"]
+    if "numba" in _sys.modules:
+        # numba read its config at import. Re-read it now: its compiler re-reads the whole config
+        # whenever a NUMBA_* variable changed since it last looked, and doing that later, in the
+        # middle of a kernel's compilation, undid kernels.cpu_tiles.slp_vectorize.
+        _sys.modules["numba"].core.config.reload_config()

@@ -19,18 +19,21 @@ products it would only add zeros to.
 
 The three products of a block (h = W x, z = W^T h + b, dh = W dz) go through rows_times, whose
 register tiles (kernels/cpu_tiles.py, generated) keep their sums in registers: 1.5-1.7x on the
-whole step for n=400, m=30, bit-identical to the plain loops.
+whole step for n=400, m=30, bit-identical to the plain loops. Instances are dealt to the threads
+round robin in small groups (instance_groups), not in one contiguous share each.
 
 Each instance's arithmetic is the same whatever the thread count or chunking, so results are
 deterministic and resume is bit-identical.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, feature, philox, uniform_at
-from .cpu_tiles import LANES as TILE_LANES, slp_vectorize, tile_1, tile_2, tile_4, tile_8
+from .cpu_tiles import (LANES as TILE_LANES, slp_vectorize, tile_1, tile_2, tile_3, tile_4, tile_5, tile_6, tile_7,
+                        tile_8)
 
 STREAM_DATASET = 3  # engine.rng.STREAM_DATASET: the Philox stream of finite datasets
 
@@ -227,21 +230,21 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                 dzact[f] = any_dz
             # dh = W dz, then dW += h dz^T + dh x^T (per row lane)
             rows_times(WT, dz, dzact, zeros_m, dh)
-            for j in range(m):
-                if relu_hidden:  # through the hidden ReLU: h > 0 exactly where W x > 0
+            if relu_hidden:  # through the hidden ReLU: h > 0 exactly where W x > 0
+                for j in range(m):
                     for l in range(R):
                         dh[j, l] = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
-                if rowwise:
-                    continue
-                for f in range(n):
-                    if dzact[f]:
-                        for l in range(R):
-                            acc_w[j, f, l] += h[j, l] * dz[f, l]
-                    if act[f]:
-                        for l in range(R):
-                            acc_w[j, f, l] += dh[j, l] * x[f, l]
             if rowwise:
                 _accumulate_rows(acc_w, h, dh, dz, x, dzT, xT, dzact, act)
+            else:
+                for j in range(m):
+                    for f in range(n):
+                        if dzact[f]:
+                            for l in range(R):
+                                acc_w[j, f, l] += h[j, l] * dz[f, l]
+                        if act[f]:
+                            for l in range(R):
+                                acc_w[j, f, l] += dh[j, l] * x[f, l]
         # End of step: sum the lanes, record the loss, Adam/AdamW (kernels/adam.py's formula).
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
@@ -262,7 +265,9 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
 
 
 # Sums of fewer terms than this take the plain loop (rows_times): a tile's call would cost more than it saves.
-TILE_MIN_TERMS = 8
+# 4, not 8, since a tile covers all of a block's lanes in one call: basic's z = W^T h + b (5 terms) is
+# then tiled too (part of the 1.21x of the commit that set it; phase's 1- and 2-term sums stay plain).
+TILE_MIN_TERMS = 4
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -291,25 +296,32 @@ def rows_times(A, X, active, init, out):
 
 @njit(cache=True, fastmath=FASTMATH)
 def _rows_times_tiled(A, X, active, init, out):
-    """rows_times by tiles of 8, 4, 2 or 1 rows x TILE_LANES lanes (kernels/cpu_tiles.py), which keep
-    their sums in registers; the lanes past the last whole tile (R not a multiple of TILE_LANES) take
-    the plain loop. Not inlined: one compiled copy serves every call site (compile time)."""
+    """rows_times by tiles of 8 rows, then one tile of the last 1-7 rows, each over every whole chunk of
+    TILE_LANES lanes (kernels/cpu_tiles.py), their sums in registers; the lanes past the last whole
+    chunk (R not a multiple of TILE_LANES) take the plain loop. Not inlined: one compiled copy serves
+    every call site (compile time)."""
     C, rows = A.shape
     R = out.shape[1]
     l_tiled = R - R % TILE_LANES
-    for l0 in range(0, l_tiled, TILE_LANES):
-        r0 = 0
-        while r0 + 8 <= rows:
-            tile_8(A, X, active, init, out, r0, l0)
-            r0 += 8
-        if r0 + 4 <= rows:
-            tile_4(A, X, active, init, out, r0, l0)
-            r0 += 4
-        if r0 + 2 <= rows:
-            tile_2(A, X, active, init, out, r0, l0)
-            r0 += 2
-        if r0 < rows:
-            tile_1(A, X, active, init, out, r0, l0)
+    r0 = 0
+    while r0 + 8 <= rows:
+        tile_8(A, X, active, init, out, r0, l_tiled)
+        r0 += 8
+    rest = rows - r0  # one tile for the last 1-7 rows: X is read once per chunk, not once per power of two
+    if rest == 7:
+        tile_7(A, X, active, init, out, r0, l_tiled)
+    elif rest == 6:
+        tile_6(A, X, active, init, out, r0, l_tiled)
+    elif rest == 5:
+        tile_5(A, X, active, init, out, r0, l_tiled)
+    elif rest == 4:
+        tile_4(A, X, active, init, out, r0, l_tiled)
+    elif rest == 3:
+        tile_3(A, X, active, init, out, r0, l_tiled)
+    elif rest == 2:
+        tile_2(A, X, active, init, out, r0, l_tiled)
+    elif rest == 1:
+        tile_1(A, X, active, init, out, r0, l_tiled)
     for r in range(rows):
         for l in range(l_tiled, R):
             out[r, l] = init[r]
@@ -341,7 +353,8 @@ def transpose_active(src, active, dst):
                 dst[l, f] = 0.0
 
 
-@njit(inline="always", cache=True, fastmath=FASTMATH)
+# Not inlined: inlined into _train_instance its loop compiled 2x slower in one variant of that function.
+@njit(cache=True, fastmath=FASTMATH)
 def _accumulate_rows(acc_w, h, dh, dz, x, dzT, xT, dzact, act):
     """acc_w[j, f, 0] += sum over the block's rows l, in order, of h[j, l] dz[f, l] + dh[j, l] x[f, l].
 
@@ -402,7 +415,7 @@ def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, bet
 @njit(parallel=True, cache=True)
 def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0, n_steps,
                   window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
-                  relu_hidden, sets, finite):
+                  relu_hidden, sets, finite, threads):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
 
     W, mW, vW (K, m, n); b, mb, vb, p, imp (K, n); all float32, C-contiguous.
@@ -411,10 +424,25 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
     (k0, k1) = kernels.cpu_rng.seed_words(seed). Scalars are float32 (the arithmetic stays float32).
     """
     K = W.shape[0]
-    for k in prange(K):
-        _train_instance(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, k, K, batch, first_instance + k, step0,
-                        n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
-                        relu_hidden, sets, finite)
+    T = max(1, min(threads, K))
+    size, n_groups = instance_groups(K, T)
+    for t in prange(T):
+        for g in range(t, n_groups, T):
+            for k in range(g * size, min(K, (g + 1) * size)):
+                _train_instance(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, k, K, batch, first_instance + k,
+                                step0, n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu,
+                                decoupled, lanes, relu_hidden, sets, finite)
+
+
+@njit(cache=True)
+def instance_groups(K, T):
+    """(size, count): train_segment deals K instances to T threads in groups of ``size`` consecutive ones,
+    group g to thread g % T. Round robin, because an instance's cost depends on its density and sweeps
+    order instances by density (prange's one contiguous share per thread left one thread with all the
+    dense ones); groups of up to 64, because neighbouring tiny instances share cache lines (a thread
+    per instance would write the same lines from both cores); at least 4 groups per thread."""
+    size = max(1, min(64, K // (4 * T)))
+    return size, (K + size - 1) // size
 
 
 # Past this many bytes of per-lane weight gradient (4 m n lanes) a model sums its gradient row by row
@@ -480,7 +508,8 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
         train_segment(W, b, mW, vW, mb, vb, arr(p), arr(imp), arr(sched), loss, hist_arr, int(batch),
                       int(first_instance), int(step0), int(n_steps), int(window_start),
                       int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1), f32(beta2),
-                      f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden), set_array(sets), bool(finite))
+                      f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden), set_array(sets), bool(finite),
+                      int(numba.get_num_threads()))
 
 
 def set_array(sets) -> np.ndarray:

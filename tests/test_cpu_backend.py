@@ -315,3 +315,16 @@ def test_a_child_process_recomputes_an_inherited_cache_dir_but_keeps_the_users()
     users = {**env, "NUMBA_CACHE_DIR": "/tmp/my-numba-cache"}
     out = subprocess.run([sys.executable, "-c", probe], env=users, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "/tmp/my-numba-cache"
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 7, 10, 64, 257, 1000, 10_000])
+@pytest.mark.parametrize("T", [1, 2, 3, 16])
+def test_instance_groups_deal_every_instance_once_round_robin(K, T):
+    """train_segment's dealing: groups of consecutive instances, group g to thread g % T; every instance
+    exactly once, each thread's share within one group of the others', and dense-last sweeps spread."""
+    T = min(T, K)
+    size, count = cpu_train.instance_groups(K, T)
+    shares = [[k for g in range(t, count, T) for k in range(g * size, min(K, (g + 1) * size))] for t in range(T)]
+    assert sorted(k for s in shares for k in s) == list(range(K))
+    assert max(map(len, shares)) - min(map(len, shares)) <= size
+    assert 1 <= size <= 64 and (K < 4 * T or count >= 4 * T)

@@ -27,7 +27,7 @@ def plain(A, X, active, init, out):
 
 
 @pytest.mark.parametrize("C", [1, 3, 7, 8, 20, 33, 400])
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 13, 30])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 6, 7, 13, 15, 30])
 @pytest.mark.parametrize("R", [4, 12, 16, 20, 128])
 def test_rows_times_equals_the_plain_loop_bit_for_bit(C, rows, R):
     g = np.random.default_rng(C * 1000 + rows * 10 + R)
@@ -53,3 +53,23 @@ def test_slp_vectorize_restores_numba_setting():
     with cpu_train.slp_vectorize():
         assert numba.config.SLP_VECTORIZE == 1
     assert numba.config.SLP_VECTORIZE == before
+
+
+def test_slp_vectorize_survives_numba_re_reading_its_environment(monkeypatch):
+    """numba's compiler re-reads its config from the NUMBA_* environment whenever one of those variables
+    changed since it last looked; kernels/__init__.py sets NUMBA_CACHE_DIR, so in a process that had
+    imported numba first (pytest's collection does) the first kernel compiled inside slp_vectorize got SLP
+    turned off again: scalar FMAs, ~10x slower tiles, kept in the disk cache for every later run."""
+    import re
+
+    from kernels import cpu_tiles
+
+    monkeypatch.setenv("NUMBA_SUPBENCH_TEST_TOUCH", "1")  # any NUMBA_* change makes the next compile re-read
+    tile = njit(fastmath={"contract"})(cpu_tiles.tile_4.py_func)  # a fresh, uncached copy of a tile
+    A, X = np.ones((20, 5), np.float32), np.ones((20, 32), np.float32)
+    out = np.empty((5, 32), np.float32)
+    with cpu_train.slp_vectorize():
+        tile(A, X, np.ones(20, np.bool_), np.zeros(5, np.float32), out, 0, 32)
+    assert np.all(out[:4] == 20.0)
+    asm = tile.inspect_asm(tile.signatures[0])
+    assert re.search(r"vfmadd\w*ps\s[^\n]*%[yz]mm", asm), "the tile's FMAs are not packed into vectors"
