@@ -2,8 +2,8 @@
 
 Why generated: numba (LLVM) keeps a product's running sums in registers only when they are plain
 local scalars; an array of accumulators is loaded and stored at every term, and the loop then runs
-at a quarter of the FMA units' rate (stores are the bottleneck). A 4 x 16 tile needs 64 scalars,
-written out here once instead of by hand. LLVM's SLP vectoriser packs each row of 16 into one
+at a quarter of the FMA units' rate (stores are the bottleneck). A tile of up to 8 rows x 16 lanes
+needs up to 128 scalars, written out here once instead of by hand. LLVM's SLP vectoriser packs each row of 16 into one
 AVX-512 register (kernels.cpu_tiles.slp_vectorize). tests/test_cpu_tiles.py checks that the
 committed file is this script's output.
 """
