@@ -12,8 +12,8 @@ gradient's sum over rows is deferred: per-row-lane accumulators (``acc_w`` (m, n
 through the whole step and are summed once at its end (a plain sum does not vectorise without
 fastmath's reassociation, and we keep IEEE order so results do not depend on the machine's vector
 width). Big models, whose per-lane accumulators would not fit in cache (m n R floats past
-ROWWISE_BYTES, e.g. n=400, m=30), instead sum the gradient row by row into (m, n), vectorised over
-features (_accumulate_rows): 1.7x faster on that model. Sparse inputs are exploited per block: a
+ROWWISE_BYTES, e.g. n=400, m=30), instead sum the gradient over the block's rows as a matrix product
+in register tiles into its transpose (n, m) (_accumulate_rows, vectorised over neurons). Sparse inputs are exploited per block: a
 feature no row of the block uses (or whose output gradient is zero for every row) is skipped in the
 products it would only add zeros to.
 
@@ -32,8 +32,8 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, feature, philox, uniform_at
-from .cpu_tiles import (LANES as TILE_LANES, slp_vectorize, tile_1, tile_2, tile_3, tile_4, tile_5, tile_6, tile_7,
-                        tile_8)
+from .cpu_tiles import (LANES as TILE_LANES, acc_tile_4, acc_tile_8, slp_vectorize, tile_1, tile_2, tile_3, tile_4,
+                        tile_5, tile_6, tile_7, tile_8)
 
 STREAM_DATASET = 3  # engine.rng.STREAM_DATASET: the Philox stream of finite datasets
 
@@ -172,15 +172,19 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     x = np.zeros((pk.shape[0], R), np.float32)
     act = np.empty(n, np.bool_)
     h = np.empty((m, R), np.float32)
-    dz = np.empty((n, R), np.float32)
+    dz = np.zeros((pk.shape[0], R), np.float32)  # rows past n stay 0 (the gradient tiles read x's padded rows)
     dzact = np.empty(n, np.bool_)
     dh = np.empty((m, R), np.float32)
-    # Big models (m n R floats past ROWWISE_BYTES) sum the weight gradient row by row into acc_w
-    # (m, n): per-lane accumulators would stream m n R floats through memory at every block.
+    # Big models (m n R floats past ROWWISE_BYTES) sum the weight gradient over each block's rows
+    # into accT: per-lane accumulators would stream m n R floats through memory at every block.
     rowwise = uses_rowwise(n, m, R)
-    acc_w = np.empty((m, n, 1 if rowwise else R), np.float32)
-    dzT = np.zeros((R if rowwise else 0, n), np.float32)
-    xT = np.zeros((R if rowwise else 0, n), np.float32)
+    acc_w = np.empty((m, n, 0 if rowwise else R), np.float32)
+    # Row by row: the weight gradient transposed, accT (n_pad, mp), neurons padded to whole registers;
+    # hT, dhT (R, mp) are h and dh transposed (their padding stays 0). See _accumulate_rows.
+    mp = TILE_LANES * ((m + TILE_LANES - 1) // TILE_LANES) if rowwise else 0
+    accT = np.zeros((pk.shape[0] if rowwise else 0, mp), np.float32)
+    hT = np.zeros((R if rowwise else 0, mp), np.float32)
+    dhT = np.zeros((R if rowwise else 0, mp), np.float32)
     acc_b = np.empty((n, R), np.float32)
     acc_l = np.empty(R, np.float32)
     valid = np.ones(R, np.float32)
@@ -197,6 +201,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
         transpose_into(W[k], WT)
         acc_w[:] = 0.0
+        accT[:] = 0.0
         acc_b[:] = 0.0
         acc_l[:] = 0.0
         valid[:] = 1.0
@@ -235,7 +240,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                     for l in range(R):
                         dh[j, l] = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
             if rowwise:
-                _accumulate_rows(acc_w, h, dh, dz, x, dzT, xT, dzact, act)
+                _accumulate_rows(accT, h, dh, dz, x, hT, dhT)
             else:
                 for j in range(m):
                     for f in range(n):
@@ -250,7 +255,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         for j in range(m):
             for f in range(n):
-                g = f32(0.0)
+                g = accT[f, j] if rowwise else f32(0.0)
                 for l in range(acc_w.shape[2]):
                     g += acc_w[j, f, l]
                 W[k, j, f], mW[k, j, f], vW[k, j, f] = _adam(W[k, j, f], g, mW[k, j, f], vW[k, j, f], decay,
@@ -340,41 +345,30 @@ def transpose_into(src, dst):
             dst[j, i] = src[i, j]
 
 
-@njit(inline="always", cache=True)
-def transpose_active(src, active, dst):
-    """dst (R, n) = src (n, R) transposed, with zeros for the features not ``active`` (n,) in the block."""
-    R, n = dst.shape  # src may have padding rows past n (the sampler fills 4 * ceil(n / 4))
-    for f in range(n):
-        if active[f]:
-            for l in range(R):
-                dst[l, f] = src[f, l]
-        else:
-            for l in range(R):
-                dst[l, f] = 0.0
-
-
-# Not inlined: inlined into _train_instance its loop compiled 2x slower in one variant of that function.
 @njit(cache=True, fastmath=FASTMATH)
-def _accumulate_rows(acc_w, h, dh, dz, x, dzT, xT, dzact, act):
-    """acc_w[j, f, 0] += sum over the block's rows l, in order, of h[j, l] dz[f, l] + dh[j, l] x[f, l].
+def _accumulate_rows(accT, h, dh, dz, x, hT, dhT):
+    """accT (n_pad, mp) += (h dz^T + dh x^T)^T over the block: accT[f, j] += the sum over the block's rows l,
+    in order, of dz[f, l] h[j, l], then of x[f, l] dh[j, l] (dz, x (n_pad, R), rows past n zero).
 
-    dz and x (n, R) are first transposed into dzT and xT (R, n) (features no row uses are zero), so
-    the inner loop runs over features: it vectorises with no reduction, each acc_w[j, :] row stays
-    in cache, and each element's sum keeps the row order. Four rows per pass over acc_w[j, :]
-    (R is a multiple of 4), written as one left-to-right sum: the same order as one row at a time."""
-    n, R = dz.shape
-    m = h.shape[0]
-    transpose_active(dz, dzact, dzT)
-    transpose_active(x, act, xT)
-    for l in range(0, R, 4):
+    A matrix product whose terms are the R batch rows, in register tiles of 8 (or 4) features x 16 neurons
+    (acc_tile_8, acc_tile_4 in kernels/cpu_tiles.py): dz and x are read as they are, h and dh are
+    transposed into hT, dhT (R, mp) first (small: m R floats). Storing every partial sum instead, as an
+    outer product per row, was store-bound and cost half of the step on n=400, m=30."""
+    m, R = h.shape
+    mp = accT.shape[1]
+    for l in range(R):
         for j in range(m):
-            a0, a1, a2, a3 = h[j, l], h[j, l + 1], h[j, l + 2], h[j, l + 3]
-            c0, c1, c2, c3 = dh[j, l], dh[j, l + 1], dh[j, l + 2], dh[j, l + 3]
-            for f in range(n):
-                acc_w[j, f, 0] = (acc_w[j, f, 0] + a0 * dzT[l, f] + c0 * xT[l, f]
-                                  + a1 * dzT[l + 1, f] + c1 * xT[l + 1, f]
-                                  + a2 * dzT[l + 2, f] + c2 * xT[l + 2, f]
-                                  + a3 * dzT[l + 3, f] + c3 * xT[l + 3, f])
+            hT[l, j] = h[j, l]
+            dhT[l, j] = dh[j, l]
+    rows = accT.shape[0]
+    r0 = 0
+    while r0 + 8 <= rows:
+        acc_tile_8(dz, hT, accT, r0, mp)
+        acc_tile_8(x, dhT, accT, r0, mp)
+        r0 += 8
+    if r0 < rows:  # rows is a multiple of 4
+        acc_tile_4(dz, hT, accT, r0, mp)
+        acc_tile_4(x, dhT, accT, r0, mp)
 
 
 @njit(inline="always", cache=True)

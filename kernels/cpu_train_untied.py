@@ -16,9 +16,9 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
-from .cpu_tiles import slp_vectorize
+from .cpu_tiles import LANES as TILE_LANES, acc_tile_4, acc_tile_8, slp_vectorize
 from .cpu_train import (FASTMATH, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask, _record_loss,
-                        f32_array, padded_rule, rows_times, set_array, transpose_active, transpose_into, uses_rowwise)
+                        f32_array, padded_rule, rows_times, set_array, transpose_into, uses_rowwise)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
@@ -47,17 +47,20 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     x = np.zeros((pk.shape[0], R), np.float32)
     act = np.empty(n, np.bool_)
     h = np.empty((m, R), np.float32)
-    dz = np.empty((n, R), np.float32)
+    dz = np.zeros((pk.shape[0], R), np.float32)  # rows past n stay 0 (the gradient tiles read x's padded rows)
     dzact = np.empty(n, np.bool_)
     dh = np.empty((m, R), np.float32)
-    # Weight-gradient accumulators (m, n, lanes), dW2 transposed (acc_w2[j, f] for W2[f, j]) so that
-    # big models can sum row by row into one lane, vectorised over features (see kernels/cpu_train.py,
-    # _accumulate_rows).
+    # Per-lane weight-gradient accumulators (m, n, lanes), dW2 transposed (acc_w2[j, f] for W2[f, j]);
+    # big models instead sum over each block's rows in register tiles (kernels/cpu_train.py,
+    # _accumulate_rows) into accT1 (dW1 transposed) and accT2 (dW2), (n_pad, mp), neurons padded.
     rowwise = uses_rowwise(n, m, R)
-    acc_w1 = np.empty((m, n, 1 if rowwise else R), np.float32)
-    acc_w2 = np.empty((m, n, 1 if rowwise else R), np.float32)
-    dzT = np.zeros((R if rowwise else 0, n), np.float32)
-    xT = np.zeros((R if rowwise else 0, n), np.float32)
+    acc_w1 = np.empty((m, n, 0 if rowwise else R), np.float32)
+    acc_w2 = np.empty((m, n, 0 if rowwise else R), np.float32)
+    mp = TILE_LANES * ((m + TILE_LANES - 1) // TILE_LANES) if rowwise else 0
+    accT1 = np.zeros((pk.shape[0] if rowwise else 0, mp), np.float32)
+    accT2 = np.zeros((pk.shape[0] if rowwise else 0, mp), np.float32)
+    hT = np.zeros((R if rowwise else 0, mp), np.float32)
+    dhT = np.zeros((R if rowwise else 0, mp), np.float32)
     acc_b1 = np.empty((m, R), np.float32)
     acc_b2 = np.empty((n, R), np.float32)
     acc_l = np.empty(R, np.float32)
@@ -77,6 +80,8 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
         transpose_into(W2[k], W2T)
         acc_w1[:] = 0.0
         acc_w2[:] = 0.0
+        accT1[:] = 0.0
+        accT2[:] = 0.0
         acc_b1[:] = 0.0
         acc_b2[:] = 0.0
         acc_l[:] = 0.0
@@ -129,12 +134,12 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                         for l in range(R):
                             acc_w1[j, f, l] += dh[j, l] * x[f, l]
             if rowwise:
-                _accumulate_rows_untied(acc_w1, acc_w2, h, dh, dz, x, dzT, xT, dzact, act)
+                _accumulate_rows_untied(accT1, accT2, h, dh, dz, x, hT, dhT)
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         for j in range(m):
             for f in range(n):
-                g = f32(0.0)
+                g = accT1[f, j] if rowwise else f32(0.0)
                 for l in range(acc_w1.shape[2]):
                     g += acc_w1[j, f, l]
                 W1[k, j, f], mW1[k, j, f], vW1[k, j, f] = _adam(W1[k, j, f], g, mW1[k, j, f], vW1[k, j, f], decay,
@@ -147,7 +152,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                                                    inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
         for f in range(n):
             for j in range(m):
-                g = f32(0.0)
+                g = accT2[f, j] if rowwise else f32(0.0)
                 for l in range(acc_w2.shape[2]):
                     g += acc_w2[j, f, l]
                 W2[k, f, j], mW2[k, f, j], vW2[k, f, j] = _adam(W2[k, f, j], g, mW2[k, f, j], vW2[k, f, j], decay,
@@ -160,24 +165,24 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                                                    inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
 
 
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _accumulate_rows_untied(acc_w1, acc_w2, h, dh, dz, x, dzT, xT, dzact, act):
-    """acc_w1[j, f, 0] += sum over the block's rows l of dh[j, l] x[f, l], and acc_w2[j, f, 0] (dW2
-    transposed) += sum of h[j, l] dz[f, l], each in row order, vectorised over features: the untied
-    twin of kernels.cpu_train._accumulate_rows."""
-    n, R = dz.shape
-    m = h.shape[0]
-    transpose_active(dz, dzact, dzT)
-    transpose_active(x, act, xT)
-    for l in range(0, R, 4):
+@njit(cache=True, fastmath=FASTMATH)
+def _accumulate_rows_untied(accT1, accT2, h, dh, dz, x, hT, dhT):
+    """accT1 (n_pad, mp) += (dh x^T)^T and accT2 (n_pad, mp) += dz h^T over the block's rows, in row order,
+    in register tiles: the untied twin of kernels.cpu_train._accumulate_rows (same tiles, same layout)."""
+    m, R = h.shape
+    for l in range(R):
         for j in range(m):
-            a0, a1, a2, a3 = h[j, l], h[j, l + 1], h[j, l + 2], h[j, l + 3]
-            c0, c1, c2, c3 = dh[j, l], dh[j, l + 1], dh[j, l + 2], dh[j, l + 3]
-            for f in range(n):
-                acc_w2[j, f, 0] = (acc_w2[j, f, 0] + a0 * dzT[l, f] + a1 * dzT[l + 1, f] + a2 * dzT[l + 2, f]
-                                   + a3 * dzT[l + 3, f])
-                acc_w1[j, f, 0] = (acc_w1[j, f, 0] + c0 * xT[l, f] + c1 * xT[l + 1, f] + c2 * xT[l + 2, f]
-                                   + c3 * xT[l + 3, f])
+            hT[l, j] = h[j, l]
+            dhT[l, j] = dh[j, l]
+    mp, rows = accT1.shape[1], accT1.shape[0]
+    r0 = 0
+    while r0 + 8 <= rows:
+        acc_tile_8(dz, hT, accT2, r0, mp)
+        acc_tile_8(x, dhT, accT1, r0, mp)
+        r0 += 8
+    if r0 < rows:  # rows is a multiple of 4
+        acc_tile_4(dz, hT, accT2, r0, mp)
+        acc_tile_4(x, dhT, accT1, r0, mp)
 
 
 @njit(parallel=True, cache=True)

@@ -93,8 +93,45 @@ def tile_source(R: int, L: int = 16) -> str:
     return "\n".join(out) + "\n"
 
 
+# Rows of the gradient tiles (acc_tile_R): the gradient's rows are features, padded to a multiple of 4.
+ACC_TILE_ROWS = (8, 4)
+
+
+def acc_tile_source(R: int, L: int = 16) -> str:
+    """The source of acc_tile_R(AT, X, out, r0, l_end): out[r0:r0+R, l] += sum over c of AT[r, c] X[c, l]."""
+    acc = [[f"a{r}_{l}" for l in range(L)] for r in range(R)]
+    out = ["", "", '@njit(cache=True, fastmath=FASTMATH)',
+           f"def acc_tile_{R}(AT, X, out, r0, l_end):",
+           f'    """out[r0:r0+{R}, l] += the sum over c < C, in order, of AT[r, c] X[c, l], for the lanes l < l_end',
+           f'    (a multiple of {L}), {L} at a time: the weight gradient\'s sum over a block\'s rows (the terms c).',
+           '    AT (rows, >= C) (the first factor transposed), X (C, lanes), out (rows, lanes)."""']
+    out.append("    " + ", ".join(f"t{r}" for r in range(R)) + " = "
+               + ", ".join(f"AT[r0 + {r}]" for r in range(R)))
+    out.append(f"    for l0 in range(0, l_end, {L}):")
+    for r in range(R):
+        out.append(f"        o = out[r0 + {r}][l0:l0 + {L}]")
+        for l0 in range(0, L, 4):
+            out.append("        " + ", ".join(acc[r][l0:l0 + 4]) + " = "
+                       + ", ".join(f"o[{l}]" for l in range(l0, l0 + 4)))
+    out.append("        for c in range(X.shape[0]):")
+    out.append(f"            xr = X[c][l0:l0 + {L}]")
+    out.append("            " + ", ".join(f"w{r}" for r in range(R)) + " = " + ", ".join(f"t{r}[c]" for r in range(R)))
+    for l0 in range(0, L, 4):
+        out.append("            " + ", ".join(f"x{l}" for l in range(l0, l0 + 4)) + " = "
+                   + ", ".join(f"xr[{l}]" for l in range(l0, l0 + 4)))
+    for r in range(R):
+        for l0 in range(0, L, 4):
+            out.append("            " + "; ".join(f"{acc[r][l]} += w{r} * x{l}" for l in range(l0, l0 + 4)))
+    for r in range(R):
+        out.append(f"        o = out[r0 + {r}][l0:l0 + {L}]")
+        for l0 in range(0, L, 4):
+            out.append("        " + "; ".join(f"o[{l}] = {acc[r][l]}" for l in range(l0, l0 + 4)))
+    return "\n".join(out) + "\n"
+
+
 def source() -> str:
-    return HEADER.format(lanes=LANES) + "".join(tile_source(r, LANES) for r in TILE_ROWS)
+    return (HEADER.format(lanes=LANES) + "".join(tile_source(r, LANES) for r in TILE_ROWS)
+            + "".join(acc_tile_source(r, LANES) for r in ACC_TILE_ROWS))
 
 
 if __name__ == "__main__":
