@@ -13,9 +13,9 @@ through the whole step and are summed once at its end (a plain sum does not vect
 fastmath's reassociation, and we keep IEEE order so results do not depend on the machine's vector
 width). Big models, whose per-lane accumulators would not fit in cache (m n R floats past
 ROWWISE_BYTES, e.g. n=400, m=30), instead sum the gradient over the block's rows as a matrix product
-in register tiles into its transpose (n, m) (_accumulate_rows, vectorised over neurons). Sparse inputs are exploited per block: a
-feature no row of the block uses (or whose output gradient is zero for every row) is skipped in the
-products it would only add zeros to.
+in register tiles into its transpose (n, m) (_accumulate_rows, vectorised over neurons, shared with
+the untied model). Sparse inputs are exploited per block: a feature no row of the block uses (or
+whose output gradient is zero for every row) is skipped in the products it would only add zeros to.
 
 The three products of a block (h = W x, z = W^T h + b, dh = W dz) go through rows_times, whose
 register tiles (kernels/cpu_tiles.py, generated) keep their sums in registers: 1.5-1.7x on the
@@ -240,7 +240,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                     for l in range(R):
                         dh[j, l] = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
             if rowwise:
-                _accumulate_rows(accT, h, dh, dz, x, hT, dhT)
+                _accumulate_rows(accT, accT, h, dh, dz, x, hT, dhT)
             else:
                 for j in range(m):
                     for f in range(n):
@@ -346,29 +346,31 @@ def transpose_into(src, dst):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _accumulate_rows(accT, h, dh, dz, x, hT, dhT):
-    """accT (n_pad, mp) += (h dz^T + dh x^T)^T over the block: accT[f, j] += the sum over the block's rows l,
-    in order, of dz[f, l] h[j, l], then of x[f, l] dh[j, l] (dz, x (n_pad, R), rows past n zero).
+def _accumulate_rows(acc_dz, acc_x, h, dh, dz, x, hT, dhT):
+    """acc_dz (n_pad, mp) += (h dz^T)^T and acc_x (n_pad, mp) += (dh x^T)^T over the block: acc_dz[f, j] +=
+    the sum over the block's rows l, in order, of dz[f, l] h[j, l], and acc_x[f, j] of x[f, l] dh[j, l]
+    (dz, x (n_pad, R), rows past n zero). The tied model passes its one accumulator accT as both
+    (each element sums its dz terms, then its x terms); the untied one dW2 and dW1 transposed.
 
     A matrix product whose terms are the R batch rows, in register tiles of 8 (or 4) features x 16 neurons
     (acc_tile_8, acc_tile_4 in kernels/cpu_tiles.py): dz and x are read as they are, h and dh are
     transposed into hT, dhT (R, mp) first (small: m R floats). Storing every partial sum instead, as an
     outer product per row, was store-bound and cost half of the step on n=400, m=30."""
     m, R = h.shape
-    mp = accT.shape[1]
+    mp = acc_dz.shape[1]
     for l in range(R):
         for j in range(m):
             hT[l, j] = h[j, l]
             dhT[l, j] = dh[j, l]
-    rows = accT.shape[0]
+    rows = acc_dz.shape[0]
     r0 = 0
     while r0 + 8 <= rows:
-        acc_tile_8(dz, hT, accT, r0, mp)
-        acc_tile_8(x, dhT, accT, r0, mp)
+        acc_tile_8(dz, hT, acc_dz, r0, mp)
+        acc_tile_8(x, dhT, acc_x, r0, mp)
         r0 += 8
     if r0 < rows:  # rows is a multiple of 4
-        acc_tile_4(dz, hT, accT, r0, mp)
-        acc_tile_4(x, dhT, accT, r0, mp)
+        acc_tile_4(dz, hT, acc_dz, r0, mp)
+        acc_tile_4(x, dhT, acc_x, r0, mp)
 
 
 @njit(inline="always", cache=True)

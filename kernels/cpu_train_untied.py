@@ -16,9 +16,9 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
-from .cpu_tiles import LANES as TILE_LANES, acc_tile_4, acc_tile_8, slp_vectorize
-from .cpu_train import (FASTMATH, STREAM_DATASET, _adam, _apply_sets, _draw_block, _lane_mask, _record_loss,
-                        f32_array, padded_rule, rows_times, set_array, transpose_into, uses_rowwise)
+from .cpu_tiles import LANES as TILE_LANES, slp_vectorize
+from .cpu_train import (FASTMATH, STREAM_DATASET, _accumulate_rows, _adam, _apply_sets, _draw_block, _lane_mask,
+                        _record_loss, f32_array, padded_rule, rows_times, set_array, transpose_into, uses_rowwise)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
@@ -134,7 +134,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                         for l in range(R):
                             acc_w1[j, f, l] += dh[j, l] * x[f, l]
             if rowwise:
-                _accumulate_rows_untied(accT1, accT2, h, dh, dz, x, hT, dhT)
+                _accumulate_rows(accT2, accT1, h, dh, dz, x, hT, dhT)
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         for j in range(m):
@@ -163,26 +163,6 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                 g += acc_b2[f, l]
             b2[k, f], mb2[k, f], vb2[k, f] = _adam(b2[k, f], g, mb2[k, f], vb2[k, f], decay, step_size,
                                                    inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _accumulate_rows_untied(accT1, accT2, h, dh, dz, x, hT, dhT):
-    """accT1 (n_pad, mp) += (dh x^T)^T and accT2 (n_pad, mp) += dz h^T over the block's rows, in row order,
-    in register tiles: the untied twin of kernels.cpu_train._accumulate_rows (same tiles, same layout)."""
-    m, R = h.shape
-    for l in range(R):
-        for j in range(m):
-            hT[l, j] = h[j, l]
-            dhT[l, j] = dh[j, l]
-    mp, rows = accT1.shape[1], accT1.shape[0]
-    r0 = 0
-    while r0 + 8 <= rows:
-        acc_tile_8(dz, hT, accT2, r0, mp)
-        acc_tile_8(x, dhT, accT1, r0, mp)
-        r0 += 8
-    if r0 < rows:  # rows is a multiple of 4
-        acc_tile_4(dz, hT, accT2, r0, mp)
-        acc_tile_4(x, dhT, accT1, r0, mp)
 
 
 @njit(parallel=True, cache=True)

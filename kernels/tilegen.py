@@ -62,6 +62,26 @@ def slp_vectorize():
 '''
 
 
+def _fma_lines(acc, R: int, L: int, indent: str) -> list[str]:
+    """One term of a tile: load the chunk xr's L lanes into x0..x{L-1}, then acc[r][l] += w_r x_l."""
+    lines = [indent + ", ".join(f"x{l}" for l in range(l0, l0 + 4)) + " = "
+             + ", ".join(f"xr[{l}]" for l in range(l0, l0 + 4)) for l0 in range(0, L, 4)]
+    for r in range(R):
+        for l0 in range(0, L, 4):
+            lines.append(indent + "; ".join(f"{acc[r][l]} += w{r} * x{l}" for l in range(l0, l0 + 4)))
+    return lines
+
+
+def _store_lines(acc, R: int, L: int) -> list[str]:
+    """Store the accumulators of the chunk at l0 into out's rows r0..r0+R-1."""
+    lines = []
+    for r in range(R):
+        lines.append(f"        o = out[r0 + {r}][l0:l0 + {L}]")
+        for l0 in range(0, L, 4):
+            lines.append("        " + "; ".join(f"o[{l}] = {acc[r][l]}" for l in range(l0, l0 + 4)))
+    return lines
+
+
 def tile_source(R: int, L: int = 16) -> str:
     """The source of tile_R(A, X, active, init, out, r0, l_end): R rows x every L-lane chunk below l_end."""
     acc = [[f"a{r}_{l}" for l in range(L)] for r in range(R)]
@@ -80,16 +100,8 @@ def tile_source(R: int, L: int = 16) -> str:
     out.append(f"                ar, xr = A[c][r0:r0 + {R}], X[c][l0:l0 + {L}]")
     out.append("                " + ", ".join(f"w{r}" for r in range(R)) + " = "
                + ", ".join(f"ar[{r}]" for r in range(R)))
-    for l0 in range(0, L, 4):
-        out.append("                " + ", ".join(f"x{l}" for l in range(l0, l0 + 4)) + " = "
-                   + ", ".join(f"xr[{l}]" for l in range(l0, l0 + 4)))
-    for r in range(R):
-        for l0 in range(0, L, 4):
-            out.append("                " + "; ".join(f"{acc[r][l]} += w{r} * x{l}" for l in range(l0, l0 + 4)))
-    for r in range(R):
-        out.append(f"        o = out[r0 + {r}][l0:l0 + {L}]")
-        for l0 in range(0, L, 4):
-            out.append("        " + "; ".join(f"o[{l}] = {acc[r][l]}" for l in range(l0, l0 + 4)))
+    out += _fma_lines(acc, R, L, " " * 16)
+    out += _store_lines(acc, R, L)
     return "\n".join(out) + "\n"
 
 
@@ -116,16 +128,8 @@ def acc_tile_source(R: int, L: int = 16) -> str:
     out.append("        for c in range(X.shape[0]):")
     out.append(f"            xr = X[c][l0:l0 + {L}]")
     out.append("            " + ", ".join(f"w{r}" for r in range(R)) + " = " + ", ".join(f"t{r}[c]" for r in range(R)))
-    for l0 in range(0, L, 4):
-        out.append("            " + ", ".join(f"x{l}" for l in range(l0, l0 + 4)) + " = "
-                   + ", ".join(f"xr[{l}]" for l in range(l0, l0 + 4)))
-    for r in range(R):
-        for l0 in range(0, L, 4):
-            out.append("            " + "; ".join(f"{acc[r][l]} += w{r} * x{l}" for l in range(l0, l0 + 4)))
-    for r in range(R):
-        out.append(f"        o = out[r0 + {r}][l0:l0 + {L}]")
-        for l0 in range(0, L, 4):
-            out.append("        " + "; ".join(f"o[{l}] = {acc[r][l]}" for l in range(l0, l0 + 4)))
+    out += _fma_lines(acc, R, L, " " * 12)
+    out += _store_lines(acc, R, L)
     return "\n".join(out) + "\n"
 
 
