@@ -38,12 +38,25 @@ def test_r2_is_one_for_a_model_computing_abs_and_at_most_zero_for_a_constant():
     assert (r2 > co.HALF).all() and (r2 < co.COMPUTED).all()
 
 
+def test_one_neuron_per_feature_never_counts_as_computed():
+    """Why the checks compare with m/2: one neuron reading only x_i makes y_i monotone in x_i, which
+    predicts |x_i| with R^2 <= 0.395, below COMPUTED, however its weights and biases are set."""
+    spec = co.ComputationSpec(features=1, hidden=1, test_examples=20_000)
+    best = -np.inf
+    for a in (1.0, -1.0, 2.5):
+        for c in (-0.3, 0.0, 0.1, 0.2, 0.4):
+            for w, b in ((1.0, 0.0), (0.7, 0.1), (1.0, -0.2), (-1.0, 0.5), (0.5, 0.05)):
+                P = {"W1": torch.tensor([[a]]), "b1": torch.tensor([c]), "W2": torch.tensor([[w]]), "b2": torch.tensor([b])}
+                best = max(best, float(co.feature_r2(P, spec, 0.05)[0]))
+    assert 0.3 < best < 0.4 < co.COMPUTED
+
+
 def test_a_tiny_run_writes_its_outputs(tmp_path):
     spec = co.ComputationSpec(features=8, hidden=3, fits=1, steps=20, batch_size=16, test_examples=200,
                               backend="torch")
     summary = runner.run(co.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
-    assert [c["name"] for c in summary["checks"]] == ["computes-more-than-m", "dense-at-most-m", "dense-monosemantic",
-                                                      "sparse-polysemantic"]
+    assert [c["name"] for c in summary["checks"]] == ["computes-in-superposition", "dense-without-superposition",
+                                                      "dense-monosemantic", "sparse-polysemantic"]
     assert len(summary["mean_features_per_neuron"]) == len(co.DENSITIES)
     assert (tmp_path / "neurons.parquet").stat().st_size > 0
     assert len(summary["features_computed"]) == len(co.DENSITIES)
@@ -72,3 +85,13 @@ def test_trained_abs_models_compute_both_signs_of_every_feature():
     for k in range(4):
         r2 = co.feature_r2({n: t[k] for n, t in res.params.items()}, spec, 0.1)
         assert (r2 > 0.9).all(), (k, r2)
+
+
+def test_the_recipe_probe_runs_and_leaves_the_initialisation_as_it_was(capsys):
+    from bench import probe_computation
+    from engine import reference
+    default = reference.W2_INIT_SCALE
+    probe_computation.main(["--steps", "3", "--densities", "0.1", "0.01", "--fits", "2", "--w2-scale", "1"])
+    out = capsys.readouterr().out
+    assert "W2 init scale 1.0, 2 fit(s)" in out and out.count("every fit:") == 2
+    assert reference.W2_INIT_SCALE == default
