@@ -31,10 +31,9 @@ def test_loss(P: dict, spec: co.ComputationSpec, density: float, examples: int =
     n = spec.features
     u = rng.uniforms(spec.seed + 1, torch.tensor([0]), 0, examples, n, stream=rng.STREAM_EVAL)
     x = reference.features_from_uniform(u, torch.full((1, n), density), signed=True)[0].double()
-    Pd = {k: v.double() for k, v in P.items()}
-    y = torch.relu(torch.relu(x @ Pd["W1"].T + Pd["b1"]) @ Pd["W2"].T + Pd["b2"])
-    imp = torch.as_tensor(spec.importance(), dtype=torch.float64)
-    return float((imp * (y - x.abs()) ** 2).mean())
+    Pd = {k: v.double()[None] for k, v in P.items()}  # one instance
+    imp = torch.as_tensor(spec.importance(), dtype=torch.float64)[None]
+    return float(reference.params_instance_loss(Pd, x[None], imp, spec.model)[0])
 
 
 def main(argv=None) -> None:
