@@ -7,6 +7,7 @@ so the engine imports and runs on machines without a GPU, triton or numba.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -40,6 +41,20 @@ def check_threads(threads) -> None:
         top = numba.config.NUMBA_NUM_THREADS
     if not (isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= top):
         raise SpecError("threads", f"an integer in [1, {top}]", threads)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None, device):
+    """torch.set_num_threads(threads) inside the block when training with torch on a CPU (the torch
+    backend's share of ``--threads``), torch's previous setting restored after; nothing otherwise."""
+    before = torch.get_num_threads()
+    if threads and torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 _SELF_TESTS: dict = {}
@@ -112,9 +127,14 @@ def train_chunk_fn(backend: str):
     return train_chunk
 
 
-def check_supported(backend: str, model, train, sets=(), examples: int = 0) -> None:
+def check_supported(backend: str, model, train, sets=(), examples: int = 0, device: str | None = None) -> None:
     """Raise UnsupportedShape early (before any training) if the backend cannot train this model
-    on data with these feature sets (DataSpec.sets)."""
+    on data with these feature sets (DataSpec.sets), and SpecError("precision") for tf32 where it
+    would not be used (a run must not record a precision it did not train in)."""
+    device = str(device or default_device(backend))
+    if getattr(train, "precision", "fp32") == "tf32" and backend != "triton" and not device.startswith("cuda"):
+        raise SpecError("precision", f"fp32 on the {backend} backend on a CPU (tf32 is a CUDA tensor-core mode; "
+                                     "here every matmul is exact fp32)", "tf32")
     if backend == "triton":
         from .triton_backend import check_supported as check
         check(model, train, sets, examples)

@@ -44,6 +44,20 @@ def _preset_note(exp, name: str) -> str:
     return f" Presets: {'; '.join(vals)}." if vals else ""
 
 
+class _Number(click.ParamType):
+    """An int or float option: converted when it parses, else passed on as the text given, so the spec's
+    own check refuses it with the field's allowed range (click's message would give no range)."""
+
+    def __init__(self, kind: type):
+        self.kind, self.name = kind, "integer" if kind is int else "number"
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            return value
+
+
 def _field_options(exp) -> list[click.Option]:
     """One option per spec field (but backend, handled with auto), help from the field's metadata."""
     opts = []
@@ -55,7 +69,7 @@ def _field_options(exp) -> list[click.Option]:
         choices = f.metadata.get("choices")
         help_ = f.metadata.get("help", "") + (f" One of: {', '.join(choices)}." if choices else "")
         help_ += f" Default {f.default if f.name != 'chunk_size' else 'automatic'}." + _preset_note(exp, f.name)
-        opts.append(click.Option([option_name(f.name)], type=typ if typ in (int, float) else str, default=None,
+        opts.append(click.Option([option_name(f.name)], type=_Number(typ) if typ in (int, float) else str, default=None,
                                  help=help_))
     return opts
 
@@ -68,7 +82,8 @@ def _common_options(exp) -> list[click.Option]:
         click.Option(["--backend"], type=str, default="auto", show_default=True,
                      help="auto (triton on a CUDA GPU, else cpu if numba is installed, else torch; a resumed run "
                           "keeps the backend it was started on), torch, triton or cpu."),
-        click.Option(["--threads"], type=int, default=None, help="CPU threads of the cpu backend (default: all cores)."),
+        click.Option(["--threads"], type=int, default=None, help="CPU threads of the cpu backend (default: all cores) and of the torch "
+                                                             "backend on a CPU (default: torch's own setting)."),
         click.Option(["--out"], type=str, default=None,
                      help=f"Run directory (default {exp.default_out(exp.make_spec(), '<preset>')}). Re-running the "
                           "same command resumes; --preset and --backend auto then keep what the run was started with."),

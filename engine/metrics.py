@@ -8,6 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import SpecError
+from .spec import _check_float
+
 _EPS = 1e-12
 # "diverged": a model whose weights are NaN/inf (training blew up) is never given a real phase.
 PHASES = ("not represented", "dedicated", "superposition", "diverged")
@@ -17,7 +20,14 @@ SUPERPOSITION_THRESHOLD = 0.5
 
 
 def _as_tensor(W) -> torch.Tensor:
-    W = torch.as_tensor(W)
+    """W as a float64 tensor of shape (K, m, n); SpecError("W") for anything else (a 2-D W would be
+    read along the wrong axis, silently)."""
+    try:
+        W = torch.as_tensor(W)
+    except (TypeError, ValueError, RuntimeError):
+        raise SpecError("W", "a (K, m, n) array of numbers", type(W).__name__) from None
+    if W.ndim != 3 or W.is_complex():
+        raise SpecError("W", "a (K, m, n) array of real numbers (K instances, m hidden, n features)", tuple(W.shape))
     return W.double() if W.dtype != torch.float64 else W
 
 
@@ -53,9 +63,10 @@ def dimensionality(W) -> torch.Tensor:
 
 
 def dimensions_per_feature(W) -> torch.Tensor:
-    """D* = m / ||W||_F^2, shape (K,). Its inverse is features per dimension."""
+    """D* = m / ||W||_F^2, shape (K,). Its inverse is features per dimension (inf for W = 0: no feature
+    is stored)."""
     W = _as_tensor(W)
-    return W.shape[1] / (W**2).sum(dim=(1, 2)).clamp_min(_EPS)
+    return W.shape[1] / (W**2).sum(dim=(1, 2))
 
 
 def classify(norm, sup) -> np.ndarray:
@@ -63,8 +74,10 @@ def classify(norm, sup) -> np.ndarray:
     not represented if ||W_i|| < 0.5; else superposition if s_i >= 0.5; else dedicated; and
     DIVERGED where either is NaN or inf (a NaN compares False to every threshold, so without this
     a diverged model would be labelled dedicated). Returns int codes indexing :data:`PHASES`."""
-    norm = np.asarray(norm)
-    sup = np.asarray(sup)
+    norm = np.asarray(norm, dtype=np.float64)
+    sup = np.asarray(sup, dtype=np.float64)
+    if norm.shape != sup.shape:
+        raise SpecError("sup", f"of the shape of norm {norm.shape}", sup.shape)
     phase = np.where(norm < NORM_THRESHOLD, NOT_REPRESENTED,
                      np.where(sup >= SUPERPOSITION_THRESHOLD, SUPERPOSITION, DEDICATED))
     return np.where(np.isfinite(norm) & np.isfinite(sup), phase, DIVERGED).astype(np.int64)
@@ -83,6 +96,7 @@ def nearest_fraction(D, tol: float = FRACTION_TOLERANCE) -> np.ndarray:
     0.025 apart, so with tol <= 0.0125 a value is near at most one line; with a wider tol the
     nearest line wins.
     """
+    _check_float("tol", tol, 0.0, 0.5)
     D = np.asarray(D, dtype=np.float64)
     values = np.array([v for v, _ in FRACTIONS])
     dist = np.abs(D[..., None] - values)

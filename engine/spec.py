@@ -18,6 +18,9 @@ OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "tf32")
 MIN_PROBABILITY = 2.0**-24  # the smallest feature probability a float32 uniform can resolve
+FLOAT32_TINY = 2.0**-126  # the smallest normal float32: a smaller lr or eps is 0 (or subnormal) in the kernels
+MAX_STEPS = 10_000_000  # 1,000x the paper's 10,000; the schedule table holds 3 float32 per step
+MAX_IMPORTANCE = 1e15  # float32 Adam squares the gradient (2 I error / (B n)): far larger overflows to inf
 SET_KINDS = ("correlated", "anticorrelated")
 
 
@@ -34,15 +37,23 @@ def _check_choice(name: str, value, choices) -> None:
         raise SpecError(name, "one of " + ", ".join(choices), value)
 
 
-def _check_float(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False) -> None:
+def _check_float(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
+    """Raise SpecError unless value is a number in the interval; returns it as a Python float.
+    Strings and booleans are refused, not converted: a spec stores what it was given."""
     try:
-        v = float(value)
-    except (TypeError, ValueError):
+        v = math.nan if isinstance(value, (str, bytes, bool, np.bool_)) else float(value)
+    except (TypeError, ValueError, RuntimeError):
         v = math.nan
     ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise SpecError(name, f"a number in {lb}{lo}, {hi}{rb}", value)
+        raise SpecError(name, f"a number in {lb}{lo:g}, {hi:g}{rb}", value)
+    return v
+
+
+def check_density(name: str, value) -> float:
+    """A feature density (probability) field: a number in [2^-24, 1] (DataSpec's range, MIN_PROBABILITY)."""
+    return _check_float(name, value, MIN_PROBABILITY, 1.0)
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,7 @@ class DataSpec:
     examples: int = 0
 
     def __post_init__(self):
-        p = np.asarray(self.feature_probability, dtype=np.float64)
+        p = _float_array("feature_probability", self.feature_probability, "a (K, n) array of numbers")
         if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 1:
             raise SpecError("feature_probability", "a (K, n) array with K, n >= 1", tuple(p.shape))
         # Below 2^-24 a float32 uniform (24 random bits) is below p only when it is exactly 0, and 1/p
@@ -127,16 +138,19 @@ class DataSpec:
         if not np.all(ok):
             raise SpecError("feature_probability", f"in [2^-24 ~ {MIN_PROBABILITY:.3g}, 1] for every instance and "
                                                    "feature (the resolution of a float32 uniform)", float(p[~ok].flat[0]))
-        imp = np.ones_like(p) if self.importance is None else np.asarray(self.importance, dtype=np.float64)
+        imp = (np.ones_like(p) if self.importance is None
+               else _float_array("importance", self.importance, f"a number or an array broadcastable to {p.shape}"))
         try:
             imp = np.broadcast_to(imp, p.shape).copy()
         except ValueError:
             raise SpecError("importance", f"broadcastable to {p.shape}", tuple(np.shape(imp))) from None
-        if not np.all(np.isfinite(imp) & (imp >= 0)):
-            raise SpecError("importance", "finite and >= 0", float(imp[~(np.isfinite(imp) & (imp >= 0))].flat[0]))
+        ok = np.isfinite(imp) & (imp >= 0) & (imp <= MAX_IMPORTANCE)
+        if not np.all(ok):
+            raise SpecError("importance", f"in [0, {MAX_IMPORTANCE:g}] (float32 Adam squares the gradient)",
+                            float(imp[~ok].flat[0]))
         object.__setattr__(self, "feature_probability", p)
         object.__setattr__(self, "importance", imp)
-        object.__setattr__(self, "sets", check_sets(self.sets, p))
+        object.__setattr__(self, "sets", check_sets(() if self.sets is None else self.sets, p))
         _check_int("examples", self.examples, 0, 2**20)  # a batch: TrainSpec.batch_size's range
 
     @property
@@ -159,6 +173,19 @@ class DataSpec:
     def from_dict(cls, d: dict) -> "DataSpec":
         return cls(np.array(d["feature_probability"]), np.array(d["importance"]),
                    tuple(tuple(s) for s in d.get("sets", ())), d.get("examples", 0))
+
+
+def _float_array(name: str, value, allowed: str) -> np.ndarray:
+    """value as a float64 numpy array, or SpecError(name) if it is not numbers (ragged, strings, complex)."""
+    try:
+        if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
+            value = value.detach().cpu().numpy()
+        if np.iscomplexobj(value):
+            raise TypeError
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise SpecError(name, allowed, type(value).__name__) from None
+    return a
 
 
 def check_dataset(data: "DataSpec", train: "TrainSpec") -> None:
@@ -220,19 +247,20 @@ class TrainSpec:
     precision: str = "fp32"
 
     def __post_init__(self):
-        _check_int("steps", self.steps, 1)
+        _check_int("steps", self.steps, 1, MAX_STEPS)
         _check_int("batch_size", self.batch_size, 1, 2**20)
-        _check_float("lr", self.lr, 0.0, 10.0, lo_open=True)
+        # Stored as Python floats (a number string or a tensor would be kept as given otherwise).
+        object.__setattr__(self, "lr", _check_float("lr", self.lr, FLOAT32_TINY, 10.0))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        object.__setattr__(self, "weight_decay", _check_float("weight_decay", self.weight_decay, 0.0, 1.0))
         if self.optimizer == "adamw" and self.lr * self.weight_decay >= 1.0:
             # AdamW multiplies every parameter by 1 - lr * wd each step: at or below 0 it flips or
             # zeroes the weights every step, and the run diverges (NaN) instead of training.
             raise SpecError("weight_decay", f"below 1 / lr = {1 / self.lr:.4g} with adamw (lr * weight_decay "
                                             "must stay below 1)", self.weight_decay)
-        _check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True)
-        _check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True)
-        _check_float("eps", self.eps, 0.0, 1.0, lo_open=True)
+        object.__setattr__(self, "beta1", _check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True))
+        object.__setattr__(self, "beta2", _check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True))
+        object.__setattr__(self, "eps", _check_float("eps", self.eps, FLOAT32_TINY, 1.0))
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_choice("precision", self.precision, PRECISIONS)

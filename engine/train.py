@@ -70,7 +70,8 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
 
     backend: ``auto`` (triton when usable on a CUDA GPU, else cpu when numba is installed, else
         torch), ``torch``, ``triton`` or ``cpu``.
-    threads: CPU threads for the cpu backend (default: all cores).
+    threads: CPU threads of the cpu backend (default: all cores), and of the torch backend on a CPU
+        (torch.set_num_threads for this call; default: torch's own setting).
     first_instance: global index of the first instance (keys the random streams; used by
         callers that train a large sweep piece by piece).
     Example::
@@ -80,21 +81,33 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
                     TrainSpec(steps=2000))
         res.W.shape  # (8, 5, 20)
     """
-    training = training or TrainSpec()
+    training = TrainSpec() if training is None else training
+    for name_, value, cls in (("model", model, ModelSpec), ("data", data, DataSpec), ("training", training, TrainSpec)):
+        if not isinstance(value, cls):
+            raise SpecError(name_, f"an engine.{cls.__name__}", type(value).__name__)
     _check_int("history_every", history_every, 0)
     _check_int("first_instance", first_instance, 0, 2**32 - data.n_instances)  # the Philox counter is 32-bit
     if chunk_size is not None:
         _check_int("chunk_size", chunk_size, 1)
-    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device: {device!r} needs a CUDA GPU, and none is available here; use 'cpu'")
+    if device is not None:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError, ValueError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise SpecError("device", "'cpu', 'cuda' or 'cuda:<index>'", device)
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"device: {device!r} needs a CUDA GPU, and none is available here; use 'cpu'")
     if data.n_features != model.n_features:
         raise SpecError("feature_probability", f"of shape (K, {model.n_features}) to match n_features",
                         tuple(data.feature_probability.shape))
     check_dataset(data, training)
     name = backends.resolve(backend, model, training, log=(lambda m: tqdm.write(m)) if progress else None,
                             sets=data.sets, examples=data.examples)
-    backends.check_supported(name, model, training, data.sets, data.examples)
     device = device or backends.default_device(name)
+    if name == "cpu" and torch.device(device).type != "cpu":
+        raise SpecError("device", "'cpu' (or None) with the cpu backend", device)
+    backends.check_supported(name, model, training, data.sets, data.examples, device=device)
     chunk_size = chunk_size or default_chunk_size(model, training, name, device)
     fn = backends.train_chunk_fn(name)
     backends.check_threads(threads)
@@ -106,7 +119,7 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     K = data.n_instances
     outs = []
     t0 = time.perf_counter()
-    with tqdm(total=K * training.steps, unit="inst-step", unit_scale=True, disable=not progress,
+    with backends.torch_threads(threads if name == "torch" else None, device), tqdm(total=K * training.steps, unit="inst-step", unit_scale=True, disable=not progress,
               desc=f"train[{name}]", leave=False) as bar:
         for start, stop in plan_chunks(K, chunk_size):
             k = stop - start

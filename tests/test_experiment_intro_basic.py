@@ -79,14 +79,14 @@ def test_intro_checks_pass_on_the_paper_geometry_and_fail_otherwise(tmp_path):
 
 
 def test_intro_draws_the_lowest_loss_fit(tmp_path):
-    spec = intro.IntroSpec(points=1, fits=3)
-    W = torch.stack([two_dedicated(), pentagon(), two_dedicated()])
-    res = {"models": JobResult(W, torch.zeros(3, 5), torch.tensor([0.5, 0.1, 0.3]))}
+    spec = intro.IntroSpec(points=2, fits=3)
+    W = torch.stack([two_dedicated(), pentagon(), two_dedicated(), pentagon(), pentagon(), two_dedicated()])
+    res = {"models": JobResult(W, torch.zeros(6, 5), torch.tensor([0.5, 0.1, 0.3, 0.4, 0.6, 0.2]))}
     run = RunDir.open(tmp_path, {"x": 1})
     summary = intro.EXPERIMENT.analyse(spec, res, run)
     run.close()
-    assert summary["represented"] == [5]  # the pentagon (loss 0.1) is drawn
-    assert pq.read_table(tmp_path / "instances.parquet").to_pydict()["kept"] == [False, True, False]
+    assert summary["represented"] == [5, 2]  # per density, the lowest-loss fit is drawn
+    assert pq.read_table(tmp_path / "instances.parquet").to_pydict()["kept"] == [False, True, False, False, False, True]
 
 
 def test_basic_tiny_run_writes_every_output(tmp_path, capsys):

@@ -45,7 +45,7 @@ import torch
 from .. import metrics, reference, rng
 from ..errors import SpecError
 from ..plots import plt, save
-from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..spec import DataSpec, ModelSpec, _check_float, _check_int, check_density
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
@@ -73,8 +73,8 @@ PRESETS = {
 class AdversarialSpec(CommonSpec):
     """Everything needed to re-run the sweep; the CLI options map one-to-one onto these fields."""
 
-    density_max: float = option(1.0, "Highest feature density (densest point), in (0, 1].")
-    density_min: float = option(1e-3, "Lowest feature density, in (0, 1].")
+    density_max: float = option(1.0, "Highest feature density (densest point), in [2^-24, 1].")
+    density_min: float = option(1e-3, "Lowest feature density, in [2^-24, 1].")
     points: int = option(10, "Densities, log-spaced from density-max down to density-min.")
     fits: int = option(3, "Models trained per point; the lowest-loss one is analysed (the paper's protocol).")
     importance_decay: float = option(0.9, "Importance of feature i is importance_decay^i.")
@@ -82,8 +82,8 @@ class AdversarialSpec(CommonSpec):
     test_samples: int = option(16384, "Rows of the fixed test sample (input norm, attack, test loss).")
 
     def __post_init__(self):
-        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
-        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
+        check_density("density_max", self.density_max)
+        check_density("density_min", self.density_min)
         if self.density_min > self.density_max:
             raise SpecError("density_min", f"a number <= density_max ({self.density_max})", self.density_min)
         _check_int("points", self.points, 2, 1000)

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import SpecError
 from ..spec import (OPTIMIZERS, PRECISIONS, SCHEDULES, DataSpec, ModelSpec, TrainSpec, _check_float, _check_int,
-                    check_dataset)
+                    check_dataset, check_density)
 
 FUSED_BACKENDS = ("cpu", "triton")
 # Spec fields that say how to run, not what to compute: kept out of a run's identity (spec.json's
@@ -68,8 +68,9 @@ class CommonSpec:
         _check_int("chunk_size", self.chunk_size, 0)
         self.train_spec()  # validates steps, batch size, lr, optimizer, schedule, precision, seed
 
-    def train_spec(self) -> TrainSpec:
-        return TrainSpec(steps=self.steps, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+    def train_spec(self, batch_size: int | None = None) -> TrainSpec:
+        """The TrainSpec of every job (batch_size: this one instead of the field's)."""
+        return TrainSpec(steps=self.steps, batch_size=batch_size or self.batch_size, lr=self.lr, optimizer=self.optimizer,
                          weight_decay=self.weight_decay, schedule=self.schedule, seed=self.seed,
                          precision=self.precision)
 
@@ -84,17 +85,17 @@ class DensitySweepSpec(CommonSpec):
     Subclasses set ``n_features`` and redeclare fields to change their defaults and help."""
 
     n_features: typing.ClassVar[int] = 0
-    points: int = option(10, "Densities from density_max down to density_min (log spaced).")
+    points: int = option(10, "Densities from density_max down to density_min (log spaced), at least 2.")
     fits: int = option(5, "Models trained per density; the lowest-loss one is analysed.")
-    density_min: float = option(0.05, "Sparsest density, in (0, 1].")
-    density_max: float = option(1.0, "Densest density, in (0, 1].")
+    density_min: float = option(0.05, "Sparsest density, in [2^-24, 1].")
+    density_max: float = option(1.0, "Densest density, in [2^-24, 1].")
     importance_decay: float = option(0.9, "Feature i has importance decay^i.")
 
     def __post_init__(self):
-        _check_int("points", self.points, 1, 1000)
+        _check_int("points", self.points, 2, 1000)  # both ends of the range are trained
         _check_int("fits", self.fits, 1, 100_000)
-        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
-        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
+        check_density("density_min", self.density_min)
+        check_density("density_max", self.density_max)
         if self.density_max < self.density_min:
             raise SpecError("density_max", f"a number >= density_min ({self.density_min})", self.density_max)
         _check_float("importance_decay", self.importance_decay, 0.0, 1.0, lo_open=True)

@@ -26,7 +26,7 @@ import torch
 from .. import metrics
 from ..errors import SpecError
 from ..plots import feature_arrows, plt, save
-from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..spec import DataSpec, ModelSpec, _check_int, check_density
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
@@ -42,17 +42,17 @@ SETUPS = {
 
 @dataclass(frozen=True)
 class CorrelatedSpec(CommonSpec):
-    density: float = option(0.03, "Density of every feature set in corr2x2, anti2x2 and corr2x10, in (0, 1].")
+    density: float = option(0.03, "Density of every feature set in corr2x2, anti2x2 and corr2x10, in [2^-24, 1].")
     points: int = option(7, "Densities of the corr3x2 sweep, log spaced from density_min to density_max.")
-    density_min: float = option(0.01, "Sparsest density of the corr3x2 sweep, in (0, 1].")
-    density_max: float = option(1.0, "Densest density of the corr3x2 sweep, in (0, 1].")
+    density_min: float = option(0.01, "Sparsest density of the corr3x2 sweep, in [2^-24, 1].")
+    density_max: float = option(1.0, "Densest density of the corr3x2 sweep, in [2^-24, 1].")
     fits: int = option(10, "Models trained per setup and density; the lowest-loss one is analysed.")
 
     def __post_init__(self):
-        _check_float("density", self.density, 0.0, 1.0, lo_open=True)
-        _check_int("points", self.points, 1, 1000)
-        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
-        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
+        check_density("density", self.density)
+        _check_int("points", self.points, 2, 1000)  # both ends of the range are trained
+        check_density("density_min", self.density_min)
+        check_density("density_max", self.density_max)
         if self.density_max < self.density_min:
             raise SpecError("density_max", f"a number >= density_min ({self.density_min})", self.density_max)
         _check_int("fits", self.fits, 1, 100_000)

@@ -17,7 +17,6 @@ Instance order: job ``T<examples>`` per dataset size, fits within it.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ import torch
 from .. import metrics, reference, rng
 from ..errors import SpecError
 from ..plots import plt, save
-from ..spec import MIN_PROBABILITY, DataSpec, ModelSpec, _check_float, _check_int
+from ..spec import MIN_PROBABILITY, DataSpec, ModelSpec, TrainSpec, _check_float, _check_int
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, check, option
 
@@ -38,12 +37,13 @@ PEAK_MARGIN = 1.1  # the peak's test loss must exceed both ends' by 10%
 @dataclass(frozen=True)
 class DoubleDescentSpec(CommonSpec):
     features: int = option(100, "Number of features n (the paper: 10,000; ARENA: 1,000).")
-    density: float = option(0.01, "Feature density 1 - S, in (0, 1].")
+    density: float = option(0.01, "Feature density 1 - S, in [2^-24, 1].")
     points: int = option(10, "Dataset sizes T, log spaced from examples_min to examples_max.")
     examples_min: int = option(3, "Smallest dataset size T.")
     examples_max: int = option(3000, "Largest dataset size T.")
     fits: int = option(3, "Seeds per dataset size (the test loss is their mean; the geometry is the best fit's).")
     test_examples: int = option(20_000, "Fresh examples the test loss is measured on (analysis only).")
+    batch_size: int = option(0, "Not settable here: every step trains on the whole dataset (batch = T). Leave at 0.")
 
     def __post_init__(self):
         _check_int("features", self.features, 1, 100_000)
@@ -55,12 +55,26 @@ class DoubleDescentSpec(CommonSpec):
             raise SpecError("examples_max", f"an integer > examples_min ({self.examples_min})", self.examples_max)
         _check_int("fits", self.fits, 1, 10_000)
         _check_int("test_examples", self.test_examples, 1, 10_000_000)
+        if self.batch_size != 0:
+            raise SpecError("batch_size", "0 (unset): double-descent trains every step on its whole dataset, "
+                                          "batch = T", self.batch_size)
+        top = max(p for p in range(2, self.points + 1) if len(self._sizes(p)) == p)
+        if top < self.points:
+            raise SpecError("points", f"at most {top} here: log spacing gives only {top} distinct dataset sizes from "
+                                      f"{self.examples_min} to {self.examples_max}", self.points)
         super().__post_init__()
+
+    def train_spec(self, batch_size: int | None = None) -> TrainSpec:
+        """Each job's batch is its dataset (batch_size = T, jobs()); examples_max when no T is given."""
+        return super().train_spec(batch_size or self.examples_max)
 
     def sizes(self) -> list[int]:
         """Dataset sizes T (points,), log spaced, distinct, ascending."""
+        return self._sizes(self.points)
+
+    def _sizes(self, points: int) -> list[int]:
         T = np.unique(np.round(np.logspace(math.log10(self.examples_min), math.log10(self.examples_max),
-                                           self.points)).astype(int))
+                                           points)).astype(int))
         return [int(t) for t in T]
 
 
@@ -101,7 +115,7 @@ class DoubleDescent(Experiment):
         jobs = []
         for T in spec.sizes():
             p = np.full((spec.fits, spec.features), spec.density)
-            train = dataclasses.replace(spec.train_spec(), batch_size=T)  # every step: the whole dataset
+            train = spec.train_spec(batch_size=T)  # every step: the whole dataset
             jobs.append(Job(f"T{T}", ModelSpec(spec.features, N_HIDDEN), DataSpec(p, 1.0, examples=T), train))
         return jobs
 

@@ -43,7 +43,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from .. import metrics, reference, rng
 from ..errors import SpecError
 from ..plots import feature_arrows, plt, save
-from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..spec import MIN_PROBABILITY, DataSpec, ModelSpec, _check_float, _check_int, check_density
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column, option
 
@@ -85,8 +85,11 @@ class NonUniformSpec(CommonSpec):
     steps: int = option(5000, "Training steps per model.")
 
     def __post_init__(self):
-        _check_float("density", self.density, 0.0, 1.0, lo_open=True)
+        check_density("density", self.density)
         _check_float("rel_min", self.rel_min, 0.0, 1.0, lo_open=True)
+        if self.density * self.rel_min < MIN_PROBABILITY:
+            raise SpecError("rel_min", f"at least 2^-24 / density = {MIN_PROBABILITY / self.density:.3g} (feature 0's "
+                                       "density density * rel_min must be >= 2^-24)", self.rel_min)
         _check_float("rel_max", self.rel_max, 1.0, 1e6)
         if self.density * self.rel_max > 1:
             raise SpecError("rel_max", f"at most 1 / density = {1 / self.density:g} (feature 0's density "

@@ -19,7 +19,7 @@ import torch
 
 from .. import metrics, plots, theory
 from ..errors import SpecError
-from ..spec import DataSpec, ModelSpec, _check_float, _check_int
+from ..spec import DataSpec, ModelSpec, _check_float, _check_int, check_density
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, check, lowest_loss, option
 
@@ -45,8 +45,8 @@ class PhaseDiagramSpec(CommonSpec):
     features: int = option(2, "2 (n=2, m=1) or 3 (n=3, m=2).")
     grid: int = option(20, "Grid points per axis (density x relative importance).")
     seeds: int = option(5, "Models trained per grid point.")
-    density_min: float = option(0.01, "Lowest feature density, in (0, 1].")
-    density_max: float = option(1.0, "Highest feature density, in (0, 1].")
+    density_min: float = option(0.01, "Lowest feature density, in [2^-24, 1].")
+    density_max: float = option(1.0, "Highest feature density, in [2^-24, 1].")
     importance_min: float = option(0.1, "Lowest relative importance of the extra feature.")
     importance_max: float = option(10.0, "Highest relative importance of the extra feature.")
     protocol: str = option("drop-worst", "How a grid point's seeds make its phase: drop-worst (the paper's: "
@@ -59,10 +59,10 @@ class PhaseDiagramSpec(CommonSpec):
     def __post_init__(self):
         if self.features not in theory.SUPPORTED_FEATURES:
             raise SpecError("features", "2 (n=2, m=1) or 3 (n=3, m=2)", self.features)
-        _check_int("grid", self.grid, 1, 1024)
+        _check_int("grid", self.grid, 2, 1024)  # both ends of each axis are trained
         _check_int("seeds", self.seeds, 1, 1000)
-        _check_float("density_min", self.density_min, 0.0, 1.0, lo_open=True)
-        _check_float("density_max", self.density_max, 0.0, 1.0, lo_open=True)
+        check_density("density_min", self.density_min)
+        check_density("density_max", self.density_max)
         if self.density_max < self.density_min:
             raise SpecError("density_max", f"a number >= density_min ({self.density_min})", self.density_max)
         _check_float("importance_min", self.importance_min, 0.0, 1e6, lo_open=True)

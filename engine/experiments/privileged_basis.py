@@ -35,10 +35,10 @@ DRIVE = 0.3
 @dataclass(frozen=True)
 class PrivilegedBasisSpec(DensitySweepSpec):
     n_features: ClassVar[int] = N_FEATURES
-    points: int = option(9, "Densities from density_max down to density_min (log spaced).")
+    points: int = option(9, "Densities from density_max down to density_min (log spaced), at least 2.")
     fits: int = option(50, "Models trained per density; the lowest-loss one is analysed (the paper: 1,000).")
-    density_min: float = option(0.03, "Sparsest density, in (0, 1] (the paper's sparse end: <= 0.04).")
-    density_max: float = option(0.7, "Densest density, in (0, 1] (the paper's dense end: >= 0.5).")
+    density_min: float = option(0.03, "Sparsest density, in [2^-24, 1] (the paper's sparse end: <= 0.04).")
+    density_max: float = option(0.7, "Densest density, in [2^-24, 1] (the paper's dense end: >= 0.5).")
     importance_decay: float = option(0.75, "Feature i has importance decay^i.")
 
 

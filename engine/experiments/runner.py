@@ -322,8 +322,9 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
             log(f"cpu backend: compiled the training loop in {compile_seconds:.0f} s (cached on disk from now on)")
     total = sum((b - a) * j.train.steps for j, a, b in todo)
     instance_steps, seconds, trained = total, 0.0, 0
-    with tqdm(total=total, unit="inst-step", unit_scale=True, disable=not progress,
-              desc=f"{exp.name} [{backend}]") as bar:
+    with backends.torch_threads(threads if backend == "torch" else None, device), \
+            tqdm(total=total, unit="inst-step", unit_scale=True, disable=not progress,
+                 desc=f"{exp.name} [{backend}]") as bar:
         while todo:
             job, a, b = todo.pop(0)
             key = store.key(job.name, a, b)
