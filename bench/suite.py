@@ -35,6 +35,8 @@ if __name__ == "__main__" and "--smoke" in sys.argv:
 
 import torch  # noqa: E402
 
+from engine import machine  # noqa: E402
+
 from . import providers  # noqa: E402
 from .workloads import CPU_WORKLOADS, SCALING_K, WORKLOADS
 
@@ -60,11 +62,7 @@ def provenance(device: str, smoke: bool, argv) -> dict:
             info[mod] = __import__(mod).__version__
         except ImportError:
             info[mod] = None
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                            cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["git_commit"] = None
+    info["git_commit"] = machine.git_commit()
     if device == "cpu":
         info.update(cpu_info())
         try:
@@ -83,14 +81,12 @@ def provenance(device: str, smoke: bool, argv) -> dict:
 
 def cpu_info() -> dict:
     """CPU model, cores this process may use, clock and the FP32 peak estimate (module docstring)."""
-    model, mhz, flags = platform.processor() or platform.machine(), None, ""
+    model, mhz, flags = machine.cpu_model(), None, ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key, value = key.strip(), value.strip()
-            if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value
-            elif key == "cpu MHz" and mhz is None:
+            if key == "cpu MHz" and mhz is None:
                 mhz = float(value)
             elif key == "flags" and not flags:
                 flags = value

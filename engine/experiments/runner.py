@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import backends
+from .. import backends, machine
 from ..checkpoint import Checkpoint, next_step
 from ..errors import SpecError, TrainingDiverged
 from ..store import DamagedFile, RunDir, read_checked, spec_hash, write_json, write_tensors, write_text
@@ -131,19 +131,14 @@ def chunk_key(identity: dict, job: str, start: int, stop: int, stream: str) -> s
 
 
 def environment(device: str, threads: int | None = None) -> dict:
-    import numpy
-
-    env = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-           "numpy": numpy.__version__, "device": device}
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
+    """summary.json's "environment": versions (engine.machine.versions), supbench's git commit, the
+    device, and the GPU's name or the CPU's model and the threads that trained."""
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), **machine.versions(),
+           "supbench_commit": machine.git_commit(), "device": device}
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     else:
-        env["cpu"] = platform.processor() or platform.machine()
+        env["cpu"] = machine.cpu_model()
         env["threads"] = threads or torch.get_num_threads()
     return env
 
