@@ -1,4 +1,4 @@
-"""The benchmark workloads (shared/design.md): one full training step of K instances.
+"""The benchmark workloads: one full training step of K instances.
 
 Density is spread log-uniformly over the instances, 0.01..1, as in a sweep; importance is the
 experiment's (phase: 1 and a spread relative importance for the extra feature; basic: 0.7^i;
