@@ -95,3 +95,16 @@ def test_api_normalises_what_it_accepts():
     p = torch.full((2, 3), 0.5, requires_grad=True)
     assert DataSpec(p).feature_probability.shape == (2, 3)
     assert torch.isinf(metrics.dimensions_per_feature(torch.zeros(2, 2, 3))).all()  # no feature stored: D* = inf
+
+
+def test_every_number_option_refuses_text_by_name():
+    """The CLI hands unparsable number text to the spec (for a message with the range): every int and
+    float field of every experiment must refuse it under its own name, never let it through."""
+    from engine.experiments import EXPERIMENTS
+    from engine.experiments.base import spec_fields
+    for name, exp in EXPERIMENTS.items():
+        for f, typ in spec_fields(exp.spec_cls):
+            if typ in (int, float):
+                with pytest.raises(SpecError) as e:
+                    exp.make_spec(**{f.name: "abc"})
+                assert e.value.field == f.name, (name, f.name)
