@@ -108,3 +108,17 @@ def test_every_number_option_refuses_text_by_name():
                 with pytest.raises(SpecError) as e:
                     exp.make_spec(**{f.name: "abc"})
                 assert e.value.field == f.name, (name, f.name)
+
+
+def test_train_refuses_a_call_too_big_for_memory():
+    """ModelSpec has no upper bound of its own: a model of 10^5 x 10^5 (W alone 40 GB) must be refused
+    with the figure before anything is allocated, as the CLI's sweeps are (experiments/memory.py)."""
+    from engine.experiments.memory import check_train_fits
+    args = (ModelSpec(100_000, 100_000), DataSpec(np.full((1, 100_000), 0.5)), TrainSpec(steps=2, batch_size=4))
+    with pytest.raises(SpecError, match="memory: must be enough for this call") as e:
+        train(*args, backend="torch", progress=False)
+    assert "GiB" in str(e.value) and "\n" not in str(e.value)
+    small = (ModelSpec(5, 2), DataSpec(np.full((3, 5), 0.5)), TrainSpec(steps=2, batch_size=4))
+    assert 0 < check_train_fits(*small, "torch", "cpu", 3) < 1 << 20
+    with pytest.raises(SpecError, match="memory"):
+        check_train_fits(*small, "torch", "cpu", 3, available=1000)

@@ -92,3 +92,19 @@ def check_fits(sizes: list[JobSize], spec, backend: str, device: str, available:
                                   f"this machine has {gib(available)} free (use fewer instances, or run it in parts "
                                   "with a smaller sweep per --out)", None)
     return total + peak
+
+
+def check_train_fits(model, data, training, backend: str, device: str, chunk_size: int, history_every: int = 0,
+                     available: int | None = None) -> int:
+    """engine.train's own check (the API has no experiment spec): raise SpecError("memory") with the
+    figures when training data.n_instances models of this shape cannot fit; returns the estimate."""
+    size = JobSize("train", data.n_instances, model.n_features, model.n_hidden,
+                   history=training.steps // history_every if history_every else 0, untied=not model.tied,
+                   examples=data.examples)
+    held, chunk = job_bytes(size, chunk_size, training.batch_size, backend)
+    available = available_bytes() if available is None else available
+    if available is not None and held + chunk > available:
+        raise SpecError("memory", f"enough for this call: {data.n_instances:,} models of n={model.n_features:,}, "
+                                  f"m={model.n_hidden:,} need about {gib(held + chunk)} and this machine has "
+                                  f"{gib(available)} free (train fewer or smaller models per call)", None)
+    return held + chunk
