@@ -28,6 +28,13 @@ CPU_GOALS = {  # issue #8's
 }
 
 
+
+def _short_commit(commit: str | None) -> str:
+    """12 hex digits of a recorded commit, keeping its "+dirty" mark (engine.machine.git_commit)."""
+    if not commit:
+        return "?"
+    return commit.split("+")[0][:12] + ("+dirty" if commit.endswith("+dirty") else "")
+
 def load(results_dir: Path, allow_smoke: bool = False) -> list[tuple[Path, dict]]:
     recs = []
     for path in sorted(results_dir.glob("*.json")):
@@ -121,7 +128,7 @@ def render(records: list[tuple[Path, dict]], out_dir: Path) -> str:
         versions = (f"torch {prov['torch']}, numba {prov.get('numba')}, JAX {prov.get('jax')}" if cpu else
                     f"driver {prov.get('driver')}, torch {prov['torch']}, triton {prov.get('triton')}, JAX {prov.get('jax')}")
         lines += [f"## {gpu}", "",
-                  f"Recorded {prov['date']} from commit `{(prov.get('git_commit') or '?')[:12]}`; {versions}. "
+                  f"Recorded {prov['date']} from commit `{_short_commit(prov.get('git_commit'))}`; {versions}. "
                   f"File: `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`.", ""]
         if cpu:
             lines += [f"FP32 peak estimate: {prov.get('fp32_peak_gflops') or 0:.0f} GFLOP/s "

@@ -57,7 +57,8 @@ def provenance(device: str, smoke: bool, argv) -> dict:
             "command": "python -m bench.suite " + " ".join(shlex.quote(a) for a in argv),
             "python": sys.version.split()[0], "torch": torch.__version__, "device": device,
             "platform": platform.platform()}
-    for mod in ("triton", "jax", "optax"):
+    info.update({k: v for k, v in machine.versions().items() if k != "torch"})  # torch: the imported one above
+    for mod in ("jax", "optax"):
         try:
             info[mod] = __import__(mod).__version__
         except ImportError:
@@ -65,10 +66,6 @@ def provenance(device: str, smoke: bool, argv) -> dict:
     info["git_commit"] = machine.git_commit()
     if device == "cpu":
         info.update(cpu_info())
-        try:
-            info["numba"] = __import__("numba").__version__
-        except ImportError:
-            info["numba"] = None
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
         try:

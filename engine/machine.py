@@ -2,7 +2,7 @@
 in benchmark records (bench/suite.py), so a figure can be traced to the CPU and versions behind it."""
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
@@ -24,20 +24,25 @@ def versions() -> dict:
     """{package: version or None} of what the results depend on: torch, numpy, triton, numba, llvmlite."""
     out = {}
     for name in ("torch", "numpy", "triton", "numba", "llvmlite"):
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except ImportError:
+        try:  # the installed distribution's metadata: nothing is imported (an import could fail or be slow)
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
 
 
 def git_commit() -> str | None:
     """The commit of the supbench checkout this code runs from, with "+dirty" when tracked files
-    differ from it; None outside a git checkout."""
+    differ from it; None outside a git checkout, and None when the package merely sits inside some
+    other repository (e.g. installed into a virtual environment within another project)."""
+    root = Path(__file__).resolve().parent.parent
+
     def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=root,
+                              check=True).stdout.strip()
     try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None
         commit = git("rev-parse", "HEAD")
         return (commit + "+dirty" if git("status", "--porcelain", "--untracked-files=no") else commit) or None
     except (OSError, subprocess.SubprocessError):

@@ -37,9 +37,10 @@ def _check_choice(name: str, value, choices) -> None:
         raise SpecError(name, "one of " + ", ".join(choices), value)
 
 
-def _check_float(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
+def _check_float(name: str, value, lo: float, hi: float, lo_open=False, hi_open=False, lo_text: str = "") -> float:
     """Raise SpecError unless value is a number in the interval; returns it as a Python float.
-    Strings and booleans are refused, not converted: a spec stores what it was given."""
+    Strings and booleans are refused, not converted: a spec stores what it was given. lo_text: how
+    the message writes lo (e.g. "2^-24": six digits would round it below itself)."""
     try:
         v = math.nan if isinstance(value, (str, bytes, bool, np.bool_)) else float(value)
     except (TypeError, ValueError, RuntimeError):
@@ -47,13 +48,13 @@ def _check_float(name: str, value, lo: float, hi: float, lo_open=False, hi_open=
     ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise SpecError(name, f"a number in {lb}{lo:g}, {hi:g}{rb}", value)
+        raise SpecError(name, f"a number in {lb}{lo_text or f'{lo:g}'}, {hi:g}{rb}", value)
     return v
 
 
 def check_density(name: str, value) -> float:
     """A feature density (probability) field: a number in [2^-24, 1] (DataSpec's range, MIN_PROBABILITY)."""
-    return _check_float(name, value, MIN_PROBABILITY, 1.0)
+    return _check_float(name, value, MIN_PROBABILITY, 1.0, lo_text="2^-24")
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class DataSpec:
         # may overflow float32 (0 * inf = NaN): such a feature can never be sampled correctly.
         ok = (p >= MIN_PROBABILITY) & (p <= 1)
         if not np.all(ok):
-            raise SpecError("feature_probability", f"in [2^-24 ~ {MIN_PROBABILITY:.3g}, 1] for every instance and "
+            raise SpecError("feature_probability", "in [2^-24, 1] for every instance and "
                                                    "feature (the resolution of a float32 uniform)", float(p[~ok].flat[0]))
         imp = (np.ones_like(p) if self.importance is None
                else _float_array("importance", self.importance, f"a number or an array broadcastable to {p.shape}"))
@@ -180,9 +181,10 @@ def _float_array(name: str, value, allowed: str) -> np.ndarray:
     try:
         if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
             value = value.detach().cpu().numpy()
-        if np.iscomplexobj(value):
+        a = np.asarray(value)
+        if a.dtype.kind not in "iuf":  # strings, booleans, complex, objects: refused, not converted
             raise TypeError
-        a = np.asarray(value, dtype=np.float64)
+        a = a.astype(np.float64)
     except (TypeError, ValueError, RuntimeError):
         raise SpecError(name, allowed, type(value).__name__) from None
     return a
@@ -250,7 +252,7 @@ class TrainSpec:
         _check_int("steps", self.steps, 1, MAX_STEPS)
         _check_int("batch_size", self.batch_size, 1, 2**20)
         # Stored as Python floats (a number string or a tensor would be kept as given otherwise).
-        object.__setattr__(self, "lr", _check_float("lr", self.lr, FLOAT32_TINY, 10.0))
+        object.__setattr__(self, "lr", _check_float("lr", self.lr, FLOAT32_TINY, 10.0, lo_text="2^-126"))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         object.__setattr__(self, "weight_decay", _check_float("weight_decay", self.weight_decay, 0.0, 1.0))
         if self.optimizer == "adamw" and self.lr * self.weight_decay >= 1.0:
@@ -260,7 +262,7 @@ class TrainSpec:
                                             "must stay below 1)", self.weight_decay)
         object.__setattr__(self, "beta1", _check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True))
         object.__setattr__(self, "beta2", _check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True))
-        object.__setattr__(self, "eps", _check_float("eps", self.eps, FLOAT32_TINY, 1.0))
+        object.__setattr__(self, "eps", _check_float("eps", self.eps, FLOAT32_TINY, 1.0, lo_text="2^-126"))
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_choice("precision", self.precision, PRECISIONS)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import backends
+from . import backends, memory
 from .errors import BackendUnavailable, SpecError
 from .spec import DataSpec, ModelSpec, TrainSpec, _check_int, check_dataset
 
@@ -109,8 +109,7 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
         raise SpecError("device", "'cpu' (or None) with the cpu backend", device)
     backends.check_supported(name, model, training, data.sets, data.examples, device=device)
     chunk_size = chunk_size or default_chunk_size(model, training, name, device)
-    from .experiments.memory import check_train_fits  # here: memory imports this module
-    check_train_fits(model, data, training, name, device, chunk_size, history_every)
+    memory.check_train_fits(model, data, training, name, chunk_size, history_every)
     fn = backends.train_chunk_fn(name)
     backends.check_threads(threads)
     compile_seconds = 0.0

@@ -23,18 +23,18 @@ def cli(args, capsys):
     (["intro", "--steps", "99999999999999999999999"], "--steps: must be an integer in [1, 10000000]"),
     # click's own parse errors gave no range
     (["intro", "--steps", "nan"], "--steps: must be an integer in [1, 10000000] (got 'nan')"),
-    (["intro", "--lr", "abc"], "--lr: must be a number in [1.17549e-38, 10] (got 'abc')"),
+    (["intro", "--lr", "abc"], "--lr: must be a number in [2^-126, 10] (got 'abc')"),
     # an lr that is 0 in float32 trained nothing, silently
-    (["intro", "--lr", "1e-320"], "--lr: must be a number in [1.17549e-38, 10]"),
+    (["intro", "--lr", "1e-320"], "--lr: must be a number in [2^-126, 10]"),
     # one point dropped an end of the range, silently
     (["intro", "--points", "1"], "--points: must be an integer in [2, 1000]"),
     (["correlated", "--points", "1"], "--points: must be an integer in [2, 1000]"),
     (["phase-diagram", "--grid", "1"], "--grid: must be an integer in [2, 1024]"),
     # densities below float32's resolution named a --feature-probability option that does not exist
-    (["intro", "--density-min", "1e-9"], "--density-min: must be a number in [5.96046e-08, 1]"),
+    (["intro", "--density-min", "1e-9"], "--density-min: must be a number in [2^-24, 1]"),
     (["non-uniform", "--density", "0.00001"], "--rel-min: must be at least 2^-24 / density"),
     # double-descent trains on its whole dataset: a batch size was recorded but never used
-    (["double-descent", "--batch-size", "7"], "--batch-size: must be 0 (unset)"),
+    (["double-descent", "--batch-size", "7"], "--batch-size: must be left at its default, 1024"),
     (["double-descent", "--points", "100", "--examples-min", "1", "--examples-max", "2"], "--points: must be at most 2"),
     # tf32 on a CPU was recorded in spec.json but every matmul was fp32
     (["intro", "--precision", "tf32", "--backend", "torch"] if not torch.cuda.is_available() else
@@ -46,15 +46,17 @@ def test_cli_refuses_in_one_line(args, message, capsys, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_threads_apply_to_the_torch_backend_on_a_cpu(capsys, tmp_path):
+def test_threads_apply_to_the_torch_backend_on_a_cpu(capsys, tmp_path, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("the torch backend runs on the GPU here")
-    before = torch.get_num_threads()
+    before, seen = torch.get_num_threads(), []
+    set_threads = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda k: (seen.append(k), set_threads(k)))
     code, _, err = cli(["intro", "--points", "2", "--fits", "1", "--steps", "5", "--batch-size", "8", "--threads", "1",
                         "--backend", "torch", "--no-progress", "--out", str(tmp_path / "r")], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "r/summary.json").read_text())["environment"]["threads"] == 1
-    assert torch.get_num_threads() == before  # restored
+    assert seen[0] == 1 and torch.get_num_threads() == before  # set for the run, then restored
 
 
 @pytest.mark.parametrize("make, field", [
@@ -113,12 +115,12 @@ def test_every_number_option_refuses_text_by_name():
 def test_train_refuses_a_call_too_big_for_memory():
     """ModelSpec has no upper bound of its own: a model of 10^5 x 10^5 (W alone 40 GB) must be refused
     with the figure before anything is allocated, as the CLI's sweeps are (experiments/memory.py)."""
-    from engine.experiments.memory import check_train_fits
+    from engine.memory import check_train_fits
     args = (ModelSpec(100_000, 100_000), DataSpec(np.full((1, 100_000), 0.5)), TrainSpec(steps=2, batch_size=4))
     with pytest.raises(SpecError, match="memory: must be enough for this call") as e:
         train(*args, backend="torch", progress=False)
     assert "GiB" in str(e.value) and "\n" not in str(e.value)
     small = (ModelSpec(5, 2), DataSpec(np.full((3, 5), 0.5)), TrainSpec(steps=2, batch_size=4))
-    assert 0 < check_train_fits(*small, "torch", "cpu", 3) < 1 << 20
+    assert 0 < check_train_fits(*small, "torch", 3) < 1 << 20
     with pytest.raises(SpecError, match="memory"):
-        check_train_fits(*small, "torch", "cpu", 3, available=1000)
+        check_train_fits(*small, "torch", 3, available=1000)

@@ -26,7 +26,7 @@ import torch
 from .. import metrics, reference, rng
 from ..errors import SpecError
 from ..plots import plt, save
-from ..spec import MIN_PROBABILITY, DataSpec, ModelSpec, TrainSpec, _check_float, _check_int
+from ..spec import DataSpec, ModelSpec, TrainSpec, _check_int, check_density
 from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, check, option
 
@@ -43,11 +43,13 @@ class DoubleDescentSpec(CommonSpec):
     examples_max: int = option(3000, "Largest dataset size T.")
     fits: int = option(3, "Seeds per dataset size (the test loss is their mean; the geometry is the best fit's).")
     test_examples: int = option(20_000, "Fresh examples the test loss is measured on (analysis only).")
-    batch_size: int = option(0, "Not settable here: every step trains on the whole dataset (batch = T). Leave at 0.")
+    # Kept at CommonSpec's default, never used: runs recorded before the field was refused keep their identity.
+    batch_size: int = option(1024, "Not used: every step trains on the whole dataset (batch = T); only the default "
+                                   "is accepted.")
 
     def __post_init__(self):
         _check_int("features", self.features, 1, 100_000)
-        _check_float("density", self.density, MIN_PROBABILITY, 1.0)
+        check_density("density", self.density)
         _check_int("points", self.points, 2, 100)
         _check_int("examples_min", self.examples_min, 1, 2**20)
         _check_int("examples_max", self.examples_max, 1, 2**20)
@@ -55,9 +57,9 @@ class DoubleDescentSpec(CommonSpec):
             raise SpecError("examples_max", f"an integer > examples_min ({self.examples_min})", self.examples_max)
         _check_int("fits", self.fits, 1, 10_000)
         _check_int("test_examples", self.test_examples, 1, 10_000_000)
-        if self.batch_size != 0:
-            raise SpecError("batch_size", "0 (unset): double-descent trains every step on its whole dataset, "
-                                          "batch = T", self.batch_size)
+        if self.batch_size != 1024:
+            raise SpecError("batch_size", "left at its default, 1024 (unused: double-descent trains every step on its "
+                                          "whole dataset, batch = T)", self.batch_size)
         top = max(p for p in range(2, self.points + 1) if len(self._sizes(p)) == p)
         if top < self.points:
             raise SpecError("points", f"at most {top} here: log spacing gives only {top} distinct dataset sizes from "
