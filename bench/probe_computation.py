@@ -70,8 +70,9 @@ def main(argv=None) -> None:
             rows = []
             for k in fits:
                 P = {name: t[k] for name, t in res.params.items()}
-                r2 = co.feature_r2(co.rescale_neurons(P), spec, float(density))
-                rows.append((test_loss(P, spec, float(density)), r2, co.features_per_neuron(co.rescale_neurons(P))))
+                rescaled = co.rescale_neurons(P)  # the same function: the test loss may take either
+                rows.append((test_loss(P, spec, float(density)), co.feature_r2(rescaled, spec, float(density)),
+                             co.features_per_neuron(rescaled)))
             kept = int(np.argmin(res.loss[list(fits)].numpy()))
             loss, r2, per = rows[kept]
             live = per[per > 0]

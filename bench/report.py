@@ -28,12 +28,12 @@ CPU_GOALS = {  # issue #8's
 }
 
 
-
 def _short_commit(commit: str | None) -> str:
     """12 hex digits of a recorded commit, keeping its "+dirty" mark (engine.machine.git_commit)."""
     if not commit:
         return "?"
     return commit.split("+")[0][:12] + ("+dirty" if commit.endswith("+dirty") else "")
+
 
 def load(results_dir: Path, allow_smoke: bool = False) -> list[tuple[Path, dict]]:
     recs = []

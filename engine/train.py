@@ -120,8 +120,9 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     K = data.n_instances
     outs = []
     t0 = time.perf_counter()
-    with backends.torch_threads(threads if name == "torch" else None, device), tqdm(total=K * training.steps, unit="inst-step", unit_scale=True, disable=not progress,
-              desc=f"train[{name}]", leave=False) as bar:
+    with backends.torch_threads(threads if name == "torch" else None, device), \
+            tqdm(total=K * training.steps, unit="inst-step", unit_scale=True, disable=not progress,
+                 desc=f"train[{name}]", leave=False) as bar:
         for start, stop in plan_chunks(K, chunk_size):
             k = stop - start
             outs.append(fn(model, data.feature_probability[start:stop], data.importance[start:stop], training,

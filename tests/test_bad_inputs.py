@@ -7,15 +7,7 @@ import pytest
 import torch
 
 from engine import DataSpec, ModelSpec, SpecError, TrainSpec, metrics, theory, train
-from engine.cli import main
-
-
-def cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["run", *args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+from test_experiment_intro_basic import run_cli as cli  # `supbench run <args>` in process: (code, stdout, stderr)
 
 
 @pytest.mark.parametrize("args, message", [

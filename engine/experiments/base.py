@@ -70,7 +70,8 @@ class CommonSpec:
 
     def train_spec(self, batch_size: int | None = None) -> TrainSpec:
         """The TrainSpec of every job (batch_size: this one instead of the field's)."""
-        return TrainSpec(steps=self.steps, batch_size=batch_size or self.batch_size, lr=self.lr, optimizer=self.optimizer,
+        return TrainSpec(steps=self.steps, batch_size=batch_size or self.batch_size, lr=self.lr,
+                         optimizer=self.optimizer,
                          weight_decay=self.weight_decay, schedule=self.schedule, seed=self.seed,
                          precision=self.precision)
 

@@ -46,4 +46,3 @@ def check_fits(sizes: list[JobSize], spec, backend: str, device: str, available:
                                   f"this machine has {gib(available)} free (use fewer instances, or run it in parts "
                                   "with a smaller sweep per --out)", None)
     return total + peak
-
