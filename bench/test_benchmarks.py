@@ -289,3 +289,20 @@ def test_suite_refuses_unknown_names_with_one_line(args, capsys):
         suite.main(["--smoke", *args])
     err = capsys.readouterr().err
     assert e.value.code == 2 and args[1] in err and "Traceback" not in err
+
+
+def test_ab_cpu_extracts_the_revisions_kernels(tmp_path):
+    """bench.ab_cpu (the interleaved A/B of a CPU kernel change) gets the revision's kernels as their
+    own package; the timing itself compiles two kernels (minutes), so it is not run here."""
+    pytest.importorskip("numba")
+    import subprocess
+
+    from bench import ab_cpu
+
+    if subprocess.run(["git", "-C", str(ab_cpu.ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    root = ab_cpu.extract_kernels("HEAD", tmp_path)
+    assert (root / "kernels_ab" / "cpu_train.py").is_file() and not (root / "kernels").exists()
+    head = subprocess.run(["git", "-C", str(ab_cpu.ROOT), "show", "HEAD:kernels/cpu_train.py"], capture_output=True,
+                          check=True).stdout
+    assert (root / "kernels_ab" / "cpu_train.py").read_bytes() == head

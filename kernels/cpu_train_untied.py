@@ -17,8 +17,9 @@ from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
 from .cpu_tiles import LANES as TILE_LANES, slp_vectorize
-from .cpu_train import (FASTMATH, STREAM_DATASET, _accumulate_rows, _adam, _apply_sets, _draw_block, _lane_mask,
-                        _record_loss, f32_array, padded_rule, rows_times, set_array, transpose_into, uses_rowwise)
+from .cpu_train import (FASTMATH, STREAM_DATASET, _accumulate_rows, _apply_sets, _draw_block, _lane_mask, _record_loss,
+                        adam_update, adam_update_vector, f32_array, padded_rule, rows_times, set_array,
+                        sum_lanes, transpose_into, uses_rowwise)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
@@ -68,6 +69,9 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     # W1 and W2 transposed, refreshed every step (rows_times reads A[c, r]: W1T[f, j], W2T[j, f]).
     W1T = np.empty((n, m), np.float32)
     W2T = np.empty((m, n), np.float32)
+    # The step's gradients, laid out like the parameters for adam_update (gW2T: dW2 transposed, per lane).
+    gW1, gW2, gW2T = np.empty((m, n), np.float32), np.empty((n, m), np.float32), np.empty((m, n), np.float32)
+    gb1, gb2 = np.empty(m, np.float32), np.empty(n, np.float32)
     zeros_m = np.zeros(m, np.float32)
     all_m = np.ones(m, np.bool_)
     last_r0 = ((batch - 1) // R) * R
@@ -137,32 +141,21 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                 _accumulate_rows(accT2, accT1, h, dh, dz, x, hT, dhT)
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
-        for j in range(m):
-            for f in range(n):
-                g = accT1[f, j] if rowwise else f32(0.0)
-                for l in range(acc_w1.shape[2]):
-                    g += acc_w1[j, f, l]
-                W1[k, j, f], mW1[k, j, f], vW1[k, j, f] = _adam(W1[k, j, f], g, mW1[k, j, f], vW1[k, j, f], decay,
-                                                                step_size, inv_sqrt_bias2, weight_decay, one_b1,
-                                                                beta2, one_b2, eps, decoupled)
-            g = f32(0.0)
-            for l in range(R):
-                g += acc_b1[j, l]
-            b1[k, j], mb1[k, j], vb1[k, j] = _adam(b1[k, j], g, mb1[k, j], vb1[k, j], decay, step_size,
-                                                   inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
-        for f in range(n):
-            for j in range(m):
-                g = accT2[f, j] if rowwise else f32(0.0)
-                for l in range(acc_w2.shape[2]):
-                    g += acc_w2[j, f, l]
-                W2[k, f, j], mW2[k, f, j], vW2[k, f, j] = _adam(W2[k, f, j], g, mW2[k, f, j], vW2[k, f, j], decay,
-                                                                step_size, inv_sqrt_bias2, weight_decay, one_b1,
-                                                                beta2, one_b2, eps, decoupled)
-            g = f32(0.0)
-            for l in range(R):
-                g += acc_b2[f, l]
-            b2[k, f], mb2[k, f], vb2[k, f] = _adam(b2[k, f], g, mb2[k, f], vb2[k, f], decay, step_size,
-                                                   inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
+        if rowwise:
+            transpose_into(accT1[:n, :m], gW1)
+            gW2[:] = accT2[:n, :m]
+        else:
+            sum_lanes(acc_w1, gW1)
+            sum_lanes(acc_w2, gW2T)
+            transpose_into(gW2T, gW2)
+        sum_lanes(acc_b1, gb1)
+        sum_lanes(acc_b2, gb2)
+        for P, M1, M2, G in ((W1, mW1, vW1, gW1), (W2, mW2, vW2, gW2)):
+            adam_update(P, M1, M2, G, k, decay, step_size, inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps,
+                        decoupled)
+        for P, M1, M2, G in ((b1, mb1, vb1, gb1), (b2, mb2, vb2, gb2)):
+            adam_update_vector(P, M1, M2, G, k, decay, step_size, inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2,
+                               eps, decoupled)
 
 
 @njit(parallel=True, cache=True)

@@ -1,0 +1,100 @@
+"""Interleaved A/B of the tied CPU kernel against a git revision: ``python -m bench.ab_cpu [--rev HEAD]``.
+
+The way a CPU kernel change is measured on a shared, noisy machine: the revision's kernels/ is
+extracted into a temporary package (kernels_ab) and both kernels train their own copy of each
+workload in this one process, rounds alternating which goes first, medians of ms per step. Prints
+one line per workload with the ratio (revision time / working-tree time: > 1 means the working tree
+is faster) and whether both ended bit-identical. Workloads: the CPU benchmark's (bench/workloads.py)
+and ``dim128``, the dimensionality quick preset's model (n=400, m=30, batch 128, K=20).
+
+Import order matters by a few percent (code and data placement): run it again with ``--rev-first``
+and quote both ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .workloads import CPU_WORKLOADS, Workload
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = {**CPU_WORKLOADS, "dim128": Workload("dim128", n=400, m=30, batch=128, K=20, importance="uniform")}
+
+
+def extract_kernels(rev: str, into: Path) -> Path:
+    """kernels/ at git revision ``rev`` as the package ``into``/kernels_ab."""
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "kernels"], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    (into / "kernels").rename(into / "kernels_ab")
+    return into
+
+
+def time_pair(kernels: dict, wl: Workload, rounds: int, order: list[str]) -> tuple[dict, bool]:
+    """Median ms per step of each kernel module on workload ``wl``, and whether their states agree bit for bit."""
+    from engine import ModelSpec, TrainSpec, fused
+
+    p, imp = wl.arrays()
+    train = TrainSpec(batch_size=wl.batch, steps=10_000)
+    sched = fused.schedule_table(train).numpy()
+    steps = 5 if wl.n * wl.m * wl.K * wl.batch > 1e8 else 20  # about 40 ms or more per call
+    states = {name: {k: v.numpy().copy() for k, v in fused.new_state(ModelSpec(wl.n, wl.m), train, 0, wl.K).items()}
+              for name in kernels}
+
+    def run(name: str, step0: int) -> float:
+        loss = np.zeros(wl.K, np.float32)
+        t0 = time.perf_counter()
+        kernels[name].train_steps(states[name], p, imp, sched, loss, None, batch=wl.batch, first_instance=0,
+                                  step0=step0, n_steps=steps, window_start=train.steps - train.loss_window,
+                                  hist_every=0, seed=0, weight_decay=train.weight_decay, beta1=train.beta1,
+                                  beta2=train.beta2, eps=train.eps, relu=True, decoupled=train.optimizer == "adamw")
+        return (time.perf_counter() - t0) / steps * 1e3
+
+    for name in order:  # compile / load and warm up
+        run(name, 0)
+    times = {name: [] for name in kernels}
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            times[name].append(run(name, steps * (r + 1)))
+    same = all(np.array_equal(states[order[0]][k], states[order[1]][k]) for k in states[order[0]])
+    return {name: float(np.median(t)) for name, t in times.items()}, same
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rev", default="HEAD", help="git revision to compare the working tree with")
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--rev-first", action="store_true", help="import (and warm up) the revision's kernel first")
+    ap.add_argument("--smoke", action="store_true", help="tiny batch and K (CI: checks that it runs)")
+    args = ap.parse_args(argv)
+    from engine import cpu_backend
+    from engine.machine import cpu_model
+
+    cpu_backend.set_threads(cpu_backend.max_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.path.insert(0, str(extract_kernels(args.rev, Path(tmp))))
+        names = ["rev", "tree"] if args.rev_first else ["tree", "rev"]
+        modules = {}
+        for name in names:
+            modules[name] = importlib.import_module("kernels_ab.cpu_train" if name == "rev" else "kernels.cpu_train")
+        print(f"CPU {cpu_model()}, {cpu_backend.max_threads()} threads; {args.rev} against the working tree, "
+              f"{names[0]} imported first, {args.rounds} interleaved rounds", flush=True)
+        for name in args.workloads:
+            wl = WORKLOADS[name].smoke() if args.smoke else WORKLOADS[name]
+            ms, same = time_pair(modules, wl, 2 if args.smoke else args.rounds, names)
+            print(f"{name}: {args.rev} {ms['rev']:.2f} ms/step, working tree {ms['tree']:.2f} ms/step, "
+                  f"ratio {ms['rev'] / ms['tree']:.3f}x (bit-identical: {same})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
