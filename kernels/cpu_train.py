@@ -443,7 +443,8 @@ def sum_lanes(acc, out):
 def adam_update(P, M1, M2, G, k, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, decoupled):
     """kernels/adam.py's update (torch.optim's formula with host-precomputed schedule scalars) of
     instance k's weights P[k] and moments M1[k], M2[k] (P, M1, M2 (K, rows, cols), updated in place)
-    with gradient G (rows, cols): the optimizer step of both CPU kernels (adam_update_vector: biases).
+    with gradient G (rows, cols): the optimizer step of big tied models and of every untied model
+    (adam_update_vector: biases; small tied models take _adam in one fused scalar pass).
 
     Plain loops along contiguous rows, so LLVM vectorises them (a scalar loop reading the gradient
     from a transposed accumulator cost ~20 cycles per parameter, a third of a batch-128 step of
@@ -477,7 +478,7 @@ def adam_update_vector(P, M1, M2, G, k, decay, step_size, inv_sqrt_bias2, wd, on
 
 @njit(inline="always", cache=True)
 def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, decoupled):
-    """One element of adam_update: (new param, new m1, new m2).
+    """One element of the update (adam_update's loops, small tied models' fused pass): (param, m1, m2).
 
     Two of its sums add two products, and 'contract' lets LLVM fuse either product into the FMA; which
     one it picks depends on the surrounding code (a scalar loop and the vectorised AdamW loop chose

@@ -12,7 +12,8 @@ from kernels import cpu_train  # noqa: E402
 f32 = np.float32
 FASTMATH = cpu_train.FASTMATH
 SCALARS = dict(decay=f32(1 - 1e-2 * 1e-2), step_size=f32(1e-2 / (1 - 0.9 ** 3)),
-               inv_sqrt_bias2=f32(1 / np.sqrt(1 - 0.999 ** 3)), wd=f32(1e-2), one_b1=f32(0.1), beta2=f32(0.999), one_b2=f32(1 - 0.999), eps=f32(1e-8))
+               inv_sqrt_bias2=f32(1 / np.sqrt(1 - 0.999 ** 3)),
+               wd=f32(1e-2), one_b1=f32(0.1), beta2=f32(0.999), one_b2=f32(1 - 0.999), eps=f32(1e-8))
 
 
 @njit(fastmath=FASTMATH)
@@ -29,7 +30,8 @@ def _update_vector(P, M1, M2, G, decay, step_size, inv_sqrt_bias2, wd, one_b1, b
 
 @njit(fastmath=FASTMATH)
 def _update_one_by_one(P, M1, M2, G, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, decoupled):
-    """The same update, one element per call of adam_update on a (1, 1, 1) array: scalar code only."""
+    """The same update, one element per call of adam_update on a (1, 1, 1) array (a one-element loop:
+    its scalar code)."""
     p, m1, m2 = np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.float32)
     g = np.empty((1, 1), np.float32)
     for i in range(P.shape[0]):
@@ -40,8 +42,8 @@ def _update_one_by_one(P, M1, M2, G, decay, step_size, inv_sqrt_bias2, wd, one_b
 
 
 def _fma(a, b, c):
-    """float32 fma(a, b, c) through float64: a b is exact there, so one rounding to float32 (the
-    float64 sum can round first; the inputs here are checked not to hit that)."""
+    """float32 fma(a, b, c) through float64: a b is exact there; the float64 sum can round before the
+    float32 rounding (double rounding, ~2^-28 per element), which these fixed inputs do not hit."""
     return (np.float64(a) * np.float64(b) + np.float64(c)).astype(f32)
 
 
@@ -72,11 +74,14 @@ def test_vector_update_matches_one_element_at_a_time(decoupled, size):
 
 @pytest.mark.parametrize("decoupled", [True, False])
 def test_update_rounds_as_documented(decoupled):
-    """Each element: the moments and the step with the FMAs that _adam's docstring names."""
-    P, M1, M2, G = _state(1003, 7)
+    """Each element, weights (3 rows) and bias alike: the moments and the step with the FMAs that
+    _adam's docstring names."""
+    P, M1, M2, G = _state(1005, 7)
     s = SCALARS
-    out = [a.copy().reshape(1, 1, -1) for a in (P, M1, M2)]
-    _update_rows(*out, G.reshape(1, -1).copy(), *s.values(), decoupled)
+    rows = [a.copy().reshape(1, 3, -1) for a in (P, M1, M2)]
+    _update_rows(*rows, G.reshape(3, -1).copy(), *s.values(), decoupled)
+    vec = [a.copy().reshape(1, -1) for a in (P, M1, M2)]
+    _update_vector(*vec, G.copy(), *s.values(), decoupled)
     g = G if decoupled else _fma(s["wd"], P, G)
     m1 = _fma(s["one_b1"], (g - M1).astype(f32), M1)
     m2 = _fma(s["beta2"], M2, (s["one_b2"] * g).astype(f32) * g)
@@ -86,8 +91,8 @@ def test_update_rounds_as_documented(decoupled):
         p = _fma(P, s["decay"], -(s["step_size"] * q).astype(f32))
     else:
         p = _fma(-s["step_size"], q, P)
-    for got, want in zip(out, (p, m1, m2)):
-        assert np.array_equal(got.ravel(), want)
+    for got_rows, got_vec, want in zip(rows, vec, (p, m1, m2)):
+        assert np.array_equal(got_rows.ravel(), want) and np.array_equal(got_vec.ravel(), want)
 
 
 @pytest.mark.parametrize("rows, lanes", [(1, 1), (3, 5), (8, 128), (20, 16), (403, 128)])
@@ -100,6 +105,8 @@ def test_sum_lanes_adds_each_rows_lanes_in_order(rows, lanes):
     out = np.empty(rows, f32)
     njit(fastmath=FASTMATH)(lambda a, o: cpu_train.sum_lanes(a, o))(acc, out)
     assert np.array_equal(out, want)
-    out3 = np.empty((1, rows), f32)  # a 3-D accumulator (m, n, lanes), as the per-lane weight gradient
-    njit(fastmath=FASTMATH)(lambda a, o: cpu_train.sum_lanes(a, o))(acc.reshape(1, rows, lanes), out3)
-    assert np.array_equal(out3[0], want)
+    # A 3-D accumulator (m, n, lanes), as the per-lane weight gradient: three copies side by side.
+    acc3 = np.stack([acc, 2 * acc, -acc])
+    out3 = np.empty((3, rows), f32)
+    njit(fastmath=FASTMATH)(lambda a, o: cpu_train.sum_lanes(a, o))(acc3, out3)
+    assert np.array_equal(out3, np.stack([want, 2 * want, -want]))
