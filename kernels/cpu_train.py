@@ -443,13 +443,14 @@ def sum_lanes(acc, out):
 def adam_update(P, M1, M2, G, k, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, decoupled):
     """kernels/adam.py's update (torch.optim's formula with host-precomputed schedule scalars) of
     instance k's weights P[k] and moments M1[k], M2[k] (P, M1, M2 (K, rows, cols), updated in place)
-    with gradient G (rows, cols): the optimizer step of big tied models and of every untied model
-    (adam_update_vector: biases; small tied models take _adam in one fused scalar pass).
+    with gradient G (rows, cols; of a bigger G, that corner): the optimizer step of big tied models and
+    of every untied model (adam_update_vector: biases; small tied models take _adam in one scalar pass).
 
     Plain loops along contiguous rows, so LLVM vectorises them (a scalar loop reading the gradient
     from a transposed accumulator cost ~20 cycles per parameter, a third of a batch-128 step of
     n=400, m=30). Indices, not row views: every view costs reference counting, which tiny models feel.
-    One loop per optimizer, since ``decoupled`` is the same for every element."""
+    One loop per optimizer, each passing _adam a literal flag: one loop on the runtime flag rounded Adam
+    differently in its n=400 and n=100 models (LLVM's unswitched copy fused other products)."""
     for j in range(P.shape[1]):
         if decoupled:
             for f in range(P.shape[2]):

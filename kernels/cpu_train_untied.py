@@ -70,7 +70,8 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     W1T = np.empty((n, m), np.float32)
     W2T = np.empty((m, n), np.float32)
     # The step's gradients, laid out like the parameters for adam_update (gW2T: dW2 transposed, per lane).
-    gW1, gW2, gW2T = np.empty((m, n), np.float32), np.empty((n, m), np.float32), np.empty((m, n), np.float32)
+    gW1 = np.empty((m, n), np.float32)
+    gW2, gW2T = np.empty((0 if rowwise else n, m), np.float32), np.empty((0 if rowwise else m, n), np.float32)
     gb1, gb2 = np.empty(m, np.float32), np.empty(n, np.float32)
     zeros_m = np.zeros(m, np.float32)
     all_m = np.ones(m, np.bool_)
@@ -141,16 +142,17 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                 _accumulate_rows(accT2, accT1, h, dh, dz, x, hT, dhT)
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
-        if rowwise:
+        if rowwise:  # accT2 (n_pad, mp) is dW2 as it is: adam_update reads its first n rows, m columns
             transpose_into(accT1[:n, :m], gW1)
-            gW2[:] = accT2[:n, :m]
+            g2 = accT2
         else:
             sum_lanes(acc_w1, gW1)
             sum_lanes(acc_w2, gW2T)
             transpose_into(gW2T, gW2)
+            g2 = gW2
         sum_lanes(acc_b1, gb1)
         sum_lanes(acc_b2, gb2)
-        for P, M1, M2, G in ((W1, mW1, vW1, gW1), (W2, mW2, vW2, gW2)):
+        for P, M1, M2, G in ((W1, mW1, vW1, gW1), (W2, mW2, vW2, g2)):
             adam_update(P, M1, M2, G, k, decay, step_size, inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps,
                         decoupled)
         for P, M1, M2, G in ((b1, mb1, vb1, gb1), (b2, mb2, vb2, gb2)):
