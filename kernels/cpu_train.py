@@ -13,9 +13,12 @@ through the whole step and are summed once at its end (a plain sum does not vect
 fastmath's reassociation, and we keep IEEE order so results do not depend on the machine's vector
 width). Big models, whose per-lane accumulators would not fit in cache (m n R floats past
 ROWWISE_BYTES, e.g. n=400, m=30), instead sum the gradient over the block's rows as a matrix product
-in register tiles into its transpose (n, m) (_accumulate_rows, vectorised over neurons, shared with
-the untied model). Sparse inputs are exploited per block: a feature no row of the block uses (or
-whose output gradient is zero for every row) is skipped in the products it would only add zeros to.
+in register tiles into its transpose (n, m) (_backward_rows, _accumulate_dense, vectorised over
+neurons, shared with the untied model). Sparse inputs are exploited per block: a feature no row of
+the block uses (or whose output gradient is zero for every row) is skipped in the products it would
+only add zeros to; and, row by row, a block whose x (or dz) is at most 1/8 nonzero takes the sparse
+products of kernels/cpu_sparse.py for the two products that read it, which visit only the nonzero
+entries and give the same numbers (1.1-1.6x on instances at density <= 0.03, n=400, m=30).
 
 The three products of a block (h = W x, z = W^T h + b, dh = W dz) go through rows_times, whose
 register tiles (kernels/cpu_tiles.py, generated) keep their sums in registers: 1.5-1.7x on the
@@ -32,6 +35,8 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, feature, philox, uniform_at
+from .cpu_sparse import (LANE_WORD, is_sparse, nonzero_masks, scatter_accumulate, scatter_product,
+                         sparse_lanes_ok)
 from .cpu_tiles import (LANES as TILE_LANES, acc_tile_4, acc_tile_8, slp_vectorize, tile_1, tile_2, tile_3, tile_4,
                         tile_5, tile_6, tile_7, tile_8)
 
@@ -180,11 +185,20 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     rowwise = uses_rowwise(n, m, R)
     acc_w = np.empty((m, n, 0 if rowwise else R), np.float32)
     # Row by row: the weight gradient transposed, accT (n_pad, mp), neurons padded to whole registers;
-    # hT, dhT (R, mp) are h and dh transposed (their padding stays 0). See _accumulate_rows.
+    # hT, dhT (R, mp) are h and dh transposed (their padding stays 0). See _backward_rows.
     mp = TILE_LANES * ((m + TILE_LANES - 1) // TILE_LANES) if rowwise else 0
     accT = np.zeros((pk.shape[0] if rowwise else 0, mp), np.float32)
     hT = np.zeros((R if rowwise else 0, mp), np.float32)
     dhT = np.zeros((R if rowwise else 0, mp), np.float32)
+    # Row by row, sparse factors (kernels/cpu_sparse.py): W^T padded to mp columns, the nonzero masks of
+    # x or dz, and each lane's nonzero terms of x (x_terms) and of dz (dz_terms).
+    sparse = rowwise and sparse_lanes_ok(R)
+    ns = n if sparse else 0
+    WTp = np.zeros((ns, mp), np.float32)
+    masks = np.empty((ns, R // LANE_WORD), np.uint64)
+    terms, counts = np.empty((2, R if sparse else 0, ns), np.int32), np.empty((2, R if sparse else 0), np.int32)
+    x_terms, dz_terms, x_count, dz_count = terms[0], terms[1], counts[0], counts[1]
+    zeros_mp = np.zeros(mp, np.float32)
     acc_b = np.empty((n, R), np.float32)
     acc_l = np.empty(R, np.float32)
     valid = np.ones(R, np.float32)
@@ -203,6 +217,8 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     for t in range(step0, step0 + n_steps):
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
         transpose_into(W[k], WT)
+        if sparse:
+            transpose_into(W[k], WTp[:, :m])
         acc_w[:] = 0.0
         accT[:] = 0.0
         acc_b[:] = 0.0
@@ -214,12 +230,29 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                 _apply_sets(x, act, sets, pk, inv, r0, batch, n, c1, c2, c3, k0, k1)
             if r0 == last_r0 and batch % R != 0:
                 _lane_mask(valid, r0, n, batch)
-            # h = W x (relu-hidden: ReLU(W x))
-            rows_times(WT, x, act, zeros_m, h)
-            if relu_hidden:
-                for j in range(m):
+            # h = W x (relu-hidden: ReLU(W x)); sparse x: straight into hT, then h
+            # Sparse or dense gives the same numbers; the choice only saves time. A factor is looked at
+            # (nonzero_masks, ~2% of a dense block) in a step's first block and after a sparse-enough one.
+            if r0 == 0:
+                try_x = try_dz = sparse
+            sparse_x = False
+            if try_x:
+                nnz = nonzero_masks(x, n, masks)
+                sparse_x = is_sparse(nnz, n, R)
+                try_x = is_sparse(nnz, n, 2 * R)  # under twice the threshold: look again next block
+            if sparse_x:
+                scatter_product(WTp, x, n, masks, zeros_mp, hT, x_terms, x_count)
+                if relu_hidden:
                     for l in range(R):
-                        h[j, l] = max(h[j, l], f32(0.0))
+                        for j in range(m):
+                            hT[l, j] = max(hT[l, j], f32(0.0))
+                transpose_into(hT[:, :m], h)
+            else:
+                rows_times(WT, x, act, zeros_m, h)
+                if relu_hidden:
+                    for j in range(m):
+                        for l in range(R):
+                            h[j, l] = max(h[j, l], f32(0.0))
             # z = W^T h + b, the loss and dz = d loss / d z
             rows_times(W[k], h, all_m, b[k], dz)
             for f in range(n):
@@ -236,15 +269,21 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                     acc_b[f, l] += g
                     any_dz |= g != 0.0
                 dzact[f] = any_dz
-            # dh = W dz, then dW += h dz^T + dh x^T (per row lane)
-            rows_times(WT, dz, dzact, zeros_m, dh)
-            if relu_hidden:  # through the hidden ReLU: h > 0 exactly where W x > 0
-                for j in range(m):
-                    for l in range(R):
-                        dh[j, l] = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
             if rowwise:
-                _accumulate_rows(accT, accT, h, dh, dz, x, hT, dhT)
+                sparse_dz = False
+                if try_dz:
+                    nnz = nonzero_masks(dz, n, masks)
+                    sparse_dz = is_sparse(nnz, n, R)
+                    try_dz = is_sparse(nnz, n, 2 * R)
+                _backward_rows(accT, WT, WTp, x, h, hT, dz, dzact, dh, dhT, zeros_m, zeros_mp, relu_hidden, sparse_x,
+                               sparse_dz, masks, x_terms, x_count, dz_terms, dz_count)
             else:
+                # dh = W dz, then dW += h dz^T + dh x^T (per row lane)
+                rows_times(WT, dz, dzact, zeros_m, dh)
+                if relu_hidden:  # through the hidden ReLU: h > 0 exactly where W x > 0
+                    for j in range(m):
+                        for l in range(R):
+                            dh[j, l] = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
                 for j in range(m):
                     for f in range(n):
                         if dzact[f]:
@@ -357,31 +396,54 @@ def transpose_into(src, dst):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _accumulate_rows(acc_dz, acc_x, h, dh, dz, x, hT, dhT):
-    """acc_dz (n_pad, mp) += (h dz^T)^T and acc_x (n_pad, mp) += (dh x^T)^T over the block: acc_dz[f, j] +=
-    the sum over the block's rows l, in order, of dz[f, l] h[j, l], and acc_x[f, j] of x[f, l] dh[j, l]
-    (dz, x (n_pad, R), rows past n zero). The tied model passes its one accumulator accT as both
-    (each element sums its dz terms, then its x terms); the untied one dW2 and dW1 transposed.
-
-    A matrix product whose terms are the R batch rows, in register tiles of 8 (or 4) features x 16 neurons
-    (acc_tile_8, acc_tile_4 in kernels/cpu_tiles.py): dz and x are read as they are, h and dh are
-    transposed into hT, dhT (R, mp) first (small: m R floats). Storing every partial sum instead, as an
-    outer product per row, was store-bound and cost half of the step on n=400, m=30."""
+def _backward_rows(accT, WT, WTp, x, h, hT, dz, dzact, dh, dhT, zeros_m, zeros_mp, relu_hidden, sparse_x, sparse_dz,
+                   masks, x_terms, x_count, dz_terms, dz_count):
+    """A block's backward pass row by row (tied model): dh = W dz (relu-hidden: where h > 0), then
+    accT (n_pad, mp) += (h dz^T)^T + (dh x^T)^T, each element its dz terms then its x terms
+    (_accumulate_dense, or the sparse products). sparse_x: hT and x_terms came from scatter_product
+    (else hT is made here from h); sparse_dz: masks hold dz's nonzero pattern, and dh and the dz half
+    go through the sparse products (kernels/cpu_sparse.py). Dense or sparse, every sum is the same."""
     m, R = h.shape
-    mp = acc_dz.shape[1]
-    for l in range(R):
-        for j in range(m):
-            hT[l, j] = h[j, l]
-            dhT[l, j] = dh[j, l]
-    rows = acc_dz.shape[0]
+    if not sparse_x:  # first: the sparse dh below masks with hT
+        transpose_into(h, hT[:, :m])
+    if sparse_dz:
+        scatter_product(WTp, dz, masks.shape[0], masks, zeros_mp, dhT, dz_terms, dz_count)
+        if relu_hidden:
+            for l in range(R):
+                for j in range(m):
+                    dhT[l, j] = dhT[l, j] if hT[l, j] > 0.0 else np.float32(0.0)
+    else:
+        rows_times(WT, dz, dzact, zeros_m, dh)
+        if relu_hidden:
+            for j in range(m):
+                for l in range(R):
+                    dh[j, l] = dh[j, l] if h[j, l] > 0.0 else np.float32(0.0)
+        transpose_into(dh, dhT[:, :m])
+    if sparse_dz:
+        scatter_accumulate(accT, dz, dz_terms, dz_count, hT)
+    else:
+        _accumulate_dense(accT, dz, hT)
+    if sparse_x:
+        scatter_accumulate(accT, x, x_terms, x_count, dhT)
+    else:
+        _accumulate_dense(accT, x, dhT)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _accumulate_dense(acc, X, YT):
+    """acc (n_pad, mp) += the sum over the block's lanes l, in order, of X[f, l] YT[l, j] (X (n_pad, R),
+    rows past n zero; YT (R, mp), h or dh transposed): half of a weight gradient, summed over the
+    block's rows as a matrix product whose terms are the R batch rows, in register tiles of 8 (or 4)
+    rows of acc x 16 neurons (acc_tile_8, acc_tile_4 in kernels/cpu_tiles.py; n_pad a multiple of 4).
+    Storing every partial sum instead, as an outer product per row, was store-bound and cost half of
+    the step on n=400, m=30."""
+    rows, mp = acc.shape
     r0 = 0
     while r0 + 8 <= rows:
-        acc_tile_8(dz, hT, acc_dz, r0, mp)
-        acc_tile_8(x, dhT, acc_x, r0, mp)
+        acc_tile_8(X, YT, acc, r0, mp)
         r0 += 8
-    if r0 < rows:  # rows is a multiple of 4
-        acc_tile_4(dz, hT, acc_dz, r0, mp)
-        acc_tile_4(x, dhT, acc_x, r0, mp)
+    if r0 < rows:
+        acc_tile_4(X, YT, acc, r0, mp)
 
 
 @njit(inline="always", cache=True)
@@ -536,7 +598,7 @@ def instance_groups(K, T):
 
 
 # Past this many bytes of per-lane weight gradient (4 m n lanes) a model sums its gradient row by row
-# (_accumulate_rows): the per-lane accumulators no longer fit the core's L2 cache (1 MB on Zen 4).
+# (_backward_rows): the per-lane accumulators no longer fit the core's L2 cache (1 MB on Zen 4).
 # Not below ROWWISE_MIN_FEATURES features: the transposed rows are then too short to vectorise (a
 # review measured n=1, m=2100 at 5.0 ms/step row by row against 1.9 per lane; from n=8 row by row wins).
 ROWWISE_BYTES = 1 << 20
@@ -546,7 +608,7 @@ ROWWISE_MIN_FEATURES = 8
 @njit(cache=True)
 def uses_rowwise(n, m, lanes):
     """Whether a model with n features, m neurons and ``lanes`` rows per block sums its weight
-    gradient row by row (_accumulate_rows) instead of per lane; the rule of both CPU kernels."""
+    gradient row by row (_backward_rows) instead of per lane; the rule of both CPU kernels."""
     return n >= ROWWISE_MIN_FEATURES and 4 * m * n * lanes > ROWWISE_BYTES
 
 # acc_w (m, n, lanes) float32 per thread: lanes shrink so it stays within this (only models that

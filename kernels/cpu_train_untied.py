@@ -17,7 +17,8 @@ from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
 from .cpu_tiles import LANES as TILE_LANES, slp_vectorize
-from .cpu_train import (FASTMATH, STREAM_DATASET, _accumulate_rows, _apply_sets, _draw_block, _lane_mask, _record_loss,
+from .cpu_sparse import LANE_WORD, is_sparse, nonzero_masks, scatter_accumulate, scatter_product, sparse_lanes_ok
+from .cpu_train import (FASTMATH, STREAM_DATASET, _accumulate_dense, _apply_sets, _draw_block, _lane_mask, _record_loss,
                         adam_update, adam_update_vector, f32_array, padded_rule, rows_times, set_array,
                         sum_lanes, transpose_into, uses_rowwise)
 
@@ -53,7 +54,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     dh = np.empty((m, R), np.float32)
     # Per-lane weight-gradient accumulators (m, n, lanes), dW2 transposed (acc_w2[j, f] for W2[f, j]);
     # big models instead sum over each block's rows in register tiles (kernels/cpu_train.py,
-    # _accumulate_rows) into accT1 (dW1 transposed) and accT2 (dW2), (n_pad, mp), neurons padded.
+    # _accumulate_dense) into accT1 (dW1 transposed) and accT2 (dW2), (n_pad, mp), neurons padded.
     rowwise = uses_rowwise(n, m, R)
     acc_w1 = np.empty((m, n, 0 if rowwise else R), np.float32)
     acc_w2 = np.empty((m, n, 0 if rowwise else R), np.float32)
@@ -62,6 +63,15 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     accT2 = np.zeros((pk.shape[0] if rowwise else 0, mp), np.float32)
     hT = np.zeros((R if rowwise else 0, mp), np.float32)
     dhT = np.zeros((R if rowwise else 0, mp), np.float32)
+    # Row by row, sparse factors (kernels/cpu_sparse.py, as in kernels/cpu_train.py): W1^T and W2 padded
+    # to mp columns, b1 padded (h's init), the nonzero masks, each lane's nonzero terms of x and dz.
+    sparse = rowwise and sparse_lanes_ok(R)
+    ns = n if sparse else 0
+    W1p, W2p = np.zeros((ns, mp), np.float32), np.zeros((ns, mp), np.float32)
+    b1p, zeros_mp = np.zeros(mp, np.float32), np.zeros(mp, np.float32)
+    masks = np.empty((ns, R // LANE_WORD), np.uint64)
+    terms, counts = np.empty((2, R if sparse else 0, ns), np.int32), np.empty((2, R if sparse else 0), np.int32)
+    x_terms, dz_terms, x_count, dz_count = terms[0], terms[1], counts[0], counts[1]
     acc_b1 = np.empty((m, R), np.float32)
     acc_b2 = np.empty((n, R), np.float32)
     acc_l = np.empty(R, np.float32)
@@ -83,6 +93,10 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
         transpose_into(W1[k], W1T)
         transpose_into(W2[k], W2T)
+        if sparse:
+            transpose_into(W1[k], W1p[:, :m])
+            W2p[:, :m] = W2[k]
+            b1p[:m] = b1[k]
         acc_w1[:] = 0.0
         acc_w2[:] = 0.0
         accT1[:] = 0.0
@@ -102,11 +116,25 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                         x[f, l] = f32(2.0) * v - f32(1.0) if v != 0.0 else f32(0.0)
             if r0 == last_r0 and batch % R != 0:
                 _lane_mask(valid, r0, n, batch)
-            # h = ReLU(W1 x + b1)
-            rows_times(W1T, x, act, b1[k], h)
-            for j in range(m):
+            # h = ReLU(W1 x + b1); sparse x (the same numbers): straight into hT, then h
+            if r0 == 0:
+                try_x = try_dz = sparse
+            sparse_x = False
+            if try_x:
+                nnz = nonzero_masks(x, n, masks)
+                sparse_x = is_sparse(nnz, n, R)
+                try_x = is_sparse(nnz, n, 2 * R)
+            if sparse_x:
+                scatter_product(W1p, x, n, masks, b1p, hT, x_terms, x_count)
                 for l in range(R):
-                    h[j, l] = max(h[j, l], f32(0.0))
+                    for j in range(m):
+                        hT[l, j] = max(hT[l, j], f32(0.0))
+                transpose_into(hT[:, :m], h)
+            else:
+                rows_times(W1T, x, act, b1[k], h)
+                for j in range(m):
+                    for l in range(R):
+                        h[j, l] = max(h[j, l], f32(0.0))
             # z = W2 h + b2, y = ReLU(z), the loss against |x| and dz
             rows_times(W2T, h, all_m, b2[k], dz)
             for f in range(n):
@@ -123,23 +151,30 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                     any_dz |= g != 0.0
                 dzact[f] = any_dz
             # dW2 += dz h^T; dh = W2^T dz through the hidden ReLU; dW1 += dh x^T; db1 += dh
-            for f in range(0 if rowwise else n):
-                if dzact[f]:
-                    for j in range(m):
-                        for l in range(R):
-                            acc_w2[j, f, l] += dz[f, l] * h[j, l]
-            rows_times(W2[k], dz, dzact, zeros_m, dh)
-            for j in range(m):
-                for l in range(R):
-                    g = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
-                    dh[j, l] = g
-                    acc_b1[j, l] += g
-                for f in range(0 if rowwise else n):
-                    if act[f]:
-                        for l in range(R):
-                            acc_w1[j, f, l] += dh[j, l] * x[f, l]
             if rowwise:
-                _accumulate_rows(accT2, accT1, h, dh, dz, x, hT, dhT)
+                sparse_dz = False
+                if try_dz:
+                    nnz = nonzero_masks(dz, n, masks)
+                    sparse_dz = is_sparse(nnz, n, R)
+                    try_dz = is_sparse(nnz, n, 2 * R)
+                _backward_rows(accT1, accT2, W2[k], W2p, x, h, hT, dz, dzact, dh, dhT, acc_b1, zeros_m, zeros_mp,
+                               sparse_x, sparse_dz, masks, x_terms, x_count, dz_terms, dz_count)
+            else:
+                for f in range(n):
+                    if dzact[f]:
+                        for j in range(m):
+                            for l in range(R):
+                                acc_w2[j, f, l] += dz[f, l] * h[j, l]
+                rows_times(W2[k], dz, dzact, zeros_m, dh)
+                for j in range(m):
+                    for l in range(R):
+                        g = dh[j, l] if h[j, l] > 0.0 else f32(0.0)
+                        dh[j, l] = g
+                        acc_b1[j, l] += g
+                    for f in range(n):
+                        if act[f]:
+                            for l in range(R):
+                                acc_w1[j, f, l] += dh[j, l] * x[f, l]
         _record_loss(acc_l, grad_scale, t, k, window_start, hist_every, loss_acc, hist)
         decay, step_size, inv_sqrt_bias2 = sched[t, 0], sched[t, 1], sched[t, 2]
         if rowwise:  # accT2 (n_pad, mp) is dW2 as it is: adam_update reads its first n rows, m columns
@@ -158,6 +193,42 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
         for P, M1, M2, G in ((b1, mb1, vb1, gb1), (b2, mb2, vb2, gb2)):
             adam_update_vector(P, M1, M2, G, k, decay, step_size, inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2,
                                eps, decoupled)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _backward_rows(accT1, accT2, W2k, W2p, x, h, hT, dz, dzact, dh, dhT, acc_b1, zeros_m, zeros_mp, sparse_x,
+                   sparse_dz, masks, x_terms, x_count, dz_terms, dz_count):
+    """A block's backward pass row by row (untied model): dh = W2^T dz through the hidden ReLU (and
+    its per-lane bias sums acc_b1 (m, R)), accT2 (n_pad, mp) += (dz h^T), accT1 += (dh x^T)^T.
+    sparse_x: hT and x_terms came from scatter_product (else hT is made here from h); sparse_dz: masks
+    hold dz's nonzero pattern and dh and dW2 go through the sparse products. Either way the same sums."""
+    m, R = h.shape
+    f0 = np.float32(0.0)
+    if not sparse_x:  # first: the sparse dh below masks with hT
+        transpose_into(h, hT[:, :m])
+    if sparse_dz:
+        scatter_product(W2p, dz, masks.shape[0], masks, zeros_mp, dhT, dz_terms, dz_count)
+        for l in range(R):
+            for j in range(m):
+                g = dhT[l, j] if hT[l, j] > 0.0 else f0
+                dhT[l, j] = g
+                acc_b1[j, l] += g
+    else:
+        rows_times(W2k, dz, dzact, zeros_m, dh)
+        for j in range(m):
+            for l in range(R):
+                g = dh[j, l] if h[j, l] > 0.0 else f0
+                dh[j, l] = g
+                acc_b1[j, l] += g
+        transpose_into(dh, dhT[:, :m])
+    if sparse_dz:
+        scatter_accumulate(accT2, dz, dz_terms, dz_count, hT)
+    else:
+        _accumulate_dense(accT2, dz, hT)
+    if sparse_x:
+        scatter_accumulate(accT1, x, x_terms, x_count, dhT)
+    else:
+        _accumulate_dense(accT1, x, dhT)
 
 
 @njit(parallel=True, cache=True)

@@ -131,7 +131,7 @@ def test_one_step_matches_float64_on_the_exact_batch(n, m, variant):
 
 @pytest.mark.parametrize("variant", ["relu-output", "relu-hidden"])
 def test_big_models_sum_their_gradient_row_by_row_and_match_float64(variant):
-    """n=403, m=7 with 128 lanes is past ROWWISE_BYTES: _accumulate_rows sums the weight gradient over
+    """n=403, m=7 with 128 lanes is past ROWWISE_BYTES: _backward_rows sums the weight gradient over
     several blocks (the last one partial) of a sparse batch; gradients and parameters equal float64."""
     n, m = 403, 7
     assert cpu_train.uses_rowwise(n, m, cpu_train.lanes_for(n, m))
