@@ -30,7 +30,7 @@ from kernels.step_state import FP_FUSION  # noqa: E402
 SHAPES = [(1, 1), (2, 1), (3, 2), (5, 2), (20, 5), (33, 7), (64, 64), (400, 30), (512, 8), (512, 64)]
 SHARED_LIMIT = 227 * 1024
 _SCALARS_I32 = ("K", "n", "m", "batch", "first_instance", "step0", "n_steps", "window_start", "hist_every")
-_SCALARS_F32 = ("wd", "beta1", "beta2", "eps", "inv_bn")
+_SCALARS_F32 = ("wd", "one_b1", "beta2", "one_b2", "eps", "inv_bn")
 
 
 def _source(cfg, precision: str, shape=None) -> ASTSource:

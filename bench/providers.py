@@ -6,7 +6,7 @@ does ``steps_per_call`` steps and returns without synchronising (the runner sync
     compile     torch.compile of the same whole step (full fp32 matmuls)
     jax         jit + vmap with optax.adamw, the public JAX replication's approach (JAX's default
                 matmul precision: TF32 on these GPUs)
-    triton-fp32 supbench fused kernel, exact fp32 products
+    triton-fp32 supbench fused kernel at fp32 (exact FMA, or tf32x3 on the blocked path for m <= 32)
     triton-tf32 supbench fused kernel, TF32 tensor-core products (gram and blocked paths; the lanes
                 path has no tl.dot, so tf32 trains there exactly as fp32)
     cpu         supbench fused CPU loop (numba, kernels/cpu_train.py), exact fp32, all cores
@@ -28,7 +28,7 @@ GPU_PROVIDERS = ("eager", "compile", "jax", "triton-fp32", "triton-tf32")
 CPU_PROVIDERS = ("eager", "compile", "jax", "cpu")
 OURS = ("triton-fp32", "triton-tf32", "cpu")
 PRECISION = {"eager": "fp32 (ieee)", "compile": "fp32 (ieee)", "jax": "JAX default (TF32 on H100/H200)",
-             "triton-fp32": "fp32 (ieee)", "triton-tf32": "tf32 (tl.dot path; small models have no tl.dot)",
+             "triton-fp32": "fp32 (ieee; blocked path, m <= 32: tf32x3)", "triton-tf32": "tf32 (tl.dot path; small models have no tl.dot)",
              "cpu": "fp32 (ieee, FMA)"}
 
 

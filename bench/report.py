@@ -100,6 +100,20 @@ def scaling_plot(rec: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _without_out(command: str) -> str:
+    """A recorded command without its ``--out PATH`` (the recording machine's path): the default
+    output path is where a reproduction belongs."""
+    words, kept = command.split(), []
+    while words:
+        word = words.pop(0)
+        if word == "--out":
+            if words and not words[0].startswith("--"):
+                words.pop(0)
+            continue
+        kept.append(word)
+    return " ".join(kept)
+
+
 def _is_cpu(rec: dict) -> bool:
     return rec["provenance"].get("device") == "cpu"
 
@@ -133,7 +147,11 @@ def render(records: list[tuple[Path, dict]], out_dir: Path) -> str:
         if cpu:
             lines += [f"FP32 peak estimate: {prov.get('fp32_peak_gflops') or 0:.0f} GFLOP/s "
                       f"({prov.get('fp32_peak_note')}; see bench/suite.py). Every figure in this section is a CPU figure.", ""]
-        lines += ["Reproduce:", "", "```bash", prov["command"], "python -m bench.report", "```", ""]
+        if not prov.get("complete", True):
+            lines += ["**Incomplete record**: the run was cut short; only the sections below were measured.", ""]
+        for note in rec.get("notes", []):
+            lines += [f"Note: {note}", ""]
+        lines += ["Reproduce:", "", "```bash", _without_out(prov["command"]), "python -m bench.report", "```", ""]
         for name, w in rec["workloads"].items():
             lines += workload_table(name, w, cpu)
         if "scaling" in rec:
@@ -148,7 +166,7 @@ def render(records: list[tuple[Path, dict]], out_dir: Path) -> str:
                 lines += [f"End to end: `supbench run phase-diagram --preset paper` failed: {e['error']}", ""]
             else:
                 lines += ["### End to end", "",
-                          f"`{e['command']}`: {e['wall_seconds']:.1f} s wall ({e['train_seconds']:.1f} s training) for "
+                          f"`{_without_out(e['command'])}`: {e['wall_seconds']:.1f} s wall ({e['train_seconds']:.1f} s training) for "
                           f"{e['n_instances']:,} models on {e['backend']}, "
                           f"{e['instance_steps_per_second']:.3g} instance-steps/s, agreement with theory {e['agreement']:.3f}.", ""]
     return "\n".join(lines)

@@ -177,10 +177,10 @@ def scaling(base, names, device, rounds, triton_steps, smoke, log) -> dict:
 def end_to_end(smoke: bool, log, preset: str = "paper") -> dict:
     """Wall time of `supbench run phase-diagram --preset <preset>` (tiny options in smoke mode)."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["--preset", preset, "--no-progress", "--out", str(Path(tmp) / "run")]
+        args = ["--preset", preset, "--no-progress"]
         if smoke:
             args += ["--grid", "3", "--seeds", "2", "--steps", "20", "--batch-size", "16"]
-        cmd = [sys.executable, "-m", "engine.cli", "run", "phase-diagram", *args]
+        cmd = [sys.executable, "-m", "engine.cli", "run", "phase-diagram", *args, "--out", str(Path(tmp) / "run")]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -188,7 +188,7 @@ def end_to_end(smoke: bool, log, preset: str = "paper") -> dict:
             return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
         summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
     log(f"end-to-end phase diagram: {wall:.1f} s, agreement {summary['agreement']:.3f}")
-    return {"command": "supbench run phase-diagram " + " ".join(a for a in args if not a.startswith(tmp)),
+    return {"command": "supbench run phase-diagram " + " ".join(args),  # without its temporary --out
             "wall_seconds": wall, "train_seconds": summary["train_seconds"], "agreement": summary["agreement"],
             "backend": summary["backend"], "n_instances": summary["n_instances"],
             "instance_steps_per_second": summary["instance_steps_per_second"]}
@@ -230,6 +230,18 @@ def main(argv=None) -> Path:
         print(msg, file=sys.stderr, flush=True)
 
     record = {"provenance": provenance(device, args.smoke, argv), "workloads": {}}
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    gpu = record["provenance"].get("gpu") or "cpu-" + str(record["provenance"].get("cpu", "cpu"))
+    gpu = "".join(c if c.isalnum() or c in "-." else "_" for c in gpu)
+    out = args.out or (Path(tempfile.gettempdir()) / f"supbench-smoke-{stamp}.json" if args.smoke
+                       else RESULTS / f"{stamp}-{gpu}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(complete: bool):
+        # Rewritten after every section: a run cut short by a time limit keeps what it measured
+        # (marked incomplete, which bench.report says beside its tables).
+        record["provenance"]["complete"] = complete
+        out.write_text(json.dumps(record, indent=2) + "\n")
     peak = None
     if device == "cpu":
         gflops = args.cpu_peak_gflops or record["provenance"].get("fp32_peak_gflops")
@@ -240,22 +252,18 @@ def main(argv=None) -> Path:
         wl = table[w].smoke() if args.smoke else table[w]
         log(f"workload {w}: n={wl.n} m={wl.m} B={wl.batch} K={wl.K}")
         record["workloads"][w] = measure(wl, names, device, rounds, triton_steps, log, peak, cpu_steps)
+        save(False)
     if device == "cpu" and not args.smoke:
         args.no_scaling = True  # the K-scaling sweep is a GPU question
     if not args.no_scaling:
         base = WORKLOADS["basic"].smoke() if args.smoke else WORKLOADS["basic"]
         record["scaling"] = scaling(base, [n for n in names if n in ("triton-fp32", "triton-tf32", "eager", "jax")],
                                     device, max(2, rounds // 2), triton_steps, args.smoke, log)
+        save(False)
     if not args.no_e2e:
         # On a CPU the default command (quick preset) is the one users run; on a GPU the paper preset.
         record["end_to_end"] = end_to_end(args.smoke, log, "quick" if device == "cpu" and not args.smoke else "paper")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    gpu = record["provenance"].get("gpu") or "cpu-" + str(record["provenance"].get("cpu", "cpu"))
-    gpu = "".join(c if c.isalnum() or c in "-." else "_" for c in gpu)
-    out = args.out or (Path(tempfile.gettempdir()) / f"supbench-smoke-{stamp}.json" if args.smoke
-                       else RESULTS / f"{stamp}-{gpu}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    save(True)
     log(f"wrote {out}")
     return out
 

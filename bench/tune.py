@@ -80,6 +80,9 @@ def main(argv=None):
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--max-variants", type=int, default=8, help="per workload, after the default (evenly spread)")
+    ap.add_argument("--layouts", type=json.loads, default=None,
+                    help='JSON list of layout overrides timed after the default instead of the spread, '
+                         'e.g. \'[{"path": "blocked", "BB": 64, "NB": 32, "num_warps": 4}]\'')
     ap.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +91,8 @@ def main(argv=None):
         wl = WORKLOADS[name]
         default = {k: v for k, v in asdict(tile_config(wl.n, wl.m, wl.batch)).items()}
         cands = list(candidates(wl.n, wl.m))
-        variants = ([default] + list(baselines(wl.n, wl.m))
-                    + cands[:: max(1, len(cands) // args.max_variants)][: args.max_variants])
+        variants = ([default] + (args.layouts if args.layouts is not None else list(baselines(wl.n, wl.m))
+                                 + cands[:: max(1, len(cands) // args.max_variants)][: args.max_variants]))
         for layout in variants:
             row = {"workload": name, **layout, "default": layout is default}
             try:

@@ -164,8 +164,8 @@ def _lane_mask(valid, r0, n, batch):
 
 @njit(cache=True, fastmath=FASTMATH)
 def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, batch, inst, step0, n_steps,
-                    window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, R, relu_hidden,
-                    sets, finite):
+                    window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps, relu, decoupled, R,
+                    relu_hidden, sets, finite):
     """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment."""
     m, n = W.shape[1], W.shape[2]
     f32 = np.float32
@@ -210,7 +210,6 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     all_m = np.ones(m, np.bool_)
     last_r0 = ((batch - 1) // R) * R
     c2 = np.uint64(inst) & M32
-    one_b1, one_b2 = f32(1.0) - beta1, f32(1.0) - beta2
     # A finite dataset (examples > 0) is the batch of step 0 of the dataset stream, drawn again at
     # every step (every step trains on the whole dataset): engine.rng.dataset_uniforms.
     c3 = np.uint64(STREAM_DATASET if finite else 0)
@@ -565,7 +564,7 @@ def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, bet
 
 @njit(parallel=True, cache=True)
 def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0, n_steps,
-                  window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu, decoupled, lanes,
+                  window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps, relu, decoupled, lanes,
                   relu_hidden, sets, finite, threads):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
 
@@ -581,8 +580,8 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
         for g in range(t, n_groups, T):
             for k in range(g * size, min(K, (g + 1) * size)):
                 _train_instance(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, k, K, batch, first_instance + k,
-                                step0, n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps, relu,
-                                decoupled, lanes, relu_hidden, sets, finite)
+                                step0, n_steps, window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2,
+                                eps, relu, decoupled, lanes, relu_hidden, sets, finite)
 
 
 @njit(cache=True)
@@ -659,7 +658,8 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     with slp_vectorize():
         train_segment(W, b, mW, vW, mb, vb, arr(p), arr(imp), arr(sched), loss, hist_arr, int(batch),
                       int(first_instance), int(step0), int(n_steps), int(window_start),
-                      int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1), f32(beta2),
+                      int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay),
+                      f32(1.0 - beta1), f32(beta2), f32(1.0 - beta2),  # 1 - beta: float64, rounded once (kernels/adam.py)
                       f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden), set_array(sets), bool(finite),
                       int(numba.get_num_threads()))
 

@@ -36,7 +36,7 @@ def lanes_for(n: int, m: int) -> int:
 
 @njit(cache=True, fastmath=FASTMATH)
 def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, sched, loss_acc, hist, k, batch,
-                    inst, step0, n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps,
+                    inst, step0, n_steps, window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps,
                     decoupled, R, sets, finite):
     """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment."""
     m, n = W1.shape[1], W1.shape[2]
@@ -88,7 +88,6 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     last_r0 = ((batch - 1) // R) * R
     c2 = np.uint64(inst) & M32
     c3 = np.uint64(STREAM_DATASET if finite else 0)
-    one_b1, one_b2 = f32(1.0) - beta1, f32(1.0) - beta2
     for t in range(step0, step0 + n_steps):
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
         transpose_into(W1[k], W1T)
@@ -233,8 +232,8 @@ def _backward_rows(accT1, accT2, W2k, W2p, x, h, hT, dz, dzact, dh, dhT, acc_b1,
 
 @njit(parallel=True, cache=True)
 def train_segment(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, schedule, loss_acc, hist, batch,
-                  first_instance, step0, n_steps, window_start, hist_every, k0, k1, weight_decay, beta1, beta2, eps,
-                  decoupled, lanes, sets, finite):
+                  first_instance, step0, n_steps, window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2,
+                  eps, decoupled, lanes, sets, finite):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
     W1 (K, m, n), b1 (K, m), W2 (K, n, m), b2 (K, n) and their Adam moments; the rest as
     kernels.cpu_train.train_segment."""
@@ -242,7 +241,7 @@ def train_segment(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp
     for k in prange(K):
         _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, schedule, loss_acc, hist, k,
                         batch, first_instance + k, step0, n_steps, window_start, hist_every, k0, k1, weight_decay,
-                        beta1, beta2, eps, decoupled, lanes, sets, finite)
+                        one_b1, beta2, one_b2, eps, decoupled, lanes, sets, finite)
 
 
 NAMES = ("W1", "b1", "W2", "b2")
@@ -268,5 +267,6 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     with slp_vectorize():
         train_segment(*P, *moments, arr(p), arr(imp), arr(sched), arr(loss_acc), hist_arr, int(batch),
                       int(first_instance), int(step0), int(n_steps), int(window_start),
-                      int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay), f32(beta1), f32(beta2),
+                      int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay),
+                      f32(1.0 - beta1), f32(beta2), f32(1.0 - beta2),  # 1 - beta: float64, rounded once (kernels/adam.py)
                       f32(eps), bool(decoupled), lanes, set_array(sets), bool(finite))

@@ -38,7 +38,7 @@ class TileConfig:
     MP: int                 # m padded to a power of two (gram, blocked: >= 16 for tl.dot)
     NB: int                 # blocked: features per block; other paths: 0
     num_warps: int
-    fp32_dot: str = "ieee"  # blocked path at fp32: "ieee" (exact FMA) or "tf32x3" (3-pass tensor cores, ~fp32)
+    fp32_dot: str = "ieee"  # blocked path at fp32: "ieee" (FMA) or "tf32x3" (3 tensor-core passes, fp32-class)
 
 
 def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override) -> TileConfig:
@@ -100,15 +100,20 @@ def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override)
         BB = max(4, min(64, triton.next_power_of_2(batch), 512 // (P * NP * MP)))
         cfg = TileConfig("fused", P, BB, NP, MP, 0, 4)
     else:
-        # n=400, m=30 under triton 3.6 (python -m bench.aot / bench.sass, SM-cycles per row for
-        # the three passes): fp32 (ieee, FMA) BB=32 NB=16 8 warps 197 registers, 3747 (4 warps
-        # spills); tf32 BB=64 NB=16 4 warps 246 registers, 1469 (8 warps NB=32: 2023; 2 warps
-        # spills). NB=16 also divides n=400, so no feature masks. m = 64 needs half the rows (h, dh
-        # are (BB, MP)).
-        BB, NB, warps = (64, 16, 4) if precision == "tf32" else (32, 16, 8)
+        # Timed on an H200 (python -m bench.tune --workloads uniform, n=400 m=30 B=1024 K=1000, ms
+        # per step, one process, 2026-12-04): fp32 with the first static choice, ieee (FMA) BB=32
+        # NB=16 8 warps, 31.6; ieee BB=64 NB=16 4 warps 14.7 (BB=32 NB=32 4 warps 14.8, BB=64
+        # NB=64 8 warps 16.5, BB=16 23.2, BB=128 223); tf32x3 (three tf32 tensor-core passes that
+        # keep fp32 accuracy: one-step W-gradient error vs float64 4.1e-7, ieee 3.8e-7) BB=64
+        # NB=16 4 warps 9.8; tf32 at BB=64 NB=16 4 warps 5.6 (suite). So fp32 takes tf32x3 at
+        # the tf32 tiles. NB=16 divides n=400, so no feature masks. m = 64 needs half the rows
+        # (h, dh are (BB, MP)); there fp32 keeps its first static choice (ieee, BB=16, 8 warps:
+        # no GPU timing yet, and tf32x3 at BB=32 spills 64 bytes for sm_90).
         if MP >= 64:
-            BB //= 2
-        cfg = TileConfig("blocked", 1, BB, 0, max(16, MP), NB, warps)
+            BB, NB, warps, dot = (32, 16, 4, "ieee") if precision == "tf32" else (16, 16, 8, "ieee")
+        else:
+            BB, NB, warps, dot = 64, 16, 4, "ieee" if precision == "tf32" else "tf32x3"
+        cfg = TileConfig("blocked", 1, BB, 0, max(16, MP), NB, warps, dot)
     return replace(cfg, **override)
 
 

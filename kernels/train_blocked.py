@@ -47,7 +47,7 @@ def _train_blocked_kernel(
     W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr, dW_ptr, db_ptr,
     p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
     K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
-    seed, wd, beta1, beta2, eps, inv_bn,
+    seed, wd, one_b1, beta2, one_b2, eps, inv_bn,
     BB: tl.constexpr, NB: tl.constexpr, MP: tl.constexpr,
     RELU: tl.constexpr, DECOUPLED: tl.constexpr, PRECISION: tl.constexpr, EVEN: tl.constexpr,
     DB_IN_DOT: tl.constexpr,
@@ -140,10 +140,10 @@ def _train_blocked_kernel(
             f_ok = fb < n
             w_offs = j[:, None] * n + fb[None, :]
             w_mask = j_ok[:, None] & f_ok[None, :]
-            adam_in_memory(Wk, dWk, mWk, vWk, w_offs, w_mask, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps,
-                           DECOUPLED)
-            adam_in_memory(bk, dbk, mbk, vbk, fb, f_ok, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps,
-                           DECOUPLED)
+            adam_in_memory(Wk, dWk, mWk, vWk, w_offs, w_mask, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2,
+                           eps, DECOUPLED)
+            adam_in_memory(bk, dbk, mbk, vbk, fb, f_ok, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2,
+                           eps, DECOUPLED)
         tl.debug_barrier()
     tl.store(loss_ptr + k, loss_acc)
 

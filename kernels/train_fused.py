@@ -30,7 +30,7 @@ def _train_fused_kernel(
     W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr,
     p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
     K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
-    seed, wd, beta1, beta2, eps, inv_bn,
+    seed, wd, one_b1, beta2, one_b2, eps, inv_bn,
     P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr,
     RELU: tl.constexpr, DECOUPLED: tl.constexpr,
 ):
@@ -83,8 +83,8 @@ def _train_fused_kernel(
         loss_t = lsum * inv_bn
         loss_acc = record_loss(loss_acc, loss_t, t, window_start, hist_every, hist_ptr, K, ip, ok_i)
         decay, step_size, inv_sqrt_bias2 = schedule_at(sched_ptr, t)
-        W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
-        b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, DECOUPLED)
+        b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, DECOUPLED)
         # Keep padded lanes exactly zero (AdamW decay keeps 0 at 0, but be explicit and cheap).
         W = tl.where(w_mask, W, 0.0)
         b = tl.where(pf_mask, b, 0.0)

@@ -32,7 +32,7 @@ def _train_gram_kernel(
     W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr,
     p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
     K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
-    seed, wd, beta1, beta2, eps, inv_bn,
+    seed, wd, one_b1, beta2, one_b2, eps, inv_bn,
     BB: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr,
     RELU: tl.constexpr, DECOUPLED: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -87,8 +87,8 @@ def _train_gram_kernel(
         loss_t = tl.sum(tl.sum(l2, axis=1), axis=0) * 0.5
         loss_acc = record_loss(loss_acc, loss_t, t, window_start, hist_every, hist_ptr, K, k, k < K)
         decay, step_size, inv_sqrt_bias2 = schedule_at(sched_ptr, t)
-        W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
-        b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, DECOUPLED)
+        b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, DECOUPLED)
         W = tl.where(w_mask, W, 0.0)
         b = tl.where(f_ok, b, 0.0)
 

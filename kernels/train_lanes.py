@@ -35,7 +35,7 @@ def _train_lanes_kernel(
     W_ptr, b_ptr, mW_ptr, vW_ptr, mb_ptr, vb_ptr,
     p_ptr, imp_ptr, sched_ptr, loss_ptr, hist_ptr,
     K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
-    seed, wd, beta1, beta2, eps, inv_bn,
+    seed, wd, one_b1, beta2, one_b2, eps, inv_bn,
     P: tl.constexpr, BB: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr,
     RELU: tl.constexpr, DECOUPLED: tl.constexpr, EVEN: tl.constexpr, MOMENTS_IN_MEMORY: tl.constexpr,
 ):
@@ -98,10 +98,10 @@ def _train_lanes_kernel(
             # Read and written once per step, from L1/L2: frees 2/3 of the parameter registers.
             mW = tl.load(mW_ptr + w_offs, mask=w_mask, other=0.0)
             vW = tl.load(vW_ptr + w_offs, mask=w_mask, other=0.0)
-        W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        W, mW, vW = adam(W, dW, mW, vW, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, DECOUPLED)
         if MOMENTS_IN_MEMORY:
             store_with_moments(W_ptr, mW_ptr, vW_ptr, w_offs, w_mask, W, mW, vW)
-        b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, beta1, beta2, eps, DECOUPLED)
+        b, mb, vb = adam(b, db, mb, vb, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, DECOUPLED)
         W = tl.where(w_mask, W, 0.0)
         b = tl.where(pf_mask, b, 0.0)
         W4 = W[:, :, :, None]

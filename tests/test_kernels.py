@@ -279,6 +279,23 @@ def test_gpu_triton_and_torch_give_the_same_loss_distribution():
     assert ks < 1.63 * math.sqrt(2 / K)
 
 
+def test_kernels_get_one_minus_beta_rounded_once_from_float64(monkeypatch):
+    """The interpreter keeps Python floats, so only a compiled kernel showed it: 1 - beta2 computed in
+    the kernel from float32(0.999) is 1.3e-5 off, and so was every second moment. The launch passes
+    1 - beta1 and 1 - beta2 computed on the host in float64 (a kernel argument rounds once)."""
+    from kernels import train as ktrain
+    from kernels import train_lanes
+    seen = {}
+    monkeypatch.setattr(train_lanes, "launch", lambda head, tail, cfg, **kw: seen.update(tail=tail))
+    model, ts = ModelSpec(2, 1), TrainSpec(steps=1, batch_size=8)
+    state = tb.new_state(model, ts, 0, 1, "cpu")
+    ktrain.train_steps(state, torch.ones(1, 2), torch.ones(1, 2), tb.schedule_table(ts, "cpu"), torch.zeros(1), None,
+                       batch=8, first_instance=0, step0=0, n_steps=1, window_start=0, hist_every=0, seed=0,
+                       weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8, relu=True, decoupled=True)
+    scalars = seen["tail"][-6:]  # weight_decay, 1 - beta1, beta2, 1 - beta2, eps, 1 / (batch n)
+    assert scalars[1] == 1.0 - 0.9 and scalars[2] == 0.999 and scalars[3] == 1.0 - 0.999
+
+
 def test_triton_resume_from_a_mid_chunk_checkpoint_is_exact(tmp_path, monkeypatch):
     from engine.checkpoint import Checkpoint
     monkeypatch.setattr(tb, "STEPS_PER_LAUNCH", 3)
