@@ -134,7 +134,11 @@ def render(records: list[tuple[Path, dict]], out_dir: Path) -> str:
     latest = {}
     for path, rec in gpu_records + cpu_records:
         prov = rec["provenance"]
-        key = prov.get("gpu", "?") if not _is_cpu(rec) else f"CPU: {prov.get('cpu', '?')} ({prov.get('cores', '?')} cores)"
+        # CPUs sold under one name differ in vector width (this project's machines came with and without
+        # AVX-512, which moves the cpu backend's dense-model times ~1.6x): one section per kind.
+        isa = {True: ", AVX-512", False: ", no AVX-512"}.get(prov.get("avx512"), "")
+        key = (prov.get("gpu", "?") if not _is_cpu(rec)
+               else f"CPU: {prov.get('cpu', '?')} ({prov.get('cores', '?')} cores{isa})")
         latest[key] = (path, rec)
     for gpu, (path, rec) in sorted(latest.items(), key=lambda kv: (kv[0].startswith("CPU"), kv[0])):
         prov = rec["provenance"]
