@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 import matplotlib
@@ -103,15 +104,16 @@ def scaling_plot(rec: dict, path: Path) -> None:
 def _without_out(command: str) -> str:
     """A recorded command without its ``--out PATH`` (the recording machine's path): the default
     output path is where a reproduction belongs."""
-    words, kept = command.split(), []
+    words, kept = shlex.split(command), []
     while words:
         word = words.pop(0)
         if word == "--out":
             if words and not words[0].startswith("--"):
                 words.pop(0)
             continue
-        kept.append(word)
-    return " ".join(kept)
+        if not word.startswith("--out="):
+            kept.append(word)
+    return shlex.join(kept)
 
 
 def _is_cpu(rec: dict) -> bool:
@@ -130,9 +132,10 @@ def render(records: list[tuple[Path, dict]], out_dir: Path) -> str:
         lines += ["**No GPU results recorded yet.** The GPU suite has not run on a GPU.",
                   "To record results on a CUDA machine (H100/H200):", "",
                   "```bash", "pip install --no-deps -e . && python -m bench.suite && python -m bench.report", "```", ""]
-    # Newest record per machine.
+    # Newest record per machine; a complete one wins over a newer one cut short (bench.suite saves
+    # after every section, so an interrupted run leaves an incomplete record behind).
     latest = {}
-    for path, rec in gpu_records + cpu_records:
+    for path, rec in sorted(gpu_records + cpu_records, key=lambda pr: pr[1]["provenance"].get("complete", True)):
         prov = rec["provenance"]
         # CPUs sold under one name differ in vector width (this project's machines came with and without
         # AVX-512, which moves the cpu backend's dense-model times ~1.6x): one section per kind.
@@ -167,7 +170,7 @@ def render(records: list[tuple[Path, dict]], out_dir: Path) -> str:
         if "end_to_end" in rec:
             e = rec["end_to_end"]
             if "error" in e:
-                lines += [f"End to end: `supbench run phase-diagram --preset paper` failed: {e['error']}", ""]
+                lines += [f"End to end: `{_without_out(e.get('command', 'supbench run phase-diagram'))}` failed: {e['error']}", ""]
             else:
                 lines += ["### End to end", "",
                           f"`{_without_out(e['command'])}`: {e['wall_seconds']:.1f} s wall ({e['train_seconds']:.1f} s training) for "

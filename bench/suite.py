@@ -92,7 +92,7 @@ def cpu_info() -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_cycle = 32 if " fma" in f" {flags}" else 16
     peak = cores * mhz * 1e-3 * per_cycle if mhz else None
-    return {"cpu": model, "cores": cores, "cpu_mhz": mhz, "avx512": "avx512f" in flags,
+    return {"cpu": model, "cores": cores, "cpu_mhz": mhz, "avx512": ("avx512f" in flags.split()) if flags else None,
             "fp32_peak_gflops": peak, "fp32_peak_note": f"{cores} cores x {mhz} MHz x {per_cycle} FLOP/cycle"}
 
 

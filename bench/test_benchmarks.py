@@ -283,6 +283,25 @@ def test_cpu_suite_smoke_records_the_cpu_provider_and_its_ratios(tmp_path):
     assert "## CPU: " in md.read_text() and "cpu/eager" in md.read_text()
 
 
+def test_report_prefers_a_complete_record_prints_notes_and_drops_out_paths(tmp_path):
+    """bench.suite saves after every section, so an interrupted run leaves an incomplete record: it
+    must not hide an older complete one of the same machine. Notes print; --out paths do not."""
+    base = {"provenance": {"date": "2026-01-01T00:00:00+00:00", "smoke": False, "device": "cpu", "cpu": "X",
+                           "cores": 2, "avx512": True, "torch": "t", "git_commit": "abc",
+                           "command": "python -m bench.suite --device cpu --out '/some where/r.json' --rounds 3"},
+            "workloads": {}, "notes": ["a note"]}
+    (tmp_path / "1-old.json").write_text(json.dumps({**base, "provenance": {**base["provenance"], "complete": True}}))
+    newer = {**base, "provenance": {**base["provenance"], "complete": False, "date": "2026-02-01T00:00:00+00:00"}}
+    (tmp_path / "2-new.json").write_text(json.dumps(newer))
+    text = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md")]).read_text()
+    assert "1-old.json" in text and "2-new.json" not in text and "Incomplete" not in text
+    assert "Note: a note" in text and "python -m bench.suite --device cpu --rounds 3" in text and "where" not in text
+    assert "## CPU: X (2 cores, AVX-512)" in text
+    (tmp_path / "1-old.json").unlink()  # only the incomplete one left: shown, and said to be incomplete
+    text = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md")]).read_text()
+    assert "2-new.json" in text and "Incomplete record" in text
+
+
 @pytest.mark.parametrize("args", [["--workloads", "bogus"], ["--providers", "nope"]])
 def test_suite_refuses_unknown_names_with_one_line(args, capsys):
     with pytest.raises(SystemExit) as e:

@@ -81,10 +81,13 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--max-variants", type=int, default=8, help="per workload, after the default (evenly spread)")
     ap.add_argument("--layouts", type=json.loads, default=None,
-                    help='JSON list of layout overrides timed after the default instead of the spread, '
+                    help='JSON list of layout overrides timed after the default, instead of the baselines and the spread, '
                          'e.g. \'[{"path": "blocked", "BB": 64, "NB": 32, "num_warps": 4}]\'')
     ap.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args(argv)
+    if args.layouts is not None and not (isinstance(args.layouts, list)
+                                         and all(isinstance(x, dict) for x in args.layouts)):
+        ap.error("--layouts: a JSON list of objects, e.g. '[{\"BB\": 64}]'")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.workloads.split(","):
@@ -98,7 +101,7 @@ def main(argv=None):
             try:
                 row["grad_rel_err"] = check(wl, layout)
                 row["ms_per_step"] = time_layout(wl, layout, args.steps)
-                if layout.get("path") in ("blocked", "gram"):
+                if tile_config(wl.n, wl.m, wl.batch, **layout).path in ("blocked", "gram"):
                     row["ms_per_step_tf32"] = time_layout(wl, layout, args.steps, "tf32")
             except Exception as e:  # a variant that does not compile or launch is reported, not fatal
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"

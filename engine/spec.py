@@ -232,7 +232,9 @@ class TrainSpec:
     """How to train. Defaults are Anthropic's notebook: AdamW(1e-3, wd 0.01), batch 1024, 10k steps.
 
     schedule: lr multiplier at step t of T: constant 1; linear 1 - t/T; cosine cos(pi/2 * t/(T-1)).
-    precision: ``fp32`` (exact float32 matmuls) or ``tf32`` (tensor-core matmuls, opt-in).
+    precision: ``fp32`` (float32 accuracy: exact FMA products, except on the triton blocked path for
+    m <= 32, where three tf32 tensor-core passes give fp32-class error, kernels/layout.py) or ``tf32``
+    (one tensor-core pass per product, opt-in).
     seed: keys every random number (init and data) together with the instance index and step.
     """
 

@@ -8,7 +8,8 @@ instance per program, W in memory, feature blocks, tl.dot; larger models and tf3
 (kernels/train_fused.py; the first small-model layout, rows on an inner axis; only reachable by
 override, kept as the baseline ``bench.tune`` times lanes against until a GPU run settles it).
 Sizes were chosen with ``python -m bench.aot`` (registers, spills, shared memory for sm_90) and
-``python -m bench.sass`` (static instruction cost of the hot loop), pending GPU timings.
+``python -m bench.sass`` (static instruction cost of the hot loop); the blocked fp32 default (m <= 32)
+by an H200's timings (``python -m bench.tune``); the rest await GPU timings.
 """
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ class TileConfig:
     MP: int                 # m padded to a power of two (gram, blocked: >= 16 for tl.dot)
     NB: int                 # blocked: features per block; other paths: 0
     num_warps: int
-    fp32_dot: str = "ieee"  # blocked path at fp32: "ieee" (FMA) or "tf32x3" (3 tensor-core passes, fp32-class)
+    fp32_dot: str = "ieee"  # gram, blocked at fp32: "ieee" (FMA) or "tf32x3" (3 tensor-core passes, fp32-class)
 
 
 def tile_config(n: int, m: int, batch: int, precision: str = "fp32", **override) -> TileConfig:
     """The layout for an (n, m) model; keyword arguments override any field (tests, tuning).
 
-    Defaults, by the static cost of each path's hot loop (python -m bench.sass, triton 3.6):
+    Defaults, by the static cost of each path's hot loop (python -m bench.sass, triton 3.6), except
+    the blocked path's at fp32 for m <= 32, timed on an H200 (below):
     - 16 <= n <= 32: gram at tf32 (only tl.dot uses tensor cores), and at fp32 too when m is
       at least half of n (then W^T W costs fewer FLOPs than the two-sided products);
     - other models up to padded m*n = 1024: lanes; tf32 with n > 32, and anything larger: blocked.

@@ -25,6 +25,6 @@ def train_steps(state: dict, p: torch.Tensor, imp: torch.Tensor, sched: torch.Te
     # Every kernel takes (W, b, mW, vW, mb, vb, [its scratch], p, imp, sched, loss, hist, sizes, scalars).
     head = [state[k] for k in ("W", "b", "mW", "vW", "mb", "vb")]
     tail = [p, imp, sched, loss_acc, hist, K, n, m, batch, first_instance, step0, n_steps, window_start, hist_every,
-            seed, weight_decay, 1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 / (batch * n)]
+            seed, weight_decay, 1.0 - float(beta1), beta2, 1.0 - float(beta2), eps, 1.0 / (batch * n)]
     module = {"lanes": train_lanes, "gram": train_gram, "fused": train_fused, "blocked": train_blocked}[cfg.path]
     module.launch(head, tail, cfg, batch=batch, relu=relu, decoupled=decoupled, precision=precision)

@@ -10,7 +10,7 @@ re-draw the same x from the counter-based RNG (cheaper than storing it):
     C: dW_blk += dh^T x_blk
 then, after the whole batch, the Adam update block by block (which also re-zeroes the scratch).
 Products are tl.dot: PRECISION "ieee" (exact fp32), "tf32" (tensor cores) or "tf32x3" (3-pass tensor
-cores, ~fp32; the layout's fp32_dot override). tl.dot needs every
+cores, fp32-class; the layout's fp32_dot, the fp32 default for m <= 32). tl.dot needs every
 dimension >= 16, so m is padded to MP >= 16, rows BB >= 16, feature blocks NB >= 16.
 Memory traffic per step is O(m n (B / BB)) per instance for W and the gradient scratch, none for
 the batch itself.

@@ -121,6 +121,7 @@ def test_one_step_matches_float64_reference(n, m):
     (20, 5, 3, 21, dict(path="blocked", NB=16, BB=16)),                  # blocked path, several feature blocks
     (33, 7, 2, 21, dict(path="blocked", NB=16, BB=16)),                  # ragged last feature block
     (400, 30, 2, 21, {}),                                                # the uniform workload's shape
+    (400, 30, 2, 21, dict(fp32_dot="ieee")),                             # its exact-FMA form (default: tf32x3)
     (3, 2, 5, 21, dict(P=4)),                                            # lanes, 4 instances packed, K=5
     (2, 1, 3, 21, dict(P=2, BB=8)),                                      # lanes, 2 rows per Philox call, ragged tile
     (1, 1, 5, 21, dict(P=4, BB=16)),                                     # lanes, 4 rows per Philox call
