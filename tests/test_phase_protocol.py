@@ -78,3 +78,24 @@ def test_inputs_are_not_modified():
 def test_best_never_keeps_a_diverged_seed():
     loss = np.array([[1.0, np.nan, 0.5]])
     assert kept_seeds(loss, "best").tolist() == [[False, False, True]]
+
+
+def test_the_minima_probe_retrains_missed_cells_and_leaves_the_initialisation_as_it_was(tmp_path, capsys):
+    """bench.probe_phase_minima on a tiny finished run: one line per variant, shares in [0, 1], and
+    the engine's init_weights restored (the probe scales it while it trains)."""
+    pytest.importorskip("numba")
+    from bench import probe_phase_minima
+    from engine import reference
+    from engine.experiments import phase_diagram as pd
+    from engine.experiments import runner
+    spec = pd.PhaseDiagramSpec(grid=3, seeds=2, steps=30, batch_size=32, backend="cpu")
+    runner.run(pd.EXPERIMENT, spec, tmp_path / "run", progress=False, log=lambda m: None)
+    draw = reference.init_weights
+    probe_phase_minima.main(["--run", str(tmp_path / "run"), "--seeds", "2", "--variants", "1,0.01,20", "0.5,0.01,20"])
+    out = capsys.readouterr().out
+    assert reference.init_weights is draw
+    lines = [line for line in out.splitlines() if line.startswith("init x")]
+    assert len(lines) == 2 and lines[1].startswith("init x0.5 lr 0.01 steps 20")
+    shares = [float(w.strip(",;")) for line in lines for w in line.split(": ", 1)[1].split() if w[0].isdigit()
+              and "." in w and not w.endswith("s")]
+    assert shares and all(0 <= v <= 1 for v in shares)
