@@ -50,6 +50,24 @@ SET_KIND = {"correlated": 1, "anticorrelated": 2}
 FASTMATH = {"contract"}
 
 
+def _host_has_avx512() -> bool:
+    """Whether the CPU numba compiles for has AVX-512 (32 vector registers of 16 floats), else
+    AVX2's 16 of 8: an 8 x 16 tile's 16 accumulators then fill every register and spill."""
+    try:
+        from llvmlite import binding
+        return bool(binding.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # unknown host: keep the tiles measured on the AVX-512 machine
+        return True
+
+
+# Rows per register tile in the products' main loops (rows_times, _accumulate_dense). Measured side by
+# side (python -m bench.ab_cpu, CPU AMD EPYC 2 cores): with AVX-512, 8 (the tiles were sized there);
+# without (AVX2, znver3), 4: uniform n=400 m=30 1.31x, dim128 1.31x, basic 0.96x-1.00x (6-row tiles:
+# 1.10x). The sums are the same either way (each output its terms in order), so results are too.
+# Numba's disk cache is keyed by the host CPU's features, so each kind compiles its own.
+TILE_ROWS = 8 if _host_has_avx512() else 4
+
+
 @njit(inline="always", cache=True)
 def lane_row(l, r0, R, n):
     """The batch row that lane l of the block starting at row r0 holds (see _draw_block)."""
@@ -336,7 +354,7 @@ def rows_times(A, X, active, init, out):
     C, rows = A.shape
     R = out.shape[1]
     if C >= TILE_MIN_TERMS and R >= TILE_LANES:
-        _rows_times_tiled(A, X, active, init, out)
+        _rows_times_tiled(A, X, active, init, out, TILE_ROWS)
     else:
         for r in range(rows):
             for l in range(R):
@@ -349,8 +367,8 @@ def rows_times(A, X, active, init, out):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _rows_times_tiled(A, X, active, init, out):
-    """rows_times by tiles of 8 rows, then one tile of the last 1-7 rows, each over every whole chunk of
+def _rows_times_tiled(A, X, active, init, out, tile_rows):
+    """rows_times by tiles of tile_rows (8 or 4: TILE_ROWS) rows while 8 or more are left, then one tile of the last 1-7, each over every whole chunk of
     TILE_LANES lanes (kernels/cpu_tiles.py), their sums in registers; the lanes past the last whole
     chunk (R not a multiple of TILE_LANES) take the plain loop. Not inlined: one compiled copy serves
     every call site (compile time)."""
@@ -358,9 +376,12 @@ def _rows_times_tiled(A, X, active, init, out):
     R = out.shape[1]
     l_tiled = R - R % TILE_LANES
     r0 = 0
-    while r0 + 8 <= rows:
-        tile_8(A, X, active, init, out, r0, l_tiled)
-        r0 += 8
+    while rows - r0 >= 8:  # then one tile for the last 1-7 rows (m=5: one tile_5, not tile_4 + tile_1)
+        if tile_rows == 8:
+            tile_8(A, X, active, init, out, r0, l_tiled)
+        else:
+            tile_4(A, X, active, init, out, r0, l_tiled)
+        r0 += tile_rows
     rest = rows - r0  # one tile for the last 1-7 rows: X is read once per chunk, not once per power of two
     if rest == 7:
         tile_7(A, X, active, init, out, r0, l_tiled)
@@ -435,14 +456,22 @@ def _accumulate_dense(acc, X, YT):
     block's rows as a matrix product whose terms are the R batch rows, in register tiles of 8 (or 4)
     rows of acc x 16 neurons (acc_tile_8, acc_tile_4 in kernels/cpu_tiles.py; n_pad a multiple of 4).
     Storing every partial sum instead, as an outer product per row, was store-bound and cost half of
-    the step on n=400, m=30."""
+    the step on n=400, m=30. Tiles of 4 rows only where TILE_ROWS says so (AVX2)."""
+    _accumulate_tiles(acc, X, YT, TILE_ROWS)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _accumulate_tiles(acc, X, YT, tile_rows):
+    """_accumulate_dense with tiles of tile_rows (8 or 4) rows, the last one of 4 if need be."""
     rows, mp = acc.shape
     r0 = 0
-    while r0 + 8 <= rows:
-        acc_tile_8(X, YT, acc, r0, mp)
-        r0 += 8
-    if r0 < rows:
+    if tile_rows == 8:
+        while r0 + 8 <= rows:
+            acc_tile_8(X, YT, acc, r0, mp)
+            r0 += 8
+    while r0 < rows:
         acc_tile_4(X, YT, acc, r0, mp)
+        r0 += 4
 
 
 @njit(inline="always", cache=True)

@@ -73,3 +73,32 @@ def test_slp_vectorize_survives_numba_re_reading_its_environment(monkeypatch):
     assert np.all(out[:4] == 20.0)
     asm = tile.inspect_asm(tile.signatures[0])
     assert re.search(r"vfmadd\w*ps\s[^\n]*%[yz]mm", asm), "the tile's FMAs are not packed into vectors"
+
+
+@pytest.mark.parametrize("tile_rows", [8, 4])  # TILE_ROWS: 8 with AVX-512, 4 without; both checked on any host
+@pytest.mark.parametrize("C, rows", [(4, 1), (20, 5), (33, 7), (400, 30), (30, 400), (37, 13)])
+def test_both_tile_heights_give_the_plain_loops_sums_bit_for_bit(tile_rows, C, rows):
+    g = np.random.default_rng(C * 7 + rows + tile_rows)
+    R = 128
+    A = g.standard_normal((C, rows)).astype(np.float32)
+    X = g.standard_normal((C, R)).astype(np.float32)
+    active = g.random(C) < 0.8
+    init = g.standard_normal(rows).astype(np.float32)
+    want = np.empty((rows, R), np.float32)
+    plain(A, X, active, init, want)
+    with cpu_train.slp_vectorize():
+        out = np.full((rows, R), np.nan, np.float32)
+        cpu_train._rows_times_tiled(A, X, active, init, out, tile_rows)
+        assert np.array_equal(out, want)
+        # The weight gradient's accumulation: acc (n_pad, mp) += X (n_pad, R) @ YT (R, mp), n_pad a multiple of 4.
+        n_pad, mp = 4 * ((rows + 3) // 4), 32
+        Xg = np.zeros((n_pad, R), np.float32)
+        Xg[:rows] = g.standard_normal((rows, R)).astype(np.float32)
+        YT = g.standard_normal((R, mp)).astype(np.float32)
+        acc0 = g.standard_normal((n_pad, mp)).astype(np.float32)
+        got, ref = acc0.copy(), acc0.copy()
+        cpu_train._accumulate_tiles(got, Xg, YT, tile_rows)
+        cpu_train._accumulate_tiles(ref, Xg, YT, 12 - tile_rows)  # the other height
+    assert np.array_equal(got, ref)
+    exact = acc0.astype(np.float64) + Xg.astype(np.float64) @ YT.astype(np.float64)
+    assert np.allclose(got, exact, rtol=1e-5, atol=1e-4)
