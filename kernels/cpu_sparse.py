@@ -48,6 +48,17 @@ def is_sparse(nnz, n, R):
 
 
 @njit(inline="always", cache=True)
+def look_sparse(X, n, R, masks, look):
+    """(sparse, look_next) for a block's factor X (>= n rows, R lanes): whether it takes the sparse
+    products (masks then hold its nonzero pattern), and whether the next block's is worth looking at
+    (it was under twice the threshold). look False: nothing is read, (False, False)."""
+    if not look:
+        return False, False
+    nnz = nonzero_masks(X, n, masks)
+    return is_sparse(nnz, n, R), is_sparse(nnz, n, 2 * R)
+
+
+@njit(inline="always", cache=True)
 def nonzero_masks(X, n, masks):
     """masks[c, w] (c < n, w < R / 64) = the nonzero bits of X[c, 64 w: 64 w + 64]; returns their count."""
     nnz = 0

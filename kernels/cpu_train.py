@@ -35,8 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, feature, philox, uniform_at
-from .cpu_sparse import (LANE_WORD, is_sparse, nonzero_masks, scatter_accumulate, scatter_product,
-                         sparse_lanes_ok)
+from .cpu_sparse import LANE_WORD, look_sparse, scatter_accumulate, scatter_product, sparse_lanes_ok
 from .cpu_tiles import (LANES as TILE_LANES, acc_tile_4, acc_tile_8, slp_vectorize, tile_1, tile_2, tile_3, tile_4,
                         tile_5, tile_6, tile_7, tile_8)
 
@@ -62,8 +61,8 @@ def _host_has_avx512() -> bool:
 
 # Rows per register tile in the products' main loops (rows_times, _accumulate_dense). Measured side by
 # side (python -m bench.ab_cpu, CPU AMD EPYC 2 cores): with AVX-512, 8 (the tiles were sized there);
-# without (AVX2, znver3), 4: uniform n=400 m=30 1.31x, dim128 1.31x, basic 0.96x-1.00x (6-row tiles:
-# 1.10x). The sums are the same either way (each output its terms in order), so results are too.
+# without (AVX2, znver3), 4: uniform n=400 m=30 1.24-1.30x, dim128 1.20-1.30x, basic 1.02-1.03x (6-row
+# tiles: 1.10x on uniform). The sums are the same either way (each output its terms in order), so results are too.
 # Numba's disk cache is keyed by the host CPU's features, so each kind compiles its own.
 TILE_ROWS = 8 if _host_has_avx512() else 4
 
@@ -252,11 +251,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
             # (nonzero_masks, ~2% of a dense block) in a step's first block and after a sparse-enough one.
             if r0 == 0:
                 try_x = try_dz = sparse
-            sparse_x = False
-            if try_x:
-                nnz = nonzero_masks(x, n, masks)
-                sparse_x = is_sparse(nnz, n, R)
-                try_x = is_sparse(nnz, n, 2 * R)  # under twice the threshold: look again next block
+            sparse_x, try_x = look_sparse(x, n, R, masks, try_x)
             if sparse_x:
                 scatter_product(WTp, x, n, masks, zeros_mp, hT, x_terms, x_count)
                 if relu_hidden:
@@ -287,11 +282,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                     any_dz |= g != 0.0
                 dzact[f] = any_dz
             if rowwise:
-                sparse_dz = False
-                if try_dz:
-                    nnz = nonzero_masks(dz, n, masks)
-                    sparse_dz = is_sparse(nnz, n, R)
-                    try_dz = is_sparse(nnz, n, 2 * R)
+                sparse_dz, try_dz = look_sparse(dz, n, R, masks, try_dz)
                 _backward_rows(accT, WT, WTp, x, h, hT, dz, dzact, dh, dhT, zeros_m, zeros_mp, relu_hidden, sparse_x,
                                sparse_dz, masks, x_terms, x_count, dz_terms, dz_count)
             else:
@@ -368,10 +359,10 @@ def rows_times(A, X, active, init, out):
 
 @njit(cache=True, fastmath=FASTMATH)
 def _rows_times_tiled(A, X, active, init, out, tile_rows):
-    """rows_times by tiles of tile_rows (8 or 4: TILE_ROWS) rows while 8 or more are left, then one tile of the last 1-7, each over every whole chunk of
-    TILE_LANES lanes (kernels/cpu_tiles.py), their sums in registers; the lanes past the last whole
-    chunk (R not a multiple of TILE_LANES) take the plain loop. Not inlined: one compiled copy serves
-    every call site (compile time)."""
+    """rows_times by tiles of tile_rows (8 or 4: TILE_ROWS) rows while 8 or more are left, then one
+    tile of the last 1-7, each over every whole chunk of TILE_LANES lanes (kernels/cpu_tiles.py), their
+    sums in registers; the lanes past the last whole chunk (R not a multiple of TILE_LANES) take the
+    plain loop. Not inlined: one compiled copy serves every call site (compile time)."""
     C, rows = A.shape
     R = out.shape[1]
     l_tiled = R - R % TILE_LANES
@@ -439,14 +430,22 @@ def _backward_rows(accT, WT, WTp, x, h, hT, dz, dzact, dh, dhT, zeros_m, zeros_m
                 for l in range(R):
                     dh[j, l] = dh[j, l] if h[j, l] > 0.0 else np.float32(0.0)
         transpose_into(dh, dhT[:, :m])
+    accumulate_halves(accT, accT, dz, hT, sparse_dz, dz_terms, dz_count, x, dhT, sparse_x, x_terms, x_count)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def accumulate_halves(acc_dz, acc_x, dz, hT, sparse_dz, dz_terms, dz_count, x, dhT, sparse_x, x_terms, x_count):
+    """A block's weight gradient, row by row: acc_dz += the dz half (dz against hT), then acc_x += the
+    x half (x against dhT), each by the sparse product (terms, counts from scatter_product) or the
+    dense one. Tied models pass accT as both; untied ones dW2's and dW1's accumulators."""
     if sparse_dz:
-        scatter_accumulate(accT, dz, dz_terms, dz_count, hT)
+        scatter_accumulate(acc_dz, dz, dz_terms, dz_count, hT)
     else:
-        _accumulate_dense(accT, dz, hT)
+        _accumulate_dense(acc_dz, dz, hT)
     if sparse_x:
-        scatter_accumulate(accT, x, x_terms, x_count, dhT)
+        scatter_accumulate(acc_x, x, x_terms, x_count, dhT)
     else:
-        _accumulate_dense(accT, x, dhT)
+        _accumulate_dense(acc_x, x, dhT)
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)

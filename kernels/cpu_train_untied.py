@@ -17,8 +17,8 @@ from numba import njit, prange
 
 from .cpu_rng import M32, seed_words
 from .cpu_tiles import LANES as TILE_LANES, slp_vectorize
-from .cpu_sparse import LANE_WORD, is_sparse, nonzero_masks, scatter_accumulate, scatter_product, sparse_lanes_ok
-from .cpu_train import (FASTMATH, STREAM_DATASET, _accumulate_dense, _apply_sets, _draw_block, _lane_mask, _record_loss,
+from .cpu_sparse import LANE_WORD, look_sparse, scatter_product, sparse_lanes_ok
+from .cpu_train import (FASTMATH, STREAM_DATASET, _apply_sets, _draw_block, _lane_mask, _record_loss, accumulate_halves,
                         adam_update, adam_update_vector, f32_array, padded_rule, rows_times, set_array,
                         sum_lanes, transpose_into, uses_rowwise)
 
@@ -54,7 +54,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     dh = np.empty((m, R), np.float32)
     # Per-lane weight-gradient accumulators (m, n, lanes), dW2 transposed (acc_w2[j, f] for W2[f, j]);
     # big models instead sum over each block's rows in register tiles (kernels/cpu_train.py,
-    # _accumulate_dense) into accT1 (dW1 transposed) and accT2 (dW2), (n_pad, mp), neurons padded.
+    # accumulate_halves) into accT1 (dW1 transposed) and accT2 (dW2), (n_pad, mp), neurons padded.
     rowwise = uses_rowwise(n, m, R)
     acc_w1 = np.empty((m, n, 0 if rowwise else R), np.float32)
     acc_w2 = np.empty((m, n, 0 if rowwise else R), np.float32)
@@ -118,11 +118,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
             # h = ReLU(W1 x + b1); sparse x (the same numbers): straight into hT, then h
             if r0 == 0:
                 try_x = try_dz = sparse
-            sparse_x = False
-            if try_x:
-                nnz = nonzero_masks(x, n, masks)
-                sparse_x = is_sparse(nnz, n, R)
-                try_x = is_sparse(nnz, n, 2 * R)
+            sparse_x, try_x = look_sparse(x, n, R, masks, try_x)
             if sparse_x:
                 scatter_product(W1p, x, n, masks, b1p, hT, x_terms, x_count)
                 for l in range(R):
@@ -151,11 +147,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
                 dzact[f] = any_dz
             # dW2 += dz h^T; dh = W2^T dz through the hidden ReLU; dW1 += dh x^T; db1 += dh
             if rowwise:
-                sparse_dz = False
-                if try_dz:
-                    nnz = nonzero_masks(dz, n, masks)
-                    sparse_dz = is_sparse(nnz, n, R)
-                    try_dz = is_sparse(nnz, n, 2 * R)
+                sparse_dz, try_dz = look_sparse(dz, n, R, masks, try_dz)
                 _backward_rows(accT1, accT2, W2[k], W2p, x, h, hT, dz, dzact, dh, dhT, acc_b1, zeros_m, zeros_mp,
                                sparse_x, sparse_dz, masks, x_terms, x_count, dz_terms, dz_count)
             else:
@@ -220,14 +212,7 @@ def _backward_rows(accT1, accT2, W2k, W2p, x, h, hT, dz, dzact, dh, dhT, acc_b1,
                 dh[j, l] = g
                 acc_b1[j, l] += g
         transpose_into(dh, dhT[:, :m])
-    if sparse_dz:
-        scatter_accumulate(accT2, dz, dz_terms, dz_count, hT)
-    else:
-        _accumulate_dense(accT2, dz, hT)
-    if sparse_x:
-        scatter_accumulate(accT1, x, x_terms, x_count, dhT)
-    else:
-        _accumulate_dense(accT1, x, dhT)
+    accumulate_halves(accT2, accT1, dz, hT, sparse_dz, dz_terms, dz_count, x, dhT, sparse_x, x_terms, x_count)
 
 
 @njit(parallel=True, cache=True)
