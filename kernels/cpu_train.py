@@ -67,6 +67,39 @@ def _host_has_avx512() -> bool:
 TILE_ROWS = 8 if _host_has_avx512() else 4
 
 
+def _compiles_wide_vectors() -> bool:
+    """Whether numba compiles this process's kernels for AVX-512 with 512-bit vectors preferred where
+    LLVM would not: kernels/__init__.py asks for that on Intel's AVX-512 CPUs (_wide_vector_features
+    there); it cannot once numba has made its code generator (the process compiled numba code first)."""
+    try:
+        from numba.core.registry import cpu_target
+        features = cpu_target.target_context.codegen().magic_tuple()[2]
+    except Exception:
+        return False
+    return "+avx512f" in features and "-prefer-256-bit" in features
+
+
+# Whether this process's kernels got 512-bit code on an AVX-512 CPU that LLVM would keep to 256 bits
+# (Intel's): recorded with benchmarks; tests check the tiles' registers by it.
+WIDE_VECTORS = _compiles_wide_vectors()
+
+
+# Work arrays start on a cache line: numba allocates arrays 32 bytes past one (NRT's alignment is 32),
+# so every 512-bit load or store of a row of lanes straddled two lines, which cost the 2->1 phase
+# diagram 8% on an Intel AVX-512 host once its kernels got 512-bit code (WIDE_VECTORS).
+CACHE_LINE = 64
+
+
+@njit(cache=True)
+def zeros_aligned(size):
+    """A zeroed float32 array (size,) that starts on a CACHE_LINE boundary (reshape it as needed: rows
+    of a multiple of 16 floats then all start on one)."""
+    pad = CACHE_LINE // 4
+    buf = np.zeros(size + pad - 1, np.float32)
+    off = ((CACHE_LINE - buf.ctypes.data % CACHE_LINE) % CACHE_LINE) // 4
+    return buf[off:off + size]
+
+
 @njit(inline="always", cache=True)
 def lane_row(l, r0, R, n):
     """The batch row that lane l of the block starting at row r0 holds (see _draw_block)."""
@@ -191,34 +224,39 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     cz = np.empty(n, np.float32)      # d loss / d x'_f per unit error: 2 I_f / (B n)
     for f in range(n):
         cz[f] = grad_scale * imp[k, f]
-    x = np.zeros((pk.shape[0], R), np.float32)
+    x = zeros_aligned(pk.shape[0] * R).reshape((pk.shape[0], R))
     act = np.empty(n, np.bool_)
-    h = np.empty((m, R), np.float32)
-    dz = np.zeros((pk.shape[0], R), np.float32)  # rows past n stay 0 (the gradient tiles read x's padded rows)
+    h = zeros_aligned(m * R).reshape((m, R))
+    # rows past n stay 0 (the gradient tiles read x's padded rows)
+    dz = zeros_aligned(pk.shape[0] * R).reshape((pk.shape[0], R))
     dzact = np.empty(n, np.bool_)
-    dh = np.empty((m, R), np.float32)
+    dh = zeros_aligned(m * R).reshape((m, R))
     # Big models (m n R floats past ROWWISE_BYTES) sum the weight gradient over each block's rows
     # into accT: per-lane accumulators would stream m n R floats through memory at every block.
     rowwise = uses_rowwise(n, m, R)
-    acc_w = np.empty((m, n, 0 if rowwise else R), np.float32)
+    lanes_w = 0 if rowwise else R
+    acc_w = zeros_aligned(m * n * lanes_w).reshape((m, n, lanes_w))
     # Row by row: the weight gradient transposed, accT (n_pad, mp), neurons padded to whole registers;
     # hT, dhT (R, mp) are h and dh transposed (their padding stays 0). See _backward_rows.
     mp = TILE_LANES * ((m + TILE_LANES - 1) // TILE_LANES) if rowwise else 0
-    accT = np.zeros((pk.shape[0] if rowwise else 0, mp), np.float32)
-    hT = np.zeros((R if rowwise else 0, mp), np.float32)
-    dhT = np.zeros((R if rowwise else 0, mp), np.float32)
+    rows_T = pk.shape[0] if rowwise else 0
+    accT = zeros_aligned(rows_T * mp).reshape((rows_T, mp))
+    lanes_T = R if rowwise else 0
+    hT = zeros_aligned(lanes_T * mp).reshape((lanes_T, mp))
+    dhT = zeros_aligned(lanes_T * mp).reshape((lanes_T, mp))
     # Row by row, sparse factors (kernels/cpu_sparse.py): W^T padded to mp columns, the nonzero masks of
     # x or dz, and each lane's nonzero terms of x (x_terms) and of dz (dz_terms).
     sparse = rowwise and sparse_lanes_ok(R)
     ns = n if sparse else 0
-    WTp = np.zeros((ns, mp), np.float32)
+    WTp = zeros_aligned(ns * mp).reshape((ns, mp))
     masks = np.empty((ns, R // LANE_WORD), np.uint64)
     terms, counts = np.empty((2, R if sparse else 0, ns), np.int32), np.empty((2, R if sparse else 0), np.int32)
     x_terms, dz_terms, x_count, dz_count = terms[0], terms[1], counts[0], counts[1]
     zeros_mp = np.zeros(mp, np.float32)
-    acc_b = np.empty((n, R), np.float32)
-    acc_l = np.empty(R, np.float32)
-    valid = np.ones(R, np.float32)
+    acc_b = zeros_aligned(n * R).reshape((n, R))
+    acc_l = zeros_aligned(R)
+    valid = zeros_aligned(R)
+    valid[:] = 1.0
     WT = np.empty((n, m), np.float32)  # W transposed, refreshed every step (rows_times reads A[c, r])
     # Big models: the step's gradients, laid out like W and b for adam_update.
     gW = np.empty((m if rowwise else 0, n), np.float32)

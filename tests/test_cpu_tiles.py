@@ -102,3 +102,61 @@ def test_both_tile_heights_give_the_plain_loops_sums_bit_for_bit(tile_rows, C, r
     assert np.array_equal(got, ref)
     exact = acc0.astype(np.float64) + Xg.astype(np.float64) @ YT.astype(np.float64)
     assert np.allclose(got, exact, rtol=1e-5, atol=1e-4)
+
+
+@njit
+def _aligned(sizes, out):
+    for i in range(sizes.shape[0]):
+        a = cpu_train.zeros_aligned(sizes[i])
+        out[i, 0] = a.ctypes.data % cpu_train.CACHE_LINE
+        out[i, 1] = a.shape[0]
+        out[i, 2] = (a != 0.0).sum()
+
+
+def test_work_arrays_start_on_a_cache_line():
+    """numba's own arrays start 32 bytes past a cache line, so every 512-bit row access straddled two."""
+    sizes = np.array([0, 1, 3, 16, 20, 128, 400 * 128, 1001], np.int64)
+    out = np.empty((sizes.shape[0], 3), np.int64)
+    _aligned(sizes, out)
+    assert out[:, 0].tolist() == [0] * len(sizes)
+    assert out[:, 1].tolist() == sizes.tolist()
+    assert not out[:, 2].any()
+
+
+@pytest.mark.parametrize("name, avx512, expected", [("sapphirerapids", True, True), ("skylake-avx512", True, True),
+                                                    ("znver4", True, False), ("znver3", False, False),
+                                                    ("haswell", False, False)])
+def test_512_bit_code_is_asked_for_only_where_llvm_would_keep_an_avx512_cpu_to_256(monkeypatch, name, avx512,
+                                                                                 expected):
+    import kernels
+    from llvmlite import binding
+
+    class Features(dict):
+        def flatten(self):
+            return ",".join(("+" if v else "-") + k for k, v in self.items())
+
+    monkeypatch.setattr(binding, "get_host_cpu_name", lambda: name)
+    monkeypatch.setattr(binding, "get_host_cpu_features", lambda: Features(avx512f=avx512, fma=True))
+    got = kernels._wide_vector_features()
+    assert (got is not None) == expected
+    if expected:
+        assert got.startswith("+avx512f,+fma") and got.endswith(",-prefer-256-bit")
+
+
+def test_tiles_run_on_512_bit_registers_where_512_bit_code_was_asked_for():
+    """Where kernels.cpu_train.WIDE_VECTORS holds (an Intel AVX-512 host), the kernels were compiled for
+    512-bit vectors: a tile's FMAs use zmm registers, where LLVM's own tuning gave ymm (256-bit) ones."""
+    import re
+
+    from kernels import cpu_tiles
+
+    if not cpu_train.WIDE_VECTORS:
+        pytest.skip("this host gets numba's own vector width (no AVX-512, or a CPU LLVM already gives 512 bits)")
+    tile = njit(fastmath={"contract"})(cpu_tiles.tile_8.py_func)  # a fresh, uncached copy (its asm is readable)
+    A, X = np.ones((20, 8), np.float32), np.ones((20, 64), np.float32)
+    out = np.empty((8, 64), np.float32)
+    with cpu_train.slp_vectorize():
+        tile(A, X, np.ones(20, np.bool_), np.zeros(8, np.float32), out, 0, 64)
+    assert np.all(out == 20.0)
+    asm = tile.inspect_asm(tile.signatures[0])
+    assert re.search(r"vfmadd\w*ps\s[^\n]*%zmm", asm) and not re.search(r"vfmadd\w*ps\s[^\n]*%ymm", asm)
