@@ -11,7 +11,10 @@ with provenance; smoke runs are marked ``smoke`` and never reported.
 
 CPU FP32 peak estimate: cores x clock (``cpu MHz`` of /proc/cpuinfo, the base clock under a
 hypervisor) x 32 FLOP/cycle (two 256-bit FMA pipes: 2 x 8 float32 lanes x 2 FLOP; AVX-512 on
-AMD Zen 4 runs on the same pipes). Override with --cpu-peak-gflops.
+AMD Zen 4 runs on the same pipes), or x 64 where a core has two 512-bit FMA pipes (Intel's AVX-512
+server cores): that is read from a measurement, a one-core torch sgemm faster than 48 FLOP per cycle
+at that clock (one such Intel Xeon here: 160 GFLOP/s at 2.6 GHz, 62 FLOP/cycle; the AMD EPYC: ~34).
+Override with --cpu-peak-gflops.
 """
 from __future__ import annotations
 
@@ -66,6 +69,11 @@ def provenance(device: str, smoke: bool, argv) -> dict:
     info["git_commit"] = machine.git_commit()
     if device == "cpu":
         info.update(cpu_info())
+        try:  # whether the cpu backend's kernels got 512-bit code where LLVM would give 256 (kernels/__init__.py)
+            from kernels.cpu_train import WIDE_VECTORS
+            info["numba_512_bit_code_asked"] = WIDE_VECTORS
+        except ImportError:
+            info["numba_512_bit_code_asked"] = None
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
         try:
@@ -90,10 +98,40 @@ def cpu_info() -> dict:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    per_cycle = 32 if " fma" in f" {flags}" else 16
+    sgemm = sgemm_gflops_one_core()
+    per_cycle, note = flop_per_cycle(flags, mhz, sgemm)
     peak = cores * mhz * 1e-3 * per_cycle if mhz else None
     return {"cpu": model, "cores": cores, "cpu_mhz": mhz, "avx512": ("avx512f" in flags.split()) if flags else None,
-            "fp32_peak_gflops": peak, "fp32_peak_note": f"{cores} cores x {mhz} MHz x {per_cycle} FLOP/cycle"}
+            "sgemm_one_core_gflops": sgemm, "fp32_peak_gflops": peak,
+            "fp32_peak_note": f"{cores} cores x {mhz} MHz x {per_cycle} FLOP/cycle{note}"}
+
+
+def flop_per_cycle(flags: str, mhz: float | None, sgemm_gflops: float) -> tuple[int, str]:
+    """FP32 FLOP per cycle per core for the peak estimate (module docstring), and what to add to its
+    note: 64 where the CPU has AVX-512 and one core's measured sgemm beat 48 FLOP per cycle (two
+    512-bit FMA pipes), else 32 with FMA (two 256-bit pipes), else 16."""
+    if mhz and "avx512f" in flags.split() and sgemm_gflops / (mhz * 1e-3) > 48:
+        return 64, (f": two 512-bit FMA pipes, as one core's sgemm ran {sgemm_gflops:.0f} GFLOP/s "
+                    f"({sgemm_gflops / (mhz * 1e-3):.0f} FLOP/cycle)")
+    return (32 if "fma" in flags.split() else 16), ""
+
+
+def sgemm_gflops_one_core(n: int = 1024, seconds: float = 1.0) -> float:
+    """GFLOP/s of torch's float32 matrix product (n x n) on one thread: the best of repeated calls
+    over about ``seconds``. What the FP32 peak estimate reads the FMA pipes per core from."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best, t_end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        return 2 * n ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _timed(prov, device, calls):

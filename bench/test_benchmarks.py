@@ -283,6 +283,19 @@ def test_cpu_suite_smoke_records_the_cpu_provider_and_its_ratios(tmp_path):
     assert "## CPU: " in md.read_text() and "cpu/eager" in md.read_text()
 
 
+@pytest.mark.parametrize("flags, mhz, sgemm, per_cycle", [
+    ("fma avx2 avx512f", 2600.0, 160.7, 64),   # this project's Intel Xeon: 62 FLOP/cycle measured
+    ("fma avx2 avx512f", 2596.1, 89.5, 32),    # the AMD EPYC (Zen 4): AVX-512 on two 256-bit pipes
+    ("fma avx2", 2445.0, 170.0, 32),           # no AVX-512: never more than two 256-bit pipes
+    ("sse2", 2000.0, 10.0, 16),
+    ("fma avx512f", None, 160.0, 32),          # no clock read: no measured cycles either
+])
+def test_cpu_peak_counts_two_512_bit_fma_pipes_only_where_measured(flags, mhz, sgemm, per_cycle):
+    got, note = suite.flop_per_cycle(flags, mhz, sgemm)
+    assert got == per_cycle
+    assert ("two 512-bit FMA pipes" in note) == (per_cycle == 64)
+
+
 def test_report_prefers_a_complete_record_prints_notes_and_drops_out_paths(tmp_path):
     """bench.suite saves after every section, so an interrupted run leaves an incomplete record: it
     must not hide an older complete one of the same machine. Notes print; --out paths do not."""
