@@ -28,19 +28,31 @@ def _numba_cache_dir(here: _Path | None = None) -> str:
     return _os.path.join(base, "supbench", name)
 
 
+# LLVM's CPUs with AVX-512 that it tunes prefer-256-bit (Intel's), as llvmlite names a host. Others
+# are left to numba: AMD's Zen 4/5 (znver*) and Knights Landing already get 512-bit code, and unknown
+# names (a VM's "nocona", which numba treats as AVX-less on purpose) are not second-guessed.
+_PREFER_256_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
+                   "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
+                   "diamondrapids")
+
+
 def _wide_vector_features() -> str | None:
     """The host CPU's LLVM features with 512-bit vectors preferred, where LLVM would otherwise keep
-    an AVX-512 CPU to 256-bit ones; else None.
+    an AVX-512 CPU to 256-bit ones (_PREFER_256_CPUS); else None. None too where the user switched
+    numba's AVX off (NUMBA_ENABLE_AVX set) or numba would on its own.
 
-    Why: LLVM tunes Intel's AVX-512 CPUs (skylake-avx512 to sapphirerapids) with prefer-256-bit, so
-    numba vectorised the CPU kernels with 256-bit registers there: half the width of the two 512-bit
-    FMA pipes those cores have. AMD's Zen 4 and 5 (znver*) have no such tuning and already get 512-bit
-    code. The arithmetic of every lane is the same at either width (no reassociation), so this only
-    changes speed (README, the cpu backend: 1.05-1.29x on CPU Intel Xeon with aligned work arrays)."""
+    Why: LLVM tunes Intel's AVX-512 CPUs with prefer-256-bit, so numba vectorised the CPU kernels with
+    256-bit registers there. On cores with two 512-bit FMA pipes (measured: this project's Intel Xeon,
+    one core's sgemm at 62 FLOP/cycle) that is half their width; parts with one 512-bit pipe or that
+    slow their clock for 512-bit code are unmeasured. The arithmetic of every lane is the same at either
+    width (no reassociation), so this only changes speed (README, the cpu backend: 1.05-1.29x on that
+    Xeon, with the kernels' work arrays aligned)."""
+    if "NUMBA_ENABLE_AVX" in _os.environ:
+        return None
     try:
         from llvmlite import binding
         features = binding.get_host_cpu_features()
-        if not features.get("avx512f", False) or binding.get_host_cpu_name().startswith("znver"):
+        if not features.get("avx512f", False) or binding.get_host_cpu_name() not in _PREFER_256_CPUS:
             return None
         return features.flatten() + ",-prefer-256-bit"
     except Exception:  # no llvmlite, or a host it cannot read: numba's own choice stands
@@ -54,19 +66,23 @@ _changed = False
 if not _os.environ.get("NUMBA_CACHE_DIR") or _os.environ.get("NUMBA_CACHE_DIR") == _os.environ.get(_ours):
     _os.environ["NUMBA_CACHE_DIR"] = _os.environ[_ours] = _numba_cache_dir()
     _changed = True
-# The same for the CPU features numba compiles for (a child may run on another machine of a Ray
-# cluster). Only before numba has made its code generator: after that, the features are fixed for the
-# process and kernels.cpu_train.WIDE_VECTORS reads which ones it got. A CPU the user named is left alone.
+# The same for the CPU features numba compiles for: a value this module set (the marker says so),
+# inherited by a child, is dropped first (the child may run on another CPU, or name one). Then, only
+# where the user chose nothing (no NUMBA_CPU_FEATURES, even empty: numba reads "" as "the named CPU's
+# own"; no NUMBA_CPU_NAME; no .numba_config.yaml here, which may name one), this host's wide features.
+# numba takes them only if it has not made its code generator yet; kernels.cpu_train.WIDE_VECTORS
+# reads what it got.
 _ours_features = "SUPBENCH_NUMBA_CPU_FEATURES"
-_user_features = _os.environ.get("NUMBA_CPU_FEATURES") not in (None, "", _os.environ.get(_ours_features))
-if not _os.environ.get("NUMBA_CPU_NAME") and not _user_features:
+if _ours_features in _os.environ:
+    if _os.environ.get("NUMBA_CPU_FEATURES") == _os.environ[_ours_features]:
+        del _os.environ["NUMBA_CPU_FEATURES"]
+    del _os.environ[_ours_features]
+    _changed = True
+if not ({"NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME"} & set(_os.environ) or _os.path.exists(".numba_config.yaml")):
     _features = _wide_vector_features()
     if _features:
         _os.environ["NUMBA_CPU_FEATURES"] = _os.environ[_ours_features] = _features
-    else:
-        _os.environ.pop("NUMBA_CPU_FEATURES", None)
-        _os.environ.pop(_ours_features, None)
-    _changed = True
+        _changed = True
 if _changed and "numba" in _sys.modules:
     # numba read its config at import. Re-read it now: its compiler re-reads the whole config
     # whenever a NUMBA_* variable changed since it last looked, and doing that later, in the

@@ -76,7 +76,8 @@ def _compiles_wide_vectors() -> bool:
         features = cpu_target.target_context.codegen().magic_tuple()[2]
     except Exception:
         return False
-    return "+avx512f" in features and "-prefer-256-bit" in features
+    words = features.split(",")
+    return "+avx512f" in words and "-prefer-256-bit" in words
 
 
 # Whether this process's kernels got 512-bit code on an AVX-512 CPU that LLVM would keep to 256 bits

@@ -331,6 +331,38 @@ def test_a_child_process_recomputes_an_inherited_cache_dir_but_keeps_the_users()
     assert out.stdout.strip() == "/tmp/my-numba-cache"
 
 
+def test_512_bit_code_is_asked_for_by_import_kernels_and_a_users_choice_wins(tmp_path):
+    """kernels/__init__.py sets NUMBA_CPU_FEATURES on hosts where LLVM would keep AVX-512 to 256 bits (and
+    the kernels then get 512-bit code); an inherited value of its own is dropped, never combined with a CPU
+    the child names; a user's own value (even empty), a named CPU and NUMBA_ENABLE_AVX are left alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import json, os, kernels; from kernels import cpu_train; print(json.dumps([os.environ.get("
+             "'NUMBA_CPU_FEATURES'), cpu_train.WIDE_VECTORS, kernels._wide_vector_features() is not None]))")
+    mine = ("NUMBA_CPU_FEATURES", "SUPBENCH_NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")
+    env = {k: v for k, v in os.environ.items() if k not in mine}
+
+    def child(**extra):
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, cwd=tmp_path, capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    features, wide, wanted = child()
+    assert wide == wanted == (features is not None)  # asked for where wanted, and numba took it
+    if wanted:
+        assert features.endswith(",-prefer-256-bit")
+    stale = "+avx512f,+avx2,-prefer-256-bit"  # a parent's, perhaps from another machine
+    assert child(NUMBA_CPU_FEATURES=stale, SUPBENCH_NUMBA_CPU_FEATURES=stale)[0] == features
+    assert child(NUMBA_CPU_FEATURES=stale, SUPBENCH_NUMBA_CPU_FEATURES=stale, NUMBA_CPU_NAME="generic")[:2] == [None,
+                                                                                                          False]
+    assert child(NUMBA_CPU_FEATURES="")[:2] == ["", False]
+    assert child(NUMBA_CPU_FEATURES="+avx2")[:2] == ["+avx2", False]
+    assert child(NUMBA_ENABLE_AVX="0")[:2] == [None, False]
+
+
 @pytest.mark.parametrize("K", [1, 2, 3, 7, 10, 64, 257, 1000, 10_000])
 @pytest.mark.parametrize("T", [1, 2, 3, 16])
 def test_instance_groups_deal_every_instance_once_round_robin(K, T):

@@ -124,12 +124,15 @@ def test_work_arrays_start_on_a_cache_line():
 
 
 @pytest.mark.parametrize("name, avx512, expected", [("sapphirerapids", True, True), ("skylake-avx512", True, True),
-                                                    ("znver4", True, False), ("znver3", False, False),
-                                                    ("haswell", False, False)])
+                                                    ("rocketlake", True, True), ("znver4", True, False),
+                                                    ("znver3", False, False), ("haswell", False, False),
+                                                    ("nocona", True, False), ("knl", True, False)])
 def test_512_bit_code_is_asked_for_only_where_llvm_would_keep_an_avx512_cpu_to_256(monkeypatch, name, avx512,
                                                                                  expected):
     import kernels
     from llvmlite import binding
+
+    monkeypatch.delenv("NUMBA_ENABLE_AVX", raising=False)
 
     class Features(dict):
         def flatten(self):
@@ -141,6 +144,8 @@ def test_512_bit_code_is_asked_for_only_where_llvm_would_keep_an_avx512_cpu_to_2
     assert (got is not None) == expected
     if expected:
         assert got.startswith("+avx512f,+fma") and got.endswith(",-prefer-256-bit")
+    monkeypatch.setenv("NUMBA_ENABLE_AVX", "0")  # the user's switch (numba's own for AVX-less VMs) wins
+    assert kernels._wide_vector_features() is None
 
 
 def test_tiles_run_on_512_bit_registers_where_512_bit_code_was_asked_for():
@@ -151,7 +156,8 @@ def test_tiles_run_on_512_bit_registers_where_512_bit_code_was_asked_for():
     from kernels import cpu_tiles
 
     if not cpu_train.WIDE_VECTORS:
-        pytest.skip("this host gets numba's own vector width (no AVX-512, or a CPU LLVM already gives 512 bits)")
+        pytest.skip("the kernels have numba's own vector width here (no AVX-512, a CPU LLVM already gives 512 "
+                    "bits, or numba compiled code before kernels was imported)")
     tile = njit(fastmath={"contract"})(cpu_tiles.tile_8.py_func)  # a fresh, uncached copy (its asm is readable)
     A, X = np.ones((20, 8), np.float32), np.ones((20, 64), np.float32)
     out = np.empty((8, 64), np.float32)
