@@ -30,6 +30,8 @@ deterministic and resume is bit-identical.
 """
 from __future__ import annotations
 
+import types as pytypes
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -213,11 +215,18 @@ def _lane_mask(valid, r0, n, batch):
         valid[l] = 1.0 if lane_row(l, r0, R, n) < batch else 0.0
 
 
-@njit(cache=True, fastmath=FASTMATH)
+# Which path a compiled copy of _train_instance and train_segment takes (_specialise): ROWWISE True for
+# models that sum their weight gradient row by row (uses_rowwise), False for per-lane ones. A compile-
+# time constant, so numba prunes the other path and each copy compiles only its own (the per-lane copy,
+# all the 2->1 phase diagram needs, compiled in 25 s instead of 37 on a cold cache, CPU Intel Xeon).
+ROWWISE = None
+
+
 def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, batch, inst, step0, n_steps,
                     window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps, relu, decoupled, R,
                     relu_hidden, sets, finite):
-    """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment."""
+    """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment. The template
+    of _train_instance_lanes and _train_instance_rows (ROWWISE)."""
     m, n = W.shape[1], W.shape[2]
     f32 = np.float32
     pk, inv = padded_rule(p[k])
@@ -234,7 +243,7 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
     dh = zeros_aligned(m * R).reshape((m, R))
     # Big models (m n R floats past ROWWISE_BYTES) sum the weight gradient over each block's rows
     # into accT: per-lane accumulators would stream m n R floats through memory at every block.
-    rowwise = uses_rowwise(n, m, R)
+    rowwise = ROWWISE  # uses_rowwise(n, m, R): train_steps picks the copy
     lanes_w = 0 if rowwise else R
     acc_w = zeros_aligned(m * n * lanes_w).reshape((m, n, lanes_w))
     # Row by row: the weight gradient transposed, accT (n_pad, mp), neurons padded to whole registers;
@@ -288,22 +297,21 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
             # h = W x (relu-hidden: ReLU(W x)); sparse x: straight into hT, then h
             # Sparse or dense gives the same numbers; the choice only saves time. A factor is looked at
             # (nonzero_masks, ~2% of a dense block) in a step's first block and after a sparse-enough one.
-            if r0 == 0:
-                try_x = try_dz = sparse
-            sparse_x, try_x = look_sparse(x, n, R, masks, try_x)
-            if sparse_x:
-                scatter_product(WTp, x, n, masks, zeros_mp, hT, x_terms, x_count)
-                if relu_hidden:
-                    for l in range(R):
-                        for j in range(m):
-                            hT[l, j] = max(hT[l, j], f32(0.0))
-                transpose_into(hT[:, :m], h)
-            else:
-                rows_times(WT, x, act, zeros_m, h)
-                if relu_hidden:
-                    for j in range(m):
+            if rowwise:  # (nested, not "rowwise and sparse_x": only a branch on ROWWISE itself is pruned)
+                if r0 == 0:
+                    try_x = try_dz = sparse
+                sparse_x, try_x = look_sparse(x, n, R, masks, try_x)
+                if sparse_x:
+                    scatter_product(WTp, x, n, masks, zeros_mp, hT, x_terms, x_count)
+                    if relu_hidden:
                         for l in range(R):
-                            h[j, l] = max(h[j, l], f32(0.0))
+                            for j in range(m):
+                                hT[l, j] = max(hT[l, j], f32(0.0))
+                    transpose_into(hT[:, :m], h)
+                else:
+                    _hidden_dense(WT, x, act, zeros_m, h, relu_hidden)
+            else:
+                _hidden_dense(WT, x, act, zeros_m, h, relu_hidden)
             # z = W^T h + b, the loss and dz = d loss / d z
             rows_times(W[k], h, all_m, b[k], dz)
             for f in range(n):
@@ -364,6 +372,16 @@ def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, b
                     g += acc_b[f, l]
                 b[k, f], mb[k, f], vb[k, f] = _adam(b[k, f], g, mb[k, f], vb[k, f], decay, step_size, inv_sqrt_bias2,
                                                     weight_decay, one_b1, beta2, one_b2, eps, decoupled)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _hidden_dense(WT, x, act, zeros_m, h, relu_hidden):
+    """h (m, R) = W x (relu-hidden: ReLU(W x)) by the dense products; WT (n, m) is W transposed."""
+    rows_times(WT, x, act, zeros_m, h)
+    if relu_hidden:
+        for j in range(h.shape[0]):
+            for l in range(h.shape[1]):
+                h[j, l] = max(h[j, l], np.float32(0.0))
 
 
 # Sums of fewer terms than this take the plain loop (rows_times): a tile's call would cost more than it saves.
@@ -629,7 +647,6 @@ def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, bet
     return param - step_size * q, m1, m2
 
 
-@njit(parallel=True, cache=True)
 def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0, n_steps,
                   window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps, relu, decoupled, lanes,
                   relu_hidden, sets, finite, threads):
@@ -639,6 +656,7 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
     schedule (steps, 3) float32: engine.fused.schedule_table. loss_acc (K,) sums the loss of steps
     >= window_start; hist (T, K) gets the loss of step t at row t // hist_every when hist_every > 0.
     (k0, k1) = kernels.cpu_rng.seed_words(seed). Scalars are float32 (the arithmetic stays float32).
+    The template of train_segment_lanes and train_segment_rows (ROWWISE), compiled in parallel mode.
     """
     K = W.shape[0]
     T = max(1, min(threads, K))
@@ -723,7 +741,8 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     f32 = np.float32
     # Plain Python ints and float32 scalars: one compiled signature, cached on disk.
     with slp_vectorize():
-        train_segment(W, b, mW, vW, mb, vb, arr(p), arr(imp), arr(sched), loss, hist_arr, int(batch),
+        segment = train_segment_rows if uses_rowwise(n, m, lanes) else train_segment_lanes
+        segment(W, b, mW, vW, mb, vb, arr(p), arr(imp), arr(sched), loss, hist_arr, int(batch),
                       int(first_instance), int(step0), int(n_steps), int(window_start),
                       int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay),
                       f32(1.0 - float(beta1)), f32(beta2), f32(1.0 - float(beta2)),  # 1 - beta: float64, rounded once (kernels/adam.py)
@@ -734,3 +753,22 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
 def set_array(sets) -> np.ndarray:
     """DataSpec.sets as the kernels' (S, 3) int64 array of (kind code, first, size)."""
     return np.array([(SET_KIND[k], a, s) for k, a, s in sets], dtype=np.int64).reshape(-1, 3)
+
+
+def _specialise(fn, suffix: str, **globals_):
+    """A copy of the template ``fn`` named fn's name + suffix whose globals also hold ``globals_``
+    (compile-time constants to numba, which prunes the branches on them). Its own name, because numba's
+    disk cache keys on the qualified name: two copies under one name would load each other's code."""
+    copy = pytypes.FunctionType(fn.__code__, {**fn.__globals__, **globals_}, fn.__name__ + suffix, fn.__defaults__)
+    copy.__qualname__, copy.__doc__, copy.__module__ = fn.__qualname__ + suffix, fn.__doc__, fn.__module__
+    return copy
+
+
+# The compiled copies (ROWWISE): train_steps calls the segment of the model's path. Made here, at the end,
+# since a copy's globals are those of the module as it stands.
+_train_instance_lanes = njit(cache=True, fastmath=FASTMATH)(_specialise(_train_instance, "_lanes", ROWWISE=False))
+_train_instance_rows = njit(cache=True, fastmath=FASTMATH)(_specialise(_train_instance, "_rows", ROWWISE=True))
+train_segment_lanes = njit(parallel=True, cache=True)(
+    _specialise(train_segment, "_lanes", _train_instance=_train_instance_lanes))
+train_segment_rows = njit(parallel=True, cache=True)(
+    _specialise(train_segment, "_rows", _train_instance=_train_instance_rows))

@@ -331,6 +331,27 @@ def test_a_child_process_recomputes_an_inherited_cache_dir_but_keeps_the_users()
     assert out.stdout.strip() == "/tmp/my-numba-cache"
 
 
+def test_each_path_has_its_own_compiled_copy_and_a_small_model_loads_only_its_own():
+    """kernels/cpu_train.py compiles _train_instance and train_segment once per path (ROWWISE), with
+    their own names (numba's disk cache keys on them), and train_steps runs the model's: training a
+    tiny model in a fresh process must not load (or compile) the row-by-row copy, the point of the split."""
+    import subprocess
+    import sys
+
+    for path, rowwise in (("lanes", False), ("rows", True)):
+        inst, seg = getattr(cpu_train, f"_train_instance_{path}"), getattr(cpu_train, f"train_segment_{path}")
+        assert inst.py_func.__globals__["ROWWISE"] is rowwise
+        assert seg.py_func.__globals__["_train_instance"] is inst
+        assert (inst.py_func.__qualname__, seg.py_func.__qualname__) == (f"_train_instance_{path}",
+                                                                          f"train_segment_{path}")
+    probe = ("from engine import DataSpec, ModelSpec, TrainSpec, train; from kernels import cpu_train as c; "
+             "train(ModelSpec(2, 1), DataSpec([[0.5, 0.5]], [[1.0, 1.0]]), TrainSpec(steps=3, batch_size=64), "
+             "backend='cpu', progress=False); "
+             "print(len(c.train_segment_lanes.signatures), len(c.train_segment_rows.signatures))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["1", "0"]
+
+
 def test_512_bit_code_is_asked_for_by_import_kernels_and_a_users_choice_wins(tmp_path):
     """kernels/__init__.py sets NUMBA_CPU_FEATURES on hosts where LLVM would keep AVX-512 to 256 bits (and
     the kernels then get 512-bit code); an inherited value of its own is dropped, never combined with a CPU
