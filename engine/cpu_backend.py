@@ -5,8 +5,9 @@ the torch backend instead. Same contract as engine.torch_backend.train_chunk, an
 the triton backend: batches come from the Philox stream keyed by (seed, instance, step), so a
 chunk's result does not depend on chunking, thread count, segment sizes or resumes.
 
-Compilation happens once per machine (numba caches it on disk beside kernels/); ``compile()``
-triggers it on a tiny problem so callers can time it apart from training.
+Compilation happens once per machine (numba caches it on disk beside kernels/); ``compile(path)``
+triggers it on a tiny problem of the path a run needs (kernel_path) so callers can time it apart
+from training.
 """
 from __future__ import annotations
 
@@ -41,21 +42,42 @@ def max_threads() -> int:
 
 _COMPILED: dict = {}
 
+# The compiled training loops: "lanes" and "rows", the two paths of the tied kernel (per-lane gradient
+# accumulators for small models, row-by-row sums for big ones: kernels.cpu_train.ROWWISE), and "untied",
+# the abs-computation model's. Each compiles (or loads from the disk cache) only when a run needs it.
+PATHS = ("lanes", "rows", "untied")
+# A tiny problem on each path: (n, m). The row-by-row path needs n >= 8 and 4 m n lanes > 1 MB.
+_TINY = {"lanes": (3, 2), "rows": (8, 260), "untied": (3, 2)}
 
-def compile(untied: bool = False) -> float:
-    """Compile (or load from the on-disk cache) the training loop of tied models, or with
-    ``untied`` of the abs-computation model; returns the seconds it took the first time in this
-    process, 0.0 afterwards (each loop compiles only when a run needs it)."""
-    if untied in _COMPILED:
+
+def kernel_path(model: ModelSpec, lanes: int | None = None) -> str:
+    """Which compiled loop trains ``model`` (PATHS): the untied kernel, or the tied kernel's copy for its
+    shape (kernels.cpu_train.uses_rowwise at the block's lanes, by default lanes_for(n, m))."""
+    if not model.tied:
+        return "untied"
+    n, m = model.n_features, model.n_hidden
+    return "rows" if cpu_train.uses_rowwise(n, m, lanes or cpu_train.lanes_for(n, m)) else "lanes"
+
+
+def compile(path: str = "lanes") -> float:
+    """Compile (or load from the on-disk cache) the training loop ``path`` (PATHS; kernel_path(model)
+    gives a model's) on a tiny problem; returns the seconds it took the first time in this process,
+    0.0 afterwards, so that callers report it apart from training."""
+    if path not in PATHS:
+        raise ValueError(f"path: one of {', '.join(PATHS)} (got {path!r})")
+    if path in _COMPILED:
         return 0.0
     t0 = time.perf_counter()
-    model, train = ModelSpec(3, 2, "abs-computation" if untied else "relu-output"), TrainSpec(steps=1, batch_size=8)
+    n, m = _TINY[path]
+    model = ModelSpec(n, m, "abs-computation" if path == "untied" else "relu-output")
+    train = TrainSpec(steps=1, batch_size=8)
+    assert kernel_path(model) == path
     state = {k: v.numpy() for k, v in fused.new_state(model, train, 0, 1).items()}
-    p = np.full((1, 3), 0.5, np.float32)
+    p = np.full((1, n), 0.5, np.float32)
     run_steps(model, train, state, p, np.ones_like(p), 0, 0, 1, np.zeros(1, np.float32),
               sched=fused.schedule_table(train).numpy())
-    _COMPILED[untied] = time.perf_counter() - t0
-    return _COMPILED[untied]
+    _COMPILED[path] = time.perf_counter() - t0
+    return _COMPILED[path]
 
 
 def run_steps(model: ModelSpec, train: TrainSpec, state: dict, p, imp, first_instance: int, step0: int, n_steps: int,
@@ -100,7 +122,7 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
                 on_snapshot=None, sets=(), examples: int = 0):
     """Train K instances with the fused CPU loop; same contract as engine.torch_backend.train_chunk.
     steps_per_launch, lanes: fixed segment size and rows per block (tests; default automatic)."""
-    compile(untied=not model.tied)
+    compile(kernel_path(model, lanes))
 
     def run_segment(state, p, imp, sched, loss_acc, hist, step0, n_steps):
         run_steps(model, train, state, p, imp, first_instance, step0, n_steps, loss_acc, hist, history_every, sched,

@@ -215,18 +215,20 @@ def _lane_mask(valid, r0, n, batch):
         valid[l] = 1.0 if lane_row(l, r0, R, n) < batch else 0.0
 
 
-# Which path a compiled copy of _train_instance and train_segment takes (_specialise): ROWWISE True for
+# Which path a compiled copy of the two templates below takes (_specialise): ROWWISE True for
 # models that sum their weight gradient row by row (uses_rowwise), False for per-lane ones. A compile-
 # time constant, so numba prunes the other path and each copy compiles only its own (the per-lane copy,
 # all the 2->1 phase diagram needs, compiled in 25 s instead of 37 on a cold cache, CPU Intel Xeon).
 ROWWISE = None
+# In a segment copy: the compiled _train_instance copy of its path (_specialise).
+_train_instance = None
 
 
-def _train_instance(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, batch, inst, step0, n_steps,
-                    window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps, relu, decoupled, R,
-                    relu_hidden, sets, finite):
-    """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see train_segment. The template
-    of _train_instance_lanes and _train_instance_rows (ROWWISE)."""
+def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist, k, K, batch, inst, step0,
+                             n_steps, window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps,
+                             relu, decoupled, R, relu_hidden, sets, finite):
+    """Steps [step0, step0 + n_steps) of instance k (global id ``inst``); see _train_segment_template.
+    The template of _train_instance_lanes and _train_instance_rows (ROWWISE); never called itself."""
     m, n = W.shape[1], W.shape[2]
     f32 = np.float32
     pk, inv = padded_rule(p[k])
@@ -647,16 +649,17 @@ def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, bet
     return param - step_size * q, m1, m2
 
 
-def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0, n_steps,
-                  window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps, relu, decoupled, lanes,
-                  relu_hidden, sets, finite, threads):
+def _train_segment_template(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0,
+                            n_steps, window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2, eps, relu,
+                            decoupled, lanes, relu_hidden, sets, finite, threads):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
 
     W, mW, vW (K, m, n); b, mb, vb, p, imp (K, n); all float32, C-contiguous.
     schedule (steps, 3) float32: engine.fused.schedule_table. loss_acc (K,) sums the loss of steps
     >= window_start; hist (T, K) gets the loss of step t at row t // hist_every when hist_every > 0.
     (k0, k1) = kernels.cpu_rng.seed_words(seed). Scalars are float32 (the arithmetic stays float32).
-    The template of train_segment_lanes and train_segment_rows (ROWWISE), compiled in parallel mode.
+    The template of train_segment_lanes and train_segment_rows (ROWWISE, each calling its own copy of
+    _train_instance_template), compiled in parallel mode; never called itself.
     """
     K = W.shape[0]
     T = max(1, min(threads, K))
@@ -671,7 +674,7 @@ def train_segment(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch,
 
 @njit(cache=True)
 def instance_groups(K, T):
-    """(size, count): train_segment deals K instances to T threads in groups of ``size`` consecutive ones,
+    """(size, count): a train segment deals K instances to T threads in groups of ``size`` consecutive ones,
     group g to thread g % T. Round robin, because an instance's cost depends on its density and sweeps
     order instances by density (prange's one contiguous share per thread left one thread with all the
     dense ones; 1.035x on the basic workload); groups of up to 64 so that neighbouring tiny instances,
@@ -755,20 +758,23 @@ def set_array(sets) -> np.ndarray:
     return np.array([(SET_KIND[k], a, s) for k, a, s in sets], dtype=np.int64).reshape(-1, 3)
 
 
-def _specialise(fn, suffix: str, **globals_):
-    """A copy of the template ``fn`` named fn's name + suffix whose globals also hold ``globals_``
-    (compile-time constants to numba, which prunes the branches on them). Its own name, because numba's
-    disk cache keys on the qualified name: two copies under one name would load each other's code."""
-    copy = pytypes.FunctionType(fn.__code__, {**fn.__globals__, **globals_}, fn.__name__ + suffix, fn.__defaults__)
-    copy.__qualname__, copy.__doc__, copy.__module__ = fn.__qualname__ + suffix, fn.__doc__, fn.__module__
+def _specialise(fn, name: str, **globals_):
+    """A copy of the template ``fn`` named ``name`` whose globals also hold ``globals_`` (compile-time
+    constants to numba, which prunes the branches on them). Its own name, because numba's disk cache
+    keys on the qualified name, not on globals: two copies under one name would load each other's code.
+    The copy sees the module's globals as they are when it is made (here, at the end of the module)."""
+    copy = pytypes.FunctionType(fn.__code__, {**fn.__globals__, **globals_}, name, fn.__defaults__)
+    copy.__qualname__, copy.__doc__, copy.__module__ = name, fn.__doc__, fn.__module__
     return copy
 
 
-# The compiled copies (ROWWISE): train_steps calls the segment of the model's path. Made here, at the end,
-# since a copy's globals are those of the module as it stands.
-_train_instance_lanes = njit(cache=True, fastmath=FASTMATH)(_specialise(_train_instance, "_lanes", ROWWISE=False))
-_train_instance_rows = njit(cache=True, fastmath=FASTMATH)(_specialise(_train_instance, "_rows", ROWWISE=True))
+# The compiled copies (ROWWISE): train_steps calls the segment of the model's path, the cpu backend
+# compiles the path a run needs (engine.cpu_backend.compile).
+_train_instance_lanes = njit(cache=True, fastmath=FASTMATH)(
+    _specialise(_train_instance_template, "_train_instance_lanes", ROWWISE=False))
+_train_instance_rows = njit(cache=True, fastmath=FASTMATH)(
+    _specialise(_train_instance_template, "_train_instance_rows", ROWWISE=True))
 train_segment_lanes = njit(parallel=True, cache=True)(
-    _specialise(train_segment, "_lanes", _train_instance=_train_instance_lanes))
+    _specialise(_train_segment_template, "train_segment_lanes", _train_instance=_train_instance_lanes))
 train_segment_rows = njit(parallel=True, cache=True)(
-    _specialise(train_segment, "_rows", _train_instance=_train_instance_rows))
+    _specialise(_train_segment_template, "train_segment_rows", _train_instance=_train_instance_rows))

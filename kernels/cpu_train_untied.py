@@ -225,7 +225,7 @@ def train_segment(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp
                   eps, decoupled, lanes, sets, finite):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
     W1 (K, m, n), b1 (K, m), W2 (K, n, m), b2 (K, n) and their Adam moments; the rest as
-    kernels.cpu_train.train_segment."""
+    kernels.cpu_train's train segments (_train_segment_template)."""
     K = W1.shape[0]
     for k in prange(K):
         _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, schedule, loss_acc, hist, k,

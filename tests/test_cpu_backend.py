@@ -331,25 +331,55 @@ def test_a_child_process_recomputes_an_inherited_cache_dir_but_keeps_the_users()
     assert out.stdout.strip() == "/tmp/my-numba-cache"
 
 
-def test_each_path_has_its_own_compiled_copy_and_a_small_model_loads_only_its_own():
-    """kernels/cpu_train.py compiles _train_instance and train_segment once per path (ROWWISE), with
-    their own names (numba's disk cache keys on them), and train_steps runs the model's: training a
-    tiny model in a fresh process must not load (or compile) the row-by-row copy, the point of the split."""
-    import subprocess
-    import sys
+def _globals_after_pruning(fn) -> set:
+    """The global names a function's code still uses after numba's dead-branch pruning (its frontend IR)."""
+    from numba.core import analysis, compiler, ir, ir_utils
 
+    fir = compiler.run_frontend(fn)
+    analysis.dead_branch_prune(fir, ())
+    fir.blocks = ir_utils.simplify_CFG(fir.blocks)
+    ir_utils.dead_code_elimination(fir)
+    return {st.value.name for blk in fir.blocks.values() for st in blk.body
+            if isinstance(st, ir.Assign) and isinstance(st.value, (ir.Global, ir.FreeVar))}
+
+
+def test_each_path_has_its_own_compiled_copy_with_the_other_path_pruned():
+    """kernels/cpu_train.py compiles _train_instance and train_segment once per path (ROWWISE), with their
+    own names (numba's disk cache keys on them), and numba prunes the other path from each copy."""
     for path, rowwise in (("lanes", False), ("rows", True)):
         inst, seg = getattr(cpu_train, f"_train_instance_{path}"), getattr(cpu_train, f"train_segment_{path}")
         assert inst.py_func.__globals__["ROWWISE"] is rowwise
         assert seg.py_func.__globals__["_train_instance"] is inst
         assert (inst.py_func.__qualname__, seg.py_func.__qualname__) == (f"_train_instance_{path}",
                                                                           f"train_segment_{path}")
-    probe = ("from engine import DataSpec, ModelSpec, TrainSpec, train; from kernels import cpu_train as c; "
-             "train(ModelSpec(2, 1), DataSpec([[0.5, 0.5]], [[1.0, 1.0]]), TrainSpec(steps=3, batch_size=64), "
-             "backend='cpu', progress=False); "
-             "print(len(c.train_segment_lanes.signatures), len(c.train_segment_rows.signatures))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-2:] == ["1", "0"]
+    lanes = _globals_after_pruning(cpu_train._train_instance_lanes.py_func)
+    rows = _globals_after_pruning(cpu_train._train_instance_rows.py_func)
+    row_by_row = {"_backward_rows", "scatter_product", "look_sparse", "adam_update"}
+    assert row_by_row <= rows and not row_by_row & lanes
+    assert "_adam" in lanes and "_adam" not in rows  # the small models' fused optimizer pass
+
+
+def test_a_run_compiles_and_loads_only_its_own_path_before_training():
+    """engine.cpu_backend.compile(kernel_path(model)) readies the copy the model trains on, so that its
+    compilation is timed apart from training, and the other copy is never loaded (the point of the split)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from engine import DataSpec, ModelSpec, TrainSpec, cpu_backend, train; "
+             "from kernels import cpu_train as c; n, m = int(sys.argv[1]), int(sys.argv[2]); "
+             "model = ModelSpec(n, m); path = cpu_backend.kernel_path(model); cpu_backend.compile(path); "
+             "before = [len(c.train_segment_lanes.signatures), len(c.train_segment_rows.signatures)]; "
+             "train(model, DataSpec([[0.5] * n], [[1.0] * n]), TrainSpec(steps=3, batch_size=64), backend='cpu', "
+             "progress=False); "
+             "print(path, *before, len(c.train_segment_lanes.signatures), len(c.train_segment_rows.signatures))")
+    for (n, m), want in (((2, 1), "lanes 1 0 1 0"), ((64, 40), "rows 0 1 0 1")):
+        out = subprocess.run([sys.executable, "-c", probe, str(n), str(m)], capture_output=True, text=True, check=True)
+        assert out.stdout.strip().splitlines()[-1] == want
+
+
+def test_compile_refuses_an_unknown_path():
+    with pytest.raises(ValueError, match="path: one of lanes, rows, untied"):
+        cpu_backend.compile("dense")
 
 
 def test_512_bit_code_is_asked_for_by_import_kernels_and_a_users_choice_wins(tmp_path):

@@ -312,7 +312,8 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
     if backend == "cpu" and todo:
         from .. import cpu_backend
         cpu_backend.set_threads(threads or cpu_backend.max_threads())
-        compile_seconds = sum(cpu_backend.compile(untied=u) for u in sorted({not j.model.tied for j, _, _ in todo}))
+        paths = sorted({cpu_backend.kernel_path(j.model) for j, _, _ in todo})
+        compile_seconds = sum(cpu_backend.compile(path) for path in paths)
         if compile_seconds > 2:
             log(f"cpu backend: compiled the training loop in {compile_seconds:.0f} s (cached on disk from now on)")
     total = sum((b - a) * j.train.steps for j, a, b in todo)
