@@ -338,3 +338,25 @@ def test_ab_cpu_extracts_the_revisions_kernels(tmp_path):
     head = subprocess.run(["git", "-C", str(ab_cpu.ROOT), "show", "HEAD:kernels/cpu_train.py"], capture_output=True,
                           check=True).stdout
     assert (root / "kernels_ab" / "cpu_train.py").read_bytes() == head
+
+
+def test_ab_processes_extracts_the_revision_and_a_worker_times_the_tree_it_was_given(tmp_path):
+    """bench.ab_processes (the A/B of what is fixed per process): the revision's engine, kernels and bench
+    come out whole, and a worker process imports the kernels of the tree it was pointed at (it refuses a
+    result from another tree) and reports a time and a state hash. The revision's own worker compiles its
+    kernels (minutes), so only the working tree's runs here."""
+    pytest.importorskip("numba")
+    import subprocess
+
+    from bench import ab_processes
+
+    if subprocess.run(["git", "-C", str(ab_processes.ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    tree = ab_processes.extract_tree("HEAD", tmp_path)
+    head = subprocess.run(["git", "-C", str(ab_processes.ROOT), "show", "HEAD:kernels/cpu_train.py"],
+                          capture_output=True, check=True).stdout
+    assert (tree / "kernels" / "cpu_train.py").read_bytes() == head
+    assert (tree / "engine" / "train.py").is_file() and (tree / "bench" / "ab_cpu.py").is_file()
+    got = ab_processes.run_worker(ab_processes.ROOT, ["phase"], 1)
+    ms, digest = got["phase"]
+    assert ms > 0 and len(digest) == 16 and set(got) == {"phase"}
