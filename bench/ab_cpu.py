@@ -43,33 +43,43 @@ def extract_kernels(rev: str, into: Path) -> Path:
     return into
 
 
-def time_pair(kernels: dict, wl: Workload, rounds: int, order: list[str]) -> tuple[dict, bool]:
-    """Median ms per step of each kernel module on workload ``wl``, and whether their states agree bit for bit."""
-    from engine import ModelSpec, TrainSpec, fused
+class Timed:
+    """Workload ``wl`` on one kernel module (kernels.cpu_train or a revision's copy): its own state from the
+    engine's initialisation (seed 0), and ``run(step0)``, the ms per step of one call of ``steps`` steps."""
 
-    p, imp = wl.arrays()
-    train = TrainSpec(batch_size=wl.batch, steps=10_000)
-    sched = fused.schedule_table(train).numpy()
-    steps = 5 if wl.n * wl.m * wl.K * wl.batch > 1e8 else 20  # about 40 ms or more per call
-    states = {name: {k: v.numpy().copy() for k, v in fused.new_state(ModelSpec(wl.n, wl.m), train, 0, wl.K).items()}
-              for name in kernels}
+    def __init__(self, module, wl: Workload):
+        from engine import ModelSpec, TrainSpec, fused
 
-    def run(name: str, step0: int) -> float:
+        self.module, self.wl = module, wl
+        self.p, self.imp = wl.arrays()
+        self.train = TrainSpec(batch_size=wl.batch, steps=10_000)
+        self.sched = fused.schedule_table(self.train).numpy()
+        self.steps = 5 if wl.n * wl.m * wl.K * wl.batch > 1e8 else 20  # about 40 ms or more per call
+        self.state = {k: v.numpy().copy()
+                      for k, v in fused.new_state(ModelSpec(wl.n, wl.m), self.train, 0, wl.K).items()}
+
+    def run(self, step0: int) -> float:
+        wl, train = self.wl, self.train
         loss = np.zeros(wl.K, np.float32)
         t0 = time.perf_counter()
-        kernels[name].train_steps(states[name], p, imp, sched, loss, None, batch=wl.batch, first_instance=0,
-                                  step0=step0, n_steps=steps, window_start=train.steps - train.loss_window,
-                                  hist_every=0, seed=0, weight_decay=train.weight_decay, beta1=train.beta1,
-                                  beta2=train.beta2, eps=train.eps, relu=True, decoupled=train.optimizer == "adamw")
-        return (time.perf_counter() - t0) / steps * 1e3
+        self.module.train_steps(self.state, self.p, self.imp, self.sched, loss, None, batch=wl.batch, first_instance=0,
+                                step0=step0, n_steps=self.steps, window_start=train.steps - train.loss_window,
+                                hist_every=0, seed=0, weight_decay=train.weight_decay, beta1=train.beta1,
+                                beta2=train.beta2, eps=train.eps, relu=True, decoupled=train.optimizer == "adamw")
+        return (time.perf_counter() - t0) / self.steps * 1e3
 
+
+def time_pair(kernels: dict, wl: Workload, rounds: int, order: list[str]) -> tuple[dict, bool]:
+    """Median ms per step of each kernel module on workload ``wl``, and whether their states agree bit for bit."""
+    timed = {name: Timed(module, wl) for name, module in kernels.items()}
     for name in order:  # compile / load and warm up
-        run(name, 0)
+        timed[name].run(0)
     times = {name: [] for name in kernels}
     for r in range(rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
-            times[name].append(run(name, steps * (r + 1)))
-    same = all(np.array_equal(states[order[0]][k], states[order[1]][k]) for k in states[order[0]])
+            times[name].append(timed[name].run(timed[name].steps * (r + 1)))
+    first, second = (timed[name].state for name in order)
+    same = all(np.array_equal(first[k], second[k]) for k in first)
     return {name: float(np.median(t)) for name, t in times.items()}, same
 
 

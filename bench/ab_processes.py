@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,33 +31,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def worker(names: list[str], rounds: int) -> dict:
     """In this process (the tree on sys.path first): {workload: [median ms per step, state hash]}."""
-    from engine import ModelSpec, TrainSpec, cpu_backend, fused
+    from engine import cpu_backend
     from kernels import cpu_train
 
-    from .ab_cpu import WORKLOADS
+    from .ab_cpu import WORKLOADS, Timed
 
     cpu_backend.set_threads(cpu_backend.max_threads())
     out = {}
     for name in names:
-        wl = WORKLOADS[name]
-        p, imp = wl.arrays()
-        train = TrainSpec(batch_size=wl.batch, steps=10_000)
-        sched = fused.schedule_table(train).numpy()
-        steps = 5 if wl.n * wl.m * wl.K * wl.batch > 1e8 else 20  # about 40 ms or more per call
-        state = {k: v.numpy().copy() for k, v in fused.new_state(ModelSpec(wl.n, wl.m), train, 0, wl.K).items()}
-
-        def run(step0: int) -> float:
-            loss = np.zeros(wl.K, np.float32)
-            t0 = time.perf_counter()
-            cpu_train.train_steps(state, p, imp, sched, loss, None, batch=wl.batch, first_instance=0, step0=step0,
-                                  n_steps=steps, window_start=train.steps - train.loss_window, hist_every=0, seed=0,
-                                  weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2,
-                                  eps=train.eps, relu=True, decoupled=train.optimizer == "adamw")
-            return (time.perf_counter() - t0) / steps * 1e3
-
-        run(0)  # compile or load, warm up
-        times = [run(steps * (r + 1)) for r in range(rounds)]
-        digest = hashlib.sha256(b"".join(state[k].tobytes() for k in sorted(state))).hexdigest()[:16]
+        t = Timed(cpu_train, WORKLOADS[name])
+        t.run(0)  # compile or load, warm up
+        times = [t.run(t.steps * (r + 1)) for r in range(rounds)]
+        digest = hashlib.sha256(b"".join(t.state[k].tobytes() for k in sorted(t.state))).hexdigest()[:16]
         out[name] = [float(np.median(times)), digest]
     out["kernels_from"] = cpu_train.__file__
     return out

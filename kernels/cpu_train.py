@@ -94,13 +94,16 @@ CACHE_LINE = 64
 
 
 @njit(cache=True)
-def zeros_aligned(size):
-    """A zeroed float32 array (size,) that starts on a CACHE_LINE boundary (reshape it as needed: rows
-    of a multiple of 16 floats then all start on one)."""
+def zeros_aligned(shape):
+    """np.zeros(shape, np.float32), C order, starting on a CACHE_LINE boundary (rows of a multiple of
+    16 floats then all start on one). shape: a tuple of ints."""
+    size = 1
+    for d in shape:
+        size *= d
     pad = CACHE_LINE // 4
     buf = np.zeros(size + pad - 1, np.float32)
     off = ((CACHE_LINE - buf.ctypes.data % CACHE_LINE) % CACHE_LINE) // 4
-    return buf[off:off + size]
+    return buf[off:off + size].reshape(shape)
 
 
 @njit(inline="always", cache=True)
@@ -236,38 +239,35 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
     cz = np.empty(n, np.float32)      # d loss / d x'_f per unit error: 2 I_f / (B n)
     for f in range(n):
         cz[f] = grad_scale * imp[k, f]
-    x = zeros_aligned(pk.shape[0] * R).reshape((pk.shape[0], R))
+    x = zeros_aligned((pk.shape[0], R))
     act = np.empty(n, np.bool_)
-    h = zeros_aligned(m * R).reshape((m, R))
+    h = zeros_aligned((m, R))
     # rows past n stay 0 (the gradient tiles read x's padded rows)
-    dz = zeros_aligned(pk.shape[0] * R).reshape((pk.shape[0], R))
+    dz = zeros_aligned((pk.shape[0], R))
     dzact = np.empty(n, np.bool_)
-    dh = zeros_aligned(m * R).reshape((m, R))
+    dh = zeros_aligned((m, R))
     # Big models (m n R floats past ROWWISE_BYTES) sum the weight gradient over each block's rows
     # into accT: per-lane accumulators would stream m n R floats through memory at every block.
     rowwise = ROWWISE  # uses_rowwise(n, m, R): train_steps picks the copy
-    lanes_w = 0 if rowwise else R
-    acc_w = zeros_aligned(m * n * lanes_w).reshape((m, n, lanes_w))
+    acc_w = zeros_aligned((m, n, 0 if rowwise else R))
     # Row by row: the weight gradient transposed, accT (n_pad, mp), neurons padded to whole registers;
     # hT, dhT (R, mp) are h and dh transposed (their padding stays 0). See _backward_rows.
     mp = TILE_LANES * ((m + TILE_LANES - 1) // TILE_LANES) if rowwise else 0
-    rows_T = pk.shape[0] if rowwise else 0
-    accT = zeros_aligned(rows_T * mp).reshape((rows_T, mp))
-    lanes_T = R if rowwise else 0
-    hT = zeros_aligned(lanes_T * mp).reshape((lanes_T, mp))
-    dhT = zeros_aligned(lanes_T * mp).reshape((lanes_T, mp))
+    accT = zeros_aligned((pk.shape[0] if rowwise else 0, mp))
+    hT = zeros_aligned((R if rowwise else 0, mp))
+    dhT = zeros_aligned((R if rowwise else 0, mp))
     # Row by row, sparse factors (kernels/cpu_sparse.py): W^T padded to mp columns, the nonzero masks of
     # x or dz, and each lane's nonzero terms of x (x_terms) and of dz (dz_terms).
     sparse = rowwise and sparse_lanes_ok(R)
     ns = n if sparse else 0
-    WTp = zeros_aligned(ns * mp).reshape((ns, mp))
+    WTp = zeros_aligned((ns, mp))
     masks = np.empty((ns, R // LANE_WORD), np.uint64)
     terms, counts = np.empty((2, R if sparse else 0, ns), np.int32), np.empty((2, R if sparse else 0), np.int32)
     x_terms, dz_terms, x_count, dz_count = terms[0], terms[1], counts[0], counts[1]
     zeros_mp = np.zeros(mp, np.float32)
-    acc_b = zeros_aligned(n * R).reshape((n, R))
-    acc_l = zeros_aligned(R)
-    valid = zeros_aligned(R)
+    acc_b = zeros_aligned((n, R))
+    acc_l = zeros_aligned((R,))
+    valid = zeros_aligned((R,))
     valid[:] = 1.0
     WT = np.empty((n, m), np.float32)  # W transposed, refreshed every step (rows_times reads A[c, r])
     # Big models: the step's gradients, laid out like W and b for adam_update.

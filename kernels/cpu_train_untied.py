@@ -46,39 +46,37 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     cz = np.empty(n, np.float32)
     for f in range(n):
         cz[f] = grad_scale * imp[k, f]
-    x = zeros_aligned(pk.shape[0] * R).reshape((pk.shape[0], R))
+    x = zeros_aligned((pk.shape[0], R))
     act = np.empty(n, np.bool_)
-    h = zeros_aligned(m * R).reshape((m, R))
+    h = zeros_aligned((m, R))
     # rows past n stay 0 (the gradient tiles read x's padded rows)
-    dz = zeros_aligned(pk.shape[0] * R).reshape((pk.shape[0], R))
+    dz = zeros_aligned((pk.shape[0], R))
     dzact = np.empty(n, np.bool_)
-    dh = zeros_aligned(m * R).reshape((m, R))
+    dh = zeros_aligned((m, R))
     # Per-lane weight-gradient accumulators (m, n, lanes), dW2 transposed (acc_w2[j, f] for W2[f, j]);
     # big models instead sum over each block's rows in register tiles (kernels/cpu_train.py,
     # accumulate_halves) into accT1 (dW1 transposed) and accT2 (dW2), (n_pad, mp), neurons padded.
     rowwise = uses_rowwise(n, m, R)
-    lanes_w = 0 if rowwise else R
-    acc_w1 = zeros_aligned(m * n * lanes_w).reshape((m, n, lanes_w))
-    acc_w2 = zeros_aligned(m * n * lanes_w).reshape((m, n, lanes_w))
+    acc_w1 = zeros_aligned((m, n, 0 if rowwise else R))
+    acc_w2 = zeros_aligned((m, n, 0 if rowwise else R))
     mp = TILE_LANES * ((m + TILE_LANES - 1) // TILE_LANES) if rowwise else 0
-    rows_T, lanes_T = (pk.shape[0], R) if rowwise else (0, 0)
-    accT1 = zeros_aligned(rows_T * mp).reshape((rows_T, mp))
-    accT2 = zeros_aligned(rows_T * mp).reshape((rows_T, mp))
-    hT = zeros_aligned(lanes_T * mp).reshape((lanes_T, mp))
-    dhT = zeros_aligned(lanes_T * mp).reshape((lanes_T, mp))
+    accT1 = zeros_aligned((pk.shape[0] if rowwise else 0, mp))
+    accT2 = zeros_aligned((pk.shape[0] if rowwise else 0, mp))
+    hT = zeros_aligned((R if rowwise else 0, mp))
+    dhT = zeros_aligned((R if rowwise else 0, mp))
     # Row by row, sparse factors (kernels/cpu_sparse.py, as in kernels/cpu_train.py): W1^T and W2 padded
     # to mp columns, b1 padded (h's init), the nonzero masks, each lane's nonzero terms of x and dz.
     sparse = rowwise and sparse_lanes_ok(R)
     ns = n if sparse else 0
-    W1p, W2p = zeros_aligned(ns * mp).reshape((ns, mp)), zeros_aligned(ns * mp).reshape((ns, mp))
+    W1p, W2p = zeros_aligned((ns, mp)), zeros_aligned((ns, mp))
     b1p, zeros_mp = np.zeros(mp, np.float32), np.zeros(mp, np.float32)
     masks = np.empty((ns, R // LANE_WORD), np.uint64)
     terms, counts = np.empty((2, R if sparse else 0, ns), np.int32), np.empty((2, R if sparse else 0), np.int32)
     x_terms, dz_terms, x_count, dz_count = terms[0], terms[1], counts[0], counts[1]
-    acc_b1 = zeros_aligned(m * R).reshape((m, R))
-    acc_b2 = zeros_aligned(n * R).reshape((n, R))
-    acc_l = zeros_aligned(R)
-    valid = zeros_aligned(R)
+    acc_b1 = zeros_aligned((m, R))
+    acc_b2 = zeros_aligned((n, R))
+    acc_l = zeros_aligned((R,))
+    valid = zeros_aligned((R,))
     valid[:] = 1.0
     # W1 and W2 transposed, refreshed every step (rows_times reads A[c, r]: W1T[f, j], W2T[j, f]).
     W1T = np.empty((n, m), np.float32)

@@ -107,7 +107,7 @@ def test_both_tile_heights_give_the_plain_loops_sums_bit_for_bit(tile_rows, C, r
 @njit
 def _aligned(sizes, out):
     for i in range(sizes.shape[0]):
-        a = cpu_train.zeros_aligned(sizes[i])
+        a = cpu_train.zeros_aligned((sizes[i],))
         out[i, 0] = a.ctypes.data % cpu_train.CACHE_LINE
         out[i, 1] = a.shape[0]
         out[i, 2] = (a != 0.0).sum()
