@@ -70,7 +70,7 @@ def provenance(device: str, smoke: bool, argv) -> dict:
     if device == "cpu":
         info.update(cpu_info())
         try:  # whether the cpu backend's kernels got 512-bit code where LLVM would give 256 (kernels/__init__.py)
-            from kernels.cpu_train import WIDE_VECTORS
+            from kernels.cpu_products import WIDE_VECTORS
             info["numba_512_bit_code_asked"] = WIDE_VECTORS
         except ImportError:
             info["numba_512_bit_code_asked"] = None

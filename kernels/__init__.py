@@ -70,7 +70,7 @@ if not _os.environ.get("NUMBA_CACHE_DIR") or _os.environ.get("NUMBA_CACHE_DIR") 
 # inherited by a child, is dropped first (the child may run on another CPU, or name one). Then, only
 # where the user chose nothing (no NUMBA_CPU_FEATURES, even empty: numba reads "" as "the named CPU's
 # own"; no NUMBA_CPU_NAME; no .numba_config.yaml here, which may name one), this host's wide features.
-# numba takes them only if it has not made its code generator yet; kernels.cpu_train.WIDE_VECTORS
+# numba takes them only if it has not made its code generator yet; kernels.cpu_products.WIDE_VECTORS
 # reads what it got.
 _ours_features = "SUPBENCH_NUMBA_CPU_FEATURES"
 if _ours_features in _os.environ:

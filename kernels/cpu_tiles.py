@@ -2,9 +2,10 @@
 
 The register tiles of the CPU kernels' matrix products (kernels.cpu_train.rows_times): out[r, l] =
 init[r] + the sum over c in order, active c only, of A[c, r] X[c, l], for a tile of 1 to 8 rows
-r0.. and 16 lanes at a time (the batch rows of a block). Each of a tile's sums is a local scalar, so
-it stays in a register for the whole reduction; every term is one fused multiply-add in the same
-order as the plain loop, so the result is bit-identical to it.
+r0.. and 16 lanes at a time (the batch rows of a block), and the weight gradient's (acc_tile_8,
+acc_tile_4); wide_tile_8 and wide_acc_tile_8 are 8 rows x 32 lanes (kernels/cpu_products.py).
+Each of a tile's sums is a local scalar, so it stays in a register for the whole reduction; every
+term is one fused multiply-add in the same order as the plain loop, so the result is bit-identical to it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from numba import njit
 # 'contract' only (kernels.cpu_train.FASTMATH): FMA, no reassociation.
 FASTMATH = {"contract"}
 LANES = 16
+WIDE_LANES = 32  # the wide tiles' (wide_tile_8, wide_acc_tile_8): kernels.cpu_wide
 
 
 @contextlib.contextmanager
@@ -46,11 +48,12 @@ def slp_vectorize():
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def tile_8(A, X, active, init, out, r0, l_end):
+def tile_8(A, X, active, init, out, r0, l_begin, l_end):
     """out[r0:r0+8, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
-    l < l_end (a multiple of 16), 16 at a time (one call per row group: short sums pay few calls).
-    A (C, rows), X (>= C, lanes), active (C,) bool, init (rows,), out (rows, lanes)."""
-    for l0 in range(0, l_end, 16):
+    l_begin <= l < l_end (16 at a time: l_end - l_begin a multiple of 16; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 16):
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = init[r0 + 0]
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = init[r0 + 1]
         a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = init[r0 + 2]
@@ -59,7 +62,7 @@ def tile_8(A, X, active, init, out, r0, l_end):
         a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = a5_8 = a5_9 = a5_10 = a5_11 = a5_12 = a5_13 = a5_14 = a5_15 = init[r0 + 5]
         a6_0 = a6_1 = a6_2 = a6_3 = a6_4 = a6_5 = a6_6 = a6_7 = a6_8 = a6_9 = a6_10 = a6_11 = a6_12 = a6_13 = a6_14 = a6_15 = init[r0 + 6]
         a7_0 = a7_1 = a7_2 = a7_3 = a7_4 = a7_5 = a7_6 = a7_7 = a7_8 = a7_9 = a7_10 = a7_11 = a7_12 = a7_13 = a7_14 = a7_15 = init[r0 + 7]
-        for c in range(A.shape[0]):
+        for c in range(active.shape[0]):
             if active[c]:
                 ar, xr = A[c][r0:r0 + 8], X[c][l0:l0 + 16]
                 w0, w1, w2, w3, w4, w5, w6, w7 = ar[0], ar[1], ar[2], ar[3], ar[4], ar[5], ar[6], ar[7]
@@ -142,11 +145,12 @@ def tile_8(A, X, active, init, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def tile_7(A, X, active, init, out, r0, l_end):
+def tile_7(A, X, active, init, out, r0, l_begin, l_end):
     """out[r0:r0+7, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
-    l < l_end (a multiple of 16), 16 at a time (one call per row group: short sums pay few calls).
-    A (C, rows), X (>= C, lanes), active (C,) bool, init (rows,), out (rows, lanes)."""
-    for l0 in range(0, l_end, 16):
+    l_begin <= l < l_end (16 at a time: l_end - l_begin a multiple of 16; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 16):
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = init[r0 + 0]
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = init[r0 + 1]
         a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = init[r0 + 2]
@@ -154,7 +158,7 @@ def tile_7(A, X, active, init, out, r0, l_end):
         a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = init[r0 + 4]
         a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = a5_8 = a5_9 = a5_10 = a5_11 = a5_12 = a5_13 = a5_14 = a5_15 = init[r0 + 5]
         a6_0 = a6_1 = a6_2 = a6_3 = a6_4 = a6_5 = a6_6 = a6_7 = a6_8 = a6_9 = a6_10 = a6_11 = a6_12 = a6_13 = a6_14 = a6_15 = init[r0 + 6]
-        for c in range(A.shape[0]):
+        for c in range(active.shape[0]):
             if active[c]:
                 ar, xr = A[c][r0:r0 + 7], X[c][l0:l0 + 16]
                 w0, w1, w2, w3, w4, w5, w6 = ar[0], ar[1], ar[2], ar[3], ar[4], ar[5], ar[6]
@@ -228,18 +232,19 @@ def tile_7(A, X, active, init, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def tile_6(A, X, active, init, out, r0, l_end):
+def tile_6(A, X, active, init, out, r0, l_begin, l_end):
     """out[r0:r0+6, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
-    l < l_end (a multiple of 16), 16 at a time (one call per row group: short sums pay few calls).
-    A (C, rows), X (>= C, lanes), active (C,) bool, init (rows,), out (rows, lanes)."""
-    for l0 in range(0, l_end, 16):
+    l_begin <= l < l_end (16 at a time: l_end - l_begin a multiple of 16; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 16):
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = init[r0 + 0]
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = init[r0 + 1]
         a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = init[r0 + 2]
         a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = a3_8 = a3_9 = a3_10 = a3_11 = a3_12 = a3_13 = a3_14 = a3_15 = init[r0 + 3]
         a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = init[r0 + 4]
         a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = a5_8 = a5_9 = a5_10 = a5_11 = a5_12 = a5_13 = a5_14 = a5_15 = init[r0 + 5]
-        for c in range(A.shape[0]):
+        for c in range(active.shape[0]):
             if active[c]:
                 ar, xr = A[c][r0:r0 + 6], X[c][l0:l0 + 16]
                 w0, w1, w2, w3, w4, w5 = ar[0], ar[1], ar[2], ar[3], ar[4], ar[5]
@@ -304,17 +309,18 @@ def tile_6(A, X, active, init, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def tile_5(A, X, active, init, out, r0, l_end):
+def tile_5(A, X, active, init, out, r0, l_begin, l_end):
     """out[r0:r0+5, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
-    l < l_end (a multiple of 16), 16 at a time (one call per row group: short sums pay few calls).
-    A (C, rows), X (>= C, lanes), active (C,) bool, init (rows,), out (rows, lanes)."""
-    for l0 in range(0, l_end, 16):
+    l_begin <= l < l_end (16 at a time: l_end - l_begin a multiple of 16; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 16):
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = init[r0 + 0]
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = init[r0 + 1]
         a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = init[r0 + 2]
         a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = a3_8 = a3_9 = a3_10 = a3_11 = a3_12 = a3_13 = a3_14 = a3_15 = init[r0 + 3]
         a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = init[r0 + 4]
-        for c in range(A.shape[0]):
+        for c in range(active.shape[0]):
             if active[c]:
                 ar, xr = A[c][r0:r0 + 5], X[c][l0:l0 + 16]
                 w0, w1, w2, w3, w4 = ar[0], ar[1], ar[2], ar[3], ar[4]
@@ -370,16 +376,17 @@ def tile_5(A, X, active, init, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def tile_4(A, X, active, init, out, r0, l_end):
+def tile_4(A, X, active, init, out, r0, l_begin, l_end):
     """out[r0:r0+4, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
-    l < l_end (a multiple of 16), 16 at a time (one call per row group: short sums pay few calls).
-    A (C, rows), X (>= C, lanes), active (C,) bool, init (rows,), out (rows, lanes)."""
-    for l0 in range(0, l_end, 16):
+    l_begin <= l < l_end (16 at a time: l_end - l_begin a multiple of 16; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 16):
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = init[r0 + 0]
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = init[r0 + 1]
         a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = init[r0 + 2]
         a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = a3_8 = a3_9 = a3_10 = a3_11 = a3_12 = a3_13 = a3_14 = a3_15 = init[r0 + 3]
-        for c in range(A.shape[0]):
+        for c in range(active.shape[0]):
             if active[c]:
                 ar, xr = A[c][r0:r0 + 4], X[c][l0:l0 + 16]
                 w0, w1, w2, w3 = ar[0], ar[1], ar[2], ar[3]
@@ -426,15 +433,16 @@ def tile_4(A, X, active, init, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def tile_3(A, X, active, init, out, r0, l_end):
+def tile_3(A, X, active, init, out, r0, l_begin, l_end):
     """out[r0:r0+3, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
-    l < l_end (a multiple of 16), 16 at a time (one call per row group: short sums pay few calls).
-    A (C, rows), X (>= C, lanes), active (C,) bool, init (rows,), out (rows, lanes)."""
-    for l0 in range(0, l_end, 16):
+    l_begin <= l < l_end (16 at a time: l_end - l_begin a multiple of 16; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 16):
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = init[r0 + 0]
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = init[r0 + 1]
         a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = init[r0 + 2]
-        for c in range(A.shape[0]):
+        for c in range(active.shape[0]):
             if active[c]:
                 ar, xr = A[c][r0:r0 + 3], X[c][l0:l0 + 16]
                 w0, w1, w2 = ar[0], ar[1], ar[2]
@@ -472,14 +480,15 @@ def tile_3(A, X, active, init, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def tile_2(A, X, active, init, out, r0, l_end):
+def tile_2(A, X, active, init, out, r0, l_begin, l_end):
     """out[r0:r0+2, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
-    l < l_end (a multiple of 16), 16 at a time (one call per row group: short sums pay few calls).
-    A (C, rows), X (>= C, lanes), active (C,) bool, init (rows,), out (rows, lanes)."""
-    for l0 in range(0, l_end, 16):
+    l_begin <= l < l_end (16 at a time: l_end - l_begin a multiple of 16; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 16):
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = init[r0 + 0]
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = init[r0 + 1]
-        for c in range(A.shape[0]):
+        for c in range(active.shape[0]):
             if active[c]:
                 ar, xr = A[c][r0:r0 + 2], X[c][l0:l0 + 16]
                 w0, w1 = ar[0], ar[1]
@@ -508,13 +517,14 @@ def tile_2(A, X, active, init, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def tile_1(A, X, active, init, out, r0, l_end):
+def tile_1(A, X, active, init, out, r0, l_begin, l_end):
     """out[r0:r0+1, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
-    l < l_end (a multiple of 16), 16 at a time (one call per row group: short sums pay few calls).
-    A (C, rows), X (>= C, lanes), active (C,) bool, init (rows,), out (rows, lanes)."""
-    for l0 in range(0, l_end, 16):
+    l_begin <= l < l_end (16 at a time: l_end - l_begin a multiple of 16; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 16):
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = init[r0 + 0]
-        for c in range(A.shape[0]):
+        for c in range(active.shape[0]):
             if active[c]:
                 ar, xr = A[c][r0:r0 + 1], X[c][l0:l0 + 16]
                 w0 = ar[0]
@@ -534,12 +544,12 @@ def tile_1(A, X, active, init, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def acc_tile_8(AT, X, out, r0, l_end):
-    """out[r0:r0+8, l] += the sum over c < C, in order, of AT[r, c] X[c, l], for the lanes l < l_end
-    (a multiple of 16), 16 at a time: the weight gradient's sum over a block's rows (the terms c).
-    AT (rows, >= C) (the first factor transposed), X (C, lanes), out (rows, lanes)."""
+def acc_tile_8(AT, X, out, r0, l_begin, l_end):
+    """out[r0:r0+8, l] += the sum over c < C, in order, of AT[r, c] X[c, l], for the lanes l_begin <= l
+    < l_end (16 at a time: l_end - l_begin a multiple of 16): the weight gradient's sum over a block's
+    rows (the terms c). AT (rows, >= C) (the first factor transposed), X (C, lanes), out (rows, lanes)."""
     t0, t1, t2, t3, t4, t5, t6, t7 = AT[r0 + 0], AT[r0 + 1], AT[r0 + 2], AT[r0 + 3], AT[r0 + 4], AT[r0 + 5], AT[r0 + 6], AT[r0 + 7]
-    for l0 in range(0, l_end, 16):
+    for l0 in range(l_begin, l_end, 16):
         o = out[r0 + 0][l0:l0 + 16]
         a0_0, a0_1, a0_2, a0_3 = o[0], o[1], o[2], o[3]
         a0_4, a0_5, a0_6, a0_7 = o[4], o[5], o[6], o[7]
@@ -662,12 +672,12 @@ def acc_tile_8(AT, X, out, r0, l_end):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def acc_tile_4(AT, X, out, r0, l_end):
-    """out[r0:r0+4, l] += the sum over c < C, in order, of AT[r, c] X[c, l], for the lanes l < l_end
-    (a multiple of 16), 16 at a time: the weight gradient's sum over a block's rows (the terms c).
-    AT (rows, >= C) (the first factor transposed), X (C, lanes), out (rows, lanes)."""
+def acc_tile_4(AT, X, out, r0, l_begin, l_end):
+    """out[r0:r0+4, l] += the sum over c < C, in order, of AT[r, c] X[c, l], for the lanes l_begin <= l
+    < l_end (16 at a time: l_end - l_begin a multiple of 16): the weight gradient's sum over a block's
+    rows (the terms c). AT (rows, >= C) (the first factor transposed), X (C, lanes), out (rows, lanes)."""
     t0, t1, t2, t3 = AT[r0 + 0], AT[r0 + 1], AT[r0 + 2], AT[r0 + 3]
-    for l0 in range(0, l_end, 16):
+    for l0 in range(l_begin, l_end, 16):
         o = out[r0 + 0][l0:l0 + 16]
         a0_0, a0_1, a0_2, a0_3 = o[0], o[1], o[2], o[3]
         a0_4, a0_5, a0_6, a0_7 = o[4], o[5], o[6], o[7]
@@ -731,3 +741,396 @@ def acc_tile_4(AT, X, out, r0, l_end):
         o[4] = a3_4; o[5] = a3_5; o[6] = a3_6; o[7] = a3_7
         o[8] = a3_8; o[9] = a3_9; o[10] = a3_10; o[11] = a3_11
         o[12] = a3_12; o[13] = a3_13; o[14] = a3_14; o[15] = a3_15
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def wide_tile_8(A, X, active, init, out, r0, l_begin, l_end):
+    """out[r0:r0+8, l] = init[r] + sum over active c, in order, of A[c, r] X[c, l], for the lanes
+    l_begin <= l < l_end (32 at a time: l_end - l_begin a multiple of 32; one call per row group, so
+    short sums pay few calls). A (>= C, rows), X (>= C, lanes), active (C,) bool (C terms: the
+    sampler's x and dz have padding rows past C), init (rows,), out (rows, lanes)."""
+    for l0 in range(l_begin, l_end, 32):
+        a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = a0_16 = a0_17 = a0_18 = a0_19 = a0_20 = a0_21 = a0_22 = a0_23 = a0_24 = a0_25 = a0_26 = a0_27 = a0_28 = a0_29 = a0_30 = a0_31 = init[r0 + 0]
+        a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = a1_16 = a1_17 = a1_18 = a1_19 = a1_20 = a1_21 = a1_22 = a1_23 = a1_24 = a1_25 = a1_26 = a1_27 = a1_28 = a1_29 = a1_30 = a1_31 = init[r0 + 1]
+        a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = a2_16 = a2_17 = a2_18 = a2_19 = a2_20 = a2_21 = a2_22 = a2_23 = a2_24 = a2_25 = a2_26 = a2_27 = a2_28 = a2_29 = a2_30 = a2_31 = init[r0 + 2]
+        a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = a3_8 = a3_9 = a3_10 = a3_11 = a3_12 = a3_13 = a3_14 = a3_15 = a3_16 = a3_17 = a3_18 = a3_19 = a3_20 = a3_21 = a3_22 = a3_23 = a3_24 = a3_25 = a3_26 = a3_27 = a3_28 = a3_29 = a3_30 = a3_31 = init[r0 + 3]
+        a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = a4_16 = a4_17 = a4_18 = a4_19 = a4_20 = a4_21 = a4_22 = a4_23 = a4_24 = a4_25 = a4_26 = a4_27 = a4_28 = a4_29 = a4_30 = a4_31 = init[r0 + 4]
+        a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = a5_8 = a5_9 = a5_10 = a5_11 = a5_12 = a5_13 = a5_14 = a5_15 = a5_16 = a5_17 = a5_18 = a5_19 = a5_20 = a5_21 = a5_22 = a5_23 = a5_24 = a5_25 = a5_26 = a5_27 = a5_28 = a5_29 = a5_30 = a5_31 = init[r0 + 5]
+        a6_0 = a6_1 = a6_2 = a6_3 = a6_4 = a6_5 = a6_6 = a6_7 = a6_8 = a6_9 = a6_10 = a6_11 = a6_12 = a6_13 = a6_14 = a6_15 = a6_16 = a6_17 = a6_18 = a6_19 = a6_20 = a6_21 = a6_22 = a6_23 = a6_24 = a6_25 = a6_26 = a6_27 = a6_28 = a6_29 = a6_30 = a6_31 = init[r0 + 6]
+        a7_0 = a7_1 = a7_2 = a7_3 = a7_4 = a7_5 = a7_6 = a7_7 = a7_8 = a7_9 = a7_10 = a7_11 = a7_12 = a7_13 = a7_14 = a7_15 = a7_16 = a7_17 = a7_18 = a7_19 = a7_20 = a7_21 = a7_22 = a7_23 = a7_24 = a7_25 = a7_26 = a7_27 = a7_28 = a7_29 = a7_30 = a7_31 = init[r0 + 7]
+        for c in range(active.shape[0]):
+            if active[c]:
+                ar, xr = A[c][r0:r0 + 8], X[c][l0:l0 + 32]
+                w0, w1, w2, w3, w4, w5, w6, w7 = ar[0], ar[1], ar[2], ar[3], ar[4], ar[5], ar[6], ar[7]
+                x0, x1, x2, x3 = xr[0], xr[1], xr[2], xr[3]
+                x4, x5, x6, x7 = xr[4], xr[5], xr[6], xr[7]
+                x8, x9, x10, x11 = xr[8], xr[9], xr[10], xr[11]
+                x12, x13, x14, x15 = xr[12], xr[13], xr[14], xr[15]
+                x16, x17, x18, x19 = xr[16], xr[17], xr[18], xr[19]
+                x20, x21, x22, x23 = xr[20], xr[21], xr[22], xr[23]
+                x24, x25, x26, x27 = xr[24], xr[25], xr[26], xr[27]
+                x28, x29, x30, x31 = xr[28], xr[29], xr[30], xr[31]
+                a0_0 += w0 * x0; a0_1 += w0 * x1; a0_2 += w0 * x2; a0_3 += w0 * x3
+                a0_4 += w0 * x4; a0_5 += w0 * x5; a0_6 += w0 * x6; a0_7 += w0 * x7
+                a0_8 += w0 * x8; a0_9 += w0 * x9; a0_10 += w0 * x10; a0_11 += w0 * x11
+                a0_12 += w0 * x12; a0_13 += w0 * x13; a0_14 += w0 * x14; a0_15 += w0 * x15
+                a0_16 += w0 * x16; a0_17 += w0 * x17; a0_18 += w0 * x18; a0_19 += w0 * x19
+                a0_20 += w0 * x20; a0_21 += w0 * x21; a0_22 += w0 * x22; a0_23 += w0 * x23
+                a0_24 += w0 * x24; a0_25 += w0 * x25; a0_26 += w0 * x26; a0_27 += w0 * x27
+                a0_28 += w0 * x28; a0_29 += w0 * x29; a0_30 += w0 * x30; a0_31 += w0 * x31
+                a1_0 += w1 * x0; a1_1 += w1 * x1; a1_2 += w1 * x2; a1_3 += w1 * x3
+                a1_4 += w1 * x4; a1_5 += w1 * x5; a1_6 += w1 * x6; a1_7 += w1 * x7
+                a1_8 += w1 * x8; a1_9 += w1 * x9; a1_10 += w1 * x10; a1_11 += w1 * x11
+                a1_12 += w1 * x12; a1_13 += w1 * x13; a1_14 += w1 * x14; a1_15 += w1 * x15
+                a1_16 += w1 * x16; a1_17 += w1 * x17; a1_18 += w1 * x18; a1_19 += w1 * x19
+                a1_20 += w1 * x20; a1_21 += w1 * x21; a1_22 += w1 * x22; a1_23 += w1 * x23
+                a1_24 += w1 * x24; a1_25 += w1 * x25; a1_26 += w1 * x26; a1_27 += w1 * x27
+                a1_28 += w1 * x28; a1_29 += w1 * x29; a1_30 += w1 * x30; a1_31 += w1 * x31
+                a2_0 += w2 * x0; a2_1 += w2 * x1; a2_2 += w2 * x2; a2_3 += w2 * x3
+                a2_4 += w2 * x4; a2_5 += w2 * x5; a2_6 += w2 * x6; a2_7 += w2 * x7
+                a2_8 += w2 * x8; a2_9 += w2 * x9; a2_10 += w2 * x10; a2_11 += w2 * x11
+                a2_12 += w2 * x12; a2_13 += w2 * x13; a2_14 += w2 * x14; a2_15 += w2 * x15
+                a2_16 += w2 * x16; a2_17 += w2 * x17; a2_18 += w2 * x18; a2_19 += w2 * x19
+                a2_20 += w2 * x20; a2_21 += w2 * x21; a2_22 += w2 * x22; a2_23 += w2 * x23
+                a2_24 += w2 * x24; a2_25 += w2 * x25; a2_26 += w2 * x26; a2_27 += w2 * x27
+                a2_28 += w2 * x28; a2_29 += w2 * x29; a2_30 += w2 * x30; a2_31 += w2 * x31
+                a3_0 += w3 * x0; a3_1 += w3 * x1; a3_2 += w3 * x2; a3_3 += w3 * x3
+                a3_4 += w3 * x4; a3_5 += w3 * x5; a3_6 += w3 * x6; a3_7 += w3 * x7
+                a3_8 += w3 * x8; a3_9 += w3 * x9; a3_10 += w3 * x10; a3_11 += w3 * x11
+                a3_12 += w3 * x12; a3_13 += w3 * x13; a3_14 += w3 * x14; a3_15 += w3 * x15
+                a3_16 += w3 * x16; a3_17 += w3 * x17; a3_18 += w3 * x18; a3_19 += w3 * x19
+                a3_20 += w3 * x20; a3_21 += w3 * x21; a3_22 += w3 * x22; a3_23 += w3 * x23
+                a3_24 += w3 * x24; a3_25 += w3 * x25; a3_26 += w3 * x26; a3_27 += w3 * x27
+                a3_28 += w3 * x28; a3_29 += w3 * x29; a3_30 += w3 * x30; a3_31 += w3 * x31
+                a4_0 += w4 * x0; a4_1 += w4 * x1; a4_2 += w4 * x2; a4_3 += w4 * x3
+                a4_4 += w4 * x4; a4_5 += w4 * x5; a4_6 += w4 * x6; a4_7 += w4 * x7
+                a4_8 += w4 * x8; a4_9 += w4 * x9; a4_10 += w4 * x10; a4_11 += w4 * x11
+                a4_12 += w4 * x12; a4_13 += w4 * x13; a4_14 += w4 * x14; a4_15 += w4 * x15
+                a4_16 += w4 * x16; a4_17 += w4 * x17; a4_18 += w4 * x18; a4_19 += w4 * x19
+                a4_20 += w4 * x20; a4_21 += w4 * x21; a4_22 += w4 * x22; a4_23 += w4 * x23
+                a4_24 += w4 * x24; a4_25 += w4 * x25; a4_26 += w4 * x26; a4_27 += w4 * x27
+                a4_28 += w4 * x28; a4_29 += w4 * x29; a4_30 += w4 * x30; a4_31 += w4 * x31
+                a5_0 += w5 * x0; a5_1 += w5 * x1; a5_2 += w5 * x2; a5_3 += w5 * x3
+                a5_4 += w5 * x4; a5_5 += w5 * x5; a5_6 += w5 * x6; a5_7 += w5 * x7
+                a5_8 += w5 * x8; a5_9 += w5 * x9; a5_10 += w5 * x10; a5_11 += w5 * x11
+                a5_12 += w5 * x12; a5_13 += w5 * x13; a5_14 += w5 * x14; a5_15 += w5 * x15
+                a5_16 += w5 * x16; a5_17 += w5 * x17; a5_18 += w5 * x18; a5_19 += w5 * x19
+                a5_20 += w5 * x20; a5_21 += w5 * x21; a5_22 += w5 * x22; a5_23 += w5 * x23
+                a5_24 += w5 * x24; a5_25 += w5 * x25; a5_26 += w5 * x26; a5_27 += w5 * x27
+                a5_28 += w5 * x28; a5_29 += w5 * x29; a5_30 += w5 * x30; a5_31 += w5 * x31
+                a6_0 += w6 * x0; a6_1 += w6 * x1; a6_2 += w6 * x2; a6_3 += w6 * x3
+                a6_4 += w6 * x4; a6_5 += w6 * x5; a6_6 += w6 * x6; a6_7 += w6 * x7
+                a6_8 += w6 * x8; a6_9 += w6 * x9; a6_10 += w6 * x10; a6_11 += w6 * x11
+                a6_12 += w6 * x12; a6_13 += w6 * x13; a6_14 += w6 * x14; a6_15 += w6 * x15
+                a6_16 += w6 * x16; a6_17 += w6 * x17; a6_18 += w6 * x18; a6_19 += w6 * x19
+                a6_20 += w6 * x20; a6_21 += w6 * x21; a6_22 += w6 * x22; a6_23 += w6 * x23
+                a6_24 += w6 * x24; a6_25 += w6 * x25; a6_26 += w6 * x26; a6_27 += w6 * x27
+                a6_28 += w6 * x28; a6_29 += w6 * x29; a6_30 += w6 * x30; a6_31 += w6 * x31
+                a7_0 += w7 * x0; a7_1 += w7 * x1; a7_2 += w7 * x2; a7_3 += w7 * x3
+                a7_4 += w7 * x4; a7_5 += w7 * x5; a7_6 += w7 * x6; a7_7 += w7 * x7
+                a7_8 += w7 * x8; a7_9 += w7 * x9; a7_10 += w7 * x10; a7_11 += w7 * x11
+                a7_12 += w7 * x12; a7_13 += w7 * x13; a7_14 += w7 * x14; a7_15 += w7 * x15
+                a7_16 += w7 * x16; a7_17 += w7 * x17; a7_18 += w7 * x18; a7_19 += w7 * x19
+                a7_20 += w7 * x20; a7_21 += w7 * x21; a7_22 += w7 * x22; a7_23 += w7 * x23
+                a7_24 += w7 * x24; a7_25 += w7 * x25; a7_26 += w7 * x26; a7_27 += w7 * x27
+                a7_28 += w7 * x28; a7_29 += w7 * x29; a7_30 += w7 * x30; a7_31 += w7 * x31
+        o = out[r0 + 0][l0:l0 + 32]
+        o[0] = a0_0; o[1] = a0_1; o[2] = a0_2; o[3] = a0_3
+        o[4] = a0_4; o[5] = a0_5; o[6] = a0_6; o[7] = a0_7
+        o[8] = a0_8; o[9] = a0_9; o[10] = a0_10; o[11] = a0_11
+        o[12] = a0_12; o[13] = a0_13; o[14] = a0_14; o[15] = a0_15
+        o[16] = a0_16; o[17] = a0_17; o[18] = a0_18; o[19] = a0_19
+        o[20] = a0_20; o[21] = a0_21; o[22] = a0_22; o[23] = a0_23
+        o[24] = a0_24; o[25] = a0_25; o[26] = a0_26; o[27] = a0_27
+        o[28] = a0_28; o[29] = a0_29; o[30] = a0_30; o[31] = a0_31
+        o = out[r0 + 1][l0:l0 + 32]
+        o[0] = a1_0; o[1] = a1_1; o[2] = a1_2; o[3] = a1_3
+        o[4] = a1_4; o[5] = a1_5; o[6] = a1_6; o[7] = a1_7
+        o[8] = a1_8; o[9] = a1_9; o[10] = a1_10; o[11] = a1_11
+        o[12] = a1_12; o[13] = a1_13; o[14] = a1_14; o[15] = a1_15
+        o[16] = a1_16; o[17] = a1_17; o[18] = a1_18; o[19] = a1_19
+        o[20] = a1_20; o[21] = a1_21; o[22] = a1_22; o[23] = a1_23
+        o[24] = a1_24; o[25] = a1_25; o[26] = a1_26; o[27] = a1_27
+        o[28] = a1_28; o[29] = a1_29; o[30] = a1_30; o[31] = a1_31
+        o = out[r0 + 2][l0:l0 + 32]
+        o[0] = a2_0; o[1] = a2_1; o[2] = a2_2; o[3] = a2_3
+        o[4] = a2_4; o[5] = a2_5; o[6] = a2_6; o[7] = a2_7
+        o[8] = a2_8; o[9] = a2_9; o[10] = a2_10; o[11] = a2_11
+        o[12] = a2_12; o[13] = a2_13; o[14] = a2_14; o[15] = a2_15
+        o[16] = a2_16; o[17] = a2_17; o[18] = a2_18; o[19] = a2_19
+        o[20] = a2_20; o[21] = a2_21; o[22] = a2_22; o[23] = a2_23
+        o[24] = a2_24; o[25] = a2_25; o[26] = a2_26; o[27] = a2_27
+        o[28] = a2_28; o[29] = a2_29; o[30] = a2_30; o[31] = a2_31
+        o = out[r0 + 3][l0:l0 + 32]
+        o[0] = a3_0; o[1] = a3_1; o[2] = a3_2; o[3] = a3_3
+        o[4] = a3_4; o[5] = a3_5; o[6] = a3_6; o[7] = a3_7
+        o[8] = a3_8; o[9] = a3_9; o[10] = a3_10; o[11] = a3_11
+        o[12] = a3_12; o[13] = a3_13; o[14] = a3_14; o[15] = a3_15
+        o[16] = a3_16; o[17] = a3_17; o[18] = a3_18; o[19] = a3_19
+        o[20] = a3_20; o[21] = a3_21; o[22] = a3_22; o[23] = a3_23
+        o[24] = a3_24; o[25] = a3_25; o[26] = a3_26; o[27] = a3_27
+        o[28] = a3_28; o[29] = a3_29; o[30] = a3_30; o[31] = a3_31
+        o = out[r0 + 4][l0:l0 + 32]
+        o[0] = a4_0; o[1] = a4_1; o[2] = a4_2; o[3] = a4_3
+        o[4] = a4_4; o[5] = a4_5; o[6] = a4_6; o[7] = a4_7
+        o[8] = a4_8; o[9] = a4_9; o[10] = a4_10; o[11] = a4_11
+        o[12] = a4_12; o[13] = a4_13; o[14] = a4_14; o[15] = a4_15
+        o[16] = a4_16; o[17] = a4_17; o[18] = a4_18; o[19] = a4_19
+        o[20] = a4_20; o[21] = a4_21; o[22] = a4_22; o[23] = a4_23
+        o[24] = a4_24; o[25] = a4_25; o[26] = a4_26; o[27] = a4_27
+        o[28] = a4_28; o[29] = a4_29; o[30] = a4_30; o[31] = a4_31
+        o = out[r0 + 5][l0:l0 + 32]
+        o[0] = a5_0; o[1] = a5_1; o[2] = a5_2; o[3] = a5_3
+        o[4] = a5_4; o[5] = a5_5; o[6] = a5_6; o[7] = a5_7
+        o[8] = a5_8; o[9] = a5_9; o[10] = a5_10; o[11] = a5_11
+        o[12] = a5_12; o[13] = a5_13; o[14] = a5_14; o[15] = a5_15
+        o[16] = a5_16; o[17] = a5_17; o[18] = a5_18; o[19] = a5_19
+        o[20] = a5_20; o[21] = a5_21; o[22] = a5_22; o[23] = a5_23
+        o[24] = a5_24; o[25] = a5_25; o[26] = a5_26; o[27] = a5_27
+        o[28] = a5_28; o[29] = a5_29; o[30] = a5_30; o[31] = a5_31
+        o = out[r0 + 6][l0:l0 + 32]
+        o[0] = a6_0; o[1] = a6_1; o[2] = a6_2; o[3] = a6_3
+        o[4] = a6_4; o[5] = a6_5; o[6] = a6_6; o[7] = a6_7
+        o[8] = a6_8; o[9] = a6_9; o[10] = a6_10; o[11] = a6_11
+        o[12] = a6_12; o[13] = a6_13; o[14] = a6_14; o[15] = a6_15
+        o[16] = a6_16; o[17] = a6_17; o[18] = a6_18; o[19] = a6_19
+        o[20] = a6_20; o[21] = a6_21; o[22] = a6_22; o[23] = a6_23
+        o[24] = a6_24; o[25] = a6_25; o[26] = a6_26; o[27] = a6_27
+        o[28] = a6_28; o[29] = a6_29; o[30] = a6_30; o[31] = a6_31
+        o = out[r0 + 7][l0:l0 + 32]
+        o[0] = a7_0; o[1] = a7_1; o[2] = a7_2; o[3] = a7_3
+        o[4] = a7_4; o[5] = a7_5; o[6] = a7_6; o[7] = a7_7
+        o[8] = a7_8; o[9] = a7_9; o[10] = a7_10; o[11] = a7_11
+        o[12] = a7_12; o[13] = a7_13; o[14] = a7_14; o[15] = a7_15
+        o[16] = a7_16; o[17] = a7_17; o[18] = a7_18; o[19] = a7_19
+        o[20] = a7_20; o[21] = a7_21; o[22] = a7_22; o[23] = a7_23
+        o[24] = a7_24; o[25] = a7_25; o[26] = a7_26; o[27] = a7_27
+        o[28] = a7_28; o[29] = a7_29; o[30] = a7_30; o[31] = a7_31
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def wide_acc_tile_8(AT, X, out, r0, l_begin, l_end):
+    """out[r0:r0+8, l] += the sum over c < C, in order, of AT[r, c] X[c, l], for the lanes l_begin <= l
+    < l_end (32 at a time: l_end - l_begin a multiple of 32): the weight gradient's sum over a block's
+    rows (the terms c). AT (rows, >= C) (the first factor transposed), X (C, lanes), out (rows, lanes)."""
+    t0, t1, t2, t3, t4, t5, t6, t7 = AT[r0 + 0], AT[r0 + 1], AT[r0 + 2], AT[r0 + 3], AT[r0 + 4], AT[r0 + 5], AT[r0 + 6], AT[r0 + 7]
+    for l0 in range(l_begin, l_end, 32):
+        o = out[r0 + 0][l0:l0 + 32]
+        a0_0, a0_1, a0_2, a0_3 = o[0], o[1], o[2], o[3]
+        a0_4, a0_5, a0_6, a0_7 = o[4], o[5], o[6], o[7]
+        a0_8, a0_9, a0_10, a0_11 = o[8], o[9], o[10], o[11]
+        a0_12, a0_13, a0_14, a0_15 = o[12], o[13], o[14], o[15]
+        a0_16, a0_17, a0_18, a0_19 = o[16], o[17], o[18], o[19]
+        a0_20, a0_21, a0_22, a0_23 = o[20], o[21], o[22], o[23]
+        a0_24, a0_25, a0_26, a0_27 = o[24], o[25], o[26], o[27]
+        a0_28, a0_29, a0_30, a0_31 = o[28], o[29], o[30], o[31]
+        o = out[r0 + 1][l0:l0 + 32]
+        a1_0, a1_1, a1_2, a1_3 = o[0], o[1], o[2], o[3]
+        a1_4, a1_5, a1_6, a1_7 = o[4], o[5], o[6], o[7]
+        a1_8, a1_9, a1_10, a1_11 = o[8], o[9], o[10], o[11]
+        a1_12, a1_13, a1_14, a1_15 = o[12], o[13], o[14], o[15]
+        a1_16, a1_17, a1_18, a1_19 = o[16], o[17], o[18], o[19]
+        a1_20, a1_21, a1_22, a1_23 = o[20], o[21], o[22], o[23]
+        a1_24, a1_25, a1_26, a1_27 = o[24], o[25], o[26], o[27]
+        a1_28, a1_29, a1_30, a1_31 = o[28], o[29], o[30], o[31]
+        o = out[r0 + 2][l0:l0 + 32]
+        a2_0, a2_1, a2_2, a2_3 = o[0], o[1], o[2], o[3]
+        a2_4, a2_5, a2_6, a2_7 = o[4], o[5], o[6], o[7]
+        a2_8, a2_9, a2_10, a2_11 = o[8], o[9], o[10], o[11]
+        a2_12, a2_13, a2_14, a2_15 = o[12], o[13], o[14], o[15]
+        a2_16, a2_17, a2_18, a2_19 = o[16], o[17], o[18], o[19]
+        a2_20, a2_21, a2_22, a2_23 = o[20], o[21], o[22], o[23]
+        a2_24, a2_25, a2_26, a2_27 = o[24], o[25], o[26], o[27]
+        a2_28, a2_29, a2_30, a2_31 = o[28], o[29], o[30], o[31]
+        o = out[r0 + 3][l0:l0 + 32]
+        a3_0, a3_1, a3_2, a3_3 = o[0], o[1], o[2], o[3]
+        a3_4, a3_5, a3_6, a3_7 = o[4], o[5], o[6], o[7]
+        a3_8, a3_9, a3_10, a3_11 = o[8], o[9], o[10], o[11]
+        a3_12, a3_13, a3_14, a3_15 = o[12], o[13], o[14], o[15]
+        a3_16, a3_17, a3_18, a3_19 = o[16], o[17], o[18], o[19]
+        a3_20, a3_21, a3_22, a3_23 = o[20], o[21], o[22], o[23]
+        a3_24, a3_25, a3_26, a3_27 = o[24], o[25], o[26], o[27]
+        a3_28, a3_29, a3_30, a3_31 = o[28], o[29], o[30], o[31]
+        o = out[r0 + 4][l0:l0 + 32]
+        a4_0, a4_1, a4_2, a4_3 = o[0], o[1], o[2], o[3]
+        a4_4, a4_5, a4_6, a4_7 = o[4], o[5], o[6], o[7]
+        a4_8, a4_9, a4_10, a4_11 = o[8], o[9], o[10], o[11]
+        a4_12, a4_13, a4_14, a4_15 = o[12], o[13], o[14], o[15]
+        a4_16, a4_17, a4_18, a4_19 = o[16], o[17], o[18], o[19]
+        a4_20, a4_21, a4_22, a4_23 = o[20], o[21], o[22], o[23]
+        a4_24, a4_25, a4_26, a4_27 = o[24], o[25], o[26], o[27]
+        a4_28, a4_29, a4_30, a4_31 = o[28], o[29], o[30], o[31]
+        o = out[r0 + 5][l0:l0 + 32]
+        a5_0, a5_1, a5_2, a5_3 = o[0], o[1], o[2], o[3]
+        a5_4, a5_5, a5_6, a5_7 = o[4], o[5], o[6], o[7]
+        a5_8, a5_9, a5_10, a5_11 = o[8], o[9], o[10], o[11]
+        a5_12, a5_13, a5_14, a5_15 = o[12], o[13], o[14], o[15]
+        a5_16, a5_17, a5_18, a5_19 = o[16], o[17], o[18], o[19]
+        a5_20, a5_21, a5_22, a5_23 = o[20], o[21], o[22], o[23]
+        a5_24, a5_25, a5_26, a5_27 = o[24], o[25], o[26], o[27]
+        a5_28, a5_29, a5_30, a5_31 = o[28], o[29], o[30], o[31]
+        o = out[r0 + 6][l0:l0 + 32]
+        a6_0, a6_1, a6_2, a6_3 = o[0], o[1], o[2], o[3]
+        a6_4, a6_5, a6_6, a6_7 = o[4], o[5], o[6], o[7]
+        a6_8, a6_9, a6_10, a6_11 = o[8], o[9], o[10], o[11]
+        a6_12, a6_13, a6_14, a6_15 = o[12], o[13], o[14], o[15]
+        a6_16, a6_17, a6_18, a6_19 = o[16], o[17], o[18], o[19]
+        a6_20, a6_21, a6_22, a6_23 = o[20], o[21], o[22], o[23]
+        a6_24, a6_25, a6_26, a6_27 = o[24], o[25], o[26], o[27]
+        a6_28, a6_29, a6_30, a6_31 = o[28], o[29], o[30], o[31]
+        o = out[r0 + 7][l0:l0 + 32]
+        a7_0, a7_1, a7_2, a7_3 = o[0], o[1], o[2], o[3]
+        a7_4, a7_5, a7_6, a7_7 = o[4], o[5], o[6], o[7]
+        a7_8, a7_9, a7_10, a7_11 = o[8], o[9], o[10], o[11]
+        a7_12, a7_13, a7_14, a7_15 = o[12], o[13], o[14], o[15]
+        a7_16, a7_17, a7_18, a7_19 = o[16], o[17], o[18], o[19]
+        a7_20, a7_21, a7_22, a7_23 = o[20], o[21], o[22], o[23]
+        a7_24, a7_25, a7_26, a7_27 = o[24], o[25], o[26], o[27]
+        a7_28, a7_29, a7_30, a7_31 = o[28], o[29], o[30], o[31]
+        for c in range(X.shape[0]):
+            xr = X[c][l0:l0 + 32]
+            w0, w1, w2, w3, w4, w5, w6, w7 = t0[c], t1[c], t2[c], t3[c], t4[c], t5[c], t6[c], t7[c]
+            x0, x1, x2, x3 = xr[0], xr[1], xr[2], xr[3]
+            x4, x5, x6, x7 = xr[4], xr[5], xr[6], xr[7]
+            x8, x9, x10, x11 = xr[8], xr[9], xr[10], xr[11]
+            x12, x13, x14, x15 = xr[12], xr[13], xr[14], xr[15]
+            x16, x17, x18, x19 = xr[16], xr[17], xr[18], xr[19]
+            x20, x21, x22, x23 = xr[20], xr[21], xr[22], xr[23]
+            x24, x25, x26, x27 = xr[24], xr[25], xr[26], xr[27]
+            x28, x29, x30, x31 = xr[28], xr[29], xr[30], xr[31]
+            a0_0 += w0 * x0; a0_1 += w0 * x1; a0_2 += w0 * x2; a0_3 += w0 * x3
+            a0_4 += w0 * x4; a0_5 += w0 * x5; a0_6 += w0 * x6; a0_7 += w0 * x7
+            a0_8 += w0 * x8; a0_9 += w0 * x9; a0_10 += w0 * x10; a0_11 += w0 * x11
+            a0_12 += w0 * x12; a0_13 += w0 * x13; a0_14 += w0 * x14; a0_15 += w0 * x15
+            a0_16 += w0 * x16; a0_17 += w0 * x17; a0_18 += w0 * x18; a0_19 += w0 * x19
+            a0_20 += w0 * x20; a0_21 += w0 * x21; a0_22 += w0 * x22; a0_23 += w0 * x23
+            a0_24 += w0 * x24; a0_25 += w0 * x25; a0_26 += w0 * x26; a0_27 += w0 * x27
+            a0_28 += w0 * x28; a0_29 += w0 * x29; a0_30 += w0 * x30; a0_31 += w0 * x31
+            a1_0 += w1 * x0; a1_1 += w1 * x1; a1_2 += w1 * x2; a1_3 += w1 * x3
+            a1_4 += w1 * x4; a1_5 += w1 * x5; a1_6 += w1 * x6; a1_7 += w1 * x7
+            a1_8 += w1 * x8; a1_9 += w1 * x9; a1_10 += w1 * x10; a1_11 += w1 * x11
+            a1_12 += w1 * x12; a1_13 += w1 * x13; a1_14 += w1 * x14; a1_15 += w1 * x15
+            a1_16 += w1 * x16; a1_17 += w1 * x17; a1_18 += w1 * x18; a1_19 += w1 * x19
+            a1_20 += w1 * x20; a1_21 += w1 * x21; a1_22 += w1 * x22; a1_23 += w1 * x23
+            a1_24 += w1 * x24; a1_25 += w1 * x25; a1_26 += w1 * x26; a1_27 += w1 * x27
+            a1_28 += w1 * x28; a1_29 += w1 * x29; a1_30 += w1 * x30; a1_31 += w1 * x31
+            a2_0 += w2 * x0; a2_1 += w2 * x1; a2_2 += w2 * x2; a2_3 += w2 * x3
+            a2_4 += w2 * x4; a2_5 += w2 * x5; a2_6 += w2 * x6; a2_7 += w2 * x7
+            a2_8 += w2 * x8; a2_9 += w2 * x9; a2_10 += w2 * x10; a2_11 += w2 * x11
+            a2_12 += w2 * x12; a2_13 += w2 * x13; a2_14 += w2 * x14; a2_15 += w2 * x15
+            a2_16 += w2 * x16; a2_17 += w2 * x17; a2_18 += w2 * x18; a2_19 += w2 * x19
+            a2_20 += w2 * x20; a2_21 += w2 * x21; a2_22 += w2 * x22; a2_23 += w2 * x23
+            a2_24 += w2 * x24; a2_25 += w2 * x25; a2_26 += w2 * x26; a2_27 += w2 * x27
+            a2_28 += w2 * x28; a2_29 += w2 * x29; a2_30 += w2 * x30; a2_31 += w2 * x31
+            a3_0 += w3 * x0; a3_1 += w3 * x1; a3_2 += w3 * x2; a3_3 += w3 * x3
+            a3_4 += w3 * x4; a3_5 += w3 * x5; a3_6 += w3 * x6; a3_7 += w3 * x7
+            a3_8 += w3 * x8; a3_9 += w3 * x9; a3_10 += w3 * x10; a3_11 += w3 * x11
+            a3_12 += w3 * x12; a3_13 += w3 * x13; a3_14 += w3 * x14; a3_15 += w3 * x15
+            a3_16 += w3 * x16; a3_17 += w3 * x17; a3_18 += w3 * x18; a3_19 += w3 * x19
+            a3_20 += w3 * x20; a3_21 += w3 * x21; a3_22 += w3 * x22; a3_23 += w3 * x23
+            a3_24 += w3 * x24; a3_25 += w3 * x25; a3_26 += w3 * x26; a3_27 += w3 * x27
+            a3_28 += w3 * x28; a3_29 += w3 * x29; a3_30 += w3 * x30; a3_31 += w3 * x31
+            a4_0 += w4 * x0; a4_1 += w4 * x1; a4_2 += w4 * x2; a4_3 += w4 * x3
+            a4_4 += w4 * x4; a4_5 += w4 * x5; a4_6 += w4 * x6; a4_7 += w4 * x7
+            a4_8 += w4 * x8; a4_9 += w4 * x9; a4_10 += w4 * x10; a4_11 += w4 * x11
+            a4_12 += w4 * x12; a4_13 += w4 * x13; a4_14 += w4 * x14; a4_15 += w4 * x15
+            a4_16 += w4 * x16; a4_17 += w4 * x17; a4_18 += w4 * x18; a4_19 += w4 * x19
+            a4_20 += w4 * x20; a4_21 += w4 * x21; a4_22 += w4 * x22; a4_23 += w4 * x23
+            a4_24 += w4 * x24; a4_25 += w4 * x25; a4_26 += w4 * x26; a4_27 += w4 * x27
+            a4_28 += w4 * x28; a4_29 += w4 * x29; a4_30 += w4 * x30; a4_31 += w4 * x31
+            a5_0 += w5 * x0; a5_1 += w5 * x1; a5_2 += w5 * x2; a5_3 += w5 * x3
+            a5_4 += w5 * x4; a5_5 += w5 * x5; a5_6 += w5 * x6; a5_7 += w5 * x7
+            a5_8 += w5 * x8; a5_9 += w5 * x9; a5_10 += w5 * x10; a5_11 += w5 * x11
+            a5_12 += w5 * x12; a5_13 += w5 * x13; a5_14 += w5 * x14; a5_15 += w5 * x15
+            a5_16 += w5 * x16; a5_17 += w5 * x17; a5_18 += w5 * x18; a5_19 += w5 * x19
+            a5_20 += w5 * x20; a5_21 += w5 * x21; a5_22 += w5 * x22; a5_23 += w5 * x23
+            a5_24 += w5 * x24; a5_25 += w5 * x25; a5_26 += w5 * x26; a5_27 += w5 * x27
+            a5_28 += w5 * x28; a5_29 += w5 * x29; a5_30 += w5 * x30; a5_31 += w5 * x31
+            a6_0 += w6 * x0; a6_1 += w6 * x1; a6_2 += w6 * x2; a6_3 += w6 * x3
+            a6_4 += w6 * x4; a6_5 += w6 * x5; a6_6 += w6 * x6; a6_7 += w6 * x7
+            a6_8 += w6 * x8; a6_9 += w6 * x9; a6_10 += w6 * x10; a6_11 += w6 * x11
+            a6_12 += w6 * x12; a6_13 += w6 * x13; a6_14 += w6 * x14; a6_15 += w6 * x15
+            a6_16 += w6 * x16; a6_17 += w6 * x17; a6_18 += w6 * x18; a6_19 += w6 * x19
+            a6_20 += w6 * x20; a6_21 += w6 * x21; a6_22 += w6 * x22; a6_23 += w6 * x23
+            a6_24 += w6 * x24; a6_25 += w6 * x25; a6_26 += w6 * x26; a6_27 += w6 * x27
+            a6_28 += w6 * x28; a6_29 += w6 * x29; a6_30 += w6 * x30; a6_31 += w6 * x31
+            a7_0 += w7 * x0; a7_1 += w7 * x1; a7_2 += w7 * x2; a7_3 += w7 * x3
+            a7_4 += w7 * x4; a7_5 += w7 * x5; a7_6 += w7 * x6; a7_7 += w7 * x7
+            a7_8 += w7 * x8; a7_9 += w7 * x9; a7_10 += w7 * x10; a7_11 += w7 * x11
+            a7_12 += w7 * x12; a7_13 += w7 * x13; a7_14 += w7 * x14; a7_15 += w7 * x15
+            a7_16 += w7 * x16; a7_17 += w7 * x17; a7_18 += w7 * x18; a7_19 += w7 * x19
+            a7_20 += w7 * x20; a7_21 += w7 * x21; a7_22 += w7 * x22; a7_23 += w7 * x23
+            a7_24 += w7 * x24; a7_25 += w7 * x25; a7_26 += w7 * x26; a7_27 += w7 * x27
+            a7_28 += w7 * x28; a7_29 += w7 * x29; a7_30 += w7 * x30; a7_31 += w7 * x31
+        o = out[r0 + 0][l0:l0 + 32]
+        o[0] = a0_0; o[1] = a0_1; o[2] = a0_2; o[3] = a0_3
+        o[4] = a0_4; o[5] = a0_5; o[6] = a0_6; o[7] = a0_7
+        o[8] = a0_8; o[9] = a0_9; o[10] = a0_10; o[11] = a0_11
+        o[12] = a0_12; o[13] = a0_13; o[14] = a0_14; o[15] = a0_15
+        o[16] = a0_16; o[17] = a0_17; o[18] = a0_18; o[19] = a0_19
+        o[20] = a0_20; o[21] = a0_21; o[22] = a0_22; o[23] = a0_23
+        o[24] = a0_24; o[25] = a0_25; o[26] = a0_26; o[27] = a0_27
+        o[28] = a0_28; o[29] = a0_29; o[30] = a0_30; o[31] = a0_31
+        o = out[r0 + 1][l0:l0 + 32]
+        o[0] = a1_0; o[1] = a1_1; o[2] = a1_2; o[3] = a1_3
+        o[4] = a1_4; o[5] = a1_5; o[6] = a1_6; o[7] = a1_7
+        o[8] = a1_8; o[9] = a1_9; o[10] = a1_10; o[11] = a1_11
+        o[12] = a1_12; o[13] = a1_13; o[14] = a1_14; o[15] = a1_15
+        o[16] = a1_16; o[17] = a1_17; o[18] = a1_18; o[19] = a1_19
+        o[20] = a1_20; o[21] = a1_21; o[22] = a1_22; o[23] = a1_23
+        o[24] = a1_24; o[25] = a1_25; o[26] = a1_26; o[27] = a1_27
+        o[28] = a1_28; o[29] = a1_29; o[30] = a1_30; o[31] = a1_31
+        o = out[r0 + 2][l0:l0 + 32]
+        o[0] = a2_0; o[1] = a2_1; o[2] = a2_2; o[3] = a2_3
+        o[4] = a2_4; o[5] = a2_5; o[6] = a2_6; o[7] = a2_7
+        o[8] = a2_8; o[9] = a2_9; o[10] = a2_10; o[11] = a2_11
+        o[12] = a2_12; o[13] = a2_13; o[14] = a2_14; o[15] = a2_15
+        o[16] = a2_16; o[17] = a2_17; o[18] = a2_18; o[19] = a2_19
+        o[20] = a2_20; o[21] = a2_21; o[22] = a2_22; o[23] = a2_23
+        o[24] = a2_24; o[25] = a2_25; o[26] = a2_26; o[27] = a2_27
+        o[28] = a2_28; o[29] = a2_29; o[30] = a2_30; o[31] = a2_31
+        o = out[r0 + 3][l0:l0 + 32]
+        o[0] = a3_0; o[1] = a3_1; o[2] = a3_2; o[3] = a3_3
+        o[4] = a3_4; o[5] = a3_5; o[6] = a3_6; o[7] = a3_7
+        o[8] = a3_8; o[9] = a3_9; o[10] = a3_10; o[11] = a3_11
+        o[12] = a3_12; o[13] = a3_13; o[14] = a3_14; o[15] = a3_15
+        o[16] = a3_16; o[17] = a3_17; o[18] = a3_18; o[19] = a3_19
+        o[20] = a3_20; o[21] = a3_21; o[22] = a3_22; o[23] = a3_23
+        o[24] = a3_24; o[25] = a3_25; o[26] = a3_26; o[27] = a3_27
+        o[28] = a3_28; o[29] = a3_29; o[30] = a3_30; o[31] = a3_31
+        o = out[r0 + 4][l0:l0 + 32]
+        o[0] = a4_0; o[1] = a4_1; o[2] = a4_2; o[3] = a4_3
+        o[4] = a4_4; o[5] = a4_5; o[6] = a4_6; o[7] = a4_7
+        o[8] = a4_8; o[9] = a4_9; o[10] = a4_10; o[11] = a4_11
+        o[12] = a4_12; o[13] = a4_13; o[14] = a4_14; o[15] = a4_15
+        o[16] = a4_16; o[17] = a4_17; o[18] = a4_18; o[19] = a4_19
+        o[20] = a4_20; o[21] = a4_21; o[22] = a4_22; o[23] = a4_23
+        o[24] = a4_24; o[25] = a4_25; o[26] = a4_26; o[27] = a4_27
+        o[28] = a4_28; o[29] = a4_29; o[30] = a4_30; o[31] = a4_31
+        o = out[r0 + 5][l0:l0 + 32]
+        o[0] = a5_0; o[1] = a5_1; o[2] = a5_2; o[3] = a5_3
+        o[4] = a5_4; o[5] = a5_5; o[6] = a5_6; o[7] = a5_7
+        o[8] = a5_8; o[9] = a5_9; o[10] = a5_10; o[11] = a5_11
+        o[12] = a5_12; o[13] = a5_13; o[14] = a5_14; o[15] = a5_15
+        o[16] = a5_16; o[17] = a5_17; o[18] = a5_18; o[19] = a5_19
+        o[20] = a5_20; o[21] = a5_21; o[22] = a5_22; o[23] = a5_23
+        o[24] = a5_24; o[25] = a5_25; o[26] = a5_26; o[27] = a5_27
+        o[28] = a5_28; o[29] = a5_29; o[30] = a5_30; o[31] = a5_31
+        o = out[r0 + 6][l0:l0 + 32]
+        o[0] = a6_0; o[1] = a6_1; o[2] = a6_2; o[3] = a6_3
+        o[4] = a6_4; o[5] = a6_5; o[6] = a6_6; o[7] = a6_7
+        o[8] = a6_8; o[9] = a6_9; o[10] = a6_10; o[11] = a6_11
+        o[12] = a6_12; o[13] = a6_13; o[14] = a6_14; o[15] = a6_15
+        o[16] = a6_16; o[17] = a6_17; o[18] = a6_18; o[19] = a6_19
+        o[20] = a6_20; o[21] = a6_21; o[22] = a6_22; o[23] = a6_23
+        o[24] = a6_24; o[25] = a6_25; o[26] = a6_26; o[27] = a6_27
+        o[28] = a6_28; o[29] = a6_29; o[30] = a6_30; o[31] = a6_31
+        o = out[r0 + 7][l0:l0 + 32]
+        o[0] = a7_0; o[1] = a7_1; o[2] = a7_2; o[3] = a7_3
+        o[4] = a7_4; o[5] = a7_5; o[6] = a7_6; o[7] = a7_7
+        o[8] = a7_8; o[9] = a7_9; o[10] = a7_10; o[11] = a7_11
+        o[12] = a7_12; o[13] = a7_13; o[14] = a7_14; o[15] = a7_15
+        o[16] = a7_16; o[17] = a7_17; o[18] = a7_18; o[19] = a7_19
+        o[20] = a7_20; o[21] = a7_21; o[22] = a7_22; o[23] = a7_23
+        o[24] = a7_24; o[25] = a7_25; o[26] = a7_26; o[27] = a7_27
+        o[28] = a7_28; o[29] = a7_29; o[30] = a7_30; o[31] = a7_31

@@ -22,7 +22,8 @@ entries and give the same numbers (1.1-1.6x on instances at density <= 0.03, n=4
 
 The three products of a block (h = W x, z = W^T h + b, dh = W dz) go through rows_times, whose
 register tiles (kernels/cpu_tiles.py, generated) keep their sums in registers: 1.5-1.7x on the
-whole step for n=400, m=30, bit-identical to the plain loops. Instances are dealt to the threads
+whole step for n=400, m=30, bit-identical to the plain loops; row by row, on hosts with two 512-bit
+FMA pipes, through wide tiles with h and dh computed transposed (kernels/cpu_products.py). Instances are dealt to the threads
 round robin in small groups (instance_groups), not in one contiguous share each.
 
 Each instance's arithmetic is the same whatever the thread count or chunking, so results are
@@ -38,54 +39,15 @@ from numba import njit, prange
 
 from .cpu_rng import M32, feature, philox, uniform_at
 from .cpu_sparse import LANE_WORD, look_sparse, scatter_accumulate, scatter_product, sparse_lanes_ok
-from .cpu_tiles import (LANES as TILE_LANES, acc_tile_4, acc_tile_8, slp_vectorize, tile_1, tile_2, tile_3, tile_4,
-                        tile_5, tile_6, tile_7, tile_8)
+from .cpu_products import TILE_LANES, WIDE_TILES, _accumulate_dense, rows_times, rows_times_wide
+# 'contract' lets LLVM fuse a*b+c into FMA (as the GPU kernels do); nothing else of fastmath:
+# no reassociation, so sums keep their written order.
+from .cpu_tiles import FASTMATH, slp_vectorize
 
 STREAM_DATASET = 3  # engine.rng.STREAM_DATASET: the Philox stream of finite datasets
 
 # Feature-set kinds in the (S, 3) int32 ``sets`` array (kind, first feature, size) the kernels take.
 SET_KIND = {"correlated": 1, "anticorrelated": 2}
-
-# 'contract' lets LLVM fuse a*b+c into FMA (as the GPU kernels do); nothing else of fastmath:
-# no reassociation, so sums keep their written order.
-FASTMATH = {"contract"}
-
-
-def _host_has_avx512() -> bool:
-    """Whether the CPU numba compiles for has AVX-512 (32 vector registers of 16 floats), else
-    AVX2's 16 of 8: an 8 x 16 tile's 16 accumulators then fill every register and spill."""
-    try:
-        from llvmlite import binding
-        return bool(binding.get_host_cpu_features().get("avx512f", False))
-    except Exception:  # unknown host: keep the tiles measured on the AVX-512 machine
-        return True
-
-
-# Rows per register tile in the products' main loops (rows_times, _accumulate_dense). Measured side by
-# side (python -m bench.ab_cpu, CPU AMD EPYC 2 cores): with AVX-512, 8 (the tiles were sized there);
-# without (AVX2, znver3), 4: uniform n=400 m=30 1.24-1.30x, dim128 1.20-1.30x, basic 1.02-1.03x (6-row
-# tiles: 1.10x on uniform). The sums are the same either way (each output its terms in order), so results are too.
-# Numba's disk cache is keyed by the host CPU's features, so each kind compiles its own.
-TILE_ROWS = 8 if _host_has_avx512() else 4
-
-
-def _compiles_wide_vectors() -> bool:
-    """Whether numba compiles this process's kernels for AVX-512 with 512-bit vectors preferred where
-    LLVM would not: kernels/__init__.py asks for that on Intel's AVX-512 CPUs (_wide_vector_features
-    there); it cannot once numba has made its code generator (the process compiled numba code first)."""
-    try:
-        from numba.core.registry import cpu_target
-        features = cpu_target.target_context.codegen().magic_tuple()[2]
-    except Exception:
-        return False
-    words = features.split(",")
-    return "+avx512f" in words and "-prefer-256-bit" in words
-
-
-# Whether this process's kernels got 512-bit code on an AVX-512 CPU that LLVM would keep to 256 bits
-# (Intel's): recorded with benchmarks; tests check the tiles' registers by it.
-WIDE_VECTORS = _compiles_wide_vectors()
-
 
 # Work arrays start on a cache line: numba allocates arrays 32 bytes past one (NRT's alignment is 32),
 # so every 512-bit load or store of a row of lanes straddled two lines, which cost the 2->1 phase
@@ -256,15 +218,17 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
     accT = zeros_aligned((pk.shape[0] if rowwise else 0, mp))
     hT = zeros_aligned((R if rowwise else 0, mp))
     dhT = zeros_aligned((R if rowwise else 0, mp))
-    # Row by row, sparse factors (kernels/cpu_sparse.py): W^T padded to mp columns, the nonzero masks of
-    # x or dz, and each lane's nonzero terms of x (x_terms) and of dz (dz_terms).
+    # Row by row, sparse factors (kernels/cpu_sparse.py): W^T padded to mp columns (also the wide
+    # tiles' factor of hT and dhT), the nonzero masks of x or dz, and each lane's nonzero terms of x
+    # (x_terms) and of dz (dz_terms).
     sparse = rowwise and sparse_lanes_ok(R)
     ns = n if sparse else 0
-    WTp = zeros_aligned((ns, mp))
+    WTp = zeros_aligned((n if sparse or (rowwise and WIDE_TILES) else 0, mp))
     masks = np.empty((ns, R // LANE_WORD), np.uint64)
     terms, counts = np.empty((2, R if sparse else 0, ns), np.int32), np.empty((2, R if sparse else 0), np.int32)
     x_terms, dz_terms, x_count, dz_count = terms[0], terms[1], counts[0], counts[1]
     zeros_mp = np.zeros(mp, np.float32)
+    zeros_r = np.zeros(R if rowwise else 0, np.float32)
     acc_b = zeros_aligned((n, R))
     acc_l = zeros_aligned((R,))
     valid = zeros_aligned((R,))
@@ -283,7 +247,7 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
     for t in range(step0, step0 + n_steps):
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
         transpose_into(W[k], WT)
-        if sparse:
+        if WTp.shape[0]:
             transpose_into(W[k], WTp[:, :m])
         acc_w[:] = 0.0
         accT[:] = 0.0
@@ -303,19 +267,28 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
                 if r0 == 0:
                     try_x = try_dz = sparse
                 sparse_x, try_x = look_sparse(x, n, R, masks, try_x)
-                if sparse_x:
+                # (Branches on WIDE_TILES alone: numba prunes those, not "sparse_x or WIDE_TILES".)
+                if WIDE_TILES:  # hT = x^T W^T, transposed: R rows, whole 32-lane chunks (cpu_products)
+                    if sparse_x:
+                        scatter_product(WTp, x, n, masks, zeros_mp, hT, x_terms, x_count)
+                    else:
+                        rows_times_wide(x, WTp, act, zeros_r, hT)
+                    _hidden_from_transposed(hT, h, relu_hidden)
+                elif sparse_x:
                     scatter_product(WTp, x, n, masks, zeros_mp, hT, x_terms, x_count)
-                    if relu_hidden:
-                        for l in range(R):
-                            for j in range(m):
-                                hT[l, j] = max(hT[l, j], f32(0.0))
-                    transpose_into(hT[:, :m], h)
+                    _hidden_from_transposed(hT, h, relu_hidden)
                 else:
                     _hidden_dense(WT, x, act, zeros_m, h, relu_hidden)
             else:
                 _hidden_dense(WT, x, act, zeros_m, h, relu_hidden)
             # z = W^T h + b, the loss and dz = d loss / d z
-            rows_times(W[k], h, all_m, b[k], dz)
+            if rowwise:
+                if WIDE_TILES:
+                    rows_times_wide(W[k], h, all_m, b[k], dz)
+                else:
+                    rows_times(W[k], h, all_m, b[k], dz)
+            else:
+                rows_times(W[k], h, all_m, b[k], dz)
             for f in range(n):
                 c = cz[f]
                 i_f = imp[k, f]
@@ -332,8 +305,8 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
                 dzact[f] = any_dz
             if rowwise:
                 sparse_dz, try_dz = look_sparse(dz, n, R, masks, try_dz)
-                _backward_rows(accT, WT, WTp, x, h, hT, dz, dzact, dh, dhT, zeros_m, zeros_mp, relu_hidden, sparse_x,
-                               sparse_dz, masks, x_terms, x_count, dz_terms, dz_count)
+                _backward_rows(accT, WT, WTp, x, h, hT, dz, dzact, dh, dhT, zeros_m, zeros_mp, zeros_r, relu_hidden,
+                               sparse_x, sparse_dz, masks, x_terms, x_count, dz_terms, dz_count)
             else:
                 # dh = W dz, then dW += h dz^T + dh x^T (per row lane)
                 rows_times(WT, dz, dzact, zeros_m, dh)
@@ -376,6 +349,25 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
                                                     weight_decay, one_b1, beta2, one_b2, eps, decoupled)
 
 
+@njit(inline="always", cache=True)
+def _hidden_from_transposed(hT, h, relu_hidden):
+    """h (m, R) from hT (R, mp) = (W x)^T, neurons padded: relu-hidden's ReLU on hT first, then h = hT^T."""
+    m, R = h.shape
+    if relu_hidden:
+        for l in range(R):
+            for j in range(m):
+                hT[l, j] = max(hT[l, j], np.float32(0.0))
+    transpose_into(hT[:, :m], h)
+
+
+@njit(inline="always", cache=True)
+def _mask_by_hidden(dhT, hT, m):
+    """relu-hidden's backward through the hidden ReLU, transposed: dhT[l, j] = 0 where hT[l, j] <= 0 (j < m)."""
+    for l in range(dhT.shape[0]):
+        for j in range(m):
+            dhT[l, j] = dhT[l, j] if hT[l, j] > 0.0 else np.float32(0.0)
+
+
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _hidden_dense(WT, x, act, zeros_m, h, relu_hidden):
     """h (m, R) = W x (relu-hidden: ReLU(W x)) by the dense products; WT (n, m) is W transposed."""
@@ -384,77 +376,6 @@ def _hidden_dense(WT, x, act, zeros_m, h, relu_hidden):
         for j in range(h.shape[0]):
             for l in range(h.shape[1]):
                 h[j, l] = max(h[j, l], np.float32(0.0))
-
-
-# Sums of fewer terms than this take the plain loop (rows_times): a tile's call would cost more than it saves.
-# 4, not 8, since a tile covers all of a block's lanes in one call: basic's z = W^T h + b (5 terms) is
-# then tiled too (part of the 1.21x of the commit that set it; phase's 1- and 2-term sums stay plain).
-TILE_MIN_TERMS = 4
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def rows_times(A, X, active, init, out):
-    """out[r, l] = init[r] + the sum over c in order, active c only, of A[c, r] X[c, l]: every product
-    of the CPU kernels (A (C, rows) float32, X (>= C, R), active (C,) bool, init (rows,), out (rows, R)).
-
-    Sums of at least TILE_MIN_TERMS terms run in register tiles (_rows_times_tiled, ~3x the plain
-    loop on n=400, m=30); short ones (tiny models) take the plain loop, inlined here because a call
-    would cost more than their arithmetic. Both add the same terms in the same order (one FMA each),
-    so out is the same either way."""
-    C, rows = A.shape
-    R = out.shape[1]
-    if C >= TILE_MIN_TERMS and R >= TILE_LANES:
-        _rows_times_tiled(A, X, active, init, out, TILE_ROWS)
-    else:
-        for r in range(rows):
-            for l in range(R):
-                out[r, l] = init[r]
-            for c in range(C):
-                if active[c]:
-                    w = A[c, r]
-                    for l in range(R):
-                        out[r, l] += w * X[c, l]
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _rows_times_tiled(A, X, active, init, out, tile_rows):
-    """rows_times by tiles of tile_rows (8 or 4: TILE_ROWS) rows while 8 or more are left, then one
-    tile of the last 1-7, each over every whole chunk of TILE_LANES lanes (kernels/cpu_tiles.py), their
-    sums in registers; the lanes past the last whole chunk (R not a multiple of TILE_LANES) take the
-    plain loop. Not inlined: one compiled copy serves every call site (compile time)."""
-    C, rows = A.shape
-    R = out.shape[1]
-    l_tiled = R - R % TILE_LANES
-    r0 = 0
-    while rows - r0 >= 8:  # then one tile for the last 1-7 rows (m=5: one tile_5, not tile_4 + tile_1)
-        if tile_rows == 8:
-            tile_8(A, X, active, init, out, r0, l_tiled)
-        else:
-            tile_4(A, X, active, init, out, r0, l_tiled)
-        r0 += tile_rows
-    rest = rows - r0  # one tile for the last 1-7 rows: X is read once per chunk, not once per power of two
-    if rest == 7:
-        tile_7(A, X, active, init, out, r0, l_tiled)
-    elif rest == 6:
-        tile_6(A, X, active, init, out, r0, l_tiled)
-    elif rest == 5:
-        tile_5(A, X, active, init, out, r0, l_tiled)
-    elif rest == 4:
-        tile_4(A, X, active, init, out, r0, l_tiled)
-    elif rest == 3:
-        tile_3(A, X, active, init, out, r0, l_tiled)
-    elif rest == 2:
-        tile_2(A, X, active, init, out, r0, l_tiled)
-    elif rest == 1:
-        tile_1(A, X, active, init, out, r0, l_tiled)
-    for r in range(rows):
-        for l in range(l_tiled, R):
-            out[r, l] = init[r]
-        for c in range(C):
-            if active[c]:
-                w = A[c, r]
-                for l in range(l_tiled, R):
-                    out[r, l] += w * X[c, l]
 
 
 @njit(inline="always", cache=True)
@@ -466,29 +387,37 @@ def transpose_into(src, dst):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _backward_rows(accT, WT, WTp, x, h, hT, dz, dzact, dh, dhT, zeros_m, zeros_mp, relu_hidden, sparse_x, sparse_dz,
-                   masks, x_terms, x_count, dz_terms, dz_count):
+def _backward_rows(accT, WT, WTp, x, h, hT, dz, dzact, dh, dhT, zeros_m, zeros_mp, zeros_r, relu_hidden, sparse_x,
+                   sparse_dz, masks, x_terms, x_count, dz_terms, dz_count):
     """A block's backward pass row by row (tied model): dh = W dz (relu-hidden: where h > 0), then
     accT (n_pad, mp) += (h dz^T)^T + (dh x^T)^T, each element its dz terms then its x terms
-    (_accumulate_dense, or the sparse products). sparse_x: hT and x_terms came from scatter_product
-    (else hT is made here from h); sparse_dz: masks hold dz's nonzero pattern, and dh and the dz half
-    go through the sparse products (kernels/cpu_sparse.py). Dense or sparse, every sum is the same."""
+    (_accumulate_dense, or the sparse products). sparse_x or WIDE_TILES: hT came from the forward pass
+    (else it is made here from h); sparse_dz: masks hold dz's nonzero pattern, and dh and the dz half
+    go through the sparse products (kernels/cpu_sparse.py); WIDE_TILES: a dense dh is computed
+    transposed, dhT = dz^T W^T (kernels/cpu_products.py). Dense or sparse, every sum is the same.
+    zeros_r (R,) zeros."""
     m, R = h.shape
-    if not sparse_x:  # first: the sparse dh below masks with hT
-        transpose_into(h, hT[:, :m])
-    if sparse_dz:
-        scatter_product(WTp, dz, masks.shape[0], masks, zeros_mp, dhT, dz_terms, dz_count)
+    if WIDE_TILES:  # (branches on WIDE_TILES alone, which numba prunes)
+        if sparse_dz:
+            scatter_product(WTp, dz, masks.shape[0], masks, zeros_mp, dhT, dz_terms, dz_count)
+        else:
+            rows_times_wide(dz, WTp, dzact, zeros_r, dhT)
         if relu_hidden:
-            for l in range(R):
-                for j in range(m):
-                    dhT[l, j] = dhT[l, j] if hT[l, j] > 0.0 else np.float32(0.0)
+            _mask_by_hidden(dhT, hT, m)
     else:
-        rows_times(WT, dz, dzact, zeros_m, dh)
-        if relu_hidden:
-            for j in range(m):
-                for l in range(R):
-                    dh[j, l] = dh[j, l] if h[j, l] > 0.0 else np.float32(0.0)
-        transpose_into(dh, dhT[:, :m])
+        if not sparse_x:  # first: the sparse dh below masks with hT
+            transpose_into(h, hT[:, :m])
+        if sparse_dz:
+            scatter_product(WTp, dz, masks.shape[0], masks, zeros_mp, dhT, dz_terms, dz_count)
+            if relu_hidden:
+                _mask_by_hidden(dhT, hT, m)
+        else:
+            rows_times(WT, dz, dzact, zeros_m, dh)
+            if relu_hidden:
+                for j in range(m):
+                    for l in range(R):
+                        dh[j, l] = dh[j, l] if h[j, l] > 0.0 else np.float32(0.0)
+            transpose_into(dh, dhT[:, :m])
     accumulate_halves(accT, accT, dz, hT, sparse_dz, dz_terms, dz_count, x, dhT, sparse_x, x_terms, x_count)
 
 
@@ -505,31 +434,6 @@ def accumulate_halves(acc_dz, acc_x, dz, hT, sparse_dz, dz_terms, dz_count, x, d
         scatter_accumulate(acc_x, x, x_terms, x_count, dhT)
     else:
         _accumulate_dense(acc_x, x, dhT)
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _accumulate_dense(acc, X, YT):
-    """acc (n_pad, mp) += the sum over the block's lanes l, in order, of X[f, l] YT[l, j] (X (n_pad, R),
-    rows past n zero; YT (R, mp), h or dh transposed): half of a weight gradient, summed over the
-    block's rows as a matrix product whose terms are the R batch rows, in register tiles of 8 (or 4)
-    rows of acc x 16 neurons (acc_tile_8, acc_tile_4 in kernels/cpu_tiles.py; n_pad a multiple of 4).
-    Storing every partial sum instead, as an outer product per row, was store-bound and cost half of
-    the step on n=400, m=30. Tiles of 4 rows only where TILE_ROWS says so (AVX2)."""
-    _accumulate_tiles(acc, X, YT, TILE_ROWS)
-
-
-@njit(inline="always", cache=True, fastmath=FASTMATH)
-def _accumulate_tiles(acc, X, YT, tile_rows):
-    """_accumulate_dense with tiles of tile_rows (8 or 4) rows, the last one of 4 if need be."""
-    rows, mp = acc.shape
-    r0 = 0
-    if tile_rows == 8:
-        while r0 + 8 <= rows:
-            acc_tile_8(X, YT, acc, r0, mp)
-            r0 += 8
-    while r0 < rows:
-        acc_tile_4(X, YT, acc, r0, mp)
-        r0 += 4
 
 
 @njit(inline="always", cache=True)

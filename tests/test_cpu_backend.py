@@ -391,8 +391,8 @@ def test_512_bit_code_is_asked_for_by_import_kernels_and_a_users_choice_wins(tmp
     import subprocess
     import sys
 
-    probe = ("import json, os, kernels; from kernels import cpu_train; print(json.dumps([os.environ.get("
-             "'NUMBA_CPU_FEATURES'), cpu_train.WIDE_VECTORS, kernels._wide_vector_features() is not None]))")
+    probe = ("import json, os, kernels; from kernels import cpu_products; print(json.dumps([os.environ.get("
+             "'NUMBA_CPU_FEATURES'), cpu_products.WIDE_VECTORS, kernels._wide_vector_features() is not None]))")
     mine = ("NUMBA_CPU_FEATURES", "SUPBENCH_NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")
     env = {k: v for k, v in os.environ.items() if k not in mine}
 

@@ -121,7 +121,8 @@ def test_backward_rows_is_the_same_dense_or_sparse(relu_hidden):
     results = []
     for sx in (False, True):
         for sdz in (False, True):
-            acc, hT, dh, dhT = acc0.copy(), hT0.copy() if sx else np.zeros((R, mp), np.float32), \
+            # hT comes from the forward pass where it is sparse or WIDE_TILES holds (else _backward_rows makes it)
+            acc, hT, dh, dhT = acc0.copy(), hT0.copy() if sx or cpu_train.WIDE_TILES else np.zeros((R, mp), np.float32), \
                 np.zeros((m, R), np.float32), np.zeros((R, mp), np.float32)
             masks = np.zeros((n, R // 64), np.uint64)
             x_terms, dz_terms = np.zeros((R, n), np.int32), np.zeros((R, n), np.int32)
@@ -133,8 +134,8 @@ def test_backward_rows_is_the_same_dense_or_sparse(relu_hidden):
             if sdz:
                 cpu_sparse.nonzero_masks(dz, n, masks)
             cpu_train._backward_rows(acc, WT, WTp, X, h, hT, dz, (dz[:n] != 0).any(1), dh, dhT,
-                                     np.zeros(m, np.float32), np.zeros(mp, np.float32), relu_hidden, sx, sdz, masks,
-                                     x_terms, x_count, dz_terms, dz_count)
+                                     np.zeros(m, np.float32), np.zeros(mp, np.float32), np.zeros(R, np.float32),
+                                     relu_hidden, sx, sdz, masks, x_terms, x_count, dz_terms, dz_count)
             results.append((acc, dhT))
     for acc, dhT in results[1:]:
         assert np.array_equal(acc, results[0][0]) and np.array_equal(dhT, results[0][1])

@@ -1,12 +1,13 @@
-"""The register tiles of the CPU kernels' products (kernels/cpu_tiles.py, kernels.cpu_train.rows_times):
-bit for bit the plain loop over odd shapes, close to float64, and the committed file is the generator's."""
+"""The register tiles of the CPU kernels' products (kernels/cpu_tiles.py, kernels/cpu_products.py):
+bit for bit the plain loop over odd shapes, close to float64, and the committed file is the generator's;
+the wide tiles (8 x 32) the same numbers as the narrow ones on every host, whichever it uses."""
 import numpy as np
 import pytest
 
 pytest.importorskip("numba")
 from numba import njit  # noqa: E402
 
-from kernels import cpu_train, tilegen  # noqa: E402
+from kernels import cpu_products, cpu_train, tilegen  # noqa: E402
 
 
 def test_committed_tiles_are_the_generators_output():
@@ -69,7 +70,7 @@ def test_slp_vectorize_survives_numba_re_reading_its_environment(monkeypatch):
     A, X = np.ones((20, 5), np.float32), np.ones((20, 32), np.float32)
     out = np.empty((5, 32), np.float32)
     with cpu_train.slp_vectorize():
-        tile(A, X, np.ones(20, np.bool_), np.zeros(5, np.float32), out, 0, 32)
+        tile(A, X, np.ones(20, np.bool_), np.zeros(5, np.float32), out, 0, 0, 32)
     assert np.all(out[:4] == 20.0)
     asm = tile.inspect_asm(tile.signatures[0])
     assert re.search(r"vfmadd\w*ps\s[^\n]*%[yz]mm", asm), "the tile's FMAs are not packed into vectors"
@@ -88,7 +89,7 @@ def test_both_tile_heights_give_the_plain_loops_sums_bit_for_bit(tile_rows, C, r
     plain(A, X, active, init, want)
     with cpu_train.slp_vectorize():
         out = np.full((rows, R), np.nan, np.float32)
-        cpu_train._rows_times_tiled(A, X, active, init, out, tile_rows)
+        cpu_products._rows_times_tiled(A, X, active, init, out, tile_rows, 0, rows, 0)
         assert np.array_equal(out, want)
         # The weight gradient's accumulation: acc (n_pad, mp) += X (n_pad, R) @ YT (R, mp), n_pad a multiple of 4.
         n_pad, mp = 4 * ((rows + 3) // 4), 32
@@ -97,8 +98,8 @@ def test_both_tile_heights_give_the_plain_loops_sums_bit_for_bit(tile_rows, C, r
         YT = g.standard_normal((R, mp)).astype(np.float32)
         acc0 = g.standard_normal((n_pad, mp)).astype(np.float32)
         got, ref = acc0.copy(), acc0.copy()
-        cpu_train._accumulate_tiles(got, Xg, YT, tile_rows)
-        cpu_train._accumulate_tiles(ref, Xg, YT, 12 - tile_rows)  # the other height
+        cpu_products._accumulate_tiles(got, Xg, YT, tile_rows, 0, 0)
+        cpu_products._accumulate_tiles(ref, Xg, YT, 12 - tile_rows, 0, 0)  # the other height
     assert np.array_equal(got, ref)
     exact = acc0.astype(np.float64) + Xg.astype(np.float64) @ YT.astype(np.float64)
     assert np.allclose(got, exact, rtol=1e-5, atol=1e-4)
@@ -149,20 +150,59 @@ def test_512_bit_code_is_asked_for_only_where_llvm_would_keep_an_avx512_cpu_to_2
 
 
 def test_tiles_run_on_512_bit_registers_where_512_bit_code_was_asked_for():
-    """Where kernels.cpu_train.WIDE_VECTORS holds (an Intel AVX-512 host), the kernels were compiled for
+    """Where kernels.cpu_products.WIDE_VECTORS holds (an Intel AVX-512 host), the kernels were compiled for
     512-bit vectors: a tile's FMAs use zmm registers, where LLVM's own tuning gave ymm (256-bit) ones."""
     import re
 
     from kernels import cpu_tiles
 
-    if not cpu_train.WIDE_VECTORS:
+    if not cpu_products.WIDE_VECTORS:
         pytest.skip("the kernels have numba's own vector width here (no AVX-512, a CPU LLVM already gives 512 "
                     "bits, or numba compiled code before kernels was imported)")
     tile = njit(fastmath={"contract"})(cpu_tiles.tile_8.py_func)  # a fresh, uncached copy (its asm is readable)
     A, X = np.ones((20, 8), np.float32), np.ones((20, 64), np.float32)
     out = np.empty((8, 64), np.float32)
     with cpu_train.slp_vectorize():
-        tile(A, X, np.ones(20, np.bool_), np.zeros(8, np.float32), out, 0, 64)
+        tile(A, X, np.ones(20, np.bool_), np.zeros(8, np.float32), out, 0, 0, 64)
     assert np.all(out == 20.0)
     asm = tile.inspect_asm(tile.signatures[0])
     assert re.search(r"vfmadd\w*ps\s[^\n]*%zmm", asm) and not re.search(r"vfmadd\w*ps\s[^\n]*%ymm", asm)
+
+
+@pytest.mark.parametrize("C", [1, 3, 4, 20, 33, 400])
+@pytest.mark.parametrize("rows", [1, 7, 8, 13, 30, 128])
+@pytest.mark.parametrize("R", [4, 20, 32, 36, 48, 100, 128])
+def test_wide_products_equal_the_plain_loop_bit_for_bit(C, rows, R):
+    """rows_times_wide (the row-by-row path's products where WIDE_TILES holds) over shapes that leave
+    rows past the last 8 and lanes past the last 32 to the narrow tiles. A has padding rows past the C
+    terms (active's length), as hT = x^T W^T reads the sampler's padded x."""
+    g = np.random.default_rng(C * 1000 + rows * 10 + R)
+    A = g.standard_normal((C + 3, rows)).astype(np.float32)
+    X = g.standard_normal((C + 3, R)).astype(np.float32)
+    X[:, g.random(R) < 0.3] = 0.0
+    active = g.random(C) < 0.7
+    init = g.standard_normal(rows).astype(np.float32)
+    want = np.empty((rows, R), np.float32)
+    plain(np.ascontiguousarray(A[:C]), X, active, init, want)
+    with cpu_train.slp_vectorize():
+        out = np.full((rows + 2, R), np.nan, np.float32)  # rows past A's are left alone (dz's padding)
+        cpu_products.rows_times_wide(A, X, active, init, out)
+    assert np.array_equal(out[:rows], want)
+    assert np.isnan(out[rows:]).all()
+
+
+@pytest.mark.parametrize("n_pad", [4, 8, 12, 20, 36, 400])
+@pytest.mark.parametrize("mp", [16, 32, 48, 64])
+@pytest.mark.parametrize("R", [4, 20, 128])
+def test_wide_accumulation_equals_the_narrow_tiles_bit_for_bit(n_pad, mp, R):
+    g = np.random.default_rng(n_pad * 100 + mp + R)
+    X = g.standard_normal((n_pad, R)).astype(np.float32)
+    YT = g.standard_normal((R, mp)).astype(np.float32)
+    acc0 = g.standard_normal((n_pad, mp)).astype(np.float32)
+    got, ref = acc0.copy(), acc0.copy()
+    with cpu_train.slp_vectorize():
+        cpu_products._accumulate_wide(got, X, YT)
+        cpu_products._accumulate_tiles(ref, X, YT, 8, 0, 0)
+    assert np.array_equal(got, ref)
+    exact = acc0.astype(np.float64) + X.astype(np.float64) @ YT.astype(np.float64)
+    assert np.allclose(got, exact, rtol=1e-5, atol=1e-4)
