@@ -37,9 +37,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .cpu_rng import M32, feature, philox, uniform_at
+from .cpu_rng import M32, feature, philox, philox_features16, uniform_at
 from .cpu_sparse import LANE_WORD, look_sparse, scatter_accumulate, scatter_product, sparse_lanes_ok
-from .cpu_products import TILE_LANES, WIDE_TILES, _accumulate_dense, rows_times, rows_times_wide
+from .cpu_products import TILE_LANES, WIDE_TILES, WIDE_VECTORS, _accumulate_dense, rows_times, rows_times_wide
 # 'contract' lets LLVM fuse a*b+c into FMA (as the GPU kernels do); nothing else of fastmath:
 # no reassociation, so sums keep their written order.
 from .cpu_tiles import FASTMATH, slp_vectorize
@@ -68,6 +68,13 @@ def zeros_aligned(shape):
     return buf[off:off + size].reshape(shape)
 
 
+# Whether _draw_block draws 16 lanes at a time with philox_features16 (kernels/cpu_rng.py): where this
+# process got 512-bit code on an Intel AVX-512 CPU (WIDE_VECTORS), where it was measured: 1.40x on a
+# block of n=400 draws alone (CPU Intel Xeon, model 167). Elsewhere the scalar philox, vectorised by
+# LLVM over the lanes (the intrinsic's 512-bit vectors are unmeasured on AMD and would be split on AVX2).
+PHILOX_16 = WIDE_VECTORS
+
+
 @njit(inline="always", cache=True)
 def lane_row(l, r0, R, n):
     """The batch row that lane l of the block starting at row r0 holds (see _draw_block)."""
@@ -86,15 +93,21 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
     n = 2, lanes l and l + R/2 are rows r0 + 2l, r0 + 2l + 1 (one call); n = 1, lanes l + kR/4
     are rows r0 + 4l + k. The training step sums over rows, so the order is free."""
     R = x.shape[1]
+    # PHILOX_16: the first whole groups of 16 lanes (of each half or quarter for n = 2, 1) by
+    # philox_features16, the same calls and words as the loops below, which draw the rest.
     if n >= 3:
         # x, p and inv have 4 * ceil(n/4) rows, the padding with p = 0 (never active), so every
         # word of every call is stored without a condition.
         n4 = x.shape[0] // 4
+        l16 = R - R % 16 if PHILOX_16 else 0
         for q in range(n4):
             f = 4 * q
             p0, p1, p2, p3 = p[f], p[f + 1], p[f + 2], p[f + 3]
             i0, i1, i2, i3 = inv[f], inv[f + 1], inv[f + 2], inv[f + 3]
-            for l in range(R):
+            for l in range(0, l16, 16):
+                philox_features16(x, p, inv, f, f + 1, f + 2, f + 3, l, l, l, l, np.uint64((r0 + l) * n4 + q), n4,
+                                  c1, c2, c3, k0, k1)
+            for l in range(l16, R):
                 o0, o1, o2, o3 = philox(np.uint64((r0 + l) * n4 + q), c1, c2, c3, k0, k1)
                 x[f, l] = feature(o0, p0, i0)
                 x[f + 1, l] = feature(o1, p1, i1)
@@ -102,7 +115,10 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
                 x[f + 3, l] = feature(o3, p3, i3)
     elif n == 2:
         H = R // 2
-        for l in range(H):
+        h16 = H - H % 16 if PHILOX_16 else 0
+        for l in range(0, h16, 16):
+            philox_features16(x, p, inv, 0, 1, 0, 1, l, l, l + H, l + H, np.uint64(r0 // 2 + l), 1, c1, c2, c3, k0, k1)
+        for l in range(h16, H):
             o0, o1, o2, o3 = philox(np.uint64(r0 // 2 + l), c1, c2, c3, k0, k1)
             x[0, l] = feature(o0, p[0], inv[0])
             x[1, l] = feature(o1, p[1], inv[1])
@@ -110,7 +126,11 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
             x[1, l + H] = feature(o3, p[1], inv[1])
     else:
         Q = R // 4
-        for l in range(Q):
+        q16 = Q - Q % 16 if PHILOX_16 else 0
+        for l in range(0, q16, 16):
+            philox_features16(x, p, inv, 0, 0, 0, 0, l, l + Q, l + 2 * Q, l + 3 * Q, np.uint64(r0 // 4 + l), 1,
+                              c1, c2, c3, k0, k1)
+        for l in range(q16, Q):
             o0, o1, o2, o3 = philox(np.uint64(r0 // 4 + l), c1, c2, c3, k0, k1)
             x[0, l] = feature(o0, p[0], inv[0])
             x[0, l + Q] = feature(o1, p[0], inv[0])

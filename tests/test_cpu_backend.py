@@ -74,12 +74,48 @@ def _training_draws(p, batch, step, inst, k0, k1, lanes):
 
 
 @pytest.mark.parametrize("n, B, lanes", [(1, 37, 16), (1, 64, 16), (2, 37, 16), (2, 150, 64), (3, 37, 16),
-                                         (5, 16, 16), (20, 19, 32), (33, 70, 64)])
+                                         (5, 16, 16), (20, 19, 32), (33, 70, 64),
+                                         # 16-lane draws (PHILOX_16) and the lanes past them: n = 1 draws a
+                                         # quarter of the lanes per call, n = 2 a half
+                                         (1, 300, 128), (1, 203, 80), (2, 300, 128), (2, 99, 48), (3, 70, 20),
+                                         (7, 300, 128), (400, 130, 128)])
 def test_training_loop_draws_the_samplers_batch_bit_for_bit(n, B, lanes):
     seed, step, inst = 2**33 + 7, 5, 11
     p, _ = problem(n, 1, K=1)
     got = _training_draws(p[0].numpy(), B, step, inst, *cpu_rng.seed_words(seed), lanes)
     assert np.array_equal(got, exact_batch(p, B, step, seed, inst)[0].numpy())
+
+
+@njit
+def _sixteen_calls(x, p, inv, rows, cols, base, stride, c1, c2, c3, k0, k1):
+    cpu_rng.philox_features16(x, p, inv, rows[0], rows[1], rows[2], rows[3], cols[0], cols[1], cols[2], cols[3],
+                              base, stride, c1, c2, c3, k0, k1)
+
+
+@njit
+def _sixteen_scalar(x, p, inv, rows, cols, base, stride, c1, c2, c3, k0, k1):
+    for i in range(16):
+        o = cpu_rng.philox((base + np.uint64(i * stride)) & cpu_rng.M32, c1, c2, c3, k0, k1)
+        for w in range(4):
+            x[rows[w], cols[w] + i] = cpu_rng.feature(o[w], p[rows[w]], inv[rows[w]])
+
+
+@pytest.mark.parametrize("base, stride", [(0, 1), (12345, 7), (2**32 - 20, 3), (2**32 - 1, 101), (2**31, 2**20 + 1)])
+def test_sixteen_philox_calls_at_once_are_the_scalar_calls_bit_for_bit(base, stride):
+    """kernels.cpu_rng.philox_features16 (the 16-lane sampler of AVX-512 hosts; LLVM lowers its vectors on
+    any x86 host, so this runs everywhere) against philox + feature, counters wrapping past 2^32 included,
+    into rows and lanes that differ per output word, p from 0 (never active) to 1."""
+    g = np.random.default_rng(base % 1000 + stride)
+    p = np.array([0.0, 1.0, 0.03, 0.5, 0.9, 0.25], np.float32)
+    inv = np.where(p > 0, np.float32(1.0) / np.maximum(p, np.float32(1e-30)), 0).astype(np.float32)
+    rows, cols = np.array([1, 0, 4, 2]), np.array([0, 16, 5, 40])
+    k0, k1 = cpu_rng.seed_words(int(g.integers(2**63)))
+    c1, c2, c3 = np.uint64(g.integers(2**32)), np.uint64(g.integers(2**32)), np.uint64(3)
+    got, want = np.full((6, 64), -1.0, np.float32), np.full((6, 64), -1.0, np.float32)
+    _sixteen_calls(got, p, inv, rows, cols, np.uint64(base), stride, c1, c2, c3, k0, k1)
+    _sixteen_scalar(want, p, inv, rows, cols, np.uint64(base), stride, c1, c2, c3, k0, k1)
+    assert np.array_equal(got, want)
+    assert (got[1, :16] > 0).all() and (got[0, 16:32] == 0).all()  # p = 1: every word active; p = 0: none
 
 
 def one_step(model, train, p, imp, first=5, lanes=None):
