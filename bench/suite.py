@@ -70,10 +70,12 @@ def provenance(device: str, smoke: bool, argv) -> dict:
     if device == "cpu":
         info.update(cpu_info())
         try:  # whether the cpu backend's kernels got 512-bit code where LLVM would give 256 (kernels/__init__.py)
-            from kernels.cpu_products import WIDE_VECTORS
+            from kernels.cpu_products import WIDE_TILES, WIDE_VECTORS
+            from kernels.cpu_train import PHILOX_16
             info["numba_512_bit_code_asked"] = WIDE_VECTORS
+            info["cpu_wide_tiles"], info["cpu_philox_16_lanes"] = WIDE_TILES, PHILOX_16
         except ImportError:
-            info["numba_512_bit_code_asked"] = None
+            info["numba_512_bit_code_asked"] = info["cpu_wide_tiles"] = info["cpu_philox_16_lanes"] = None
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
         try:

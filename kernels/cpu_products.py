@@ -6,12 +6,13 @@ every tiling gives the same numbers as the plain loop (tests/test_cpu_tiles.py c
     rows_times        out (rows, lanes) = init + A^T X over the active terms c   (h = W x, z = W^T h + b, dh = W dz)
     _accumulate_dense acc (n_pad, mp) += X YT over a block's R rows               (the weight gradient, row by row)
 
-Narrow tiles (8 or 4 rows x 16 lanes) serve every host. The row-by-row path (models too big for per-lane
-gradients) takes wide tiles (8 rows x 32 lanes: rows_times_wide, _accumulate_wide) where WIDE_TILES
-says so: on a core with two 512-bit FMA pipes an 8 x 16 tile needs 9 loads for its 8 FMAs per term
-and is load-bound; 8 x 32 has 10 for 16. In the row-by-row path h and dh are computed transposed
-(hT, dhT (R, mp): R rows of batch, mp neurons padded to 16) so that their products have R = 128 rows
-and whole 32-lane chunks instead of m rows (m=30: 8, 8, 8 and a 6-row tile).
+Narrow tiles (8 or 4 rows x 16 lanes) serve every host. The row-by-row path (models too big for
+per-lane gradients) takes wide tiles (8 rows x 32 lanes: rows_times_wide, _accumulate_wide) where
+WIDE_TILES says so (Intel AVX-512 hosts given 512-bit code): on a core with two 512-bit FMA pipes an
+8 x 16 tile needs 9 loads for its 8 FMAs per term and is load-bound; 8 x 32 has 10 for 16. There the
+row-by-row path computes h and dh transposed (hT, dhT (R, mp): R rows of batch, mp neurons padded to
+16) so that their products have R = 128 rows and whole 32-lane chunks instead of m rows (m=30: 8, 8,
+8 and a 6-row tile).
 """
 from __future__ import annotations
 
@@ -56,7 +57,6 @@ def _compiles_wide_vectors() -> bool:
 # Whether this process's kernels got 512-bit code on an AVX-512 CPU that LLVM would keep to 256 bits
 # (Intel's): recorded with benchmarks; tests check the tiles' registers by it.
 WIDE_VECTORS = _compiles_wide_vectors()
-
 
 
 # Whether the row-by-row path takes the wide tiles: where this process got 512-bit code on an Intel

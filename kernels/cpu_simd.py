@@ -7,7 +7,7 @@ one multiply-add of a short row (16 neurons per vector register). Written as num
 update either stayed scalar (indices: numba's negative-index checks kept the SLP vectoriser off) or
 paid slice bounds logic and reference counting at every visit (views); both cost 3-7x the vector
 code below (measured on n=400, m=30 blocks of 128 rows). The arithmetic is numba's own: multiply
-and add carry the 'contract' flag, exactly what kernels.cpu_train.FASTMATH gives the dense tiles,
+and add carry the 'contract' flag, exactly what kernels.cpu_tiles.FASTMATH gives the dense tiles,
 so LLVM fuses them into the same single-rounding FMA wherever the tiles get one.
 """
 from __future__ import annotations

@@ -22,8 +22,8 @@ entries and give the same numbers (1.1-1.6x on instances at density <= 0.03, n=4
 
 The three products of a block (h = W x, z = W^T h + b, dh = W dz) go through rows_times, whose
 register tiles (kernels/cpu_tiles.py, generated) keep their sums in registers: 1.5-1.7x on the
-whole step for n=400, m=30, bit-identical to the plain loops; row by row, on hosts with two 512-bit
-FMA pipes, through wide tiles with h and dh computed transposed (kernels/cpu_products.py). Instances are dealt to the threads
+whole step for n=400, m=30, bit-identical to the plain loops; row by row, on Intel AVX-512 hosts
+given 512-bit code, through wide tiles with h and dh computed transposed (kernels/cpu_products.py). Instances are dealt to the threads
 round robin in small groups (instance_groups), not in one contiguous share each.
 
 Each instance's arithmetic is the same whatever the thread count or chunking, so results are
@@ -266,7 +266,8 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
     c3 = np.uint64(STREAM_DATASET if finite else 0)
     for t in range(step0, step0 + n_steps):
         c1 = np.uint64(0) if finite else np.uint64(t) & M32
-        transpose_into(W[k], WT)
+        if not (rowwise and WIDE_TILES):  # (the wide row-by-row path reads W^T from WTp only)
+            transpose_into(W[k], WT)
         if WTp.shape[0]:
             transpose_into(W[k], WTp[:, :m])
         acc_w[:] = 0.0

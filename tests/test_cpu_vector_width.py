@@ -1,0 +1,97 @@
+"""The CPU kernels with and without their 512-bit code paths give the same training, bit for bit.
+
+Where kernels/__init__.py gets numba 512-bit code (WIDE_VECTORS: Intel AVX-512 hosts), the row-by-row
+path takes the wide tiles with h and dh computed transposed (kernels/cpu_products.WIDE_TILES) and the
+sampler draws 16 lanes at a time (kernels/cpu_train.PHILOX_16). Numba prunes the other branches from
+that build, so the rest of the suite never runs them on such a host; every other host runs only them.
+Here a child process compiles the kernels as a user's own NUMBA_CPU_FEATURES would (the host's
+features as LLVM tunes them: no 512-bit request, so none of those paths) and trains the same models;
+both must end in the same states and loss histories. Skipped where this process has no 512-bit code
+(there the rest of the suite already runs the paths the child would). One cold compile of each
+kernel path in the child, about two minutes, once per source change (numba caches it by CPU features).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("numba")
+
+from kernels import cpu_products, cpu_train  # noqa: E402
+
+# (variant, n, m, lanes or None, batch, density, sets, finite examples): row-by-row models (wide tiles:
+# 32-lane chunks and their tails, 8-row groups and their tails, dense and sparse blocks, the hidden
+# ReLU, feature sets, finite data, a partial last block) and per-lane ones (the sampler's n = 1, 2, 3+
+# paths), one untied model.
+CASES = [
+    ("relu-output", 400, 30, None, 300, 1.0, (), 0),
+    ("relu-output", 400, 30, None, 300, 0.01, (), 0),
+    ("relu-hidden", 400, 30, None, 200, 0.3, (), 0),
+    ("relu-output", 64, 48, 100, 250, 0.5, (), 0),
+    ("relu-output", 9, 260, None, 131, 1.0, (), 0),
+    ("linear", 12, 620, 36, 77, 1.0, (), 0),
+    ("relu-output", 400, 30, None, 300, 0.05, (("correlated", 0, 5), ("anticorrelated", 10, 7)), 0),
+    ("relu-output", 400, 30, None, 150, 0.02, (), 150),
+    ("relu-output", 1, 1, None, 300, 0.5, (), 0),
+    ("relu-output", 2, 1, None, 333, 0.3, (), 0),
+    ("relu-output", 20, 5, None, 200, 0.1, (), 0),
+    ("abs-computation", 100, 40, None, 200, 0.1, (), 0),
+]
+
+CHILD = """
+import hashlib, json, sys
+import torch
+from engine import ModelSpec, TrainSpec, cpu_backend, fused
+from kernels import cpu_products, cpu_train
+
+def train(case):
+    variant, n, m, lanes, batch, density, sets, examples = case
+    model = ModelSpec(n, m, variant)
+    train = TrainSpec(steps=3, batch_size=batch, lr=3e-2, optimizer="adamw", weight_decay=0.05, seed=7)
+    K = 2
+    g = torch.Generator().manual_seed(n * 1000 + m)
+    p = torch.full((K, n), density)
+    imp = (torch.rand(K, n, generator=g) + 0.2).float()
+    state = fused.new_state(model, train, 0, K)
+    if "b" in state:
+        state["b"][:] = -0.02  # some outputs off from the start: sparse output gradients
+    hist = torch.zeros(3, K)
+    cpu_backend.run_steps(model, train, state, p, imp, 0, 0, 3, torch.zeros(K), hist, 1, lanes=lanes,
+                          sets=tuple(tuple(s) for s in sets), examples=examples)
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(state[k].numpy().tobytes())
+    h.update(hist.numpy().tobytes())
+    return h.hexdigest()
+
+cases = json.loads(sys.argv[1])
+print(json.dumps({"wide": [cpu_products.WIDE_VECTORS, cpu_products.WIDE_TILES, cpu_train.PHILOX_16],
+                  "hashes": [train(c) for c in cases]}))
+"""
+
+
+def _run(env) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CASES)], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_512_bit_paths_train_bit_for_bit_like_the_plain_ones():
+    if not (cpu_products.WIDE_VECTORS and cpu_products.WIDE_TILES and cpu_train.PHILOX_16):
+        pytest.skip("no 512-bit code paths in this process (not an Intel AVX-512 host, or NUMBA_CPU_FEATURES set)")
+    from llvmlite import binding
+
+    paths = {cpu_train.uses_rowwise(n, m, lanes or cpu_train.lanes_for(n, m)) for _, n, m, lanes, *_ in CASES}
+    assert paths == {True, False}  # row-by-row and per-lane models both
+    mine = ("NUMBA_CPU_FEATURES", "SUPBENCH_NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")
+    base = {k: v for k, v in os.environ.items() if k not in mine}
+    wide = _run(base)
+    plain = _run({**base, "NUMBA_CPU_FEATURES": binding.get_host_cpu_features().flatten()})
+    assert wide["wide"] == [True, True, True] and plain["wide"] == [False, False, False]
+    for case, a, b in zip(CASES, wide["hashes"], plain["hashes"]):
+        assert a == b, f"{case}: 512-bit paths {a[:12]}, plain {b[:12]}"
+    assert len(set(wide["hashes"])) == len(CASES)  # every case trained something of its own
