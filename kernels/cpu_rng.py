@@ -88,8 +88,13 @@ def philox_features16(typingctx, x, p, inv, f0, f1, f2, f3, l0, l1, l2, l3, base
     """Sixteen Philox calls and the sampling rule, stored into a block: philox(c0_i, c1, c2, c3, k0, k1)
     for the counters c0_i = base + i * stride (i < 16, mod 2^32); output word w of call i goes through
     feature(word, p[f_w], inv[f_w]) into x[f_w, l_w + i]. x (rows, lanes) float32 C-contiguous, p and
-    inv (>= rows,) float32; indices unchecked (callers index inside). Bit for bit philox + feature."""
-    if not (isinstance(x, types.Array) and x.ndim == 2 and x.dtype == types.float32 and x.layout == "C"):
+    inv (>= rows,) float32; indices unchecked (callers index inside, and NUMBA_BOUNDSCHECK does not
+    see them). The four destinations must not overlap: word 0's 16 lanes are all stored before word
+    1's, where the scalar loop stores call by call. Bit for bit philox + feature."""
+    if not (isinstance(x, types.Array) and x.ndim == 2 and x.dtype == types.float32 and x.layout == "C"
+            and all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 for a in (p, inv))
+            and all(isinstance(a, types.Integer) for a in (f0, f1, f2, f3, l0, l1, l2, l3, base, stride, c1, c2,
+                                                            c3, k0, k1))):
         return None
     sig = types.void(x, p, inv, f0, f1, f2, f3, l0, l1, l2, l3, base, stride, c1, c2, c3, k0, k1)
 

@@ -94,7 +94,8 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
     are rows r0 + 4l + k. The training step sums over rows, so the order is free."""
     R = x.shape[1]
     # PHILOX_16: the first whole groups of 16 lanes (of each half or quarter for n = 2, 1) by
-    # philox_features16, the same calls and words as the loops below, which draw the rest.
+    # philox_features16, the same calls and words as the loops below, which draw the rest. (Inside
+    # "if PHILOX_16:", which numba prunes: elsewhere the intrinsic is not compiled at all.)
     if n >= 3:
         # x, p and inv have 4 * ceil(n/4) rows, the padding with p = 0 (never active), so every
         # word of every call is stored without a condition.
@@ -104,9 +105,10 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
             f = 4 * q
             p0, p1, p2, p3 = p[f], p[f + 1], p[f + 2], p[f + 3]
             i0, i1, i2, i3 = inv[f], inv[f + 1], inv[f + 2], inv[f + 3]
-            for l in range(0, l16, 16):
-                philox_features16(x, p, inv, f, f + 1, f + 2, f + 3, l, l, l, l, np.uint64((r0 + l) * n4 + q), n4,
-                                  c1, c2, c3, k0, k1)
+            if PHILOX_16:
+                for l in range(0, l16, 16):
+                    philox_features16(x, p, inv, f, f + 1, f + 2, f + 3, l, l, l, l, np.uint64((r0 + l) * n4 + q),
+                                      n4, c1, c2, c3, k0, k1)
             for l in range(l16, R):
                 o0, o1, o2, o3 = philox(np.uint64((r0 + l) * n4 + q), c1, c2, c3, k0, k1)
                 x[f, l] = feature(o0, p0, i0)
@@ -116,8 +118,10 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
     elif n == 2:
         H = R // 2
         h16 = H - H % 16 if PHILOX_16 else 0
-        for l in range(0, h16, 16):
-            philox_features16(x, p, inv, 0, 1, 0, 1, l, l, l + H, l + H, np.uint64(r0 // 2 + l), 1, c1, c2, c3, k0, k1)
+        if PHILOX_16:
+            for l in range(0, h16, 16):
+                philox_features16(x, p, inv, 0, 1, 0, 1, l, l, l + H, l + H, np.uint64(r0 // 2 + l), 1, c1, c2, c3,
+                                  k0, k1)
         for l in range(h16, H):
             o0, o1, o2, o3 = philox(np.uint64(r0 // 2 + l), c1, c2, c3, k0, k1)
             x[0, l] = feature(o0, p[0], inv[0])
@@ -127,9 +131,10 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
     else:
         Q = R // 4
         q16 = Q - Q % 16 if PHILOX_16 else 0
-        for l in range(0, q16, 16):
-            philox_features16(x, p, inv, 0, 0, 0, 0, l, l + Q, l + 2 * Q, l + 3 * Q, np.uint64(r0 // 4 + l), 1,
-                              c1, c2, c3, k0, k1)
+        if PHILOX_16:
+            for l in range(0, q16, 16):
+                philox_features16(x, p, inv, 0, 0, 0, 0, l, l + Q, l + 2 * Q, l + 3 * Q, np.uint64(r0 // 4 + l), 1,
+                                  c1, c2, c3, k0, k1)
         for l in range(q16, Q):
             o0, o1, o2, o3 = philox(np.uint64(r0 // 4 + l), c1, c2, c3, k0, k1)
             x[0, l] = feature(o0, p[0], inv[0])
@@ -255,8 +260,8 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
     valid[:] = 1.0
     WT = np.empty((n, m), np.float32)  # W transposed, refreshed every step (rows_times reads A[c, r])
     # Big models: the step's gradients, laid out like W and b for adam_update.
-    gW = np.empty((m if rowwise else 0, n), np.float32)
-    gb = np.empty(n if rowwise else 0, np.float32)
+    gW = np.empty((m, n), np.float32)
+    gb = np.empty(n, np.float32)
     zeros_m = np.zeros(m, np.float32)
     all_m = np.ones(m, np.bool_)
     last_r0 = ((batch - 1) // R) * R
@@ -353,21 +358,30 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
                         decoupled)
             adam_update_vector(b, mb, vb, gb, k, decay, step_size, inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2,
                                eps, decoupled)
-        else:  # small models: one scalar pass, summing each parameter's lanes as it goes (no vector set-up)
-            for j in range(m):
+        else:  # small models: one scalar pass (no vector set-up), the lane sums first (independent chains)
+            if m * n >= 8:
+                sum_lanes(acc_w, gW)
+                sum_lanes(acc_b, gb)
+            else:  # tiny ones (the phase diagram's): each sum as its parameter comes
+                for j in range(m):
+                    for f in range(n):
+                        g = f32(0.0)
+                        for l in range(R):
+                            g += acc_w[j, f, l]
+                        gW[j, f] = g
                 for f in range(n):
                     g = f32(0.0)
                     for l in range(R):
-                        g += acc_w[j, f, l]
-                    W[k, j, f], mW[k, j, f], vW[k, j, f] = _adam(W[k, j, f], g, mW[k, j, f], vW[k, j, f], decay,
+                        g += acc_b[f, l]
+                    gb[f] = g
+            for j in range(m):
+                for f in range(n):
+                    W[k, j, f], mW[k, j, f], vW[k, j, f] = _adam(W[k, j, f], gW[j, f], mW[k, j, f], vW[k, j, f], decay,
                                                                  step_size, inv_sqrt_bias2, weight_decay, one_b1,
                                                                  beta2, one_b2, eps, decoupled)
             for f in range(n):
-                g = f32(0.0)
-                for l in range(R):
-                    g += acc_b[f, l]
-                b[k, f], mb[k, f], vb[k, f] = _adam(b[k, f], g, mb[k, f], vb[k, f], decay, step_size, inv_sqrt_bias2,
-                                                    weight_decay, one_b1, beta2, one_b2, eps, decoupled)
+                b[k, f], mb[k, f], vb[k, f] = _adam(b[k, f], gb[f], mb[k, f], vb[k, f], decay, step_size,
+                                                    inv_sqrt_bias2, weight_decay, one_b1, beta2, one_b2, eps, decoupled)
 
 
 @njit(inline="always", cache=True)
@@ -505,11 +519,27 @@ def sum_lanes(acc, out):
         flat_out[i], flat_out[i + 1], flat_out[i + 2], flat_out[i + 3] = g0, g1, g2, g3
         flat_out[i + 4], flat_out[i + 5], flat_out[i + 6], flat_out[i + 7] = g4, g5, g6, g7
         i += 8
-    for r in range(i, rows):
+    while i + 4 <= rows:
+        g0 = g1 = g2 = g3 = f0
+        for l in range(lanes):
+            g0 += flat_acc[i, l]
+            g1 += flat_acc[i + 1, l]
+            g2 += flat_acc[i + 2, l]
+            g3 += flat_acc[i + 3, l]
+        flat_out[i], flat_out[i + 1], flat_out[i + 2], flat_out[i + 3] = g0, g1, g2, g3
+        i += 4
+    while i + 2 <= rows:
+        g0 = g1 = f0
+        for l in range(lanes):
+            g0 += flat_acc[i, l]
+            g1 += flat_acc[i + 1, l]
+        flat_out[i], flat_out[i + 1] = g0, g1
+        i += 2
+    if i < rows:
         g = f0
         for l in range(lanes):
-            g += flat_acc[r, l]
-        flat_out[r] = g
+            g += flat_acc[i, l]
+        flat_out[i] = g
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)

@@ -50,16 +50,22 @@ def test_sampler_is_bit_exact_with_the_torch_philox_twin(n, B):
     assert np.array_equal(x, exact_batch(p, B, step, seed, inst)[0].numpy())
 
 
+# _draw_block with its 16-lane draws on (PHILOX_16, on Intel AVX-512 hosts only in the build): their
+# call sites checked on every host (LLVM lowers the intrinsic's vectors to whatever the host has).
+_draw_block_16 = njit(cpu_train._specialise(cpu_train._draw_block.py_func, "_draw_block_16", PHILOX_16=True))
+
+
 @njit
-def _training_draws(p, batch, step, inst, k0, k1, lanes):
-    """The training loop's block draws, written back in (batch, n) row order through lane_row."""
+def _training_draws(draw, p, batch, step, inst, k0, k1, lanes):
+    """The training loop's block draws (draw: _draw_block or a copy), written back in (batch, n) row
+    order through lane_row."""
     n = p.shape[0]
     pk, inv = cpu_train.padded_rule(p)
     x = np.zeros((pk.shape[0], lanes), np.float32)
     act = np.zeros(n, np.bool_)
     out = np.full((batch, n), -1.0, np.float32)
     for r0 in range(0, batch, lanes):
-        cpu_train._draw_block(x, act, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), np.uint64(0), k0, k1)
+        draw(x, act, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), np.uint64(0), k0, k1)
         for l in range(lanes):
             row = cpu_train.lane_row(l, r0, lanes, n)
             for f in range(n):
@@ -79,10 +85,12 @@ def _training_draws(p, batch, step, inst, k0, k1, lanes):
                                          # quarter of the lanes per call, n = 2 a half
                                          (1, 300, 128), (1, 203, 80), (2, 300, 128), (2, 99, 48), (3, 70, 20),
                                          (7, 300, 128), (400, 130, 128)])
-def test_training_loop_draws_the_samplers_batch_bit_for_bit(n, B, lanes):
+@pytest.mark.parametrize("sixteen", [False, True])
+def test_training_loop_draws_the_samplers_batch_bit_for_bit(n, B, lanes, sixteen):
     seed, step, inst = 2**33 + 7, 5, 11
     p, _ = problem(n, 1, K=1)
-    got = _training_draws(p[0].numpy(), B, step, inst, *cpu_rng.seed_words(seed), lanes)
+    draw = _draw_block_16 if sixteen else cpu_train._draw_block
+    got = _training_draws(draw, p[0].numpy(), B, step, inst, *cpu_rng.seed_words(seed), lanes)
     assert np.array_equal(got, exact_batch(p, B, step, seed, inst)[0].numpy())
 
 
@@ -100,8 +108,10 @@ def _sixteen_scalar(x, p, inv, rows, cols, base, stride, c1, c2, c3, k0, k1):
             x[rows[w], cols[w] + i] = cpu_rng.feature(o[w], p[rows[w]], inv[rows[w]])
 
 
-@pytest.mark.parametrize("base, stride", [(0, 1), (12345, 7), (2**32 - 20, 3), (2**32 - 1, 101), (2**31, 2**20 + 1)])
-def test_sixteen_philox_calls_at_once_are_the_scalar_calls_bit_for_bit(base, stride):
+@pytest.mark.parametrize("base, stride", [(0, 1), (12345, 7), (2**32 - 20, 3), (2**32 - 1, 101), (2**31, 2**20 + 1),
+                                          (2**32 - 1, 2**31 + 3)])
+@pytest.mark.parametrize("extreme", [False, True])  # True: every counter and key word 2^32 - 1
+def test_sixteen_philox_calls_at_once_are_the_scalar_calls_bit_for_bit(base, stride, extreme):
     """kernels.cpu_rng.philox_features16 (the 16-lane sampler of AVX-512 hosts; LLVM lowers its vectors on
     any x86 host, so this runs everywhere) against philox + feature, counters wrapping past 2^32 included,
     into rows and lanes that differ per output word, p from 0 (never active) to 1."""
@@ -111,6 +121,8 @@ def test_sixteen_philox_calls_at_once_are_the_scalar_calls_bit_for_bit(base, str
     rows, cols = np.array([1, 0, 4, 2]), np.array([0, 16, 5, 40])
     k0, k1 = cpu_rng.seed_words(int(g.integers(2**63)))
     c1, c2, c3 = np.uint64(g.integers(2**32)), np.uint64(g.integers(2**32)), np.uint64(3)
+    if extreme:
+        k0 = k1 = c1 = c2 = c3 = np.uint64(2**32 - 1)
     got, want = np.full((6, 64), -1.0, np.float32), np.full((6, 64), -1.0, np.float32)
     _sixteen_calls(got, p, inv, rows, cols, np.uint64(base), stride, c1, c2, c3, k0, k1)
     _sixteen_scalar(want, p, inv, rows, cols, np.uint64(base), stride, c1, c2, c3, k0, k1)
