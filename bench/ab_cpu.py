@@ -4,8 +4,10 @@ The way a CPU kernel change is measured on a shared, noisy machine: the revision
 extracted into a temporary package (kernels_ab) and both kernels train their own copy of each
 workload in this one process, rounds alternating which goes first, medians of ms per step. Prints
 one line per workload with the ratio (revision time / working-tree time: > 1 means the working tree
-is faster) and whether both ended bit-identical. Workloads: the CPU benchmark's (bench/workloads.py)
-and ``dim128``, the dimensionality quick preset's model (n=400, m=30, batch 128, K=20).
+is faster) and whether both ended bit-identical. Workloads: the CPU benchmark's (bench/workloads.py),
+``dim128``, the dimensionality quick preset's model (n=400, m=30, batch 128, K=20), and
+``computation``, the untied kernel (kernels/cpu_train_untied.py) on the computation quick preset's
+layout (n=100, m=40, batch 1024, importance 0.8^i, its 7 densities from 1 to 0.001, density-major).
 
 Which kernel compiles and warms up first shifts the ratio by a few percent (code and data placement;
 the working tree's module is always imported first, by the engine): run it again with
@@ -28,7 +30,8 @@ import numpy as np
 from .workloads import CPU_WORKLOADS, Workload
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = {**CPU_WORKLOADS, "dim128": Workload("dim128", n=400, m=30, batch=128, K=20, importance="uniform")}
+WORKLOADS = {**CPU_WORKLOADS, "dim128": Workload("dim128", n=400, m=30, batch=128, K=20, importance="uniform"),
+             "computation": Workload("computation", n=100, m=40, batch=1024, K=7, importance="decay0.8")}
 
 
 def extract_kernels(rev: str, into: Path) -> Path:
@@ -50,22 +53,31 @@ class Timed:
     def __init__(self, module, wl: Workload):
         from engine import ModelSpec, TrainSpec, fused
 
+        self.untied = wl.name == "computation"
+        if self.untied:  # the untied kernel beside ``module`` (kernels or a revision's kernels_ab)
+            from engine.experiments.computation import DENSITIES
+
+            module = importlib.import_module(module.__name__.rsplit(".", 1)[0] + ".cpu_train_untied")
+            self.p = np.repeat(np.array(DENSITIES, np.float32)[:, None], wl.n, axis=1)
+            self.imp = np.tile(0.8 ** np.arange(wl.n), (wl.K, 1)).astype(np.float32)
+        else:
+            self.p, self.imp = wl.arrays()
         self.module, self.wl = module, wl
-        self.p, self.imp = wl.arrays()
         self.train = TrainSpec(batch_size=wl.batch, steps=10_000)
         self.sched = fused.schedule_table(self.train).numpy()
         self.steps = 5 if wl.n * wl.m * wl.K * wl.batch > 1e8 else 20  # about 40 ms or more per call
-        self.state = {k: v.numpy().copy()
-                      for k, v in fused.new_state(ModelSpec(wl.n, wl.m), self.train, 0, wl.K).items()}
+        model = ModelSpec(wl.n, wl.m, "abs-computation" if self.untied else "relu-output")
+        self.state = {k: v.numpy().copy() for k, v in fused.new_state(model, self.train, 0, wl.K).items()}
 
     def run(self, step0: int) -> float:
         wl, train = self.wl, self.train
         loss = np.zeros(wl.K, np.float32)
+        tied = {} if self.untied else {"relu": True}
         t0 = time.perf_counter()
         self.module.train_steps(self.state, self.p, self.imp, self.sched, loss, None, batch=wl.batch, first_instance=0,
                                 step0=step0, n_steps=self.steps, window_start=train.steps - train.loss_window,
                                 hist_every=0, seed=0, weight_decay=train.weight_decay, beta1=train.beta1,
-                                beta2=train.beta2, eps=train.eps, relu=True, decoupled=train.optimizer == "adamw")
+                                beta2=train.beta2, eps=train.eps, decoupled=train.optimizer == "adamw", **tied)
         return (time.perf_counter() - t0) / self.steps * 1e3
 
 

@@ -12,6 +12,7 @@ db1 = sum dH, dW1 = dH x^T.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -19,7 +20,7 @@ from .cpu_rng import M32, seed_words
 from .cpu_tiles import LANES as TILE_LANES, slp_vectorize
 from .cpu_sparse import LANE_WORD, look_sparse, scatter_product, sparse_lanes_ok
 from .cpu_train import (FASTMATH, STREAM_DATASET, _apply_sets, _draw_block, _lane_mask, _record_loss, accumulate_halves,
-                        adam_update, adam_update_vector, f32_array, padded_rule, rows_times, set_array,
+                        adam_update, adam_update_vector, f32_array, instance_groups, padded_rule, rows_times, set_array,
                         sum_lanes, transpose_into, uses_rowwise, zeros_aligned)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
@@ -220,15 +221,21 @@ def _backward_rows(accT1, accT2, W2k, W2p, x, h, hT, dz, dzact, dh, dhT, acc_b1,
 @njit(parallel=True, cache=True)
 def train_segment(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, schedule, loss_acc, hist, batch,
                   first_instance, step0, n_steps, window_start, hist_every, k0, k1, weight_decay, one_b1, beta2, one_b2,
-                  eps, decoupled, lanes, sets, finite):
+                  eps, decoupled, lanes, sets, finite, threads):
     """Advance every instance by steps [step0, step0 + n_steps), in place, in parallel over instances.
     W1 (K, m, n), b1 (K, m), W2 (K, n, m), b2 (K, n) and their Adam moments; the rest as
-    kernels.cpu_train's train segments (_train_segment_template)."""
+    kernels.cpu_train's train segments (_train_segment_template), instances dealt to the threads round
+    robin in small groups as there (instance_groups: the computation experiment orders its instances
+    by density, and one contiguous share per thread left one thread all the dense ones)."""
     K = W1.shape[0]
-    for k in prange(K):
-        _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, schedule, loss_acc, hist, k,
-                        batch, first_instance + k, step0, n_steps, window_start, hist_every, k0, k1, weight_decay,
-                        one_b1, beta2, one_b2, eps, decoupled, lanes, sets, finite)
+    T = max(1, min(threads, K))
+    size, n_groups = instance_groups(K, T)
+    for t in prange(T):
+        for g in range(t, n_groups, T):
+            for k in range(g * size, min(K, (g + 1) * size)):
+                _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, imp, schedule, loss_acc,
+                                hist, k, batch, first_instance + k, step0, n_steps, window_start, hist_every, k0, k1,
+                                weight_decay, one_b1, beta2, one_b2, eps, decoupled, lanes, sets, finite)
 
 
 NAMES = ("W1", "b1", "W2", "b2")
@@ -256,4 +263,4 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
                       int(first_instance), int(step0), int(n_steps), int(window_start),
                       int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay),
                       f32(1.0 - float(beta1)), f32(beta2), f32(1.0 - float(beta2)),  # 1 - beta: float64, rounded once (kernels/adam.py)
-                      f32(eps), bool(decoupled), lanes, set_array(sets), bool(finite))
+                      f32(eps), bool(decoupled), lanes, set_array(sets), bool(finite), int(numba.get_num_threads()))
