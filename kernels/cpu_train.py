@@ -23,8 +23,9 @@ entries and give the same numbers (1.1-1.6x on instances at density <= 0.03, n=4
 The three products of a block (h = W x, z = W^T h + b, dh = W dz) go through rows_times, whose
 register tiles (kernels/cpu_tiles.py, generated) keep their sums in registers: 1.5-1.7x on the
 whole step for n=400, m=30, bit-identical to the plain loops; row by row, on Intel AVX-512 hosts
-given 512-bit code, through wide tiles with h and dh computed transposed (kernels/cpu_products.py). Instances are dealt to the threads
-round robin in small groups (instance_groups), not in one contiguous share each.
+given 512-bit code, through wide tiles with h and dh computed transposed (kernels/cpu_products.py).
+Instances are dealt to the threads round robin in small groups (instance_groups), not in one
+contiguous share each.
 
 Each instance's arithmetic is the same whatever the thread count or chunking, so results are
 deterministic and resume is bit-identical.
@@ -259,7 +260,7 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
     valid = zeros_aligned((R,))
     valid[:] = 1.0
     WT = np.empty((n, m), np.float32)  # W transposed, refreshed every step (rows_times reads A[c, r])
-    # Big models: the step's gradients, laid out like W and b for adam_update.
+    # The step's gradients, laid out like W and b: big models' adam_update, small ones' lane sums.
     gW = np.empty((m, n), np.float32)
     gb = np.empty(n, np.float32)
     zeros_m = np.zeros(m, np.float32)
