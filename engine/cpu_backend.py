@@ -6,7 +6,7 @@ the triton backend: batches come from the Philox stream keyed by (seed, instance
 chunk's result does not depend on chunking, thread count, segment sizes or resumes.
 
 Compilation happens once per machine (numba caches it on disk beside kernels/); ``compile(path)``
-triggers it on a tiny problem of the path a run needs (kernel_path) so callers can time it apart
+triggers it on a small problem of the path a run needs (kernel_path) so callers can time it apart
 from training.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from kernels import cpu_train, cpu_train_untied
+from kernels import cpu_tiny, cpu_train, cpu_train_untied
 from . import fused
 from .checkpoint import Checkpoint
 from .spec import ModelSpec, TrainSpec
@@ -43,32 +43,38 @@ def max_threads() -> int:
 _COMPILED: dict = {}
 
 # The compiled training loops: "lanes" and "rows", the two paths of the tied kernel (per-lane gradient
-# accumulators for small models, row-by-row sums for big ones: kernels.cpu_train.ROWWISE), and "untied",
-# the abs-computation model's. Each compiles (or loads from the disk cache) only when a run needs it.
-PATHS = ("lanes", "rows", "untied")
-# A tiny problem on each path: (n, m). The row-by-row path needs n >= 8 and 4 m n lanes > 1 MB.
-_TINY = {"lanes": (3, 2), "rows": (8, 260), "untied": (3, 2)}
+# accumulators for small models, row-by-row sums for big ones: kernels.cpu_train.ROWWISE), its tiny
+# copies "tiny-<n>x<m>", one per shape of kernels/cpu_tiny.SHAPES (the phase diagrams' models), and
+# "untied", the abs-computation model's. Each compiles (or loads from the disk cache) only when a run
+# needs it.
+TINY_PATHS = {f"tiny-{n}x{m}": (n, m) for n, m in cpu_tiny.SHAPES}
+PATHS = ("lanes", "rows", *TINY_PATHS, "untied")
+# A small problem on each path: (n, m). The row-by-row path needs n >= 8 and 4 m n lanes > 1 MB.
+_PROBLEM = {"lanes": (5, 2), "rows": (8, 260), **TINY_PATHS, "untied": (3, 2)}
 
 
 def kernel_path(model: ModelSpec, lanes: int | None = None) -> str:
     """Which compiled loop trains ``model`` (PATHS): the untied kernel, or the tied kernel's copy for its
-    shape (kernels.cpu_train.uses_rowwise at the block's lanes, by default lanes_for(n, m))."""
+    shape (kernels.cpu_train.segment_for at the block's lanes, by default lanes_for(n, m))."""
     if not model.tied:
         return "untied"
     n, m = model.n_features, model.n_hidden
-    return "rows" if cpu_train.uses_rowwise(n, m, lanes or cpu_train.lanes_for(n, m)) else "lanes"
+    segment = cpu_train.segment_for(n, m, lanes or cpu_train.lanes_for(n, m))
+    if segment is cpu_train.train_segment_rows:
+        return "rows"
+    return f"tiny-{n}x{m}" if segment is not cpu_train.train_segment_lanes else "lanes"
 
 
 def compile(path: str = "lanes") -> float:
     """Compile (or load from the on-disk cache) the training loop ``path`` (PATHS; kernel_path(model)
-    gives a model's) on a tiny problem; returns the seconds it took the first time in this process,
+    gives a model's) on a small problem; returns the seconds it took the first time in this process,
     0.0 afterwards, so that callers report it apart from training."""
     if path not in PATHS:
         raise ValueError(f"path: one of {', '.join(PATHS)} (got {path!r})")
     if path in _COMPILED:
         return 0.0
     t0 = time.perf_counter()
-    n, m = _TINY[path]
+    n, m = _PROBLEM[path]
     model = ModelSpec(n, m, "abs-computation" if path == "untied" else "relu-output")
     train = TrainSpec(steps=1, batch_size=8)
     assert kernel_path(model) == path

@@ -416,17 +416,19 @@ def test_a_run_compiles_and_loads_only_its_own_path_before_training():
     probe = ("import sys; from engine import DataSpec, ModelSpec, TrainSpec, cpu_backend, train; "
              "from kernels import cpu_train as c; n, m = int(sys.argv[1]), int(sys.argv[2]); "
              "model = ModelSpec(n, m); path = cpu_backend.kernel_path(model); cpu_backend.compile(path); "
-             "before = [len(c.train_segment_lanes.signatures), len(c.train_segment_rows.signatures)]; "
+             "segs = [c.train_segment_lanes, c.train_segment_rows, c.TINY_SEGMENTS[(2, 1)]]; "
+             "before = [len(s.signatures) for s in segs]; "
              "train(model, DataSpec([[0.5] * n], [[1.0] * n]), TrainSpec(steps=3, batch_size=64), backend='cpu', "
              "progress=False); "
-             "print(path, *before, len(c.train_segment_lanes.signatures), len(c.train_segment_rows.signatures))")
-    for (n, m), want in (((2, 1), "lanes 1 0 1 0"), ((64, 40), "rows 0 1 0 1")):
+             "print(path, *before, *[len(s.signatures) for s in segs])")
+    for (n, m), want in (((5, 2), "lanes 1 0 0 1 0 0"), ((64, 40), "rows 0 1 0 0 1 0"),
+                         ((2, 1), "tiny-2x1 0 0 1 0 0 1")):
         out = subprocess.run([sys.executable, "-c", probe, str(n), str(m)], capture_output=True, text=True, check=True)
         assert out.stdout.strip().splitlines()[-1] == want
 
 
 def test_compile_refuses_an_unknown_path():
-    with pytest.raises(ValueError, match="path: one of lanes, rows, untied"):
+    with pytest.raises(ValueError, match="path: one of lanes, rows, tiny-2x1, tiny-3x2, untied"):
         cpu_backend.compile("dense")
 
 
