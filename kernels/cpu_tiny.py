@@ -3,7 +3,8 @@
 One-pass blocks of the CPU kernel's tiniest models (kernels/cpu_train.py, per-lane path): for each lane
 l of a block, h = W x (relu_hidden: ReLU), z = W^T h + b, the loss into acc_l, dz into acc_b, dh = W dz
 (relu_hidden: where h > 0), then acc_w[j, f] += h_j dz_f, += dh_j x_f; every intermediate a local
-scalar. Shapes: ((2, 1), (3, 2)). See kernels/tinygen.py for why, and for how the sums match the generic passes.
+scalar. And each shape's end-of-step lane sums in one loop. Shapes: ((2, 1), (3, 2)). See kernels/tinygen.py
+for why, and for how the sums match the generic passes.
 """
 from __future__ import annotations
 
@@ -57,6 +58,26 @@ def tiny_block_2x1(W, b, k, x, valid, acc_w, acc_b, acc_l, cz, imp, relu, relu_h
         t += h0 * g1
         t += e0 * x1
         acc_w[0, 1, l] = t
+
+
+@njit(inline="always", cache=True)
+def tiny_sums_2x1(acc_w, acc_b, acc_l, gW, gb):
+    """The end of a step's lane sums: gW (m, n) and gb (n,) from acc_w (m, n, R) and acc_b (n, R), and
+    the returned sum of acc_l (R,), each in lane order from 0.0 as the generic copy sums them, but all
+    in one loop, so the chains of dependent adds run side by side instead of one after another."""
+    f0 = np.float32(0.0)
+    s0_0 = s0_1 = t0 = t1 = loss = f0
+    for l in range(acc_l.shape[0]):
+        s0_0 += acc_w[0, 0, l]
+        s0_1 += acc_w[0, 1, l]
+        t0 += acc_b[0, l]
+        t1 += acc_b[1, l]
+        loss += acc_l[l]
+    gW[0, 0] = s0_0
+    gW[0, 1] = s0_1
+    gb[0] = t0
+    gb[1] = t1
+    return loss
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -142,3 +163,33 @@ def tiny_block_3x2(W, b, k, x, valid, acc_w, acc_b, acc_l, cz, imp, relu, relu_h
         t += h1 * g2
         t += e1 * x2
         acc_w[1, 2, l] = t
+
+
+@njit(inline="always", cache=True)
+def tiny_sums_3x2(acc_w, acc_b, acc_l, gW, gb):
+    """The end of a step's lane sums: gW (m, n) and gb (n,) from acc_w (m, n, R) and acc_b (n, R), and
+    the returned sum of acc_l (R,), each in lane order from 0.0 as the generic copy sums them, but all
+    in one loop, so the chains of dependent adds run side by side instead of one after another."""
+    f0 = np.float32(0.0)
+    s0_0 = s0_1 = s0_2 = s1_0 = s1_1 = s1_2 = t0 = t1 = t2 = loss = f0
+    for l in range(acc_l.shape[0]):
+        s0_0 += acc_w[0, 0, l]
+        s0_1 += acc_w[0, 1, l]
+        s0_2 += acc_w[0, 2, l]
+        s1_0 += acc_w[1, 0, l]
+        s1_1 += acc_w[1, 1, l]
+        s1_2 += acc_w[1, 2, l]
+        t0 += acc_b[0, l]
+        t1 += acc_b[1, l]
+        t2 += acc_b[2, l]
+        loss += acc_l[l]
+    gW[0, 0] = s0_0
+    gW[0, 1] = s0_1
+    gW[0, 2] = s0_2
+    gW[1, 0] = s1_0
+    gW[1, 1] = s1_1
+    gW[1, 2] = s1_2
+    gb[0] = t0
+    gb[1] = t1
+    gb[2] = t2
+    return loss
