@@ -646,9 +646,11 @@ def _train_segment_template(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hi
     >= window_start; hist (T, K) gets the loss of step t at row t // hist_every when hist_every > 0.
     (k0, k1) = kernels.cpu_rng.seed_words(seed). Scalars are float32 (the arithmetic stays float32).
     The template of train_segment_lanes and train_segment_rows (ROWWISE, each calling its own copy of
-    _train_instance_template), compiled in parallel mode; never called itself.
+    _train_instance_template; and of the tiny copies, TINY), compiled in parallel mode; never called itself.
     """
     K = W.shape[0]
+    if TINY and (W.shape[1] != TINY_M or W.shape[2] != TINY_N):  # (a tiny copy reads its shape from constants)
+        raise ValueError("a tiny copy of the CPU kernel trains only the shape it was compiled for (segment_for)")
     T = max(1, min(threads, K))
     size, n_groups = instance_groups(K, T)
     for t in prange(T):
@@ -781,6 +783,7 @@ for _n, _m in cpu_tiny.SHAPES:
         _train_instance_template, f"_train_instance_tiny_{_n}x{_m}", ROWWISE=False, TINY=True, TINY_N=_n,
         TINY_M=_m, _tiny_block=getattr(cpu_tiny, f"tiny_block_{_n}x{_m}"),
         _tiny_sums=getattr(cpu_tiny, f"tiny_sums_{_n}x{_m}")))
-    TINY_SEGMENTS[(_n, _m)] = njit(parallel=True, cache=True)(
-        _specialise(_train_segment_template, f"train_segment_tiny_{_n}x{_m}", _train_instance=_inst))
+    TINY_SEGMENTS[(_n, _m)] = njit(parallel=True, cache=True)(_specialise(
+        _train_segment_template, f"train_segment_tiny_{_n}x{_m}", _train_instance=_inst, TINY=True, TINY_N=_n,
+        TINY_M=_m))
 del _n, _m, _inst

@@ -89,3 +89,11 @@ def test_a_tiny_copy_holds_only_its_one_pass_block():
         used = _globals_after_pruning(inst.py_func)
         assert "_tiny_block" in used and not {"rows_times", "_hidden_dense", "_backward_rows"} & used
     assert "_tiny_block" not in _globals_after_pruning(cpu_train._train_instance_lanes.py_func)
+
+
+def test_a_tiny_copy_refuses_another_shape():
+    """A tiny copy takes n and m from its compile-time constants, so a model of another shape handed to it
+    directly (not through segment_for) is refused instead of read out of bounds."""
+    with pytest.raises(ValueError, match="only the shape it was compiled for"):
+        _train(cpu_train.TINY_SEGMENTS[(2, 1)], 3, 2, variant="relu-output", optimizer="adam", batch=16, lanes=16,
+               sets=(), finite=False, steps=1, K=2, seed=0)
