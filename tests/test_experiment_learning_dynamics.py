@@ -260,3 +260,15 @@ def test_line_changes_counts_features_that_move_between_lines():
 def test_snapshots_too_sparse_for_a_window_show_no_jump():
     share, where = ld.jump_shares([0, 1000, 10_000], np.array([[0.1], [0.5], [0.5]]))
     assert share.tolist() == [0.0] and np.isnan(where).all()
+
+
+def test_the_report_says_how_many_snapshots_were_kept():
+    """Log-spaced steps that round to the same early step are kept once; the printed report says so
+    (50 asked for over 10,000 steps: 45 distinct steps, plus step 0)."""
+    spec = ld.LearningDynamicsSpec(steps=10_000, snapshots=50)
+    summary = {"snapshot_steps": list(spec.snapshot_steps()), "seeds": [], "backend": "cpu"}
+    line = ld.EXPERIMENT.report(spec, summary)[0]
+    assert "weights at step 0 and 45 log-spaced steps of the 50 asked for (5 of the early ones rounded" in line
+    spec = ld.LearningDynamicsSpec(steps=60, snapshots=8)
+    line = ld.EXPERIMENT.report(spec, {"snapshot_steps": list(spec.snapshot_steps()), "seeds": [], "backend": "cpu"})[0]
+    assert line.endswith("8 log-spaced steps of the 8 asked for")

@@ -73,7 +73,8 @@ class LearningDynamicsSpec(UniformSpec):
 
     inv_density: float = option(4.0, "1/(1-S) = 1/density of every feature (the paper's jumps show at 3..10).")
     seeds: int = option(3, "Models trained, one per seed index; every one is analysed.")
-    snapshots: int = option(50, "Weight snapshots, log-spaced from step 1 to the last step (step 0 is added).")
+    snapshots: int = option(50, "Weight snapshots, log-spaced from step 1 to the last step (step 0 is added; "
+                                "early steps that round to the same step are kept once).")
     history_every: int = option(1, "Record the training loss every this many steps.")
     steps: int = option(5000, "Training steps per model.")
     batch_size: int = option(256, "Examples per training step.")
@@ -355,8 +356,12 @@ class LearningDynamics(Experiment):
 
     def report(self, spec, summary):
         s = summary["seeds"]
+        kept = len(summary["snapshot_steps"]) - 1  # (step 0, the init, is added to the log-spaced ones)
+        merged = (f" ({spec.snapshots - kept} of the early ones rounded to a step already kept)"
+                  if kept < spec.snapshots else "")
         return [f"learning dynamics n={spec.features}, m={spec.hidden}, 1/(1-S) = {spec.inv_density:g}: {spec.seeds} "
-                f"seeds x {spec.steps} steps on {summary['backend']}",
+                f"seeds x {spec.steps} steps on {summary['backend']}; weights at step 0 and {kept} log-spaced steps of "
+                f"the {spec.snapshots} asked for{merged}",
                 "per seed: " + "; ".join(f"{x['jumping']}/{x['judged']} arriving features jump, D* "
                                          f"{x['max_D_star']:.2f} -> {x['final_D_star']:.2f}" for x in s)]
 
