@@ -9,7 +9,8 @@ A tiny block does the whole block in one pass over the lanes with every intermed
 stay in registers (the same reason as kernels/tilegen.py).
 
 Every value is the per-lane loop's: the same terms in the same order, one FMA each ('contract'), so
-the accumulators are bit-identical to the generic passes while nothing overflows. (The generic passes
+the accumulators are bit-identical to the generic passes while nothing overflows (as compiled here:
+see SHAPES on why that is a fact of the machine code). (The generic passes
 skip a feature no lane of the block uses, adding nothing; here its term w * 0 is added, which changes
 nothing unless w or the other factor is inf or NaN: an instance that has diverged, or is about to, as
 one whose W dz overflows float32 (a review's W = 2e38). Such instances are flagged diverged either
@@ -26,9 +27,10 @@ from pathlib import Path
 # generic copy is a measured fact of each shape's machine code, not a property of the source: LLVM's
 # 'contract' may fuse a product used twice into either add, and chooses by the code around it. Tried
 # (CPU Intel Xeon): n=5, m=2 (intro, non-uniform) ran 1.86x, once LLVM's vectoriser was allowed more
-# run-time overlap checks (-vectorize-memory-check-threshold; else it stayed scalar, 0.41x), but
-# differed from the generic copy by 1 ulp on its linear and correlated-set cases; n=10, m=5 and n=20,
-# m=5 ran 0.28x and 0.19x. tests/test_cpu_tiny.py checks every shape here on the host that runs it.
+# run-time overlap checks (-vectorize-memory-check-threshold; else it stayed scalar, 0.41x), but on its
+# linear and correlated-set cases updated b 1 ulp off the generic copy (same gradients and moments: the
+# same _adam source, compiled into another copy, rounded differently); n=10, m=5 and n=20, m=5 ran 0.28x
+# and 0.19x. tests/test_cpu_tiny.py checks every shape here on the host that runs it.
 SHAPES = ((2, 1), (3, 2))
 TARGET = Path(__file__).with_name("cpu_tiny.py")
 
