@@ -6,7 +6,8 @@ workload in this one process, rounds alternating which goes first, medians of ms
 one line per workload with the ratio (revision time / working-tree time: > 1 means the working tree
 is faster) and whether both ended bit-identical. Workloads: the CPU benchmark's (bench/workloads.py),
 ``dim128``, the dimensionality quick preset's model (n=400, m=30, batch 128, K=20), ``phase3``, the 3->2
-phase diagram's model in the phase workload's layout (n=3, m=2: the second tiny copy, kernels/cpu_tiny.py), and
+phase diagram's model in the phase workload's layout (n=3, m=2: the second tiny copy, kernels/cpu_tiny.py),
+``n5m2``, the intro's and non-uniform's model (n=5, m=2, K=2,000, importance 0.7^i: the third), and
 ``computation``, the untied kernel (kernels/cpu_train_untied.py) on the computation quick preset's
 layout (n=100, m=40, batch 1024, importance 0.8^i, its 7 densities from 1 to 0.001, density-major).
 
@@ -33,6 +34,7 @@ from .workloads import CPU_WORKLOADS, Workload
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {**CPU_WORKLOADS, "dim128": Workload("dim128", n=400, m=30, batch=128, K=20, importance="uniform"),
              "phase3": Workload("phase3", n=3, m=2, batch=1024, K=10_000, importance="phase"),
+             "n5m2": Workload("n5m2", n=5, m=2, batch=1024, K=2_000, importance="decay0.7"),
              "computation": Workload("computation", n=100, m=40, batch=1024, K=7, importance="decay0.8")}
 
 

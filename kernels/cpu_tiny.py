@@ -3,7 +3,7 @@
 One-pass blocks of the CPU kernel's tiniest models (kernels/cpu_train.py, per-lane path): for each lane
 l of a block, h = W x (relu_hidden: ReLU), z = W^T h + b, the loss into acc_l, dz into acc_b, dh = W dz
 (relu_hidden: where h > 0), then acc_w[j, f] += h_j dz_f, += dh_j x_f; every intermediate a local
-scalar. And each shape's end-of-step lane sums in one loop. Shapes: ((2, 1), (3, 2)). See kernels/tinygen.py
+scalar. And each shape's end-of-step lane sums in one loop. Shapes: ((2, 1), (3, 2), (5, 2)). See kernels/tinygen.py
 for why, and for how the sums match the generic passes.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from numba import njit
 
 from .cpu_tiles import FASTMATH
 
-SHAPES = ((2, 1), (3, 2))
+SHAPES = ((2, 1), (3, 2), (5, 2))
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
@@ -192,4 +192,177 @@ def tiny_sums_3x2(acc_w, acc_b, acc_l, gW, gb):
     gb[0] = t0
     gb[1] = t1
     gb[2] = t2
+    return loss
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def tiny_block_5x2(W, b, k, x, valid, acc_w, acc_b, acc_l, cz, imp, relu, relu_hidden):
+    """One block of instance k of an n=5, m=2 model: W (K, m, n), b, imp (K, n), x (>= n, R) the block's
+    draws, valid (R,) 1 for real batch rows, cz (n,) 2 I_f / (B n); adds the block's per-lane loss, bias
+    and weight gradients to acc_l (R,), acc_b (n, R), acc_w (m, n, R)."""
+    f0 = np.float32(0.0)
+    w0_0 = W[k, 0, 0]
+    w0_1 = W[k, 0, 1]
+    w0_2 = W[k, 0, 2]
+    w0_3 = W[k, 0, 3]
+    w0_4 = W[k, 0, 4]
+    w1_0 = W[k, 1, 0]
+    w1_1 = W[k, 1, 1]
+    w1_2 = W[k, 1, 2]
+    w1_3 = W[k, 1, 3]
+    w1_4 = W[k, 1, 4]
+    b0, c0, i0 = b[k, 0], cz[0], imp[k, 0]
+    b1, c1, i1 = b[k, 1], cz[1], imp[k, 1]
+    b2, c2, i2 = b[k, 2], cz[2], imp[k, 2]
+    b3, c3, i3 = b[k, 3], cz[3], imp[k, 3]
+    b4, c4, i4 = b[k, 4], cz[4], imp[k, 4]
+    for l in range(x.shape[1]):
+        x0 = x[0, l]
+        x1 = x[1, l]
+        x2 = x[2, l]
+        x3 = x[3, l]
+        x4 = x[4, l]
+        h0 = w0_0 * x0 + f0
+        h0 = w0_1 * x1 + h0
+        h0 = w0_2 * x2 + h0
+        h0 = w0_3 * x3 + h0
+        h0 = w0_4 * x4 + h0
+        h1 = w1_0 * x0 + f0
+        h1 = w1_1 * x1 + h1
+        h1 = w1_2 * x2 + h1
+        h1 = w1_3 * x3 + h1
+        h1 = w1_4 * x4 + h1
+        if relu_hidden:
+            h0 = max(h0, f0)
+            h1 = max(h1, f0)
+        z0 = b0
+        z0 = w0_0 * h0 + z0
+        z0 = w1_0 * h1 + z0
+        z1 = b1
+        z1 = w0_1 * h0 + z1
+        z1 = w1_1 * h1 + z1
+        z2 = b2
+        z2 = w0_2 * h0 + z2
+        z2 = w1_2 * h1 + z2
+        z3 = b3
+        z3 = w0_3 * h0 + z3
+        z3 = w1_3 * h1 + z3
+        z4 = b4
+        z4 = w0_4 * h0 + z4
+        z4 = w1_4 * h1 + z4
+        v = valid[l]
+        d0 = ((max(z0, f0) if relu else z0) - x0) * v
+        acc_l[l] += i0 * d0 * d0
+        g0 = c0 * d0 if (z0 > 0.0 or not relu) else f0
+        d1 = ((max(z1, f0) if relu else z1) - x1) * v
+        acc_l[l] += i1 * d1 * d1
+        g1 = c1 * d1 if (z1 > 0.0 or not relu) else f0
+        d2 = ((max(z2, f0) if relu else z2) - x2) * v
+        acc_l[l] += i2 * d2 * d2
+        g2 = c2 * d2 if (z2 > 0.0 or not relu) else f0
+        d3 = ((max(z3, f0) if relu else z3) - x3) * v
+        acc_l[l] += i3 * d3 * d3
+        g3 = c3 * d3 if (z3 > 0.0 or not relu) else f0
+        d4 = ((max(z4, f0) if relu else z4) - x4) * v
+        acc_l[l] += i4 * d4 * d4
+        g4 = c4 * d4 if (z4 > 0.0 or not relu) else f0
+        acc_b[0, l] += g0
+        acc_b[1, l] += g1
+        acc_b[2, l] += g2
+        acc_b[3, l] += g3
+        acc_b[4, l] += g4
+        e0 = w0_0 * g0 + f0
+        e0 = w0_1 * g1 + e0
+        e0 = w0_2 * g2 + e0
+        e0 = w0_3 * g3 + e0
+        e0 = w0_4 * g4 + e0
+        e1 = w1_0 * g0 + f0
+        e1 = w1_1 * g1 + e1
+        e1 = w1_2 * g2 + e1
+        e1 = w1_3 * g3 + e1
+        e1 = w1_4 * g4 + e1
+        if relu_hidden:
+            e0 = e0 if h0 > 0.0 else f0
+            e1 = e1 if h1 > 0.0 else f0
+        t = acc_w[0, 0, l]
+        t += h0 * g0
+        t += e0 * x0
+        acc_w[0, 0, l] = t
+        t = acc_w[0, 1, l]
+        t += h0 * g1
+        t += e0 * x1
+        acc_w[0, 1, l] = t
+        t = acc_w[0, 2, l]
+        t += h0 * g2
+        t += e0 * x2
+        acc_w[0, 2, l] = t
+        t = acc_w[0, 3, l]
+        t += h0 * g3
+        t += e0 * x3
+        acc_w[0, 3, l] = t
+        t = acc_w[0, 4, l]
+        t += h0 * g4
+        t += e0 * x4
+        acc_w[0, 4, l] = t
+        t = acc_w[1, 0, l]
+        t += h1 * g0
+        t += e1 * x0
+        acc_w[1, 0, l] = t
+        t = acc_w[1, 1, l]
+        t += h1 * g1
+        t += e1 * x1
+        acc_w[1, 1, l] = t
+        t = acc_w[1, 2, l]
+        t += h1 * g2
+        t += e1 * x2
+        acc_w[1, 2, l] = t
+        t = acc_w[1, 3, l]
+        t += h1 * g3
+        t += e1 * x3
+        acc_w[1, 3, l] = t
+        t = acc_w[1, 4, l]
+        t += h1 * g4
+        t += e1 * x4
+        acc_w[1, 4, l] = t
+
+
+@njit(inline="always", cache=True)
+def tiny_sums_5x2(acc_w, acc_b, acc_l, gW, gb):
+    """The end of a step's lane sums: gW (m, n) and gb (n,) from acc_w (m, n, R) and acc_b (n, R), and
+    the returned sum of acc_l (R,), each in lane order from 0.0 as the generic copy sums them, but all
+    in one loop, so the chains of dependent adds run side by side instead of one after another."""
+    f0 = np.float32(0.0)
+    s0_0 = s0_1 = s0_2 = s0_3 = s0_4 = s1_0 = s1_1 = s1_2 = s1_3 = s1_4 = t0 = t1 = t2 = t3 = t4 = loss = f0
+    for l in range(acc_l.shape[0]):
+        s0_0 += acc_w[0, 0, l]
+        s0_1 += acc_w[0, 1, l]
+        s0_2 += acc_w[0, 2, l]
+        s0_3 += acc_w[0, 3, l]
+        s0_4 += acc_w[0, 4, l]
+        s1_0 += acc_w[1, 0, l]
+        s1_1 += acc_w[1, 1, l]
+        s1_2 += acc_w[1, 2, l]
+        s1_3 += acc_w[1, 3, l]
+        s1_4 += acc_w[1, 4, l]
+        t0 += acc_b[0, l]
+        t1 += acc_b[1, l]
+        t2 += acc_b[2, l]
+        t3 += acc_b[3, l]
+        t4 += acc_b[4, l]
+        loss += acc_l[l]
+    gW[0, 0] = s0_0
+    gW[0, 1] = s0_1
+    gW[0, 2] = s0_2
+    gW[0, 3] = s0_3
+    gW[0, 4] = s0_4
+    gW[1, 0] = s1_0
+    gW[1, 1] = s1_1
+    gW[1, 2] = s1_2
+    gW[1, 3] = s1_3
+    gW[1, 4] = s1_4
+    gb[0] = t0
+    gb[1] = t1
+    gb[2] = t2
+    gb[3] = t3
+    gb[4] = t4
     return loss

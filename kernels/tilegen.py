@@ -34,6 +34,8 @@ from numba import njit
 FASTMATH = {{"contract"}}
 LANES = {lanes}
 WIDE_LANES = {wide_lanes}  # the wide tiles' (wide_tile_8, wide_acc_tile_8): kernels.cpu_products
+# LLVM's -vectorize-memory-check-threshold while our kernels compile, and LLVM's default (slp_vectorize).
+MEMORY_CHECKS, LLVM_MEMORY_CHECKS = 1024, 128
 
 
 @contextlib.contextmanager
@@ -47,15 +49,24 @@ def slp_vectorize():
     from the NUMBA_* environment whenever one of those variables changed since it last looked
     (kernels/__init__.py sets NUMBA_CACHE_DIR, a test or a user may set others), which silently
     turned SLP off again for the compilation inside this block: the kernels then ran at a tenth
-    of their speed, and the disk cache kept that machine code for every later run."""
+    of their speed, and the disk cache kept that machine code for every later run.
+
+    Also inside it, LLVM's loop vectoriser may emit up to MEMORY_CHECKS run-time overlap checks per
+    loop (LLVM's default, restored after, is 128): the n=5, m=2 tiny block (kernels/cpu_tiny.py) writes
+    15 accumulator rows and stayed scalar under the default ("too many memory checks needed"). The
+    checks only pick between a loop's vector and scalar forms. No loop of the generic copies hits
+    the limit (LLVM's vectoriser remarks while compiling them)."""
+    import llvmlite.binding as llvm
     import numba
 
     old, old_env = numba.config.SLP_VECTORIZE, os.environ.get("NUMBA_SLP_VECTORIZE")
     os.environ["NUMBA_SLP_VECTORIZE"] = "1"
     numba.config.SLP_VECTORIZE = 1
+    llvm.set_option("", f"-vectorize-memory-check-threshold={{MEMORY_CHECKS}}")
     try:
         yield
     finally:
+        llvm.set_option("", f"-vectorize-memory-check-threshold={{LLVM_MEMORY_CHECKS}}")
         if old_env is None:
             os.environ.pop("NUMBA_SLP_VECTORIZE", None)
         else:

@@ -421,14 +421,14 @@ def test_a_run_compiles_and_loads_only_its_own_path_before_training():
              "train(model, DataSpec([[0.5] * n], [[1.0] * n]), TrainSpec(steps=3, batch_size=64), backend='cpu', "
              "progress=False); "
              "print(path, *before, *[len(s.signatures) for s in segs])")
-    for (n, m), want in (((5, 2), "lanes 1 0 0 1 0 0"), ((64, 40), "rows 0 1 0 0 1 0"),
+    for (n, m), want in (((4, 2), "lanes 1 0 0 1 0 0"), ((64, 40), "rows 0 1 0 0 1 0"),
                          ((2, 1), "tiny-2x1 0 0 1 0 0 1")):
         out = subprocess.run([sys.executable, "-c", probe, str(n), str(m)], capture_output=True, text=True, check=True)
         assert out.stdout.strip().splitlines()[-1] == want
 
 
 def test_compile_refuses_an_unknown_path():
-    with pytest.raises(ValueError, match="path: one of lanes, rows, tiny-2x1, tiny-3x2, untied"):
+    with pytest.raises(ValueError, match="path: one of lanes, rows, tiny-2x1, tiny-3x2, tiny-5x2, untied"):
         cpu_backend.compile("dense")
 
 

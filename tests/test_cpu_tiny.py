@@ -81,10 +81,13 @@ def test_the_tiny_shapes_and_only_they_take_a_tiny_copy():
         assert cpu_train.segment_for(n, m, 128) is cpu_train.TINY_SEGMENTS[(n, m)]
         assert cpu_backend.kernel_path(ModelSpec(n, m)) == f"tiny-{n}x{m}"
         assert cpu_backend.kernel_path(ModelSpec(n, m, "abs-computation")) == "untied"
-    for n, m in ((1, 1), (2, 2), (3, 1), (5, 2), (20, 5)):
+    for n, m in ((1, 1), (2, 2), (3, 1), (4, 2), (5, 3), (20, 5)):
         assert cpu_train.segment_for(n, m, 128) is cpu_train.train_segment_lanes
         assert cpu_backend.kernel_path(ModelSpec(n, m)) == "lanes"
     assert cpu_backend.kernel_path(ModelSpec(400, 30)) == "rows"
+    for path in cpu_backend.PATHS:  # each path's compile problem takes that path (else compile would assert)
+        n, m = cpu_backend._PROBLEM[path]
+        assert cpu_backend.kernel_path(ModelSpec(n, m, "abs-computation" if path == "untied" else "relu-output")) == path
 
 
 def test_a_tiny_copy_holds_only_its_one_pass_block():
