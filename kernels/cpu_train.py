@@ -214,7 +214,7 @@ def _lane_mask(valid, r0, n, batch):
 # Which path a compiled copy of the two templates below takes (_specialise): ROWWISE True for
 # models that sum their weight gradient row by row (uses_rowwise), False for per-lane ones. A compile-
 # time constant, so numba prunes the other path and each copy compiles only its own (the per-lane copy,
-# all the 2->1 phase diagram needs, compiled in 25 s instead of 37 on a cold cache, CPU Intel Xeon).
+# compiled in 25 s instead of 37 on a cold cache, CPU Intel Xeon; the phase diagrams now take tiny copies).
 ROWWISE = None
 # In a segment copy: the compiled _train_instance copy of its path (_specialise).
 _train_instance = None
@@ -388,7 +388,7 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
             elif m * n >= 8:
                 sum_lanes(acc_w, gW)
                 sum_lanes(acc_b, gb)
-            else:  # tiny ones (the phase diagram's): each sum as its parameter comes
+            else:  # m n < 8 outside the tiny copies (e.g. n=2, m=2): each sum as its parameter comes
                 for j in range(m):
                     for f in range(n):
                         g = f32(0.0)

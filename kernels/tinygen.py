@@ -53,6 +53,11 @@ SHAPES = {shapes}
 '''
 
 
+def _sum_from_zero(name: str, products: list[str], ind: str) -> list[str]:
+    """Lines that set ``name`` to 0 + the products in order, one FMA each (as rows_times from zeros)."""
+    return [f"{ind}{name} = {products[0]} + f0"] + [f"{ind}{name} = {p} + {name}" for p in products[1:]]
+
+
 def block_source(n: int, m: int) -> str:
     """The source of tiny_block_{n}x{m}(W, b, k, x, valid, acc_w, acc_b, acc_l, cz, imp, relu, relu_hidden)."""
     J, F = range(m), range(n)
@@ -70,8 +75,7 @@ def block_source(n: int, m: int) -> str:
     out += [f"{ind}x{f} = x[{f}, l]" for f in F]
     # h_j = 0 + the sum over f in order of W[j, f] x_f (rows_times(W^T, x, ...) from zeros)
     for j in J:
-        out.append(f"{ind}h{j} = {w[j, 0]} * x0 + f0")
-        out += [f"{ind}h{j} = {w[j, f]} * x{f} + h{j}" for f in F[1:]]
+        out += _sum_from_zero(f"h{j}", [f"{w[j, f]} * x{f}" for f in F], ind)
     out.append(f"{ind}if relu_hidden:")
     out += [f"{ind}    h{j} = max(h{j}, f0)" for j in J]
     # z_f = b_f + the sum over j in order of W[j, f] h_j (rows_times(W, h, ..., b))
@@ -87,8 +91,7 @@ def block_source(n: int, m: int) -> str:
     out += [f"{ind}acc_b[{f}, l] += g{f}" for f in F]
     # dh_j = 0 + the sum over f in order of W[j, f] dz_f (rows_times(W^T, dz, ...) from zeros)
     for j in J:
-        out.append(f"{ind}e{j} = {w[j, 0]} * g0 + f0")
-        out += [f"{ind}e{j} = {w[j, f]} * g{f} + e{j}" for f in F[1:]]
+        out += _sum_from_zero(f"e{j}", [f"{w[j, f]} * g{f}" for f in F], ind)
     out.append(f"{ind}if relu_hidden:")
     out += [f"{ind}    e{j} = e{j} if h{j} > 0.0 else f0" for j in J]
     # the weight gradient: its dz term, then its x term (the gradient loop's order)

@@ -10,7 +10,6 @@ pytest.importorskip("numba")
 
 from engine import ModelSpec, TrainSpec, cpu_backend, fused  # noqa: E402
 from kernels import cpu_tiny, cpu_train, tinygen  # noqa: E402
-from kernels.cpu_rng import seed_words  # noqa: E402
 
 
 def test_committed_tiny_blocks_are_the_generators_output():
@@ -18,8 +17,11 @@ def test_committed_tiny_blocks_are_the_generators_output():
 
 
 def _train(segment, n, m, *, variant, optimizer, batch, lanes, sets, finite, steps, K, seed):
-    """Train K fresh instances of an n x m model ``steps`` steps with ``segment`` (a compiled train segment
-    of kernels/cpu_train.py); returns the state, the loss window and the per-step loss history."""
+    """Train K fresh instances of an n x m model ``steps`` steps through kernels.cpu_train.train_steps, with
+    ``segment`` (a compiled train segment of kernels/cpu_train.py) as the one segment_for picks; returns
+    the state, the loss window and the per-step loss history."""
+    from unittest import mock
+
     model = ModelSpec(n, m, variant)
     train = TrainSpec(batch_size=batch, steps=steps, optimizer=optimizer, lr=3e-2, seed=seed)
     state = {k: v.numpy().copy() for k, v in fused.new_state(model, train, 0, K).items()}
@@ -28,14 +30,13 @@ def _train(segment, n, m, *, variant, optimizer, batch, lanes, sets, finite, ste
     p = np.repeat(np.logspace(-2, 0, K)[:, None], n, axis=1).astype(np.float32)
     imp = g.uniform(0.1, 10.0, (K, n)).astype(np.float32)
     loss, hist = np.zeros(K, np.float32), np.zeros((steps, K), np.float32)
-    k0, k1 = seed_words(seed)
-    f32 = np.float32
-    with cpu_train.slp_vectorize():
-        segment(state["W"], state["b"], state["mW"], state["vW"], state["mb"], state["vb"], p, imp,
-                fused.schedule_table(train).numpy(), loss, hist, batch, 5, 0, steps, steps // 2, 1, k0, k1,
-                f32(train.weight_decay), f32(1.0 - train.beta1), f32(train.beta2), f32(1.0 - train.beta2),
-                f32(train.eps), variant != "linear", optimizer == "adamw", lanes, variant == "relu-hidden",
-                cpu_train.set_array(sets), finite, 2)
+    chosen = {} if segment is cpu_train.train_segment_lanes else {(n, m): segment}
+    with mock.patch.dict(cpu_train.TINY_SEGMENTS, chosen, clear=True):
+        cpu_train.train_steps(state, p, imp, fused.schedule_table(train).numpy(), loss, hist, batch=batch,
+                              first_instance=5, step0=0, n_steps=steps, window_start=steps // 2, hist_every=1,
+                              seed=seed, weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2,
+                              eps=train.eps, relu=variant != "linear", decoupled=optimizer == "adamw", lanes=lanes,
+                              relu_hidden=variant == "relu-hidden", sets=sets, finite=finite)
     return state, loss, hist
 
 
