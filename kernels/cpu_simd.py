@@ -1,6 +1,7 @@
-"""Four LLVM operations numba does not expose, as numba intrinsics for the CPU kernels' sparse products
-(kernels/cpu_sparse.py): count trailing zeros, count set bits, the nonzero mask of 64 floats, and
-a 16-float multiply-add on array rows.
+"""LLVM operations numba does not expose, as numba intrinsics for the CPU kernels: for the sparse
+products (kernels/cpu_sparse.py) count trailing zeros, count set bits, the nonzero mask of 64 floats,
+and a 16-float multiply-add on array rows; for the optimizer step (kernels/cpu_train._adam) a
+multiply-add rounded once, whatever code surrounds it.
 
 Why intrinsics: the sparse products visit only the nonzero entries of a block, and each visit is
 one multiply-add of a short row (16 neurons per vector register). Written as numba loops, that row
@@ -89,3 +90,13 @@ def fma_row16(typingctx, dst, di, dj, a, src, si, sj):
         builder.store(builder.fadd(builder.load(pd, align=4), prod, flags=("contract",)), pd, align=4)
         return context.get_dummy_value()
     return types.void(dst, di, dj, a, src, si, sj), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once, for three floats of one type: llvm.fma, the CPU's FMA instruction (libm's
+    exact fmaf on a CPU without one). Under fastmath's 'contract', a * b + c is fused or not as LLVM
+    sees fit around it, so one source compiled into two loops can round differently; this cannot."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+    return a(a, b, c), lambda context, builder, sig, args: builder.fma(*args)

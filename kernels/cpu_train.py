@@ -42,6 +42,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_rng import M32, feature, philox, philox_features16, uniform_at
+from .cpu_simd import fma
 from .cpu_sparse import LANE_WORD, look_sparse, scatter_accumulate, scatter_product, sparse_lanes_ok
 from . import cpu_tiny
 from .cpu_products import TILE_LANES, WIDE_TILES, WIDE_VECTORS, _accumulate_dense, rows_times, rows_times_wide
@@ -616,24 +617,25 @@ def adam_update_vector(P, M1, M2, G, k, decay, step_size, inv_sqrt_bias2, wd, on
 def _adam(param, grad, m1, m2, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps, decoupled):
     """One element of the update (adam_update's loops, small tied models' fused pass): (param, m1, m2).
 
-    Two of its sums add two products, and 'contract' lets LLVM fuse either product into the FMA; which
-    one it picks depends on the surrounding code (a scalar loop and the vectorised AdamW loop chose
-    differently). Adding +0.0 to one product leaves only the other to fuse, so the rounding is the same
-    in every loop: fma(beta2, m2, (1 - beta2) g g) (exact: that product is never -0) and, AdamW,
-    fma(param, decay, -(step_size q)) (+0.0 only turns a -0 step into +0)."""
-    f0 = np.float32(0.0)
+    Every sum of a product is an explicit fma (kernels/cpu_simd.py), none left to 'contract': LLVM fuses
+    a*b + c or not as it sees fit around it, so the same source compiled into two loops rounded the
+    update differently (a scalar and a vectorised loop; under Adam the n=5, m=2 tiny copy and the generic
+    per-lane copy, 1 ulp apart in b). With one rounding per fma and IEEE sqrt and division, every copy
+    of the kernel, on every CPU, maps the same gradient and state to the same update bit for bit. (The
+    fused forms are the ones the row-by-row, untied and tiny copies and every AdamW loop already had:
+    their results did not change; the generic per-lane copy's Adam ones moved by float32 rounding.)"""
     if not decoupled:
-        grad = grad + wd * param
-    m1 = m1 + one_b1 * (grad - m1)
-    m2 = beta2 * m2 + (one_b2 * grad * grad + f0)
-    denom = np.sqrt(m2) * inv_sqrt_bias2 + eps
+        grad = fma(wd, param, grad)
+    m1 = fma(one_b1, grad - m1, m1)
+    m2 = fma(beta2, m2, one_b2 * grad * grad)
+    denom = fma(np.sqrt(m2), inv_sqrt_bias2, eps)
     # np.divide, not '/': numba tests the divisor of '/' for zero (to raise as Python does), and that
     # branch kept the loops from vectorising; np.divide is the same IEEE division without it. (The
     # kernels' error_model="numpy" drops the test too, but it cost phase's n=2 model ~5%.)
     q = np.divide(m1, denom)
     if decoupled:
-        return param * decay - (step_size * q + f0), m1, m2
-    return param - step_size * q, m1, m2
+        return fma(param, decay, -(step_size * q)), m1, m2
+    return fma(-step_size, q, param), m1, m2
 
 
 def _train_segment_template(W, b, mW, vW, mb, vb, p, imp, schedule, loss_acc, hist, batch, first_instance, step0,

@@ -25,12 +25,12 @@ from pathlib import Path
 
 # (n, m) of the models that get a tiny block: the 2->1 and 3->2 phase diagrams', and the intro's and
 # non-uniform's n=5, m=2 (which vectorises only with more run-time overlap checks allowed: kernels.
-# cpu_tiles.slp_vectorize). A whole trajectory's equality with the generic copy is a fact of each copy's
-# machine code, not of the source: LLVM's 'contract' may fuse a product used twice into either add and
-# chooses by the code around it; the 5x2 copy's gradients and moments equal the generic copy's bit for
-# bit, but its Adam update of b (the same _adam source, compiled into another copy) lands 1 ulp off in
-# some cases (tests/test_cpu_tiny.py checks gradients exactly, trajectories to float32 rounding). Tried
-# and dropped (CPU Intel Xeon): n=10, m=5 ran 0.28x, n=20, m=5 0.19x the generic copy.
+# cpu_tiles.slp_vectorize). The gradients' equality with the generic copy is a fact of each copy's
+# machine code, not of the source alone: LLVM's 'contract' may fuse a product used twice into either add
+# and chooses by the code around it (tests/test_cpu_tiny.py checks each shape, step by step, bit for
+# bit). The optimizer step no longer depends on it: kernels/cpu_train._adam writes every fusion out
+# (before that, the 5x2 copy's Adam update of b landed 1 ulp off the generic copy's in some cases).
+# Tried and dropped (CPU Intel Xeon): n=10, m=5 ran 0.28x, n=20, m=5 0.19x the generic copy.
 SHAPES = ((2, 1), (3, 2), (5, 2))
 TARGET = Path(__file__).with_name("cpu_tiny.py")
 

@@ -1,6 +1,7 @@
 """The CPU kernels' end of step (kernels/cpu_train.py): the vectorised optimizer update (adam_update,
 adam_update_vector) rounds every element exactly as the scalar update does, whatever LLVM makes of
-the loop, and sum_lanes adds each row's lanes in order."""
+the loop, through the fma intrinsic (kernels/cpu_simd.py), which rounds once; and sum_lanes adds each
+row's lanes in order."""
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ pytest.importorskip("numba")
 from numba import njit  # noqa: E402
 
 from kernels import cpu_train  # noqa: E402
+from kernels.cpu_simd import fma  # noqa: E402
 
 f32 = np.float32
 FASTMATH = cpu_train.FASTMATH
@@ -39,6 +41,19 @@ def _update_one_by_one(P, M1, M2, G, decay, step_size, inv_sqrt_bias2, wd, one_b
         cpu_train.adam_update(p, m1, m2, g, 0, decay, step_size, inv_sqrt_bias2, wd, one_b1, beta2, one_b2, eps,
                               decoupled)
         P[i], M1[i], M2[i] = p[0, 0, 0], m1[0, 0, 0], m2[0, 0, 0]
+
+
+def test_fma_rounds_once():
+    """(1 + 2^-12)^2 = 1 + 2^-11 + 2^-24 exactly: a float32 product rounds the 2^-24 away (a tie, to
+    even), one rounding of the whole a b + c keeps it. float64 alike with 2^-27 and 2^-54."""
+    call = njit(lambda a, b, c: fma(a, b, c))
+    plain = njit(lambda a, b, c: a * b + c)  # no fastmath flags: two roundings
+    for t, e in ((np.float32, 12), (np.float64, 27)):
+        a, c = t(1 + 2.0 ** -e), t(-(1 + 2.0 ** (1 - e)))
+        got = call(a, a, c)
+        assert type(got) in (t, float) and got == 2.0 ** (-2 * e) and plain(a, a, c) == 0
+    with pytest.raises(Exception):
+        call(f32(1), 1.0, f32(1))  # mixed float types are refused, not silently promoted
 
 
 def _fma(a, b, c):
