@@ -1,7 +1,6 @@
 """engine/reference.py against float64 autograd and torch.optim (the oracle's own oracle)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
