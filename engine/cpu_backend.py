@@ -44,9 +44,9 @@ _COMPILED: dict = {}
 
 # The compiled training loops: "lanes" and "rows", the two paths of the tied kernel (per-lane gradient
 # accumulators for small models, row-by-row sums for big ones: kernels.cpu_train.ROWWISE), its tiny
-# copies "tiny-<n>x<m>", one per shape of kernels/cpu_tiny.SHAPES (the phase diagrams' and the intro's), and
-# "untied", the abs-computation model's. Each compiles (or loads from the disk cache) only when a run
-# needs it.
+# copies "tiny-<n>x<m>", one per shape of kernels/cpu_tiny.SHAPES (the phase diagrams', the intro's, the
+# privileged basis' and basic's), and "untied", the abs-computation model's. Each compiles (or loads
+# from the disk cache) only when a run needs it.
 TINY_PATHS = {f"tiny-{n}x{m}": (n, m) for n, m in cpu_tiny.SHAPES}
 PATHS = ("lanes", "rows", *TINY_PATHS, "untied")
 # A small problem on each path: (n, m), of no tiny copy's shape for "lanes" (compile asserts that the

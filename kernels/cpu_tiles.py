@@ -20,10 +20,11 @@ LANES = 16
 WIDE_LANES = 32  # the wide tiles' (wide_tile_8, wide_acc_tile_8): kernels.cpu_products
 # LLVM's -vectorize-memory-check-threshold while our kernels compile, and LLVM's default (slp_vectorize).
 MEMORY_CHECKS, LLVM_MEMORY_CHECKS = 1024, 128
+MERGE_CHECKS, LLVM_MERGE_CHECKS = 100_000, 100
 
 
 @contextlib.contextmanager
-def slp_vectorize():
+def slp_vectorize(merge_checks: bool = False):
     """Compile with LLVM's SLP vectoriser on (numba turned it off by default in 0.57 after
     miscompilations in other code), so each tile row of 16 scalars becomes vector registers:
     the products run ~3x faster. It changes no arithmetic (no reassociation is allowed), and the
@@ -39,7 +40,12 @@ def slp_vectorize():
     loop (LLVM's default, restored after, is 128): the n=5, m=2 tiny block (kernels/cpu_tiny.py) writes
     15 accumulator rows and stayed scalar under the default ("too many memory checks needed"). The
     checks only pick between a loop's vector and scalar forms. No loop of the generic copies hits
-    the limit (LLVM's vectoriser remarks while compiling them)."""
+    the limit (LLVM's vectoriser remarks while compiling them). With ``merge_checks`` (the flat tiny
+    copies' calls), it may also spend up to MERGE_CHECKS comparisons (LLVM's default 100) merging the
+    accesses of one array into one range to check: a flat tiny block reads and writes 60 to 120 rows
+    of one array at constant offsets, each row a pointer until merged; with the default merge they
+    needed over 1,024 checks and stayed scalar. Only for them: compiled with it, the n=3, m=2 and
+    n=5, m=2 tiny copies ran 0.96x (python -m bench.ab_cpu, both orders, CPU Intel Xeon)."""
     import llvmlite.binding as llvm
     import numba
 
@@ -47,10 +53,13 @@ def slp_vectorize():
     os.environ["NUMBA_SLP_VECTORIZE"] = "1"
     numba.config.SLP_VECTORIZE = 1
     llvm.set_option("", f"-vectorize-memory-check-threshold={MEMORY_CHECKS}")
+    if merge_checks:
+        llvm.set_option("", f"-memory-check-merge-threshold={MERGE_CHECKS}")
     try:
         yield
     finally:
         llvm.set_option("", f"-vectorize-memory-check-threshold={LLVM_MEMORY_CHECKS}")
+        llvm.set_option("", f"-memory-check-merge-threshold={LLVM_MERGE_CHECKS}")
         if old_env is None:
             os.environ.pop("NUMBA_SLP_VECTORIZE", None)
         else:

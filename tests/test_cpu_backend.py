@@ -428,7 +428,8 @@ def test_a_run_compiles_and_loads_only_its_own_path_before_training():
 
 
 def test_compile_refuses_an_unknown_path():
-    with pytest.raises(ValueError, match="path: one of lanes, rows, tiny-2x1, tiny-3x2, tiny-5x2, untied"):
+    with pytest.raises(ValueError, match="path: one of lanes, rows, tiny-2x1, tiny-3x2, tiny-5x2, tiny-10x5, "
+                                         "tiny-20x5, untied"):
         cpu_backend.compile("dense")
 
 

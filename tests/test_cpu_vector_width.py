@@ -24,7 +24,8 @@ from kernels import cpu_products, cpu_train  # noqa: E402
 # (variant, n, m, lanes or None, batch, density, sets, finite examples): row-by-row models (wide tiles:
 # 32-lane chunks and their tails, 8-row groups and their tails, dense and sparse blocks, the hidden
 # ReLU, feature sets, finite data, a partial last block) and per-lane ones (the sampler's n = 1, 2, 3+
-# paths; n=2, m=1 and n=3, m=2 in their tiny copies, n=2, m=2 in the generic one), one untied model.
+# paths; n=2, m=1 and n=3, m=2 in their tiny copies, n=10, m=5 and n=20, m=5 in their flat tiny
+# copies, n=2, m=2 in the generic one), one untied model.
 CASES = [
     ("relu-output", 400, 30, None, 300, 1.0, (), 0),
     ("relu-output", 400, 30, None, 300, 0.01, (), 0),
@@ -39,6 +40,7 @@ CASES = [
     ("relu-output", 2, 2, None, 333, 0.3, (), 0),
     ("relu-hidden", 3, 2, None, 200, 0.2, (), 0),
     ("relu-output", 20, 5, None, 200, 0.1, (), 0),
+    ("relu-hidden", 10, 5, None, 300, 0.3, (), 0),
     ("abs-computation", 100, 40, None, 200, 0.1, (), 0),
 ]
 
