@@ -59,9 +59,10 @@ def slp_vectorize(merge_checks: bool = False):
     the limit (LLVM's vectoriser remarks while compiling them). With ``merge_checks`` (the flat tiny
     copies' calls), it may also spend up to MERGE_CHECKS comparisons (LLVM's default 100) merging the
     accesses of one array into one range to check: a flat tiny block reads and writes 60 to 120 rows
-    of one array at constant offsets, each row a pointer until merged; with the default merge they
-    needed over 1,024 checks and stayed scalar. Only for them: compiled with it, the n=3, m=2 and
-    n=5, m=2 tiny copies ran 0.96x (python -m bench.ab_cpu, both orders, CPU Intel Xeon)."""
+    of one array at constant offsets, each row a pointer until merged; with the default merge the
+    n=20, m=5 block needed over 1,024 checks and stayed scalar (n=10, m=5 merged within it). Only
+    for them: compiled with it, the n=3, m=2 and n=5, m=2 tiny copies ran 0.96x (python -m
+    bench.ab_cpu, both orders, CPU Intel Xeon)."""
     import llvmlite.binding as llvm
     import numba
 

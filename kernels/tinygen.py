@@ -24,14 +24,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# (n, m) of the models that get a tiny block: the 2->1 and 3->2 phase diagrams', and the intro's and
+# (n, m) of the models that get a tiny block: the 2->1 and 3->2 phase diagrams', the intro's and
 # non-uniform's n=5, m=2 (which vectorises only with more run-time overlap checks allowed: kernels.
-# cpu_tiles.slp_vectorize). The gradients' equality with the generic copy is a fact of each copy's
-# machine code, not of the source alone: LLVM's 'contract' may fuse a product used twice into either add
-# and chooses by the code around it (tests/test_cpu_tiny.py checks each shape, step by step, bit for
-# bit). The optimizer step no longer depends on it: kernels/cpu_train._adam writes every fusion out
-# (before that, the 5x2 copy's Adam update of b landed 1 ulp off the generic copy's in some cases).
-# Tried and dropped (CPU Intel Xeon): n=10, m=5 ran 0.28x, n=20, m=5 0.19x the generic copy.
+# cpu_tiles.slp_vectorize), the privileged basis' n=10, m=5 and basic's and adversarial's n=20, m=5
+# (flat blocks, block_source: in the plain form they stayed scalar, 0.28x and 0.19x the generic copy).
+# The gradients' equality with the generic copy is a fact of each copy's machine code, not of the source
+# alone: LLVM's 'contract' may fuse a product used twice into either add and chooses by the code around
+# it (tests/test_cpu_tiny.py checks each shape, step by step, bit for bit). The optimizer step no longer
+# depends on it: kernels/cpu_train._adam writes every fusion out (before that, the 5x2 copy's Adam
+# update of b landed 1 ulp off the generic copy's in some cases).
 SHAPES = ((2, 1), (3, 2), (5, 2), (10, 5), (20, 5))
 # Shapes whose blocks take the flat form (block_source), and their one lane count.
 FLAT_SHAPES = ((10, 5), (20, 5))
@@ -72,12 +73,13 @@ def block_source(n: int, m: int) -> str:
     Why: LLVM's loop vectoriser must prove that the block's accumulator rows do not overlap. With
     numba's run-time row strides every row is a pointer of its own, and the n=10, m=5 block's 61
     written rows needed more run-time overlap checks than it allows: it stayed scalar and ran 0.27x
-    the generic copy. At constant offsets the rows of one array merge into one range to check
-    (MERGE_CHECKS in kernels/cpu_tiles.slp_vectorize). Its ReLUs are selects against a bound (0, or
-    -inf where the variant has no ReLU) instead of branches on the variant: with the branches, the
-    n=20, m=5 block vectorised only after LLVM split the loop per variant (1.13x the generic copy
-    against 1.29x). The bound gives the same numbers for every finite value; only NaN and -inf
-    pre-activations (a diverged instance) may differ from the generic copy there."""
+    the generic copy. At constant offsets the rows of one array merge into one range to check: the
+    n=10, m=5 block's within LLVM's default merging effort, the n=20, m=5 block's (125 rows) only
+    with more (MERGE_CHECKS in kernels/cpu_tiles.slp_vectorize; without it, 6x slower). Its ReLUs
+    are selects against a bound (0, or -inf where the variant has no ReLU) instead of branches on the
+    variant: with the branches, the n=20, m=5 copy ran 1.13x the generic copy, against 1.29x. The bound
+    gives the same numbers for every finite value; only NaN and -inf pre-activations (a diverged
+    instance) may differ from the generic copy there."""
     flat = (n, m) in FLAT_SHAPES
     J, F = range(m), range(n)
     w = {(j, f): f"w{j}_{f}" for j in J for f in F}

@@ -63,7 +63,7 @@ def test_a_tiny_copy_computes_the_generic_copys_gradients_bit_for_bit_and_trains
     copy's Adam update of b differently from the generic copy's in cases 1 and 3 (1 ulp)."""
     n, m = shape
     variant, optimizer, batch, lanes, sets, finite = CASES[case]
-    if shape in cpu_tiny.FLAT_SHAPES:  # a flat block takes FLAT_LANES lanes only (the batches still end mid-block)
+    if shape in cpu_tiny.FLAT_SHAPES:  # FLAT_LANES lanes only (batches 200, 130, 100 and 50 end mid-block)
         lanes = cpu_tiny.FLAT_LANES
     kw = dict(variant=variant, optimizer=optimizer, batch=batch, lanes=lanes, sets=sets, finite=finite, K=7, seed=case)
     tiny = _train(cpu_train.TINY_SEGMENTS[shape], n, m, steps=1, **kw)
