@@ -131,3 +131,30 @@ def test_a_tiny_copy_refuses_another_shape():
     with pytest.raises(ValueError, match="only the shape it was compiled for"):
         _train(cpu_train.TINY_SEGMENTS[(2, 1)], 3, 2, variant="relu-output", optimizer="adam", batch=16, lanes=16,
                sets=(), finite=False, steps=1, K=2, seed=0)
+
+
+def test_the_flat_blocks_are_vector_code():
+    """A flat block is worth its copy only as vector code: LLVM keeps the n=20, m=5 one scalar, 6x slower
+    and with the same numbers, unless it may merge the rows' overlap checks (slp_vectorize's
+    merge_checks). The scalar form has none of the block's 500 multiply-adds per lane in packed
+    registers. A fresh, uncached copy of the segment (numba shows no machine code of a cached one)."""
+    import re
+    from unittest import mock
+
+    from numba import njit
+    from kernels.cpu_tiles import FASTMATH
+
+    n, m = 20, 5
+    assert (n, m) in cpu_tiny.FLAT_SHAPES
+    inst = njit(fastmath=FASTMATH)(cpu_train._specialise(
+        cpu_train._train_instance_template, "_test_instance_flat", ROWWISE=False, TINY=True, TINY_N=n, TINY_M=m,
+        _tiny_block=cpu_tiny.tiny_block_20x5, _tiny_sums=cpu_tiny.tiny_sums_20x5))
+    segment = njit(parallel=True)(cpu_train._specialise(
+        cpu_train._train_segment_template, "_test_segment_flat", _train_instance=inst, TINY=True, TINY_N=n, TINY_M=m,
+        TINY_LANES=cpu_tiny.FLAT_LANES))
+    with mock.patch.dict(cpu_train.TINY_SEGMENTS, {(n, m): segment}):  # train_steps compiles it as it would its own
+        _train(segment, n, m, variant="relu-output", optimizer="adamw", batch=64, lanes=cpu_tiny.FLAT_LANES, sets=(),
+               finite=False, steps=1, K=1, seed=0)
+    asm = "\n".join(segment.inspect_asm().values())
+    packed = len(re.findall(r"\bvfn?m(?:add|sub)\d+ps\b", asm))
+    assert packed >= 500, f"{packed} packed FMAs: the flat block was not vectorised"
