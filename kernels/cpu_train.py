@@ -742,11 +742,11 @@ def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first
     segment = segment_for(n, m, lanes)
     with slp_vectorize(merge_checks=segment is TINY_SEGMENTS.get((n, m)) and (n, m) in cpu_tiny.FLAT_SHAPES):
         segment(W, b, mW, vW, mb, vb, arr(p), arr(imp), arr(sched), loss, hist_arr, int(batch),
-                      int(first_instance), int(step0), int(n_steps), int(window_start),
-                      int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay),
-                      f32(1.0 - float(beta1)), f32(beta2), f32(1.0 - float(beta2)),  # 1 - beta: float64, rounded once (kernels/adam.py)
-                      f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden), set_array(sets), bool(finite),
-                      int(numba.get_num_threads()))
+                int(first_instance), int(step0), int(n_steps), int(window_start),
+                int(hist_every) if hist is not None else 0, k0, k1, f32(weight_decay),
+                f32(1.0 - float(beta1)), f32(beta2), f32(1.0 - float(beta2)),  # 1 - beta: float64, rounded once
+                f32(eps), bool(relu), bool(decoupled), lanes, bool(relu_hidden), set_array(sets), bool(finite),
+                int(numba.get_num_threads()))
 
 
 def set_array(sets) -> np.ndarray:

@@ -84,15 +84,23 @@ def block_source(n: int, m: int) -> str:
     J, F = range(m), range(n)
     w = {(j, f): f"w{j}_{f}" for j in J for f in F}
     ind = " " * 8
+    # The two forms differ only in how a row is read and how a ReLU is written.
     if flat:
         lanes = FLAT_LANES
         xs = {f: f"xf[{f * lanes} + l]" for f in F}
         aw = {(j, f): f"aw[{(j * n + f) * lanes} + l]" for j in J for f in F}
         ab = {f: f"ab[{f * lanes} + l]" for f in F}
+        out_relu, out_on = "max(z{f}, zlo)", "z{f} > zlo"  # the output ReLU and where it passes dz
+        hid_relu, hid_on = "max(h{j}, hlo)", "h{j} > hlo"  # the hidden ReLU and where it passes dh
     else:
         xs = {f: f"x[{f}, l]" for f in F}
         aw = {(j, f): f"acc_w[{j}, {f}, l]" for j in J for f in F}
         ab = {f: f"acc_b[{f}, l]" for f in F}
+        out_relu, out_on = "(max(z{f}, f0) if relu else z{f})", "(z{f} > 0.0 or not relu)"
+        hid_relu, hid_on = "max(h{j}, f0)", "h{j} > 0.0"
+
+    def hidden(lines):  # the hidden ReLU's lines: always in the flat form, else under 'if relu_hidden'
+        return [ind + ln for ln in lines] if flat else [f"{ind}if relu_hidden:"] + [f"{ind}    {ln}" for ln in lines]
     out = ["", "", '@njit(inline="always", cache=True, fastmath=FASTMATH)',
            f"def tiny_block_{n}x{m}(W, b, k, x, valid, acc_w, acc_b, acc_l, cz, imp, relu, relu_hidden):",
            f'    """One block of instance k of an n={n}, m={m} model: W (K, m, n), b, imp (K, n), x (>= n, R) the block\'s',
@@ -114,11 +122,7 @@ def block_source(n: int, m: int) -> str:
     # h_j = 0 + the sum over f in order of W[j, f] x_f (rows_times(W^T, x, ...) from zeros)
     for j in J:
         out += _sum_from_zero(f"h{j}", [f"{w[j, f]} * x{f}" for f in F], ind)
-    if flat:
-        out += [f"{ind}h{j} = max(h{j}, hlo)" for j in J]
-    else:
-        out.append(f"{ind}if relu_hidden:")
-        out += [f"{ind}    h{j} = max(h{j}, f0)" for j in J]
+    out += hidden([f"h{j} = " + hid_relu.format(j=j) for j in J])
     # z_f = b_f + the sum over j in order of W[j, f] h_j (rows_times(W, h, ..., b))
     for f in F:
         out.append(f"{ind}z{f} = b{f}")
@@ -126,23 +130,14 @@ def block_source(n: int, m: int) -> str:
     # the loss and dz, feature by feature (the loss loop's order for acc_l)
     out += [f"{ind}v = valid[l]"]
     for f in F:
-        if flat:
-            out += [f"{ind}d{f} = (max(z{f}, zlo) - x{f}) * v",
-                    f"{ind}acc_l[l] += i{f} * d{f} * d{f}",
-                    f"{ind}g{f} = c{f} * d{f} if z{f} > zlo else f0"]
-        else:
-            out += [f"{ind}d{f} = ((max(z{f}, f0) if relu else z{f}) - x{f}) * v",
-                    f"{ind}acc_l[l] += i{f} * d{f} * d{f}",
-                    f"{ind}g{f} = c{f} * d{f} if (z{f} > 0.0 or not relu) else f0"]
+        out += [f"{ind}d{f} = ({out_relu.format(f=f)} - x{f}) * v",
+                f"{ind}acc_l[l] += i{f} * d{f} * d{f}",
+                f"{ind}g{f} = c{f} * d{f} if {out_on.format(f=f)} else f0"]
     out += [f"{ind}{ab[f]} += g{f}" for f in F]
     # dh_j = 0 + the sum over f in order of W[j, f] dz_f (rows_times(W^T, dz, ...) from zeros)
     for j in J:
         out += _sum_from_zero(f"e{j}", [f"{w[j, f]} * g{f}" for f in F], ind)
-    if flat:
-        out += [f"{ind}e{j} = e{j} if h{j} > hlo else f0" for j in J]
-    else:
-        out.append(f"{ind}if relu_hidden:")
-        out += [f"{ind}    e{j} = e{j} if h{j} > 0.0 else f0" for j in J]
+    out += hidden([f"e{j} = e{j} if {hid_on.format(j=j)} else f0" for j in J])
     # the weight gradient: its dz term, then its x term (the gradient loop's order)
     for j in J:
         for f in F:
