@@ -133,22 +133,6 @@ def philox_features16(typingctx, x, p, inv, f0, f1, f2, f3, l0, l1, l2, l3, base
     return sig, codegen
 
 
-@njit(inline="always", cache=True)
-def uniform_at(row, f, n, c1, c2, c3, k0, k1):
-    """The float32 uniform of feature f of batch row ``row`` (engine/rng.py's counter layout; c1 =
-    step, c2 = instance, c3 = stream, as uint64 words). Used where a rule needs a raw uniform again (sets)."""
-    if n >= 3:
-        c0 = np.uint64(row * ((n + 3) // 4) + f // 4)
-        w = f % 4
-    else:
-        pos = row * n + f
-        c0 = np.uint64(pos // 4)
-        w = pos % 4
-    o0, o1, o2, o3 = philox(c0, c1, c2, c3, k0, k1)
-    word = o0 if w == 0 else (o1 if w == 1 else (o2 if w == 2 else o3))
-    return np.float32(word >> SHIFT8) * U24
-
-
 @njit(cache=True)
 def sample(p, rows, step, instance, k0, k1):
     """x (rows, n) float32: the batch of one instance at one step (tests compare it with engine/rng.py).

@@ -42,7 +42,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .cpu_rng import M32, feature, philox, philox_features16, uniform_at
+from .cpu_rng import M32, feature, philox, philox_features16
 from .cpu_simd import fma
 from .cpu_sparse import LANE_WORD, look_sparse, scatter_accumulate, scatter_product, sparse_lanes_ok
 from . import cpu_tiny
@@ -162,33 +162,61 @@ def _draw_block(x, act, p, inv, r0, batch, n, c1, c2, c3, k0, k1, find_active=Tr
 
 
 @njit(inline="always", cache=True)
-def _apply_sets(x, act, sets, p, inv, r0, batch, n, c1, c2, c3, k0, k1):
-    """After _draw_block: rewrite the features of correlated / anticorrelated sets (sets (S, 3):
-    kind, first, size) by engine.reference.features_from_uniform's rule, from the same uniforms
-    (recomputed with uniform_at), and refresh act for them."""
+def _apply_sets(x, act, sets, p, inv):
+    """After _draw_block drew the block with draw_rule's probabilities (every set member's raw uniform u in x):
+    rewrite the features of correlated / anticorrelated sets (sets (S, 3): kind, first, size) by
+    engine.reference.features_from_uniform's rule, from those same uniforms, and refresh act for them. p, inv
+    (n_pad,): the real feature probabilities and reciprocals (padded_rule). Lanes past the batch hold u = 0,
+    which the rule maps to 0 again."""
     R = x.shape[1]
     for s in range(sets.shape[0]):
         kind, a, size = sets[s, 0], sets[s, 1], sets[s, 2]
-        for l in range(R):
-            row = lane_row(l, r0, R, n)
-            if row >= batch:
-                continue
-            u0 = uniform_at(row, a, n, c1, c2, c3, k0, k1)
-            on = u0 < p[a]
-            if kind == 1:
-                for f in range(a + 1, a + size):
-                    x[f, l] = uniform_at(row, f, n, c1, c2, c3, k0, k1) if on else np.float32(0.0)
-            else:
-                for f in range(a, a + size):
-                    x[f, l] = 0.0
-                if on:
-                    j = min(int(np.floor(u0 * inv[a] * np.float32(size))), size - 1)
-                    x[a + j, l] = uniform_at(row, a + 1, n, c1, c2, c3, k0, k1)
+        pa, ia = p[a], inv[a]
+        if kind == 1:  # members first: they read the leader's raw u_a, rewritten last
+            for f in range(a + 1, a + size):
+                for l in range(R):
+                    x[f, l] = x[f, l] if x[a, l] < pa else np.float32(0.0)
+            for l in range(R):
+                x[a, l] = x[a, l] * ia if x[a, l] < pa else np.float32(0.0)
+        else:  # members past a + 1 first: every member reads the raw u_a and u_{a+1}
+            for f in range(a + 2, a + size):
+                for l in range(R):
+                    x[f, l] = x[a + 1, l] if _anti_member(x[a, l], pa, ia, size) == f - a else np.float32(0.0)
+            for l in range(R):
+                j, v = _anti_member(x[a, l], pa, ia, size), x[a + 1, l]
+                x[a, l] = v if j == 0 else np.float32(0.0)
+                x[a + 1, l] = v if j == 1 else np.float32(0.0)
         for f in range(a, a + size):
             any_on = False
             for l in range(R):
                 any_on |= x[f, l] != 0.0
             act[f] = any_on
+
+
+@njit(inline="always", cache=True)
+def _anti_member(u0, pa, ia, size):
+    """The active member (0 .. size-1) of an anticorrelated set whose first member drew u0, or -1 when the
+    set is off (u0 >= pa): min(floor(u0 * (1 / pa) * size), size - 1), as features_from_uniform."""
+    if u0 < pa:
+        return min(int(np.floor(u0 * ia * np.float32(size))), size - 1)
+    return -1
+
+
+@njit(cache=True)
+def draw_rule(p, inv, sets):
+    """(p, inv) for _draw_block when there are sets: copies of padded_rule's p, inv (n_pad,) with every set
+    member at 1, so x holds its raw uniform u (feature(word, 1, 1) = u exactly: u < 1 always) for
+    _apply_sets; the arrays themselves when there are none. One Philox draw per counter, as without sets
+    (re-drawing each member's uniform with a scalar Philox per lane made the 6x2 model of correlated's
+    corr3x2 ~6x slower than without sets)."""
+    if sets.shape[0] == 0:
+        return p, inv
+    pd, invd = p.copy(), inv.copy()
+    for s in range(sets.shape[0]):
+        for f in range(sets[s, 1], sets[s, 1] + sets[s, 2]):
+            pd[f] = np.float32(1.0)
+            invd[f] = np.float32(1.0)
+    return pd, invd
 
 
 @njit(cache=True)
@@ -242,6 +270,7 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
         m, n = TINY_M, TINY_N
     f32 = np.float32
     pk, inv = padded_rule(p[k])
+    pd, invd = draw_rule(pk, inv, sets)
     grad_scale = f32(2.0) / f32(batch * n)
     cz = np.empty(n, np.float32)      # d loss / d x'_f per unit error: 2 I_f / (B n)
     for f in range(n):
@@ -301,9 +330,9 @@ def _train_instance_template(W, b, mW, vW, mb, vb, p, imp, sched, loss_acc, hist
         acc_l[:] = 0.0
         valid[:] = 1.0
         for r0 in range(0, batch, R):
-            _draw_block(x, act, pk, inv, r0, batch, n, c1, c2, c3, k0, k1, not tiny)
+            _draw_block(x, act, pd, invd, r0, batch, n, c1, c2, c3, k0, k1, not tiny)
             if sets.shape[0]:
-                _apply_sets(x, act, sets, pk, inv, r0, batch, n, c1, c2, c3, k0, k1)
+                _apply_sets(x, act, sets, pk, inv)
             if r0 == last_r0 and batch % R != 0:
                 _lane_mask(valid, r0, n, batch)
             if tiny:  # the whole block in one pass over the lanes (numba prunes the rest from a tiny copy)

@@ -20,8 +20,8 @@ from .cpu_rng import M32, seed_words
 from .cpu_tiles import LANES as TILE_LANES, slp_vectorize
 from .cpu_sparse import LANE_WORD, look_sparse, scatter_product, sparse_lanes_ok
 from .cpu_train import (FASTMATH, STREAM_DATASET, _apply_sets, _draw_block, _lane_mask, _record_loss, accumulate_halves,
-                        adam_update, adam_update_vector, f32_array, instance_groups, padded_rule, rows_times, set_array,
-                        sum_lanes, transpose_into, uses_rowwise, zeros_aligned)
+                        adam_update, adam_update_vector, draw_rule, f32_array, instance_groups, padded_rule, rows_times,
+                        set_array, sum_lanes, transpose_into, uses_rowwise, zeros_aligned)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
@@ -43,6 +43,7 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
     m, n = W1.shape[1], W1.shape[2]
     f32 = np.float32
     pk, inv = padded_rule(p[k])
+    pd, invd = draw_rule(pk, inv, sets)
     grad_scale = f32(2.0) / f32(batch * n)
     cz = np.empty(n, np.float32)
     for f in range(n):
@@ -108,9 +109,9 @@ def _train_instance(W1, b1, W2, b2, mW1, vW1, mb1, vb1, mW2, vW2, mb2, vb2, p, i
         acc_l[:] = 0.0
         valid[:] = 1.0
         for r0 in range(0, batch, R):
-            _draw_block(x, act, pk, inv, r0, batch, n, c1, c2, c3, k0, k1)
+            _draw_block(x, act, pd, invd, r0, batch, n, c1, c2, c3, k0, k1)
             if sets.shape[0]:
-                _apply_sets(x, act, sets, pk, inv, r0, batch, n, c1, c2, c3, k0, k1)
+                _apply_sets(x, act, sets, pk, inv)
             for f in range(n):  # signed inputs: an active value v in [0, 1) becomes 2 v - 1
                 if act[f]:
                     for l in range(R):

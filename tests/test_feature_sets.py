@@ -62,12 +62,13 @@ def _kernel_draws(p, sets, batch, step, inst, k0, k1, lanes):
     """The CPU training loop's draws with its set rule, back in (batch, n) row order."""
     n = p.shape[0]
     pk, inv = cpu_train.padded_rule(p)
+    pd, invd = cpu_train.draw_rule(pk, inv, sets)
     x = np.zeros((pk.shape[0], lanes), np.float32)
     act = np.zeros(n, np.bool_)
     out = np.full((batch, n), -1.0, np.float32)
     for r0 in range(0, batch, lanes):
-        cpu_train._draw_block(x, act, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), np.uint64(0), k0, k1)
-        cpu_train._apply_sets(x, act, sets, pk, inv, r0, batch, n, np.uint64(step), np.uint64(inst), np.uint64(0), k0, k1)
+        cpu_train._draw_block(x, act, pd, invd, r0, batch, n, np.uint64(step), np.uint64(inst), np.uint64(0), k0, k1)
+        cpu_train._apply_sets(x, act, sets, pk, inv)
         for l in range(lanes):
             row = cpu_train.lane_row(l, r0, lanes, n)
             if row < batch:
@@ -111,6 +112,30 @@ def test_one_cpu_step_with_sets_matches_float64_on_the_exact_batch(variant):
     assert torch.allclose(state["mW"].double() / (1 - train.beta1), dW, rtol=1e-4, atol=1e-7)
     assert torch.allclose(state["mb"].double() / (1 - train.beta1), db, rtol=1e-4, atol=1e-7)
 
+
+
+def test_one_untied_cpu_step_with_sets_matches_float64_on_the_exact_batch():
+    """The untied kernel (kernels/cpu_train_untied.py) draws sets through the same draw_rule and _apply_sets,
+    then signs the values: its first step's gradients against float64 on the batch the rule draws (128
+    lanes, so the 300 rows are three blocks, the last one partial)."""
+    from engine import cpu_backend, fused
+    n, m, K, B = 9, 4, 3, 300
+    model, train = ModelSpec(n, m, "abs-computation"), TrainSpec(steps=2, batch_size=B, lr=1e-2, seed=5)
+    p = torch.full((K, n), 0.35)
+    p[:, 2:5] = 0.5
+    imp = torch.rand(K, n, generator=torch.Generator().manual_seed(1)) + 0.2
+    state = fused.new_state(model, train, 0, K)
+    state["W2"] /= reference.W2_INIT_SCALE  # full Xavier scale, as test_abs_computation (Adam's eps)
+    before = {k: v.double().clone() for k, v in state.items()}
+    hist = torch.zeros(1, K)
+    cpu_backend.run_steps(model, train, state, p, imp, 0, 0, 1, torch.zeros(K), hist, 1, sets=SETS)
+    u = rng.uniforms(train.seed, torch.arange(K), 0, B, n)
+    x = reference.features_from_uniform(u, p, SETS, signed=True).double()
+    loss, grads = reference.params_loss_and_grads({k: before[k] for k in ("W1", "b1", "W2", "b2")}, x,
+                                                  imp.double(), model)
+    assert torch.allclose(hist[0].double(), loss, rtol=1e-5)
+    for k, dk in grads.items():
+        assert torch.allclose(state["m" + k].double() / (1 - train.beta1), dk, rtol=1e-4, atol=1e-7), k
 
 def test_triton_refuses_sets_and_engine_train_trains_them_on_torch_and_cpu():
     from engine import backends, train

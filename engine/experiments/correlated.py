@@ -111,7 +111,7 @@ class Correlated(Experiment):
         "paper": dict(fits=50, steps=10_000, batch_size=1024, lr=1e-3, points=13),
     }
     outputs = ("instances.parquet", "sets.parquet", "weights.safetensors", "figures/correlated.png")
-    quick_cost = "100 models x 10,000 steps; 45 s on 2 CPU cores (cpu backend)"
+    quick_cost = "100 models x 10,000 steps; 11 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     def job_sizes(self, spec):
         from .memory import JobSize
