@@ -12,7 +12,9 @@ phase diagram's model in the phase workload's layout (n=3, m=2: the second tiny 
 layout (n=100, m=40, batch 1024, importance 0.8^i, its 7 densities from 1 to 0.001, density-major).
 ``corr3x2`` and ``corr2x10`` train with feature sets (DataSpec.sets), the correlated quick preset's two
 setups that take most of its time: n=6, m=2, K=70, three correlated pairs, and n=20, m=10, K=10, two
-correlated sets of 10 (importance 1, densities 0.01..1 as every workload here).
+correlated sets of 10 (importance 1, densities 0.01..1 as every workload here). ``finite`` trains on
+a finite dataset (DataSpec.examples), the double-descent quick preset's largest: n=100, m=2, T = batch =
+3,000 examples, K=3, density 0.01.
 
 Which kernel compiles and warms up first shifts the ratio by a few percent (code and data placement;
 the working tree's module is always imported first, by the engine): run it again with
@@ -40,10 +42,13 @@ WORKLOADS = {**CPU_WORKLOADS, "dim128": Workload("dim128", n=400, m=30, batch=12
              "n5m2": Workload("n5m2", n=5, m=2, batch=1024, K=2_000, importance="decay0.7"),
              "computation": Workload("computation", n=100, m=40, batch=1024, K=7, importance="decay0.8"),
              "corr3x2": Workload("corr3x2", n=6, m=2, batch=1024, K=70, importance="uniform"),
-             "corr2x10": Workload("corr2x10", n=20, m=10, batch=1024, K=10, importance="uniform")}
-# Feature sets of a workload (DataSpec.sets), where it has them.
-SETS = {"corr3x2": (("correlated", 0, 2), ("correlated", 2, 2), ("correlated", 4, 2)),
-        "corr2x10": (("correlated", 0, 10), ("correlated", 10, 10))}
+             "corr2x10": Workload("corr2x10", n=20, m=10, batch=1024, K=10, importance="uniform"),
+             "finite": Workload("finite", n=100, m=2, batch=3000, K=3, importance="uniform")}
+# train_steps' data arguments of the workloads that have them: feature sets (DataSpec.sets), a finite dataset.
+DATA = {"corr3x2": {"sets": (("correlated", 0, 2), ("correlated", 2, 2), ("correlated", 4, 2))},
+        "corr2x10": {"sets": (("correlated", 0, 10), ("correlated", 10, 10))},
+        "finite": {"finite": True}}
+DENSITY = {"finite": 0.01}  # one density for every instance, where a workload's is not 0.01..1
 
 
 def extract_kernels(rev: str, into: Path) -> Path:
@@ -74,6 +79,8 @@ class Timed:
             self.imp = np.tile(0.8 ** np.arange(wl.n), (wl.K, 1)).astype(np.float32)
         else:
             self.p, self.imp = wl.arrays()
+            if wl.name in DENSITY:
+                self.p[:] = DENSITY[wl.name]
         self.module, self.wl = module, wl
         self.train = TrainSpec(batch_size=wl.batch, steps=10_000)
         self.sched = fused.schedule_table(self.train).numpy()
@@ -85,8 +92,7 @@ class Timed:
         wl, train = self.wl, self.train
         loss = np.zeros(wl.K, np.float32)
         tied = {} if self.untied else {"relu": True}
-        if wl.name in SETS:
-            tied["sets"] = SETS[wl.name]
+        tied.update(DATA.get(wl.name, {}))
         t0 = time.perf_counter()
         self.module.train_steps(self.state, self.p, self.imp, self.sched, loss, None, batch=wl.batch, first_instance=0,
                                 step0=step0, n_steps=self.steps, window_start=train.steps - train.loss_window,

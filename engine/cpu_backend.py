@@ -54,13 +54,20 @@ PATHS = ("lanes", "rows", *TINY_PATHS, "untied")
 _PROBLEM = {"lanes": (4, 2), "rows": (8, 260), **TINY_PATHS, "untied": (3, 2)}
 
 
-def kernel_path(model: ModelSpec, lanes: int | None = None) -> str:
+def block_lanes(model: ModelSpec, batch: int | None = None) -> int:
+    """Batch rows per block a run of ``model`` trains with at ``batch`` rows per step: the kernel's
+    lanes_for(n, m, batch), fewer than 128 only for a model too big for 128 or a batch smaller than 128."""
+    kernel = cpu_train if model.tied else cpu_train_untied
+    return kernel.lanes_for(model.n_features, model.n_hidden, batch)
+
+
+def kernel_path(model: ModelSpec, lanes: int | None = None, batch: int | None = None) -> str:
     """Which compiled loop trains ``model`` (PATHS): the untied kernel, or the tied kernel's copy for its
-    shape (kernels.cpu_train.segment_for at the block's lanes, by default lanes_for(n, m))."""
+    shape (kernels.cpu_train.segment_for at the block's lanes, by default block_lanes(model, batch))."""
     if not model.tied:
         return "untied"
     n, m = model.n_features, model.n_hidden
-    segment = cpu_train.segment_for(n, m, lanes or cpu_train.lanes_for(n, m))
+    segment = cpu_train.segment_for(n, m, lanes or block_lanes(model, batch))
     if segment is cpu_train.train_segment_rows:
         return "rows"
     return f"tiny-{n}x{m}" if segment is not cpu_train.train_segment_lanes else "lanes"
@@ -128,7 +135,9 @@ def train_chunk(model: ModelSpec, p, importance, train: TrainSpec, first_instanc
                 steps_per_launch: int | None = None, lanes: int | None = None, snapshot_steps=(),
                 on_snapshot=None, sets=(), examples: int = 0):
     """Train K instances with the fused CPU loop; same contract as engine.torch_backend.train_chunk.
-    steps_per_launch, lanes: fixed segment size and rows per block (tests; default automatic)."""
+    steps_per_launch, lanes: fixed segment size and rows per block (tests; default automatic:
+    block_lanes(model, train.batch_size))."""
+    lanes = lanes or block_lanes(model, train.batch_size)
     compile(kernel_path(model, lanes))
 
     def run_segment(state, p, imp, sched, loss_acc, hist, step0, n_steps):

@@ -116,7 +116,7 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     if name == "cpu":
         from . import cpu_backend
         cpu_backend.set_threads(threads or cpu_backend.max_threads())
-        compile_seconds = cpu_backend.compile(cpu_backend.kernel_path(model))
+        compile_seconds = cpu_backend.compile(cpu_backend.kernel_path(model, batch=training.batch_size))
     K = data.n_instances
     outs = []
     t0 = time.perf_counter()

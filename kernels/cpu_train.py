@@ -730,16 +730,42 @@ MAX_LANES = 128
 MIN_LANES = 16
 
 
-def lanes_for(n: int, m: int) -> int:
+def lanes_for(n: int, m: int, batch: int | None = None) -> int:
     """Batch rows per block: 128, except that a model keeping per-lane accumulators (uses_rowwise
     false) halves it, down to 16, until they fit LANE_BUDGET_BYTES. 128 beat 64 and 32 on all three
     CPU workloads (AMD EPYC Zen 4, 2 cores: ms/step phase 13.4 / 14.9 / 20.2, basic 27.9 / 31.7 /
     34.6, uniform n=400 m=30 24.1 / 25.9 / 35.0, before the row-by-row path); row by row, n=1000 m=100
-    ran 26-27 ms/step at 128 lanes against 79-121 at 16 (review of 26eba0b)."""
+    ran 26-27 ms/step at 128 lanes against 79-121 at 16 (review of 26eba0b). With ``batch``, rows per
+    step: fewer for a batch smaller than that (batch_fit)."""
     lanes = MAX_LANES
     while lanes > MIN_LANES and not uses_rowwise(n, m, lanes) and 4 * m * n * lanes > LANE_BUDGET_BYTES:
         lanes //= 2
-    return lanes
+    return lanes if batch is None else batch_fit(n, m, lanes, batch)
+
+
+def batch_fit(n: int, m: int, lanes: int, batch: int) -> int:
+    """The lanes per block for ``batch`` rows per step, at most ``lanes`` (the model's lanes_for): a step
+    pays for every lane of its blocks, rows or not (it draws them; per lane, it zeroes and sums the
+    accumulators), so a smaller batch takes the fewest lanes that hold it in one block, on the same path:
+    - per lane: whole groups of 16 lanes (batch_lanes);
+    - row by row: whole 64-lane words (the sparse products' masks), only where the model stays row by row
+      (fewer lanes can bring its per-lane accumulators under ROWWISE_BYTES, a slower path for it).
+    Per step, lanes_for's lanes against these (us, CPU Intel Xeon, 2 threads, 4 instances, stop 28):
+    per lane, n=100 m=2 (double-descent) T=3 38.4 / 9.0, T=32 40.5 / 12.6, T=65 46.2 / 32.9, T=100 47.3 /
+    45.8; n=20 m=5 B=16 76.2 / 23.5, B=50 74.5 / 43.1; n=30 m=30 B=100 109.8 / 101.7; row by row, n=400
+    m=30 B=32 444 / 238 (64 lanes). Not taken: n=64 m=40 B=64 per lane at 64 lanes, 170 against 62 row by
+    row at 128; n=64 m=40 B=100 row by row at 112 lanes (no sparse products), 77.9 against 70.7."""
+    if batch >= lanes:
+        return lanes
+    if uses_rowwise(n, m, lanes):
+        fewer = LANE_WORD * ((batch + LANE_WORD - 1) // LANE_WORD)
+        return fewer if fewer < lanes and uses_rowwise(n, m, fewer) else lanes
+    return min(lanes, batch_lanes(batch))
+
+
+def batch_lanes(batch: int) -> int:
+    """The fewest whole groups of 16 lanes that hold ``batch`` rows (at least MIN_LANES)."""
+    return max(MIN_LANES, 16 * ((batch + 15) // 16))
 
 
 def train_steps(state: dict, p, imp, sched, loss_acc, hist, *, batch: int, first_instance: int, step0: int,

@@ -20,19 +20,20 @@ from .cpu_rng import M32, seed_words
 from .cpu_tiles import LANES as TILE_LANES, slp_vectorize
 from .cpu_sparse import LANE_WORD, look_sparse, scatter_product, sparse_lanes_ok
 from .cpu_train import (FASTMATH, STREAM_DATASET, _apply_sets, _draw_block, _lane_mask, _record_loss, accumulate_halves,
-                        adam_update, adam_update_vector, draw_rule, f32_array, instance_groups, padded_rule, rows_times,
-                        set_array, sum_lanes, transpose_into, uses_rowwise, zeros_aligned)
+                        adam_update, adam_update_vector, batch_fit, draw_rule, f32_array, instance_groups,
+                        padded_rule, rows_times, set_array, sum_lanes, transpose_into, uses_rowwise, zeros_aligned)
 
 LANE_BUDGET_BYTES = 8 << 20  # the two per-lane weight-gradient accumulators, per thread
 
 
-def lanes_for(n: int, m: int) -> int:
+def lanes_for(n: int, m: int, batch: int | None = None) -> int:
     """Batch rows per block: 128, halved down to 16 while a model keeping per-lane accumulators
-    (uses_rowwise false) needs more than LANE_BUDGET_BYTES for its two (2 m n lanes float32)."""
+    (uses_rowwise false) needs more than LANE_BUDGET_BYTES for its two (2 m n lanes float32); with
+    ``batch``, rows per step, fewer for a smaller batch (cpu_train.batch_fit, as the tied kernel)."""
     lanes = 128
     while lanes > 16 and not uses_rowwise(n, m, lanes) and 2 * 4 * m * n * lanes > LANE_BUDGET_BYTES:
         lanes //= 2
-    return lanes
+    return lanes if batch is None else batch_fit(n, m, lanes, batch)
 
 
 @njit(cache=True, fastmath=FASTMATH)

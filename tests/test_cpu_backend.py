@@ -231,14 +231,17 @@ def test_trajectory_tracks_the_float64_reference_fed_the_same_batches(n, m, opti
     assert rel(hist, torch.stack(ref_hist)) < 1e-4
 
 
-def test_partial_last_block_and_every_lane_width_agree():
-    """Lanes (rows per block) change only the order of float32 sums: 16, 32 and 128 lanes, and a
-    batch that leaves a partial last block, all give the float64 gradient."""
-    model = ModelSpec(5, 2)
-    p, imp = problem(5, 2)
+@pytest.mark.parametrize("n, m, widths", [(5, 2, (16, 32, 128)), (100, 50, (64, 128))])
+def test_partial_last_block_and_every_lane_width_agree(n, m, widths):
+    """Lanes (rows per block) change only the order of float32 sums: 16, 32 and 128 lanes per lane, 64
+    and 128 row by row (what lanes_for gives a batch of at most 64 there), and a batch that leaves a
+    partial last block, all give the float64 gradient."""
+    assert all(cpu_train.uses_rowwise(n, m, lanes) == (n == 100) for lanes in widths)
+    model = ModelSpec(n, m)
+    p, imp = problem(n, m)
     train = TrainSpec(steps=2, batch_size=147)
     x = exact_batch(p, 147, 0, train.seed, 5)
-    for lanes in (16, 32, 128):
+    for lanes in widths:
         before, after, _ = one_step(model, train, p, imp, lanes=lanes)
         _, dW, _, _, _ = reference_step(model, train, before, x, imp)
         assert rel(after["mW"].double() / (1 - train.beta1), dW) < 1e-5
@@ -343,6 +346,35 @@ def test_big_models_keep_128_lanes_and_only_few_feature_models_keep_per_lane_acc
     assert 4 * 2 * 20_000 * cpu_train.lanes_for(2, 20_000) <= cpu_train.LANE_BUDGET_BYTES
 
 
+
+def test_a_batch_smaller_than_a_block_trains_in_fewer_lanes(monkeypatch):
+    """lanes_for(n, m, batch) (cpu_train.batch_fit): per lane, the whole groups of 16 lanes that hold a smaller
+    batch (batch_lanes); row by row, 64 lanes for a batch of at most 64 where the model stays row by row;
+    never more than without the batch. train_chunk trains at those lanes, with the numbers of 128 lanes (one
+    block either way: the lanes past the batch add zeros to the lane sums)."""
+    from kernels import cpu_train_untied
+    assert [cpu_train.batch_lanes(B) for B in (1, 3, 16, 17, 65, 127, 128)] == [16, 16, 16, 32, 80, 128, 128]
+    for kernel in (cpu_train, cpu_train_untied):
+        for n, m in [(100, 2), (20, 5), (2, 20_000)]:  # per lane
+            for B in (1, 3, 65, 127, 128, 1000):
+                assert kernel.lanes_for(n, m, B) == min(kernel.lanes_for(n, m), cpu_train.batch_lanes(B))
+        for n, m in [(1000, 100), (400, 30)]:  # row by row
+            assert [kernel.lanes_for(n, m, B) for B in (1, 64, 65, 1000)] == [64, 64, 128, 128]
+        # per lane at 64 lanes (accumulators under ROWWISE_BYTES), row by row at 128: stays at 128
+        assert kernel.lanes_for(64, 40, 64) == kernel.lanes_for(64, 40, 100) == 128
+    assert cpu_backend.kernel_path(ModelSpec(20, 5), batch=50) == "lanes"  # the flat tiny copy: 128 lanes only
+    assert cpu_backend.kernel_path(ModelSpec(20, 5), batch=1024) == "tiny-20x5"
+    assert cpu_backend.block_lanes(ModelSpec(7, 3, "abs-computation"), 40) == 48
+    model, tr = ModelSpec(7, 3), TrainSpec(steps=6, batch_size=20, lr=1e-2)
+    p, imp = torch.full((3, 7), 0.3), torch.ones(3, 7)
+    at128 = tup(cpu_backend.train_chunk(model, p, imp, tr, 0, lanes=128))
+    used, run_steps = [], cpu_backend.run_steps
+    monkeypatch.setattr(cpu_backend, "run_steps",
+                        lambda *a, lanes, **kw: used.append(lanes) or run_steps(*a, lanes=lanes, **kw))
+    auto = tup(cpu_backend.train_chunk(model, p, imp, tr, 0))
+    assert set(used) == {32} and all(torch.equal(a, b) for a, b in zip(auto[:3], at128[:3]))
+
+
 def test_the_numba_cache_follows_every_cpu_kernel_source(tmp_path):
     """numba's own cache key ignores the files a kernel inlines from: kernels/__init__.py names the
     cache directory by a hash of every cpu_*.py, so editing a shared helper means a fresh cache."""
@@ -415,7 +447,7 @@ def test_a_run_compiles_and_loads_only_its_own_path_before_training():
 
     probe = ("import sys; from engine import DataSpec, ModelSpec, TrainSpec, cpu_backend, train; "
              "from kernels import cpu_train as c; n, m = int(sys.argv[1]), int(sys.argv[2]); "
-             "model = ModelSpec(n, m); path = cpu_backend.kernel_path(model); cpu_backend.compile(path); "
+             "model = ModelSpec(n, m); path = cpu_backend.kernel_path(model, batch=64); cpu_backend.compile(path); "
              "segs = [c.train_segment_lanes, c.train_segment_rows, c.TINY_SEGMENTS[(2, 1)]]; "
              "before = [len(s.signatures) for s in segs]; "
              "train(model, DataSpec([[0.5] * n], [[1.0] * n]), TrainSpec(steps=3, batch_size=64), backend='cpu', "

@@ -89,7 +89,7 @@ def _train_remote(job, start: int, stop: int, backend: str, device: str) -> dict
     if backend == "cpu":
         from .. import cpu_backend
         cpu_backend.set_threads(1)  # one task per core; results do not depend on the thread count
-        cpu_backend.compile(cpu_backend.kernel_path(job.model))  # loads the on-disk cache
+        cpu_backend.compile(cpu_backend.kernel_path(job.model, batch=job.train.batch_size))  # loads the disk cache
     marker = os.environ.get(KILL_ONCE_ENV)
     die = marker and not os.path.exists(marker)
 

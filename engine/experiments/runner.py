@@ -312,7 +312,7 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
     if backend == "cpu" and todo:
         from .. import cpu_backend
         cpu_backend.set_threads(threads or cpu_backend.max_threads())
-        paths = sorted({cpu_backend.kernel_path(j.model) for j, _, _ in todo})
+        paths = sorted({cpu_backend.kernel_path(j.model, batch=j.train.batch_size) for j, _, _ in todo})
         compile_seconds = sum(cpu_backend.compile(path) for path in paths)
         if compile_seconds > 2:
             log(f"cpu backend: compiled the training loop in {compile_seconds:.0f} s (cached on disk from now on)")
