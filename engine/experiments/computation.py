@@ -121,7 +121,7 @@ class Computation(Experiment):
     }
     analysis_fields = ("test_examples",)
     outputs = ("instances.parquet", "features.parquet", "neurons.parquet", "weights.safetensors", "figures/computation.png")
-    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps; 18 s on 2 CPU cores (cpu backend)"
+    quick_cost = "7 models (n=100, m=40, untied) x 5,000 steps; 12 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     def job_sizes(self, spec):
         from .memory import JobSize

@@ -200,7 +200,7 @@ class Dimensionality(Experiment):
     results_format = 1
     outputs = ("instances.parquet", "points.parquet", "features.parquet", "weights.safetensors",
                "figures/dimensionality.png")
-    quick_cost = "40 models (n=400, m=30) x 2,000 steps at batch 128; 14 s on 2 CPU cores (cpu backend)"
+    quick_cost = "40 models (n=400, m=30) x 2,000 steps at batch 128; 8 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     def job_sizes(self, spec):
         from .memory import JobSize

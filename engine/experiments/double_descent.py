@@ -107,7 +107,7 @@ class DoubleDescent(Experiment):
     }
     analysis_fields = ("test_examples",)
     outputs = ("instances.parquet", "sizes.parquet", "weights.safetensors", "figures/double_descent.png")
-    quick_cost = ("30 models (n=100, m=2) x 10,000 steps on 3..3,000 examples; 18 s on 2 CPU cores "
+    quick_cost = ("30 models (n=100, m=2) x 10,000 steps on 3..3,000 examples; 19 s on 2 CPU cores "
                   "(cpu backend, Intel Xeon)")
 
     def job_sizes(self, spec):

@@ -281,7 +281,8 @@ class LearningDynamics(Experiment):
     presets = PRESETS
     results_format = 1
     outputs = ("snapshots.parquet", "history.parquet", "weights.safetensors", "figures/learning_dynamics.png")
-    quick_cost = "3 models (n=400, m=30) x 5,000 steps at batch 256, 46 snapshots; 10 s on 2 CPU cores (cpu backend)"
+    quick_cost = ("3 models (n=400, m=30) x 5,000 steps at batch 256, 46 snapshots; 6 s on 2 CPU cores "
+                  "(cpu backend, Intel Xeon)")
 
     def job_sizes(self, spec):
         from .memory import JobSize

@@ -317,7 +317,7 @@ class NonUniform(Experiment):
     analysis_fields = ("eval_samples",)  # analysis only: changing them never retrains
     outputs = ("points.parquet", "instances.parquet", "weights.safetensors", "figures/geometry.png",
                "figures/loss_curves.png")
-    quick_cost = "410 models x 5,000 steps; 18 s on 2 CPU cores (cpu backend)"
+    quick_cost = "410 models x 5,000 steps; 9 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     def job_sizes(self, spec):
         from .memory import JobSize
