@@ -74,9 +74,9 @@ def kernel_path(model: ModelSpec, lanes: int | None = None, batch: int | None = 
 
 
 def compile(path: str = "lanes") -> float:
-    """Compile (or load from the on-disk cache) the training loop ``path`` (PATHS; kernel_path(model)
-    gives a model's) on a small problem; returns the seconds it took the first time in this process,
-    0.0 afterwards, so that callers report it apart from training."""
+    """Compile (or load from the on-disk cache) the training loop ``path`` (PATHS; kernel_path(model,
+    batch=train.batch_size) gives a run's) on a small problem; returns the seconds it took the first time
+    in this process, 0.0 afterwards, so that callers report it apart from training."""
     if path not in PATHS:
         raise ValueError(f"path: one of {', '.join(PATHS)} (got {path!r})")
     if path in _COMPILED:

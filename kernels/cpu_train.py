@@ -750,10 +750,10 @@ def batch_fit(n: int, m: int, lanes: int, batch: int) -> int:
     - per lane: whole groups of 16 lanes (batch_lanes);
     - row by row: whole 64-lane words (the sparse products' masks), only where the model stays row by row
       (fewer lanes can bring its per-lane accumulators under ROWWISE_BYTES, a slower path for it).
-    Per step, lanes_for's lanes against these (us, CPU Intel Xeon, 2 threads, 4 instances, stop 28):
+    Per step, lanes_for's lanes against these (us per step of 3-20 instances, CPU Intel Xeon, 2 threads, stop 28):
     per lane, n=100 m=2 (double-descent) T=3 38.4 / 9.0, T=32 40.5 / 12.6, T=65 46.2 / 32.9, T=100 47.3 /
     45.8; n=20 m=5 B=16 76.2 / 23.5, B=50 74.5 / 43.1; n=30 m=30 B=100 109.8 / 101.7; row by row, n=400
-    m=30 B=32 444 / 238 (64 lanes). Not taken: n=64 m=40 B=64 per lane at 64 lanes, 170 against 62 row by
+    m=30 B=32 434 / 241 (64 lanes). Not taken: n=64 m=40 B=64 per lane at 64 lanes, 170 against 62 row by
     row at 128; n=64 m=40 B=100 row by row at 112 lanes (no sparse products), 77.9 against 70.7."""
     if batch >= lanes:
         return lanes
@@ -822,7 +822,8 @@ def _specialise(fn, name: str, **globals_):
 def segment_for(n: int, m: int, lanes: int):
     """The compiled train segment for a model of n features and m neurons at ``lanes`` rows per block:
     row by row (uses_rowwise), the tiny copy of its shape (TINY_SEGMENTS; a flat one only at its lane
-    count, cpu_tiny.FLAT_LANES, which lanes_for gives those shapes), or the per-lane one."""
+    count, cpu_tiny.FLAT_LANES, which lanes_for(n, m) gives those shapes; lanes_for(n, m, batch) gives fewer
+    for a batch under 128, which then trains in the per-lane copy), or the per-lane one."""
     if uses_rowwise(n, m, lanes):
         return train_segment_rows
     if (n, m) in cpu_tiny.FLAT_SHAPES and lanes != cpu_tiny.FLAT_LANES:

@@ -440,21 +440,22 @@ def test_each_path_has_its_own_compiled_copy_with_the_other_path_pruned():
 
 
 def test_a_run_compiles_and_loads_only_its_own_path_before_training():
-    """engine.cpu_backend.compile(kernel_path(model)) readies the copy the model trains on, so that its
-    compilation is timed apart from training, and the other copy is never loaded (the point of the split)."""
+    """engine.cpu_backend.compile(kernel_path(model, batch=...)) readies the copy the model trains on, so that
+    its compilation is timed apart from training, and the other copies are never loaded (the point of the
+    split). n=20, m=5 at a batch of 64 trains in the per-lane copy (fewer lanes), not its flat tiny copy."""
     import subprocess
     import sys
 
     probe = ("import sys; from engine import DataSpec, ModelSpec, TrainSpec, cpu_backend, train; "
              "from kernels import cpu_train as c; n, m = int(sys.argv[1]), int(sys.argv[2]); "
              "model = ModelSpec(n, m); path = cpu_backend.kernel_path(model, batch=64); cpu_backend.compile(path); "
-             "segs = [c.train_segment_lanes, c.train_segment_rows, c.TINY_SEGMENTS[(2, 1)]]; "
+             "segs = [c.train_segment_lanes, c.train_segment_rows, c.TINY_SEGMENTS[(2, 1)], c.TINY_SEGMENTS[(20, 5)]]; "
              "before = [len(s.signatures) for s in segs]; "
              "train(model, DataSpec([[0.5] * n], [[1.0] * n]), TrainSpec(steps=3, batch_size=64), backend='cpu', "
              "progress=False); "
              "print(path, *before, *[len(s.signatures) for s in segs])")
-    for (n, m), want in (((4, 2), "lanes 1 0 0 1 0 0"), ((64, 40), "rows 0 1 0 0 1 0"),
-                         ((2, 1), "tiny-2x1 0 0 1 0 0 1")):
+    for (n, m), want in (((4, 2), "lanes 1 0 0 0 1 0 0 0"), ((64, 40), "rows 0 1 0 0 0 1 0 0"),
+                         ((2, 1), "tiny-2x1 0 0 1 0 0 0 1 0"), ((20, 5), "lanes 1 0 0 0 1 0 0 0")):
         out = subprocess.run([sys.executable, "-c", probe, str(n), str(m)], capture_output=True, text=True, check=True)
         assert out.stdout.strip().splitlines()[-1] == want
 
