@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from engine import rng
@@ -41,3 +42,21 @@ def test_uniforms_statistics_and_independence():
 def test_normals_are_standard():
     z = rng.normals(3, torch.arange(50), 40, 50)
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
+
+
+@pytest.mark.parametrize("K, rows, n", [(1, 37, 1), (3, 101, 2), (5, 33, 3), (2, 40, 9), (4, 7, 100)])
+def test_uniforms_drawn_in_pieces_are_the_same_numbers(monkeypatch, K, rows, n):
+    """uniforms draws PIECE Philox calls at a time (cache-sized temporaries): pieces of a few counters, of
+    one, or one piece for everything give the same tensor, in both counter layouts (n <= 2, n >= 3)."""
+    whole = rng.uniforms(9, torch.arange(10, 10 + K), 4, rows, n, stream=rng.STREAM_EVAL)
+    assert whole.shape == (K, rows, n)
+    for piece in (1, 5, 3 * K + 1):
+        monkeypatch.setattr(rng, "PIECE", piece)
+        assert torch.equal(rng.uniforms(9, torch.arange(10, 10 + K), 4, rows, n, stream=rng.STREAM_EVAL), whole)
+    # the first and last counters against philox4x32 itself (n >= 3: a call per row, word f % 4 for feature f)
+    if n >= 3:
+        n4 = -(-n // 4)
+        first = rng.philox4x32(torch.tensor(0), 4, 10, rng.STREAM_EVAL, 9)
+        last = rng.philox4x32(torch.tensor((rows - 1) * n4 + (n - 1) // 4), 4, 10, rng.STREAM_EVAL, 9)
+        assert whole[0, 0, 0] == rng.uint_to_uniform(first[0])
+        assert whole[0, rows - 1, n - 1] == rng.uint_to_uniform(last[(n - 1) % 4])

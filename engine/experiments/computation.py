@@ -90,19 +90,27 @@ def features_per_neuron(P: dict) -> np.ndarray:
     return carries(P).sum(dim=1).numpy()
 
 
-def feature_r2(P: dict, spec: ComputationSpec, density: float) -> np.ndarray:
+def eval_uniforms(spec: ComputationSpec) -> torch.Tensor:
+    """(n, test_examples, n) float32: the Philox evaluation stream's uniforms of feature i's test examples
+    (instance i), which feature_r2 turns into examples at any density."""
+    return rng.uniforms(spec.seed, torch.arange(spec.features), 0, spec.test_examples, spec.features,
+                        stream=rng.STREAM_EVAL)
+
+
+def feature_r2(P: dict, spec: ComputationSpec, density: float, u: torch.Tensor | None = None) -> np.ndarray:
     """Per feature i (n,): R^2 of the model's output y_i as a prediction of |x_i|, 1 - E[(y_i - |x_i|)^2]
     / Var(|x_i|), on fresh examples (Philox evaluation stream, float64) where feature i is active with
     probability 1/2 and every other feature at the model's training ``density``. A constant output
-    (e.g. the bias alone) scores <= 0; computing |x_i| exactly scores 1. P: one model."""
+    (e.g. the bias alone) scores <= 0; computing |x_i| exactly scores 1. P: one model. u: eval_uniforms(spec)
+    when the caller has them (the same for every density and model; drawn here otherwise)."""
     n = spec.features
+    u = eval_uniforms(spec) if u is None else u
     Pd = {k: v.double() for k, v in P.items()}
     out = np.empty(n)
     for i in range(n):
         p = torch.full((1, n), density)
         p[0, i] = 0.5
-        u = rng.uniforms(spec.seed, torch.tensor([i]), 0, spec.test_examples, n, stream=rng.STREAM_EVAL)
-        x = reference.features_from_uniform(u, p, signed=True)[0].double()
+        x = reference.features_from_uniform(u[i:i + 1], p, signed=True)[0].double()
         h = torch.relu(x @ Pd["W1"].T + Pd["b1"])
         y = torch.relu(h @ Pd["W2"][i] + Pd["b2"][i])
         t = x[:, i].abs()
@@ -137,11 +145,12 @@ class Computation(Experiment):
         loss = res.loss.numpy()
         kept = best_of_fits(loss, spec.fits, res.diverged)
         computed, rows, rescaled, carried, diverged = [], [], [], [], []
+        u = eval_uniforms(spec)  # drawn once: the same test examples' uniforms at every density
         for j, d in enumerate(DENSITIES):
             k = int(kept[j])
             P = rescale_neurons({name: t[k] for name, t in res.params.items()})
             rescaled.append(P)
-            r2 = feature_r2(P, spec, d)
+            r2 = feature_r2(P, spec, d, u)
             ok = r2 >= COMPUTED
             bad = bool(res.diverged[k])
             diverged.append(bad)
