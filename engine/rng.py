@@ -87,9 +87,12 @@ def uniforms(seed: int, instances: torch.Tensor, step: int, rows: int, n: int, s
         n4 = math.ceil(n / 4)
         c0 = (torch.arange(rows, dtype=torch.int64).reshape(-1, 1) * n4 + torch.arange(n4)).reshape(1, -1, 1)
     width = max(1, PIECE // max(1, inst.shape[0]))  # counters per piece, for all K instances at once
-    u = torch.cat([torch.cat([uint_to_uniform(w) for w in philox4x32(c0[:, a:a + width], torch.tensor(step & _MASK),
-                                                                      inst & _MASK, torch.tensor(stream), seed)],
-                             dim=-1) for a in range(0, c0.shape[1], width)], dim=1)  # (K, calls, 4): words in order
+    c1, c2, c3 = torch.tensor(step & _MASK), inst & _MASK, torch.tensor(stream)
+    pieces = []
+    for a in range(0, c0.shape[1], width):
+        words = philox4x32(c0[:, a:a + width], c1, c2, c3, seed)
+        pieces.append(torch.cat([uint_to_uniform(w) for w in words], dim=-1))  # (K, piece, 4): words in order
+    u = torch.cat(pieces, dim=1)  # (K, calls, 4)
     K = u.shape[0]
     if n <= 2:
         return u.reshape(K, -1)[:, : rows * n].reshape(K, rows, n)
