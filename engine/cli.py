@@ -68,7 +68,10 @@ def _field_options(exp) -> list[click.Option]:
             continue
         choices = f.metadata.get("choices")
         help_ = f.metadata.get("help", "") + (f" One of: {', '.join(choices)}." if choices else "")
-        help_ += f" Default {f.default if f.name != 'chunk_size' else 'automatic'}." + _preset_note(exp, f.name)
+        if all(f.name in values for values in exp.presets.values()):  # the spec's own default never applies
+            help_ += _preset_note(exp, f.name).replace(" Presets:", " Default, by preset:")
+        else:
+            help_ += f" Default {f.default if f.name != 'chunk_size' else 'automatic'}." + _preset_note(exp, f.name)
         opts.append(click.Option([option_name(f.name)], type=_Number(typ) if typ in (int, float) else str, default=None,
                                  help=help_))
     return opts

@@ -213,11 +213,14 @@ def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     partial = tmp_path / "cut/chunks/models_000000004-000000008.partial.safetensors"
     assert partial.exists() and (tmp_path / "cut/chunks/models_000000000-000000004.safetensors").exists()
     monkeypatch.setattr(reference, "params_train_step", real)
-    summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None)
+    logs = []
+    summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=logs.append)
     assert not partial.exists()
     # Only what was not finished is trained again: 8 instances in 2 chunks; the second died in step 150
     # and resumes from its last checkpoint, after step 147 (progress reports come every 3 steps).
     assert summary["instance_steps_trained"] == 4 * (300 - 147)
+    assert summary["chunks_resumed"] == 1 and summary["chunks_from_checkpoint"] == 1
+    assert "resuming: chunk models [4, 8) from its checkpoint at step 147 of 300" in logs, logs
     a = load_file(str(tmp_path / "whole/weights.safetensors"))
     b = load_file(str(tmp_path / "cut/weights.safetensors"))
     assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])

@@ -126,6 +126,37 @@ def test_readme_txt_command_reproduces_the_run_from_anywhere(tmp_path, capsys, m
     assert torch.equal(a["W"], b["W"])
 
 
+@pytest.mark.parametrize("again", [["--backend", "cpu"], ["--backend", "torch", "--chunk-size", "4"]])
+def test_readme_txt_names_the_plan_that_trained_not_a_later_call(again, tmp_path, capsys, monkeypatch):
+    """A second call on a finished run only re-analyses it, whatever backend or chunk size it names;
+    README.txt's command used to take them from that call, and reproduced something else (torch
+    batches depend on both)."""
+    import shlex
+    out = tmp_path / "r"
+    monkeypatch.setattr(runner, "default_chunk_size", lambda *a: 3)  # auto plan: chunks of 3 on torch
+    assert run_cli([*TINY, "--backend", "torch", "--out", str(out)], capsys)[0] == 0
+    first = (out / "README.txt").read_text().splitlines()[3].strip()
+    assert "--backend torch" in first and "--chunk-size 3" in first  # the auto size, pinned for a new machine
+    assert run_cli([*TINY, *again, "--out", str(out)], capsys)[0] == 0
+    command = (out / "README.txt").read_text().splitlines()[3].strip()
+    assert command == first
+    assert json.loads((out / "summary.json").read_text())["rerun"] == command
+    monkeypatch.setattr(runner, "default_chunk_size", lambda *a: 5)  # another machine's budget
+    argv = shlex.split(command)
+    argv[-1] = str(tmp_path / "again")
+    assert run_cli(argv[3:], capsys)[0] == 0
+    a, b = (load_file(str(d / "weights.safetensors")) for d in (out, tmp_path / "again"))
+    assert torch.equal(a["W"], b["W"]) and torch.equal(a["b"], b["b"])
+
+
+def test_readme_txt_names_no_chunk_size_where_it_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli([*TINY, "--backend", "cpu", "--out", str(out)], capsys)[0] == 0
+    assert run_cli([*TINY, "--backend", "cpu", "--chunk-size", "4", "--out", str(out)], capsys)[0] == 0
+    command = (out / "README.txt").read_text().splitlines()[3].strip()
+    assert "--backend cpu" in command and "--chunk-size" not in command  # philox data: one chunk of 18 as planned
+
+
 def test_results_are_readable_by_collaborators(tmp_path, capsys):
     out = tmp_path / "r"
     assert run_cli([*TINY, "--backend", "torch", "--out", str(out)], capsys)[0] == 0
@@ -161,6 +192,15 @@ def test_every_spec_field_is_an_option_with_help(name, capsys):
     from engine.experiments.base import spec_fields
     for f, _ in spec_fields(exp.spec_cls):
         assert "--" + f.name.replace("_", "-") in out and f.metadata.get("help"), f.name
+
+
+def test_help_gives_no_default_that_every_preset_overrides(capsys):
+    """basic's presets both train 20,000 steps: "Default 10000" (the spec's) never applied."""
+    out = " ".join(run_cli(["--help"], capsys, command=("run", "basic"))[1].split())
+    assert "Training steps per model. Default, by preset: quick: 20000; paper: 20000." in out
+    assert "Default 10000" not in out
+    out = " ".join(run_cli(["--help"], capsys, command=("run", "phase-diagram"))[1].split())
+    assert "worst. Presets: quick on cpu/triton: best." in out  # set by one preset: the default stays
 
 
 def _bad_values():

@@ -304,7 +304,7 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
         resumed = n_chunks - len(todo)
         n_chunks = sum(len(plan["chunks"][j.name]) for j in jobs)  # out-of-memory splits add chunks
         return ({j.name: store.result(j, plan["chunks"][j.name]) for j in jobs},
-                {"n_chunks": n_chunks, "chunks_trained": trained, "chunks_resumed": resumed,
+                {"n_chunks": n_chunks, "chunks_trained": trained, "chunks_resumed": resumed, "chunks_from_checkpoint": 0,
                  "train_seconds": seconds, "compile_seconds": 0.0, "instance_steps_trained": steps,
                  "instance_steps_per_second": steps / seconds if seconds else None, "ray": True})
     fn = backends.train_chunk_fn(backend)
@@ -317,7 +317,7 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
         if compile_seconds > 2:
             log(f"cpu backend: compiled the training loop in {compile_seconds:.0f} s (cached on disk from now on)")
     total = sum((b - a) * j.train.steps for j, a, b in todo)
-    instance_steps, seconds, trained = total, 0.0, 0
+    instance_steps, seconds, trained, from_checkpoint = total, 0.0, 0, 0
     with backends.torch_threads(threads if backend == "torch" else None, device), \
             tqdm(total=total, unit="inst-step", unit_scale=True, disable=not progress,
                  desc=f"{exp.name} [{backend}]") as bar:
@@ -329,6 +329,10 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
             snaps = _restored_snapshots(run, store, job, a, b, ckpt)
             done_before = next_step(ckpt.load())
             instance_steps -= done_before * (b - a)  # restored, not trained now
+            if done_before:
+                from_checkpoint += 1
+                log(f"resuming: chunk {job.name} [{a}, {b}) from its checkpoint at step {done_before:,} of "
+                    f"{job.train.steps:,}")
             t0, progressed = time.perf_counter(), [0]
 
             def on_step(s, k=b - a, progressed=progressed):
@@ -358,6 +362,7 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
     n_chunks = sum(len(plan["chunks"][j.name]) for j in jobs)
     results = {j.name: store.result(j, plan["chunks"][j.name]) for j in jobs}
     timing = {"n_chunks": n_chunks, "chunks_trained": trained, "chunks_resumed": n_chunks - trained,
+              "chunks_from_checkpoint": from_checkpoint,
               "train_seconds": seconds, "compile_seconds": compile_seconds, "instance_steps_trained": instance_steps,
               "instance_steps_per_second": instance_steps / seconds if seconds else None}
     return results, timing
@@ -440,7 +445,7 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
                    "wall_seconds": time.perf_counter() - t0,
                    **timing, "backend": plan["backend"], "plan": plan, "preset": run_dir.recorded.get("preset"),
                    "environment": environment(plan["device"], threads),
-                   "rerun": rerun_command(exp, spec, run_dir.root)}
+                   "rerun": rerun_command(exp, spec, run_dir.root, plan)}
         if timing["chunks_trained"] == 0:
             _keep_training_record(summary, run_dir.root / "summary.json")
         write_json(run_dir.root / "summary.json", summary)
@@ -488,19 +493,37 @@ def recorded_run(out: Path) -> dict:
         return {}
 
 
-def rerun_command(exp: Experiment, spec, out: Path) -> str:
-    """The shell command that re-runs (or resumes) this exact spec, from any directory."""
-    args = [f"{option_name(k)} {shlex.quote(str(v))}" for k, v in spec.fields_dict().items()
-            if k != "chunk_size" or v]
+def rerun_command(exp: Experiment, spec, out: Path, plan: dict | None = None) -> str:
+    """The shell command that re-runs (or resumes) this exact spec, from any directory. With the run's
+    ``plan``, its backend and chunk size are the plan's (what trained the models), not this call's:
+    a call that only re-analysed a finished run may have named other ones."""
+    fields = spec.fields_dict()
+    if plan:
+        fields["backend"], fields["chunk_size"] = plan["backend"], chunk_size_option(plan, spec.chunk_size)
+    args = [f"{option_name(k)} {shlex.quote(str(v))}" for k, v in fields.items() if k != "chunk_size" or v]
     return f"supbench run {exp.name} " + " ".join(args) + f" --out {shlex.quote(str(Path(out).resolve()))}"
 
 
+def chunk_size_option(plan: dict, asked: int) -> int:
+    """The --chunk-size that gives ``plan`` in a new directory (0: none needed, or none can): the one
+    size every job was cut at, named where the batches depend on it (the torch backend) or where it
+    was asked for (``asked``); 0 for philox data (cpu, triton: the chunking changes nothing) unless
+    asked, and for a plan whose jobs were cut at different sizes."""
+    sizes = set(plan.get("chunk_size", {}).values())
+    if len(sizes) != 1:
+        return 0
+    size = sizes.pop()
+    return size if plan.get("data_stream", "").startswith("torch") or size == asked else 0
+
+
 def readme_text(exp: Experiment, spec, out: Path, summary: dict) -> str:
-    lines = [f"{exp.name}: {exp.title}", "", "Re-run or resume (bit-identical on the recorded plan):",
-             "    " + rerun_command(exp, spec, out), ""]
     plan = summary.get("plan", {})
-    if plan.get("data_stream", "").startswith("torch") and replanned(plan):
-        lines += ["Note: this run's chunk plan changed while it ran (a --chunk-size re-plan or an out-of-memory split),",
+    lines = [f"{exp.name}: {exp.title}", "", "Re-run or resume (bit-identical on the recorded plan):",
+             "    " + rerun_command(exp, spec, out, plan), ""]
+    if plan.get("data_stream", "").startswith("torch") and (replanned(plan) or not chunk_size_option(plan, 0)):
+        why = ("this run's chunk plan changed while it ran (a --chunk-size re-plan or an out-of-memory split),"
+               if replanned(plan) else "this run's jobs were cut into chunks of different sizes (no one --chunk-size),")
+        lines += [f"Note: {why}",
                   "and the torch backend's batches depend on the chunking: the command above reproduces it bit for bit",
                   "from this directory (its spec.json holds the plan), not in a new one.", ""]
     lines += ["Files: spec.json (what was run, and the chunk plan), "
