@@ -272,3 +272,21 @@ def test_the_report_says_how_many_snapshots_were_kept():
     spec = ld.LearningDynamicsSpec(steps=60, snapshots=8)
     line = ld.EXPERIMENT.report(spec, {"snapshot_steps": list(spec.snapshot_steps()), "seeds": [], "backend": "cpu"})[0]
     assert line.endswith("8 log-spaced steps of the 8 asked for")
+
+
+def test_a_coarse_history_is_not_a_plateau():
+    """Recorded every 100 steps, the bins before step ~450 hold no record; they used to take the
+    nearest one, a flat line there, so the check passed on a loss that falls evenly on the log axis."""
+    t = np.arange(0, 10_000, 100)
+    loss = 0.07 - 0.002 * np.log10(t + 1) - 0.004 * (t > 1200)  # no plateau before the drop at the jumps
+    r = ld.loss_plateau(t, loss, [1100, 1200, 1300])
+    assert not r["passed"] and r["plateau"] is None and r["judged_from"] > 300
+    assert np.isnan(ld.smooth_loss(t, loss, [10.0, 20.0])).all()
+    # every record: judged from step 10, as before
+    assert ld.loss_plateau(np.arange(10_000), 0.07 - 0.002 * np.log10(np.arange(10_000) + 1),
+                           [2000, 3000, 4000])["judged_from"] == 10
+
+
+def test_history_every_past_the_last_step_is_refused():
+    with pytest.raises(SpecError, match=r"history_every: must be an integer in \[1, 5000\]"):
+        ld.LearningDynamicsSpec(history_every=5001, steps=5000)

@@ -83,8 +83,8 @@ class LearningDynamicsSpec(UniformSpec):
         _check_float("inv_density", self.inv_density, 1.0, 1e6)
         _check_int("seeds", self.seeds, 1, 1000)
         _check_int("snapshots", self.snapshots, 2, 10_000)
-        _check_int("history_every", self.history_every, 1, 1_000_000)
-        super().__post_init__()
+        super().__post_init__()  # steps checked first: history_every's range depends on it
+        _check_int("history_every", self.history_every, 1, self.steps)  # past steps: only step 0 recorded
 
     def snapshot_steps(self) -> tuple[int, ...]:
         """0, then ``snapshots`` log-spaced steps from 1 to ``steps`` (rounded, duplicates dropped)."""
@@ -127,14 +127,16 @@ def movers_on_lines(D) -> np.ndarray:
 
 def smooth_loss(steps, loss, at) -> np.ndarray:
     """Mean of the recorded loss over log bins [t / r, t * r], r = 10^SMOOTH_DECADES, around each
-    step in ``at`` (the nearest record where a bin is empty). steps, loss (T,); at (G,) -> (G,)."""
+    step in ``at``; NaN where a bin holds no record (a coarse --history-every: early bins are narrower
+    than it). Filling those from the nearest record drew a flat line there, a plateau by construction.
+    steps, loss (T,); at (G,) -> (G,)."""
     steps = np.asarray(steps, np.float64)
     loss = np.asarray(loss, np.float64)
     r = 10 ** SMOOTH_DECADES
     out = np.empty(len(at))
     for i, t in enumerate(at):
         inside = (steps >= t / r) & (steps <= t * r)
-        out[i] = loss[inside].mean() if inside.any() else loss[np.argmin(np.abs(steps - t))]
+        out[i] = loss[inside].mean() if inside.any() else np.nan
     return out
 
 
@@ -143,7 +145,8 @@ def loss_plateau(steps, loss, jump_steps) -> dict:
 
     steps, loss (T,): the recorded history; jump_steps: the jump steps of the features judged.
     The loss is averaged in log bins (smooth_loss) on a grid of 20 points per decade from
-    LOSS_FROM_STEP to the last step; total = first - last grid value. The jump window is the
+    LOSS_FROM_STEP (or, where the history is too coarse for bins that early, the first step from
+    which every bin holds a record: ``judged_from``) to the last step; total = first - last grid value. The jump window is the
     middle half (quartiles) of the jump steps, widened to at least 2 * JUMP_WINDOW decades about
     its geometric centre; ``drop`` = loss fall across it / total. ``plateau`` = the smallest range
     (max - min) of the loss over a window of PLATEAU_WINDOW decades that ends at or before the jump
@@ -153,18 +156,27 @@ def loss_plateau(steps, loss, jump_steps) -> dict:
     steps = np.asarray(steps, np.float64)
     jump_steps = np.asarray(jump_steps, np.float64)
     last = float(steps.max())
-    result = {"plateau": None, "drop": None, "jump_window": None, "plateau_window": None, "passed": False}
+    result = {"plateau": None, "drop": None, "jump_window": None, "plateau_window": None, "judged_from": None,
+              "passed": False}
     if len(jump_steps) == 0 or last <= LOSS_FROM_STEP:
         return result
     grid = np.logspace(math.log10(LOSS_FROM_STEP), math.log10(last),
                        max(2, int(round(20 * math.log10(last / LOSS_FROM_STEP))) + 1))
     L = smooth_loss(steps, loss, grid)
+    empty = np.flatnonzero(~np.isfinite(L))
+    if len(empty):  # judge only where every bin holds records
+        grid, L = grid[empty[-1] + 1:], L[empty[-1] + 1:]
+        if len(grid) < 2:
+            return result
+    result["judged_from"] = float(grid[0])
     total = L[0] - L[-1]
     if not total > 0:
         return result
     lo, hi = np.percentile(np.log10(jump_steps), [25, 75])
     centre, half = (lo + hi) / 2, max((hi - lo) / 2, JUMP_WINDOW)
-    lo, hi = max(centre - half, math.log10(LOSS_FROM_STEP)), min(centre + half, math.log10(last))
+    lo, hi = max(centre - half, math.log10(grid[0])), min(centre + half, math.log10(last))
+    if not hi > lo:  # the features jump before the loss can be judged
+        return result
     at = np.interp([lo, hi], np.log10(grid), L)
     drop = float((at[0] - at[1]) / total)
     g = np.log10(grid)
@@ -246,7 +258,8 @@ def figure(path, spec: LearningDynamicsSpec, steps, D, N, hist_steps, history, j
         hs = np.asarray(hist_steps)
         bottom.plot(np.maximum(hs, 1), h, color="0.75", lw=0.3, label="loss per step")
         grid = np.logspace(0, math.log10(max(2, hs.max())), 200)
-        bottom.plot(grid, smooth_loss(hs, h, grid), color="k", lw=1.2, label="log-binned mean")
+        L = smooth_loss(hs, h, grid)
+        bottom.plot(grid[np.isfinite(L)], L[np.isfinite(L)], color="k", lw=1.2, label="log-binned mean")
         win = plateaus[k].get("jump_window")
         if win:
             for ax in (top, bottom):
@@ -270,7 +283,8 @@ def figure(path, spec: LearningDynamicsSpec, steps, D, N, hist_steps, history, j
     handles.append(Patch(color="#c44e52", alpha=0.2, label="where features jump (middle half)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"Learning dynamics of uniform superposition (n={spec.features}, m={spec.hidden}, 1/(1-S) = "
-                 f"{spec.inv_density:g}): D$_i$ rise to the fraction lines in jumps; the loss plateaus before them")
+                 f"{spec.inv_density:g}): D$_i$ against the fraction lines, the loss beneath (the paper: jumps, and a "
+                 "plateau before them)")
     save(fig, path)
 
 
