@@ -24,10 +24,14 @@ MAX_IMPORTANCE = 1e15  # float32 Adam squares the gradient (2 I error / (B n)): 
 SET_KINDS = ("correlated", "anticorrelated")
 
 
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+def _is_int_in(value, lo: int, hi: int | None = None) -> bool:
+    """Whether value is an integer (not a bool) in [lo, hi] (hi None: no upper bound)."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= lo
-    ok = ok and (hi is None or value <= hi)
-    if not ok:
+    return ok and (hi is None or value <= hi)
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    if not _is_int_in(value, lo, hi):
         allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
         raise SpecError(name, allowed, value)
 
@@ -144,7 +148,8 @@ class DataSpec:
         try:
             imp = np.broadcast_to(imp, p.shape).copy()
         except ValueError:
-            raise SpecError("importance", f"broadcastable to {p.shape}", tuple(np.shape(imp))) from None
+            raise SpecError("importance", f"broadcastable to feature_probability's shape {p.shape}",
+                            tuple(np.shape(imp))) from None
         ok = np.isfinite(imp) & (imp >= 0) & (imp <= MAX_IMPORTANCE)
         if not np.all(ok):
             raise SpecError("importance", f"in [0, {MAX_IMPORTANCE:g}] (float32 Adam squares the gradient)",
@@ -215,8 +220,12 @@ def check_sets(sets, p: np.ndarray) -> tuple:
         except (TypeError, ValueError):
             raise SpecError("sets", "a sequence of (kind, first feature, size) triples", s) from None
         _check_choice("sets", kind, SET_KINDS)
-        _check_int("sets", first, 0, n - 1)
-        _check_int("sets", size, 2 if kind == "anticorrelated" else 1, n - first)
+        if not _is_int_in(first, 0, n - 1):
+            raise SpecError("sets", f"(kind, first, size) with first an integer in [0, {n - 1}] (n = {n} features)", s)
+        lo = 2 if kind == "anticorrelated" else 1
+        if not _is_int_in(size, lo, n - first):
+            raise SpecError("sets", f"(kind, first, size) with size an integer in [{lo}, {n - first}] for this "
+                                    f"{kind} set from feature {first} of n = {n}", s)
         if used[first:first + size].any():
             raise SpecError("sets", "disjoint feature sets", s)
         used[first:first + size] = True

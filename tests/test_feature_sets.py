@@ -44,8 +44,13 @@ def test_sets_are_validated():
         DataSpec(p, sets=(("correlated", 0, 3), ("correlated", 2, 2)))
     with pytest.raises(SpecError, match="sets: must be one of"):
         DataSpec(p, sets=(("together", 0, 2),))
-    with pytest.raises(SpecError, match="sets: must be an integer in \\[2"):
+    with pytest.raises(SpecError, match=r"size an integer in \[2, 6\] for this anticorrelated set from feature 0 "
+                                        r"of n = 6 \(got \('anticorrelated', 0, 1\)\)"):
         DataSpec(p, sets=(("anticorrelated", 0, 1),))
+    with pytest.raises(SpecError, match=r"size an integer in \[1, 1\] for this correlated set from feature 5"):
+        DataSpec(p, sets=(("correlated", 5, 2),))  # names the set and what its size may be
+    with pytest.raises(SpecError, match=r"first an integer in \[0, 5\]"):
+        DataSpec(p, sets=(("correlated", 6, 1),))
     q = p.copy()
     q[1, 1] = 0.2
     with pytest.raises(SpecError, match="share one feature probability"):
