@@ -213,8 +213,10 @@ def figure(path, spec, kept_W, within, across) -> None:
     C = np.abs(cosines(kept_W["corr2x10"][:1])[0])
     im = ax.imshow(C, cmap="viridis", vmin=0, vmax=1)
     ax.set_title(f"2 sets of 10 in m=10: |cos|\nwithin {within:.3f}, across {across:.3f}", fontsize=9)
-    ax.set_xticks([0, 9, 10, 19])
-    ax.set_yticks([0, 9, 10, 19])
+    ax.set_xticks([4.5, 14.5], ["set 1\n(0-9)", "set 2\n(10-19)"], fontsize=8)
+    ax.set_yticks([4.5, 14.5], ["set 1", "set 2"], fontsize=8)
+    for at in (ax.axhline, ax.axvline):  # the boundary between the sets
+        at(9.5, color="w", lw=0.8)
     fig.colorbar(im, ax=ax, shrink=0.8)
     for ax in axes[len(panels) + 1:]:
         ax.axis("off")

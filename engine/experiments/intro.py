@@ -79,7 +79,9 @@ class Intro(DensitySweep):
                   represented[-1] == N_FEATURES and pentagon_err < 0.05, "[5, max |D_i - 2/5| < 0.05]"),
         ]
         return {"densities": dens.tolist(), "represented": represented.tolist(),
-                "mean_dimensionality": dim.mean(1).tolist(), "checks": checks}
+                # D* = m / ||W||_F^2 (1 with 2 unit features, 2/5 for the pentagon); the mean of D_i is
+                # not reported: it is about m / n for any clean solution (e.g. 2 features kept, 3 dropped)
+                "dimensions_per_feature": metrics.dimensions_per_feature(W).tolist(), "checks": checks}
 
     def report(self, spec, summary):
         pairs = ", ".join(f"{d:.3g}: {r}" for d, r in zip(summary["densities"], summary["represented"]))
