@@ -141,6 +141,24 @@ def _resolve(exp, preset: str, requested: str, given: dict, out: Path | None, lo
     return backend, name, spec, out
 
 
+def _validate_early(exp, preset: str, given: dict) -> None:
+    """Refuse, before any work, an option the run's preset cannot take: the options given over each preset
+    the run may resolve to (``preset``'s, its '-fused' form included; every one for auto), the first
+    error raised if every one fails. Not over the spec's bare defaults, which no run uses: a range that
+    depends on another field (learning-dynamics' --history-every is at most --steps - 1) would be judged
+    against a default the preset overrides. _resolve then builds the spec of the preset the run really
+    takes, which checks everything again."""
+    names = [name for name in exp.presets if preset == "auto" or name.split("-")[0] == preset]
+    first = None
+    for name in names:
+        try:
+            exp.make_spec(**{**exp.presets[name], **given})
+            return
+        except SpecError as e:
+            first = first or e
+    raise first
+
+
 def _run_experiment(exp, preset, backend, out, progress, threads, ray, **options):
     t0 = time.perf_counter()
     log = lambda m: click.echo(m, err=True)  # noqa: E731
@@ -150,7 +168,7 @@ def _run_experiment(exp, preset, backend, out, progress, threads, ray, **options
             if not out.strip():  # '' would be the current directory, not a run directory
                 raise SpecError("--out", "a directory path (a run's own directory, not empty)", out)
             out = Path(out)
-        exp.make_spec(**given)  # validates every option given before any work
+        _validate_early(exp, preset, given)
         backends.check_threads(threads)
         backend, preset, spec, out = _resolve(exp, preset, backend, given, out, log)
         summary = runner.run(exp, spec, out, progress=progress, log=log, threads=threads, preset=preset, ray=ray)

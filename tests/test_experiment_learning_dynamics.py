@@ -288,5 +288,19 @@ def test_a_coarse_history_is_not_a_plateau():
 
 
 def test_history_every_past_the_last_step_is_refused():
-    with pytest.raises(SpecError, match=r"history_every: must be an integer in \[1, 5000\]"):
-        ld.LearningDynamicsSpec(history_every=5001, steps=5000)
+    for every in (5000, 5001):  # history_every == steps records step 0 alone too
+        with pytest.raises(SpecError, match=r"history_every: must be an integer in \[1, 4999\]"):
+            ld.LearningDynamicsSpec(history_every=every, steps=5000)
+    assert ld.LearningDynamicsSpec(history_every=4999, steps=5000).history_every == 4999
+
+
+def test_history_every_is_judged_against_the_presets_steps(capsys):
+    """The CLI's early check used the spec's bare default (5,000 steps); the paper preset trains 10,000."""
+    from engine import cli
+    cli._validate_early(ld.EXPERIMENT, "paper", {"history_every": 6000})  # 10,000 steps: fine
+    cli._validate_early(ld.EXPERIMENT, "auto", {"history_every": 6000})   # some preset takes it
+    with pytest.raises(SpecError, match=r"history_every: must be an integer in \[1, 4999\]"):
+        cli._validate_early(ld.EXPERIMENT, "quick", {"history_every": 6000})
+    with pytest.raises(SystemExit) as e:  # a value no preset takes: one line naming it, before any work
+        cli.main(["run", "learning-dynamics", "--history-every", "20000"])
+    assert e.value.code == 2 and "--history-every: must be an integer in [1, 4999]" in capsys.readouterr().err

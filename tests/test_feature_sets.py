@@ -49,8 +49,10 @@ def test_sets_are_validated():
         DataSpec(p, sets=(("anticorrelated", 0, 1),))
     with pytest.raises(SpecError, match=r"size an integer in \[1, 1\] for this correlated set from feature 5"):
         DataSpec(p, sets=(("correlated", 5, 2),))  # names the set and what its size may be
-    with pytest.raises(SpecError, match=r"first an integer in \[0, 5\]"):
+    with pytest.raises(SpecError, match=r"first an integer in \[0, 5\] for a correlated set"):
         DataSpec(p, sets=(("correlated", 6, 1),))
+    with pytest.raises(SpecError, match=r"first an integer in \[0, 4\] for an anticorrelated set"):
+        DataSpec(p, sets=(("anticorrelated", 5, 2),))  # the last feature cannot start two members
     q = p.copy()
     q[1, 1] = 0.2
     with pytest.raises(SpecError, match="share one feature probability"):

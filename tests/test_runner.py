@@ -279,3 +279,55 @@ def test_summary_environment_names_the_cpu_and_every_version():
     assert env["numpy"] == numpy.__version__
     if Path("/proc/cpuinfo").exists() and "model name" in Path("/proc/cpuinfo").read_text():
         assert env["cpu"] not in ("x86_64", "")
+
+
+def test_a_run_resumed_on_another_backend_records_it(tmp_path, monkeypatch):
+    """cpu and triton draw the same batches, so a run may resume on the other; the plan in spec.json
+    kept the first backend, and the next call's re-run command named it. Triton is played by the cpu
+    kernel here (this machine has no GPU)."""
+    from engine.experiments import memory
+    monkeypatch.setattr(memory, "check_fits", lambda *a, **k: None)
+    monkeypatch.setattr(backends, "default_device", lambda b: "cpu")
+    real = backends.train_chunk_fn
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda b: interrupted)
+    spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=30, batch_size=16, backend="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(pd.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
+    monkeypatch.setattr(backends, "train_chunk_fn", lambda b: real("cpu"))
+    again = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=30, batch_size=16, backend="triton")
+    for _ in range(2):  # resumed, then the same command with nothing left to train
+        summary = runner.run(pd.EXPERIMENT, again, tmp_path, progress=False, log=lambda m: None)
+        assert "--backend triton" in summary["rerun"]
+    plan = json.loads((tmp_path / "spec.json").read_text())["plan"]
+    assert plan["backend"] == "triton" and plan["backends_used"] == ["cpu", "triton"]
+    assert "trained on cpu then triton" in (tmp_path / "README.txt").read_text()
+
+
+def test_a_checkpointed_chunk_split_for_memory_is_not_counted_as_resumed(tmp_path):
+    from engine import reference
+    spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=300, batch_size=16, chunk_size=4, backend="torch")
+    real, calls = reference.params_train_step, []
+
+    def dies_midway(*a, **k):
+        calls.append(1)
+        if len(calls) == 450:  # chunk 1, step 150
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reference, "params_train_step", dies_midway)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(pd.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None, checkpoint_every_s=0)
+    fn = backends.train_chunk_fn("torch")
+
+    def out_of_memory_when_resumed(model, p, imp, train, start, checkpoint=None, **k):
+        if checkpoint is not None and checkpoint.load() is not None and p.shape[0] == 4:
+            raise MemoryError("simulated")
+        return fn(model, p, imp, train, start, checkpoint=checkpoint, **k)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backends, "train_chunk_fn", lambda b: out_of_memory_when_resumed)
+        summary = runner.run(pd.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
+    # the halves trained from step 0: nothing continued from the checkpoint
+    assert summary["chunks_from_checkpoint"] == 0 and summary["instance_steps_trained"] == 4 * 300

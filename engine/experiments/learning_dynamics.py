@@ -84,7 +84,8 @@ class LearningDynamicsSpec(UniformSpec):
         _check_int("seeds", self.seeds, 1, 1000)
         _check_int("snapshots", self.snapshots, 2, 10_000)
         super().__post_init__()  # steps checked first: history_every's range depends on it
-        _check_int("history_every", self.history_every, 1, self.steps)  # past steps: only step 0 recorded
+        # From --steps on, the history holds step 0 alone: nothing to judge a plateau on.
+        _check_int("history_every", self.history_every, 1, max(1, self.steps - 1))
 
     def snapshot_steps(self) -> tuple[int, ...]:
         """0, then ``snapshots`` log-spaced steps from 1 to ``steps`` (rounded, duplicates dropped)."""

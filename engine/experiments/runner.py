@@ -330,7 +330,6 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
             done_before = next_step(ckpt.load())
             instance_steps -= done_before * (b - a)  # restored, not trained now
             if done_before:
-                from_checkpoint += 1
                 log(f"resuming: chunk {job.name} [{a}, {b}) from its checkpoint at step {done_before:,} of "
                     f"{job.train.steps:,}")
             t0, progressed = time.perf_counter(), [0]
@@ -356,6 +355,7 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
             seconds += time.perf_counter() - t0
             store.save(job.name, a, b, tensors)
             trained += 1
+            from_checkpoint += done_before > 0  # counted once saved: a chunk split for memory restarts at 0
             ckpt.remove()  # after the chunk is safe: a kill in between leaves a stale partial, ignored
             for t in job.snapshot_steps:
                 run.snapshot_path(job.name, a, b, t).unlink(missing_ok=True)
@@ -426,6 +426,12 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
             if plan["backend"] != recorded["backend"]:
                 log(f"note: this run was started on {recorded['backend']}; resuming on {plan['backend']} "
                     "(same data stream; results agree to float32 rounding)")
+                # Recorded, so the re-run command and --backend auto name the backend that trains now,
+                # and README.txt says the run is no longer one backend's, bit for bit.
+                used = list(recorded.get("backends_used", [recorded["backend"]]))
+                plan["backends_used"] = used + [plan["backend"]] if plan["backend"] not in used else used
+                run_dir.record_plan({**run_dir.recorded["plan"], "backend": plan["backend"], "device": plan["device"],
+                                     "backends_used": plan["backends_used"]})
         results, timing = _train_jobs(exp, jobs, plan, run_dir, store, progress, log, checkpoint_every_s, threads,
                                       on_ray=ray is not None)
         everything = [name for name, res in results.items() if res.diverged.all()]
@@ -520,6 +526,10 @@ def readme_text(exp: Experiment, spec, out: Path, summary: dict) -> str:
     plan = summary.get("plan", {})
     lines = [f"{exp.name}: {exp.title}", "", "Re-run or resume (bit-identical on the recorded plan):",
              "    " + rerun_command(exp, spec, out, plan), ""]
+    if len(plan.get("backends_used", ())) > 1:
+        lines += [f"Note: this run was trained on {' then '.join(plan['backends_used'])} (resumed on another backend: the",
+                  "same batches, results agree to float32 rounding), so the command above reproduces it to float32",
+                  "rounding, not bit for bit.", ""]
     if plan.get("data_stream", "").startswith("torch") and (replanned(plan) or not chunk_size_option(plan, 0)):
         why = ("this run's chunk plan changed while it ran (a --chunk-size re-plan or an out-of-memory split),"
                if replanned(plan) else "this run's jobs were cut into chunks of different sizes (no one --chunk-size),")
