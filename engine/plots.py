@@ -39,10 +39,11 @@ def _edges(centres):
     return 10 ** np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
 
 
-def phase_diagram(path: Path, density, rel_importance, empirical, theory, title: str, agreement: float) -> None:
+def phase_diagram(path: Path, density, rel_importance, empirical, theory, title: str, agreement: float,
+                  trained_label: str = "trained models") -> None:
     """Empirical and analytic phase maps side by side, same axes, one legend for the three phases."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True, sharey=True, constrained_layout=True)
-    _phase_panel(axes[0], density, rel_importance, empirical, "trained models")
+    _phase_panel(axes[0], density, rel_importance, empirical, trained_label)
     _phase_panel(axes[1], density, rel_importance, theory, "analytic theory")
     shown = set(np.unique(empirical)) | set(np.unique(theory)) | {0, 1, 2}  # "diverged" only when present
     handles = [Patch(color=c, label=p) for k, (c, p) in enumerate(zip(PHASE_COLORS, PHASES)) if k in shown]

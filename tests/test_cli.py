@@ -51,8 +51,9 @@ def test_tiny_run_writes_every_output(tmp_path, capsys):
 
 
 def independent_agreement(inst: dict, W: torch.Tensor) -> float:
-    """The agreement recomputed from the weights with none of the engine's analysis code: the extra
-    feature's norm and superposition by hand, drop-worst averaging, the thresholds 0.5 / 0.5, and
+    """The agreement recomputed from the weights with none of the engine's analysis code but the
+    seeds' expected losses (instances.parquet): the extra feature's norm and superposition by hand,
+    drop-worst averaging, the thresholds 0.5 / 0.5, and
     the closed-form 2->1 boundary (paper: superposition iff s < 4r/(2+5r) for r <= 1, s < 4/(5+2r)
     for r >= 1; r = 1 separates not represented from dedicated)."""
     import numpy as np
@@ -66,7 +67,8 @@ def independent_agreement(inst: dict, W: torch.Tensor) -> float:
         cells.setdefault((inst["density_index"][k], inst["importance_index"][k]), []).append(k)
     matches = []
     for ks in cells.values():
-        kept = sorted(ks, key=lambda k: inst["final_loss"][k])[:-1] if len(ks) > 1 else ks
+        # ranked by the expected loss (checked against closed forms in test_phase_expected_loss.py)
+        kept = sorted(ks, key=lambda k: inst["expected_loss"][k])[:-1] if len(ks) > 1 else ks
         n, s_ = np.mean(norm[kept]), np.mean(sup[kept])
         emp = "not" if n < 0.5 else ("sup" if s_ >= 0.5 else "ded")
         s, r = inst["density"][ks[0]], inst["rel_importance"][ks[0]]

@@ -104,17 +104,6 @@ def test_checks_pass_and_fail():
     assert not nu.check_crossing(0.25, 0.5)["passed"] and not nu.check_crossing(0.25, None)["passed"]
 
 
-def test_set_probabilities_are_exact():
-    p = np.array([[0.3, 0.05, 0.05, 0.05, 0.05], [1.0, 0.5, 0.2, 0.1, 0.01]])
-    probs = nu.set_probabilities(p)
-    sets = nu.active_sets()
-    assert sets.shape == (32, 5) and not sets[0].any() and sets[-1].all()
-    assert probs.sum(1) == pytest.approx([1.0, 1.0], rel=1e-12)
-    j = [k for k, m in enumerate(sets) if m.tolist() == [True, False, True, False, False]][0]
-    assert probs[0, j] == pytest.approx(0.3 * 0.95 * 0.05 * 0.95 * 0.95, rel=1e-12)
-    assert probs[1, 0] == 0.0  # feature 0 always active: the empty set never happens
-
-
 def test_stratified_expected_loss_matches_a_plain_sample():
     """The stratified estimate agrees with instance_loss on a large plain sample of the same distribution."""
     spec = nu.NonUniformSpec(eval_samples=4096)

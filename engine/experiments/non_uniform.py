@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from .. import metrics, reference, rng
+from .. import metrics
+from ..expected_loss import conditional_losses, expected_losses, stratified_sample
 from ..errors import SpecError
 from ..plots import feature_arrows, plt, save
 from ..spec import MIN_PROBABILITY, DataSpec, ModelSpec, _check_float, _check_int, check_density
@@ -49,7 +50,6 @@ from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column,
 
 NAME = "non-uniform"
 N_FEATURES, N_HIDDEN = 5, 2
-EVAL_STREAM = rng.STREAM_EVAL  # Philox stream of the evaluation sample (0: training data, 1: initialisation)
 
 GEOMETRIES = ("pentagon", "two digons", "other", "diverged")
 PENTAGON, DIGONS, OTHER, DIVERGED = 0, 1, 2, 3
@@ -154,56 +154,10 @@ def classify_geometry(W) -> tuple[np.ndarray, np.ndarray]:
     return codes, dropped
 
 
-def active_sets() -> np.ndarray:
-    """Every set of active features as a bool mask (32, 5), by size then index (row 0: none)."""
-    masks = [np.array([(s >> i) & 1 for i in range(N_FEATURES)], bool) for s in range(2 ** N_FEATURES)]
-    return np.array(sorted(masks, key=lambda m: (m.sum(), [-int(v) for v in m])))
-
-
-def set_probabilities(p) -> np.ndarray:
-    """P(exactly the features of each active set are active), (len(p), 32), for densities p (len(p), 5)."""
-    p = np.asarray(p, dtype=np.float64)
-    sets = active_sets()
-    return np.prod(np.where(sets[None], p[:, None, :], 1 - p[:, None, :]), axis=2)
-
-
 def eval_sample(spec: NonUniformSpec) -> list[torch.Tensor]:
-    """The fixed evaluation sample, stratified by active set: for set j of active_sets(), float64
-    examples (rows_j, 5) whose active features are uniforms of the Philox stream keyed by (seed,
-    instance j, step 0, stream 2) and the others 0: draws from the data distribution given that
-    exactly those features are active. rows_j = eval_samples / 4^(size - 1): the single-feature sets,
-    which carry almost all the loss at density 0.05, get the most; the empty set one row (exact)."""
-    out = []
-    for j, mask in enumerate(active_sets()):
-        k = int(mask.sum())
-        rows = 1 if k == 0 else max(64, spec.eval_samples // 4 ** (k - 1))
-        u = rng.uniforms(spec.seed, torch.tensor([j]), 0, rows, N_FEATURES, stream=EVAL_STREAM)[0].double()
-        out.append(u * torch.as_tensor(mask, dtype=torch.float64))
-    return out
-
-
-def conditional_losses(W, b, sample: list[torch.Tensor], chunk: int = 64) -> np.ndarray:
-    """float64 loss of each model W (K, 2, 5), b (K, 5) given each active set: (K, 32), by
-    engine.reference.instance_loss on the stratified sample (every model sees the same examples)."""
-    W = torch.as_tensor(W, dtype=torch.float64)
-    b = torch.as_tensor(b, dtype=torch.float64)
-    out = np.empty((W.shape[0], len(sample)))
-    for lo in range(0, W.shape[0], chunk):  # bounded memory: chunk x rows x 5 doubles at a time
-        Wc, bc = W[lo:lo + chunk], b[lo:lo + chunk]
-        imp = torch.ones(Wc.shape[0], N_FEATURES, dtype=torch.float64)
-        for j, x in enumerate(sample):
-            out[lo:lo + chunk, j] = reference.instance_loss(Wc, bc, x[None].expand(Wc.shape[0], -1, -1), imp,
-                                                            "relu-output").numpy()
-    return out
-
-
-def expected_losses(cond: np.ndarray, p) -> np.ndarray:
-    """Expected loss of each model on each distribution: cond (K, 32) from conditional_losses, p
-    (P, 5) densities -> (K, P). Exact in which features are active (the probabilities are exact);
-    only the values are sampled, which takes the largest noise out: with one plain sample of 65,536
-    rows the realised frequency of a feature of density 0.0126 is off by ~3%, as large as the gap
-    between the pentagon and the digons near the transition."""
-    return cond @ set_probabilities(p).T
+    """The fixed evaluation sample (engine.expected_loss.stratified_sample): for each of the 32 active
+    sets, float64 examples (rows, 5) drawn given that exactly those features are active."""
+    return stratified_sample(spec.seed, N_FEATURES, spec.eval_samples)
 
 
 def crossing(rel: np.ndarray, pent: np.ndarray, dig: np.ndarray) -> float | None:

@@ -1,0 +1,106 @@
+"""Expected loss of trained models on the data distribution, exact in which features are active.
+
+Why not the training loss: an experiment that keeps the lowest-loss of several fits, or drops the
+worst, ranks models whose losses differ by a few percent, and the training loss (the mean over the
+last 100 batches) is far noisier than that at low density, where the loss comes from rare
+coincidences of active features: on the 3->2 phase diagram at density 0.01 it ranged 5e-6..3e-5
+over seeds whose expected losses lie within 1.1e-5..1.7e-5, and kept the worse solution.
+
+The expected loss of a model at feature densities p (n,) is sum over active sets A of P(A | p) x
+E[loss | exactly A active]. The probabilities are exact (set_probabilities); only the values of the
+active features are sampled (stratified_sample: random rows; grid_sample: a midpoint grid, for few
+features), one fixed sample that every model sees (common random numbers): the comparison of two
+models is then much less noisy than either estimate. Used
+with tied (W, b) models of n <= MAX_FEATURES features (2^n active sets).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import reference, rng
+
+MAX_FEATURES = 12  # 4,096 active sets
+
+
+def active_sets(n: int) -> np.ndarray:
+    """Every set of active features as a bool mask (2^n, n), by size then index (row 0: none)."""
+    if not 1 <= n <= MAX_FEATURES:
+        raise ValueError(f"n must be in [1, {MAX_FEATURES}] for an enumeration of active sets (got {n})")
+    masks = [np.array([(s >> i) & 1 for i in range(n)], bool) for s in range(2 ** n)]
+    return np.array(sorted(masks, key=lambda m: (m.sum(), [-int(v) for v in m])))
+
+
+def set_probabilities(p) -> np.ndarray:
+    """P(exactly the features of each active set are active), (P, 2^n), for densities p (P, n)."""
+    p = np.asarray(p, dtype=np.float64)
+    sets = active_sets(p.shape[1])
+    return np.prod(np.where(sets[None], p[:, None, :], 1 - p[:, None, :]), axis=2)
+
+
+def stratified_sample(seed: int, n: int, rows_single: int) -> list[torch.Tensor]:
+    """One fixed evaluation sample, stratified by active set: for set j of active_sets(n), float64
+    examples (rows_j, n) whose active features are uniforms of the Philox evaluation stream keyed by
+    (seed, instance j, step 0, rng.STREAM_EVAL), which no training draw uses, and the others 0: draws
+    from the data distribution given that exactly those features are active. rows_j = rows_single /
+    4^(size - 1), at least 64: the single-feature sets, which carry most of the loss when sparse, get
+    the most; the empty set one row (its loss is exact)."""
+    out = []
+    for j, mask in enumerate(active_sets(n)):
+        k = int(mask.sum())
+        rows = 1 if k == 0 else max(64, rows_single // 4 ** (k - 1))
+        u = rng.uniforms(seed, torch.tensor([j]), 0, rows, n, stream=rng.STREAM_EVAL)[0].double()
+        out.append(u * torch.as_tensor(mask, dtype=torch.float64))
+    return out
+
+
+def grid_sample(n: int, points: int) -> list[torch.Tensor]:
+    """A deterministic evaluation sample, stratified by active set like stratified_sample, whose rows
+    are a midpoint grid instead of random draws: for set j of active_sets(n) with k members, g =
+    round(points^(1/k)) (at least 2) values (i + 1/2) / g per active feature, every combination
+    (g^k rows), the others 0; the empty set one row. The mean over a set's rows is the midpoint rule
+    for E[loss | exactly that set active], whose error falls as 1/g^2 for the piecewise-quadratic
+    losses of ReLU models, against 1/sqrt(rows) for random rows: the phase diagram's seeds differ by
+    a few percent in the pair sets' losses, which 1,024 random rows per pair could not rank."""
+    out = []
+    for mask in active_sets(n):
+        k = int(mask.sum())
+        x = torch.zeros(1, n, dtype=torch.float64)
+        if k:
+            g = max(2, int(round(points ** (1.0 / k))))
+            axis = (torch.arange(g, dtype=torch.float64) + 0.5) / g
+            grid = torch.cartesian_prod(*[axis] * k).reshape(-1, k)
+            x = torch.zeros(grid.shape[0], n, dtype=torch.float64)
+            x[:, torch.as_tensor(np.flatnonzero(mask))] = grid
+        out.append(x)
+    return out
+
+
+def conditional_losses(W, b, sample: list[torch.Tensor], importance=None, variant: str = "relu-output",
+                       chunk: int = 64) -> np.ndarray:
+    """float64 loss of each model W (K, m, n), b (K, n) given each active set: (K, len(sample)), by
+    engine.reference.instance_loss on the stratified sample (every model sees the same examples).
+    importance: (K, n) per model, or None for all ones."""
+    W = torch.as_tensor(W, dtype=torch.float64)
+    b = torch.as_tensor(b, dtype=torch.float64)
+    K, n = W.shape[0], W.shape[2]
+    imp = (torch.ones(K, n, dtype=torch.float64) if importance is None
+           else torch.as_tensor(np.asarray(importance, dtype=np.float64)))
+    out = np.empty((K, len(sample)))
+    for lo in range(0, K, chunk):  # bounded memory: chunk x rows x n doubles at a time
+        Wc, bc, ic = W[lo:lo + chunk], b[lo:lo + chunk], imp[lo:lo + chunk]
+        for j, x in enumerate(sample):
+            out[lo:lo + chunk, j] = reference.instance_loss(Wc, bc, x[None].expand(Wc.shape[0], -1, -1), ic,
+                                                            variant).numpy()
+    return out
+
+
+def expected_losses(cond: np.ndarray, p) -> np.ndarray:
+    """Expected loss of each model on each distribution: cond (K, 2^n) from conditional_losses, p
+    (P, n) densities -> (K, P). Exact in which features are active; only the values are sampled."""
+    return cond @ set_probabilities(p).T
+
+
+def own_expected_losses(cond: np.ndarray, p) -> np.ndarray:
+    """Expected loss of each model at its own densities: cond (K, 2^n), p (K, n) -> (K,)."""
+    return np.einsum("ks,ks->k", cond, set_probabilities(p))
