@@ -164,6 +164,8 @@ def figure(path, W: dict, b: dict, n: int, m: int) -> None:
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("W^T W  |  b", fontsize=9)
     axes[1, 0].set_ylabel(f"features 0..{n - 1} (importance falls downwards)", fontsize=8)
+    top = plt.cm.ScalarMappable(cmap="RdBu", norm=plt.Normalize(-1, 1))
+    fig.colorbar(top, ax=axes[0, :], location="right", shrink=0.8, label="W^T W entry; b_i (last column)")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
     fig.colorbar(sm, ax=axes[1, :], location="right", shrink=0.8, label="superposition s_i")
     fig.suptitle(f"Linear vs ReLU output models, n={n}, m={m}: the lowest-loss model per density")

@@ -247,8 +247,12 @@ def figure(path, spec, rescaled, computed, carried) -> None:
         ax.set_ylabel(f"1-S={d:g}\n{c} computed\n{live.mean() if live.size else 0:.1f} feat./neuron", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[-1].set_xlabel("neuron (sorted by its strongest feature)")
-    fig.suptitle(f"Computation in superposition: W1 per neuron (n={spec.features}, m={spec.hidden}; colour = "
-                 "feature, yellow = most important)", fontsize=10)
+    bar = fig.colorbar(plt.cm.ScalarMappable(cmap="viridis_r", norm=plt.Normalize(0, spec.features - 1)), ax=axes,
+                       shrink=0.3, aspect=25, pad=0.01)
+    bar.set_label(f"feature i (importance {spec.importance_decay:g}^i)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.suptitle(f"Computation in superposition: each neuron's input weights W1[j, i], rescaled to max |W1[j, :]| = 1 "
+                 f"and stacked over features i (n={spec.features}, m={spec.hidden})", fontsize=10)
     save(fig, path)
 
 

@@ -137,6 +137,8 @@ def figure(path, densities, W, importance) -> None:
         ax.set_ylim(bottom, top)
         ax.set_xticks(np.arange(m), [f"n{j}" for j in range(m)], fontsize=8)
         ax.set_title(f"1-S = {densities[k]:.3g}", fontsize=10)
+        if k % cols == 0:
+            ax.set_ylabel("W[j, i], stacked over features i", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i], label=f"{i} (I={importance[i]:.2f})") for i in range(n)]
     fig.legend(handles=handles, loc="outside lower center", ncol=n, frameon=False, fontsize=7, title="feature")
     fig.suptitle("Privileged basis: each neuron's weights per feature (lowest-loss model per density)")
