@@ -76,22 +76,30 @@ def grid_sample(n: int, points: int) -> list[torch.Tensor]:
     return out
 
 
+# Doubles per intermediate tensor (models x rows x n) of conditional_losses: ~8 MB, so a big sample
+# never holds gigabytes (a fixed 256 models x 2^20 rows took ~12 GiB), and small ones stay in cache.
+ELEMENTS = 2 ** 20
+
+
 def conditional_losses(W, b, sample: list[torch.Tensor], importance=None, variant: str = "relu-output",
                        chunk: int = 64) -> np.ndarray:
     """float64 loss of each model W (K, m, n), b (K, n) given each active set: (K, len(sample)), by
-    engine.reference.instance_loss on the stratified sample (every model sees the same examples).
-    importance: (K, n) per model, or None for all ones."""
+    engine.reference.instance_loss on each set's rows (stratified_sample or grid_sample; every model
+    sees the same examples). importance: (K, n) per model, or None for all ones. Models go through in
+    groups of at most ``chunk``, fewer where a set has many rows (ELEMENTS per intermediate); each
+    model's loss is computed alone, so the grouping never changes a number."""
     W = torch.as_tensor(W, dtype=torch.float64)
     b = torch.as_tensor(b, dtype=torch.float64)
     K, n = W.shape[0], W.shape[2]
     imp = (torch.ones(K, n, dtype=torch.float64) if importance is None
            else torch.as_tensor(np.asarray(importance, dtype=np.float64)))
     out = np.empty((K, len(sample)))
-    for lo in range(0, K, chunk):  # bounded memory: chunk x rows x n doubles at a time
-        Wc, bc, ic = W[lo:lo + chunk], b[lo:lo + chunk], imp[lo:lo + chunk]
-        for j, x in enumerate(sample):
-            out[lo:lo + chunk, j] = reference.instance_loss(Wc, bc, x[None].expand(Wc.shape[0], -1, -1), ic,
-                                                            variant).numpy()
+    for j, x in enumerate(sample):
+        step = max(1, min(chunk, ELEMENTS // (x.shape[0] * max(n, W.shape[1]))))
+        for lo in range(0, K, step):
+            Wc, bc, ic = W[lo:lo + step], b[lo:lo + step], imp[lo:lo + step]
+            out[lo:lo + step, j] = reference.instance_loss(Wc, bc, x[None].expand(Wc.shape[0], -1, -1), ic,
+                                                           variant).numpy()
     return out
 
 

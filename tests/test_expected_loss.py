@@ -42,3 +42,18 @@ def test_stratified_expected_loss_matches_a_plain_sample(n, m, density):
     zero = el.own_expected_losses(el.conditional_losses(torch.zeros(3, m, n), torch.zeros(3, n),
                                                         el.stratified_sample(0, n, 4096), imp.numpy()), p)
     assert zero == pytest.approx((imp.numpy() * p).sum(1) / (3 * n), rel=0.02)
+
+
+def test_grouping_models_never_changes_a_number(monkeypatch):
+    """conditional_losses groups models by a memory budget (ELEMENTS doubles per intermediate, so a
+    big sample never holds gigabytes); each model's loss is its own computation, so any grouping
+    gives the same bits."""
+    gen = torch.Generator().manual_seed(7)
+    W = torch.randn(37, 2, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(37, 3, generator=gen, dtype=torch.float64) * 0.2
+    imp = torch.rand(37, 3, generator=gen, dtype=torch.float64).numpy()
+    sample = el.grid_sample(3, 4096)
+    whole = el.conditional_losses(W, b, sample, imp, chunk=256)
+    np.testing.assert_array_equal(whole, el.conditional_losses(W, b, sample, imp, chunk=1))
+    monkeypatch.setattr(el, "ELEMENTS", 3 * 4096 * 5)  # 5 models per group on every set
+    np.testing.assert_array_equal(whole, el.conditional_losses(W, b, sample, imp, chunk=256))
