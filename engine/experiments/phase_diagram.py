@@ -231,7 +231,7 @@ class PhaseDiagram(Experiment):
     results_format = 3
     analysis_fields = ("protocol", "eval_samples")  # re-analysing a finished run under them retrains nothing
     outputs = ("instances.parquet", "cells.parquet", "weights.safetensors", "figures/phase_diagram.png")
-    quick_cost = "4,000 models x 5,000 steps; 15 s on 2 CPU cores (cpu backend, Intel Xeon)"
+    quick_cost = "4,000 models x 5,000 steps; 16 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     def default_out(self, spec, preset):
         from pathlib import Path
