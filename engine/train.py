@@ -18,7 +18,8 @@ class TrainResult:
 
     params {name: (K, *shape)} (ModelSpec.param_shapes; tied models: W (K, m, n) and b (K, n), also
     as ``res.W`` and ``res.b``), loss (K,) final loss (mean over the last ``loss_window`` steps),
-    history (T, K) loss every ``history_every`` steps or None; all float32 CPU tensors.
+    history (T, K): the loss of the one batch of steps 0, h, 2h, ... (h = ``history_every``, T = ceil(steps / h),
+    the training loss before that step's update), or None; all float32 CPU tensors.
     """
 
     params: dict
