@@ -121,7 +121,8 @@ class Basic(Experiment):
             check("relu-dense-like-linear", f"at density 1 the relu-output model also keeps exactly the top {m}",
                   represented["relu-output"][0], top_m["relu-output"][0], f"{m} (the top {m})"),
             check("relu-superposes-when-sparse", f"at density <= 0.01 the relu-output model represents more "
-                  f"features than its {m} dimensions, in superposition",
+                  f"features than its {m} dimensions, in superposition (measured: the most represented, and the "
+                  "most in superposition, over those densities)",
                   [most, max(superposed["relu-output"][k] for k in sparse)],
                   most > m and max(superposed["relu-output"][k] for k in sparse) > 0,
                   f"[> {m} represented, > 0 in superposition]"),
