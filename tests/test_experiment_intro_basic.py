@@ -53,6 +53,10 @@ def test_intro_tiny_run_writes_every_output(tmp_path, capsys, backend):
     assert {c["name"] for c in summary["checks"]} == {"dense-keeps-m", "sparse-pentagon"}
     assert len(pq.read_table(out / "instances.parquet")) == 6 and len(pq.read_table(out / "features.parquet")) == 15
     assert "check " in stdout and "features represented by density" in stdout
+    inst = pq.read_table(out / "instances.parquet").to_pydict()  # the drawn fit: lowest expected loss
+    for d in range(3):
+        fits = [2 * d, 2 * d + 1]
+        assert [inst["kept"][k] for k in fits] == [k == min(fits, key=lambda j: inst["expected_loss"][j]) for k in fits]
 
 
 def intro_checks(tmp_path, W_by_point, fits=1):
@@ -78,15 +82,24 @@ def test_intro_checks_pass_on_the_paper_geometry_and_fail_otherwise(tmp_path):
     assert not checks_of(intro_checks(tmp_path / "c", [two_dedicated(), squashed]))["sparse-pentagon"]
 
 
-def test_intro_draws_the_lowest_loss_fit(tmp_path):
+def test_intro_draws_the_lowest_expected_loss_fit(tmp_path):
+    """Per density the fit with the lowest expected loss is drawn, whatever the training-loss window
+    (planted here to prefer the worse model) says: at density 1 two dedicated features beat an empty
+    model, at 1/20 the pentagon beats two dedicated features (bias 0: expected losses 0.145 and
+    sum_i 0.9^i / 15 = 0.273; 0.0030 and 0.0073)."""
     spec = intro.IntroSpec(points=2, fits=3)
-    W = torch.stack([two_dedicated(), pentagon(), two_dedicated(), pentagon(), pentagon(), two_dedicated()])
-    res = {"models": JobResult(W, torch.zeros(6, 5), torch.tensor([0.5, 0.1, 0.3, 0.4, 0.6, 0.2]))}
+    empty = torch.zeros(2, 5)
+    W = torch.stack([two_dedicated(), empty, empty, pentagon(), two_dedicated(), two_dedicated()])
+    window = torch.tensor([0.5, 0.1, 0.2, 0.4, 0.1, 0.2])  # prefers the worse model at both densities
+    res = {"models": JobResult(W, torch.zeros(6, 5), window)}
     run = RunDir.open(tmp_path, {"x": 1})
     summary = intro.EXPERIMENT.analyse(spec, res, run)
     run.close()
-    assert summary["represented"] == [5, 2]  # per density, the lowest-loss fit is drawn
-    assert pq.read_table(tmp_path / "instances.parquet").to_pydict()["kept"] == [False, True, False, False, False, True]
+    assert summary["represented"] == [2, 5]
+    inst = pq.read_table(tmp_path / "instances.parquet").to_pydict()
+    assert inst["kept"] == [True, False, False, True, False, False]
+    # the empty model's loss is exact up to the grid's midpoint bias (8 points per axis: -0.4%)
+    assert inst["expected_loss"][1] == pytest.approx(sum(0.9 ** i for i in range(5)) / 15, rel=5e-3)
 
 
 def test_basic_tiny_run_writes_every_output(tmp_path, capsys):

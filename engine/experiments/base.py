@@ -313,10 +313,13 @@ class DensitySweep(Experiment):
         return [Job("models", self.model, DataSpec(p, spec.importance()), spec.train_spec())]
 
     @staticmethod
-    def kept_and_instances(spec, res: JobResult) -> tuple[np.ndarray, dict]:
-        """(the analysed instance per density (points,), the instances.parquet columns)."""
+    def kept_and_instances(spec, res: JobResult, rank_loss: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """(the analysed instance per density (points,), the instances.parquet columns). rank_loss
+        (K,): what the fits are ranked by, also written as ``expected_loss`` (the experiment's
+        expected losses); None: the training-loss window."""
         loss = res.loss.numpy()
-        kept = best_of_fits(loss, spec.fits, res.diverged)
+        kept = best_of_fits(loss if rank_loss is None else rank_loss, spec.fits, res.diverged)
+        extra = {} if rank_loss is None else {"expected_loss": np.asarray(rank_loss, np.float64)}
         return kept, {"instance": np.arange(len(loss)), "density": np.repeat(spec.densities(), spec.fits),
-                      "fit": np.tile(np.arange(spec.fits), spec.points), "final_loss": loss,
+                      "fit": np.tile(np.arange(spec.fits), spec.points), "final_loss": loss, **extra,
                       "diverged": res.diverged, "kept": kept_column(len(loss), kept, res.diverged)}
