@@ -32,3 +32,27 @@ def pytest_configure(config):
         # pytest-benchmark < 5.3 takes the option as an open file, 5.3 and later as a path.
         major, minor = (int(v) for v in version("pytest-benchmark").split(".")[:2])
         config.option.benchmark_json = path if (major, minor) >= (5, 3) else open(path, "wb")
+
+
+@pytest.fixture
+def cut_inside_a_chunk():
+    """cut(spec, out): runner.run of a torch-backend phase-diagram ``spec`` into ``out``, interrupted
+    (KeyboardInterrupt) at its 450th reference training step, with a checkpoint after every step: with
+    chunks of 4 models that is chunk [4, 8) at step 150, its checkpoint at step 147 (progress comes
+    every 3 steps). The patch is undone before it returns."""
+    def cut(spec, out):
+        from engine import reference
+        from engine.experiments import phase_diagram, runner
+        real, calls = reference.params_train_step, []
+
+        def dies_midway(*a, **k):
+            calls.append(1)
+            if len(calls) == 450:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(reference, "params_train_step", dies_midway)
+            with pytest.raises(KeyboardInterrupt):
+                runner.run(phase_diagram.EXPERIMENT, spec, out, progress=False, log=lambda m: None,
+                           checkpoint_every_s=0)
+    return cut

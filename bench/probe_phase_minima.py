@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from engine import DataSpec, metrics, reference, theory, train
-from engine.expected_loss import conditional_losses, grid_sample, own_expected_losses
+from engine.expected_loss import instance_expected_losses
 from engine.experiments import phase_diagram as pd
 
 
@@ -71,7 +71,7 @@ def main(argv=None):
             reference.init_weights = lambda model, seed, inst, _s=scale: draw(model, seed, inst) * _s
             res = train(spec.model, DataSpec(p, imp), ts, backend="cpu", progress=False)
             # ranked as the experiment ranks them: by expected loss, not the training-loss window
-            loss = own_expected_losses(conditional_losses(res.W, res.b, grid_sample(2, 4096), imp, chunk=256), p)
+            loss = instance_expected_losses(res.W, res.b, p, imp, spec.eval_samples)
             norm, sup = metrics.feature_norms(res.W)[:, -1].numpy(), metrics.superposition(res.W)[:, -1].numpy()
             worst = cell_phase(norm, sup, pd.kept_seeds(loss.reshape(-1, S), "drop-worst").ravel(), S)
             best = cell_phase(norm, sup, pd.kept_seeds(loss.reshape(-1, S), "best").ravel(), S)

@@ -97,7 +97,7 @@ ELEMENTS = 2 ** 20
 
 
 def conditional_losses(W, b, sample: list[torch.Tensor], importance=None, variant: str = "relu-output",
-                       chunk: int = 64) -> np.ndarray:
+                       chunk: int = 256) -> np.ndarray:
     """float64 loss of each model W (K, m, n), b (K, n) given each active set: (K, len(sample)), by
     engine.reference.instance_loss on each set's rows (stratified_sample or grid_sample; every model
     sees the same examples). importance: (K, n) per model, or None for all ones. Models go through in
@@ -127,3 +127,11 @@ def expected_losses(cond: np.ndarray, p) -> np.ndarray:
 def own_expected_losses(cond: np.ndarray, p) -> np.ndarray:
     """Expected loss of each model at its own densities: cond (K, 2^n), p (K, n) -> (K,)."""
     return np.einsum("ks,ks->k", cond, set_probabilities(p))
+
+
+def instance_expected_losses(W, b, p, importance, points: int = 4096) -> np.ndarray:
+    """Each model's expected loss at its own densities p (K, n) and importances (K, n), on
+    grid_sample(n, points): (K,) float64 (NaN for NaN weights). W (K, m, n), b (K, n) relu-output models.
+    What the phase diagram and intro rank their fits by."""
+    n = np.shape(p)[1]
+    return own_expected_losses(conditional_losses(W, b, grid_sample(n, points), importance), p)

@@ -222,8 +222,9 @@ def check_sets(sets, p: np.ndarray) -> tuple:
         _check_choice("sets", kind, SET_KINDS)
         lo = 2 if kind == "anticorrelated" else 1  # members at least
         if not _is_int_in(first, 0, n - lo):
-            raise SpecError("sets", f"(kind, first, size) with first an integer in [0, {n - lo}] for {'an' if kind[0] == 'a' else 'a'} {kind} set of "
-                                    f"n = {n} features", s)
+            article = "an" if kind == "anticorrelated" else "a"
+            raise SpecError("sets", f"(kind, first, size) with first an integer in [0, {n - lo}] for {article} {kind} "
+                                    f"set of n = {n} features", s)
         if not _is_int_in(size, lo, n - first):
             raise SpecError("sets", f"(kind, first, size) with size an integer in [{lo}, {n - first}] for this "
                                     f"{kind} set from feature {first} of n = {n}", s)

@@ -197,24 +197,12 @@ def test_gpu_phase_diagram_agreement_no_worse_on_triton(tmp_path, capsys):
     assert agreements["triton"] >= agreements["torch"] - 0.02 and agreements["triton"] >= 0.85
 
 
-def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+def test_kill_inside_a_chunk_resumes_from_its_checkpoint(tmp_path, cut_inside_a_chunk):
     spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=300, batch_size=16, chunk_size=4, backend="torch")
     runner.run(pd.EXPERIMENT, spec, tmp_path / "whole", progress=False, log=lambda m: None)
-    from engine import reference
-    real, calls = reference.params_train_step, []
-
-    def dies_midway(*a, **k):
-        calls.append(1)
-        if len(calls) == 450:  # chunk 1, step 150
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(reference, "params_train_step", dies_midway)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=lambda m: None, checkpoint_every_s=0)
+    cut_inside_a_chunk(spec, tmp_path / "cut")  # chunk 1, step 150
     partial = tmp_path / "cut/chunks/models_000000004-000000008.partial.safetensors"
     assert partial.exists() and (tmp_path / "cut/chunks/models_000000000-000000004.safetensors").exists()
-    monkeypatch.setattr(reference, "params_train_step", real)
     logs = []
     summary = runner.run(pd.EXPERIMENT, spec, tmp_path / "cut", progress=False, log=logs.append)
     assert not partial.exists()

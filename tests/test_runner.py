@@ -306,20 +306,9 @@ def test_a_run_resumed_on_another_backend_records_it(tmp_path, monkeypatch):
     assert "trained on cpu then triton" in (tmp_path / "README.txt").read_text()
 
 
-def test_a_checkpointed_chunk_split_for_memory_is_not_counted_as_resumed(tmp_path):
-    from engine import reference
+def test_a_checkpointed_chunk_split_for_memory_is_not_counted_as_resumed(tmp_path, cut_inside_a_chunk):
     spec = pd.PhaseDiagramSpec(grid=2, seeds=2, steps=300, batch_size=16, chunk_size=4, backend="torch")
-    real, calls = reference.params_train_step, []
-
-    def dies_midway(*a, **k):
-        calls.append(1)
-        if len(calls) == 450:  # chunk 1, step 150
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reference, "params_train_step", dies_midway)
-        with pytest.raises(KeyboardInterrupt):
-            runner.run(pd.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None, checkpoint_every_s=0)
+    cut_inside_a_chunk(spec, tmp_path)  # chunk 1, step 150
     fn = backends.train_chunk_fn("torch")
 
     def out_of_memory_when_resumed(model, p, imp, train, start, checkpoint=None, **k):

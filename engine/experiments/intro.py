@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..expected_loss import conditional_losses, grid_sample, own_expected_losses
+from ..expected_loss import instance_expected_losses
 from ..plots import feature_arrows, plt, save
 from ..spec import ModelSpec
 from ..store import write_parquet, write_tensors
@@ -56,8 +56,7 @@ class Intro(DensitySweep):
         # Fits ranked by expected loss (engine.expected_loss: exact in which of the 5 features are active,
         # values on a midpoint grid), not the training-loss window, as the phase diagram ranks its seeds.
         p = np.repeat(spec.densities(), spec.fits)[:, None] * np.ones(N_FEATURES)
-        imp = np.tile(spec.importance(), (len(p), 1))
-        expected = own_expected_losses(conditional_losses(res.W, res.b, grid_sample(N_FEATURES, 4096), imp), p)
+        expected = instance_expected_losses(res.W, res.b, p, np.tile(spec.importance(), (len(p), 1)))
         kept, instances = self.kept_and_instances(spec, res, expected)
         W = res.W[kept]  # (points, m, n)
         norms = metrics.feature_norms(W).numpy()

@@ -147,9 +147,9 @@ def loss_plateau(steps, loss, jump_steps) -> dict:
     steps, loss (T,): the recorded history; jump_steps: the jump steps of the features judged.
     The loss is averaged in log bins (smooth_loss) on a grid of 20 points per decade from
     LOSS_FROM_STEP (or, where the history is too coarse for bins that early, the first step from
-    which every bin holds a record: ``judged_from``) to the last step; total = first - last grid value. The jump window is the
-    middle half (quartiles) of the jump steps, widened to at least 2 * JUMP_WINDOW decades about
-    its geometric centre; ``drop`` = loss fall across it / total. ``plateau`` = the smallest range
+    which every bin holds a record: ``judged_from``) to the last step; total = first - last grid
+    value. The jump window is the middle half (quartiles) of the jump steps, widened to at least
+    2 * JUMP_WINDOW decades about its geometric centre; ``drop`` = loss fall across it / total. ``plateau`` = the smallest range
     (max - min) of the loss over a window of PLATEAU_WINDOW decades that ends at or before the jump
     window starts, / total (None when no such window fits). passed: plateau <= PLATEAU_MAX and
     drop >= DROP_MIN.

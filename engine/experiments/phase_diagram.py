@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import metrics, plots, theory
-from ..expected_loss import conditional_losses, grid_sample, own_expected_losses
+from ..expected_loss import instance_expected_losses
 from ..errors import SpecError
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int, check_density
 from ..store import write_parquet, write_tensors
@@ -153,9 +153,7 @@ def expected_instance_losses(spec: PhaseDiagramSpec, W: torch.Tensor, b: torch.T
     """Each model's expected loss at its own density and importances, (K,) float64, from W (K, m, n)
     and b (K, n) in instance order (engine.expected_loss; NaN for NaN weights)."""
     data = data_spec(spec, instance_table(spec))
-    sample = grid_sample(spec.features, spec.eval_samples)
-    cond = conditional_losses(W, b, sample, data.importance, chunk=256)  # groups sized by ELEMENTS
-    return own_expected_losses(cond, data.feature_probability)
+    return instance_expected_losses(W, b, data.feature_probability, data.importance, spec.eval_samples)
 
 
 def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray,
@@ -173,8 +171,7 @@ def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray,
     if diverged is None:
         diverged = np.zeros(loss.shape, bool)
     expected = np.full(loss.shape, np.nan) if rank_loss is None else np.asarray(rank_loss, np.float64)
-    if rank_loss is None:
-        rank_loss = loss
+    rank_loss = loss if rank_loss is None else expected
     G, S = spec.grid, spec.seeds
     table = instance_table(spec)
     norm = metrics.feature_norms(W)[:, -1].numpy()
@@ -197,7 +194,7 @@ def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray,
         trained = emp != metrics.DIVERGED
         return float(np.mean(emp[trained] == th[trained])) if trained.any() else float("nan")
 
-    cell_loss, cell_div = np.asarray(rank_loss).reshape(G * G, S), np.asarray(diverged, bool).reshape(G * G, S)
+    cell_loss, cell_div = rank_loss.reshape(G * G, S), np.asarray(diverged, bool).reshape(G * G, S)
     by_protocol = {}
     for protocol in PROTOCOLS:
         emp, _ = cell_phases(kept_seeds(cell_loss, protocol, cell_div).ravel())
