@@ -15,6 +15,8 @@ with tied (W, b) models of n <= MAX_FEATURES features (2^n active sets).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -127,6 +129,62 @@ def expected_losses(cond: np.ndarray, p) -> np.ndarray:
 def own_expected_losses(cond: np.ndarray, p) -> np.ndarray:
     """Expected loss of each model at its own densities: cond (K, 2^n), p (K, n) -> (K,)."""
     return np.einsum("ks,ks->k", cond, set_probabilities(p))
+
+
+# Strata of size_sample whose probability is below this for every model are not evaluated: each
+# conditional loss is at most sum_i I_i / n (bounded weights aside), so they move no ranking.
+NEGLIGIBLE = 1e-12
+
+
+def size_probabilities(p, n: int) -> np.ndarray:
+    """P(exactly k of n independent features are active), k = 0..n, for models whose features all
+    have density p (P,): the binomial pmf, (P, n + 1) float64."""
+    p = np.asarray(p, dtype=np.float64).reshape(-1, 1)
+    k = np.arange(n + 1)
+    comb = np.array([math.comb(n, int(j)) for j in k], dtype=np.float64)
+    return comb * p ** k * (1 - p) ** (n - k)  # numpy: 0 ** 0 = 1, so p = 0 and p = 1 are exact
+
+
+def size_sample(seed: int, n: int, rows: int, single_points: int = 512) -> list[torch.Tensor]:
+    """A fixed evaluation sample stratified by the number of active features, for models whose n
+    features are independent and share one density (any n; active_sets' 2^n sets stop at 12).
+    Entry k (k = 0..n) holds float64 rows (rows_k, n) with exactly k active features: k = 0 one zero
+    row; k = 1 a midpoint grid, single_points values (i + 1/2) / single_points for each feature in
+    turn (n x single_points rows: the sparse end's loss is mostly single features, and the grid
+    makes it near exact); k >= 2 ``rows`` random rows whose active set is uniform over the k-subsets
+    (given that k features are active and all share one density, every k-subset is equally likely)
+    and whose active values are uniform. The draws come from the Philox evaluation stream keyed by
+    (seed, instance k, steps 1 and 2, rng.STREAM_EVAL): step 1 picks each row's set (its k smallest
+    of n uniforms), step 2 gives the values; stratified_sample uses step 0 only."""
+    out = [torch.zeros(1, n, dtype=torch.float64)]
+    if n >= 1:
+        axis = (torch.arange(single_points, dtype=torch.float64) + 0.5) / single_points
+        single = torch.zeros(n, single_points, n, dtype=torch.float64)
+        single[torch.arange(n), :, torch.arange(n)] = axis
+        out.append(single.reshape(n * single_points, n))
+    for k in range(2, n + 1):
+        order = rng.uniforms(seed, torch.tensor([k]), 1, rows, n, stream=rng.STREAM_EVAL)[0].argsort(dim=1)
+        active = torch.zeros(rows, n, dtype=torch.bool)
+        active.scatter_(1, order[:, :k], True)
+        u = rng.uniforms(seed, torch.tensor([k]), 2, rows, n, stream=rng.STREAM_EVAL)[0].double()
+        out.append(u * active)
+    return out
+
+
+def equal_density_expected_losses(W, b, density, importance, variant: str = "relu-output", seed: int = 0,
+                                  rows: int = 8192) -> np.ndarray:
+    """Each model's expected loss when its n features are independent with one density each model's
+    own: W (K, m, n), b (K, n) tied models of ``variant`` (relu-output, relu-hidden, linear), density
+    (K,), importance (K, n) -> (K,) float64, NaN for NaN weights. Exact in how many features are
+    active (size_probabilities), the conditional losses on size_sample(seed, n, rows); strata
+    below NEGLIGIBLE probability for every model are left out. What privileged-basis ranks its fits
+    by (n = 10: 1,024 active sets, too many for grid_sample's per-set grids)."""
+    n = np.shape(W)[2]
+    probs = size_probabilities(density, n)  # (K, n + 1)
+    used = np.flatnonzero(probs.max(0) >= NEGLIGIBLE)
+    sample = size_sample(seed, n, rows)
+    cond = conditional_losses(W, b, [sample[k] for k in used], importance, variant)  # (K, len(used))
+    return np.einsum("ks,ks->k", cond, probs[:, used])
 
 
 def instance_expected_losses(W, b, p, importance, points: int = 4096) -> np.ndarray:

@@ -57,3 +57,76 @@ def test_grouping_models_never_changes_a_number(monkeypatch):
     np.testing.assert_array_equal(whole, el.conditional_losses(W, b, sample, imp, chunk=1))
     monkeypatch.setattr(el, "ELEMENTS", 3 * 4096 * 5)  # 5 models per group on every set
     np.testing.assert_array_equal(whole, el.conditional_losses(W, b, sample, imp, chunk=256))
+
+
+def test_size_probabilities_are_the_set_probabilities_summed_by_size():
+    dens = np.array([0.0, 0.013, 0.3, 0.77, 1.0])
+    n = 5
+    by_set = el.set_probabilities(dens[:, None] * np.ones(n))
+    sizes = el.active_sets(n).sum(1)
+    want = np.stack([by_set[:, sizes == k].sum(1) for k in range(n + 1)], axis=1)
+    np.testing.assert_allclose(el.size_probabilities(dens, n), want, rtol=1e-12, atol=1e-300)
+    assert el.size_probabilities([0.0], 3).tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    assert el.size_probabilities([1.0], 3).tolist() == [[0.0, 0.0, 0.0, 1.0]]
+
+
+def test_size_sample_strata_hold_exactly_k_active_with_uniform_sets():
+    n, rows = 4, 6000
+    sample = el.size_sample(3, n, rows, single_points=16)
+    assert len(sample) == n + 1 and sample[0].tolist() == [[0.0] * n]
+    assert sample[1].shape == (n * 16, n) and ((sample[1] > 0).sum(1) == 1).all()
+    assert sorted(sample[1][sample[1] > 0].tolist()) == sorted([(i + 0.5) / 16 for i in range(16)] * n)
+    for k in range(2, n + 1):
+        x = sample[k]
+        assert x.shape == (rows, n) and ((x > 0).sum(1) == k).all() and float(x.max()) < 1.0
+    # the six pairs of 4 features are equally likely (1,000 rows each expected; 5 sigma ~ 140)
+    _, counts = torch.unique((sample[2] > 0).int() @ torch.tensor([1, 2, 4, 8], dtype=torch.int32),
+                             return_counts=True)
+    assert len(counts) == 6 and (counts - rows / 6).abs().max() < 140
+    assert abs(float(sample[3][sample[3] > 0].mean()) - 0.5) < 0.01  # values uniform on [0, 1)
+    assert torch.equal(sample[2], el.size_sample(3, n, rows, single_points=16)[2])  # fixed: same seed, same rows
+    assert not torch.equal(sample[2], el.size_sample(4, n, rows, single_points=16)[2])
+
+
+@pytest.mark.parametrize("variant", ["relu-output", "relu-hidden"])
+@pytest.mark.parametrize("n, m", [(3, 2), (4, 3), (5, 2)])
+def test_equal_density_expected_loss_matches_the_per_set_grid(variant, n, m):
+    """The size-stratified estimate (random rows within a size) agrees with the per-active-set
+    midpoint grid on the same models, from dense to sparse (n <= 5: the grid has 8 points per axis,
+    beyond that fewer, and its own bias would dominate)."""
+    gen = torch.Generator().manual_seed(10 * n + m)
+    K = 5
+    W = torch.randn(K, m, n, generator=gen, dtype=torch.float64)
+    b = torch.randn(K, n, generator=gen, dtype=torch.float64) * 0.1
+    imp = np.tile(0.8 ** np.arange(n), (K, 1))
+    dens = np.array([1.0, 0.5, 0.1, 0.02, 0.003])
+    est = el.equal_density_expected_losses(W, b, dens, imp, variant, rows=16384)
+    grid = el.own_expected_losses(el.conditional_losses(W, b, el.grid_sample(n, 4096), imp, variant),
+                                  dens[:, None] * np.ones(n))
+    assert est == pytest.approx(grid, rel=1e-2)
+
+
+def test_equal_density_expected_loss_matches_a_plain_sample_for_ten_features():
+    """n = 10, relu-hidden (privileged-basis's models, 1,024 active sets): against instance_loss on a
+    large plain sample of the data distribution; NaN weights give NaN, and leaving out strata of
+    negligible probability changes nothing."""
+    gen = torch.Generator().manual_seed(5)
+    n, m, K = 10, 5, 3
+    W = torch.randn(K, m, n, generator=gen, dtype=torch.float64) * 0.7
+    b = torch.randn(K, n, generator=gen, dtype=torch.float64) * 0.1
+    imp = np.tile(0.75 ** np.arange(n), (K, 1))
+    dens = np.array([0.6, 0.15, 0.03])
+    est = el.equal_density_expected_losses(W, b, dens, imp, "relu-hidden")
+    u = torch.rand(K, 1 << 18, n, generator=gen, dtype=torch.float64)
+    x = reference.features_from_uniform(u, torch.tensor(dens[:, None] * np.ones(n)))
+    plain = reference.instance_loss(W, b, x, torch.as_tensor(imp), "relu-hidden").numpy()
+    assert est == pytest.approx(plain, rel=0.02)
+    W[1, 0, 0] = float("nan")
+    with_nan = el.equal_density_expected_losses(W, b, dens, imp, "relu-hidden")
+    assert np.isnan(with_nan[1]) and with_nan[[0, 2]].tolist() == est[[0, 2]].tolist()
+    sparse = np.array([1e-3, 1e-3, 1e-3])  # strata k >= 5 are below NEGLIGIBLE here
+    assert (el.size_probabilities(sparse, n).max(0) < el.NEGLIGIBLE).sum() == 6
+    cond = el.conditional_losses(W, b, el.size_sample(0, n, 8192), imp, "relu-hidden")  # every stratum
+    all_strata = np.einsum("ks,ks->k", cond, el.size_probabilities(sparse, n))
+    np.testing.assert_allclose(el.equal_density_expected_losses(W, b, sparse, imp, "relu-hidden"), all_strata,
+                               rtol=1e-9)

@@ -30,3 +30,10 @@ def test_a_tiny_run_writes_its_outputs_and_checks(tmp_path):
     assert len(neurons["neuron"]) == 3 * 5 and set(neurons) >= {"drivers", "features", "w_0", "w_9"}
     assert (tmp_path / "figures/privileged_basis.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "summary.json").read_text())["experiment"] == "privileged-basis"
+    # the analysed fit of each density is the one with the lowest expected loss, not the training window
+    inst = pq.read_table(tmp_path / "instances.parquet").to_pydict()
+    for d in range(3):
+        fits = [2 * d, 2 * d + 1]
+        best = min(fits, key=lambda k: inst["expected_loss"][k])
+        assert [inst["kept"][k] for k in fits] == [k == best for k in fits]
+    assert all(np.isfinite(inst["expected_loss"])) and inst["final_loss"] != inst["expected_loss"]
