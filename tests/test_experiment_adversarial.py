@@ -39,7 +39,13 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert models["density"] == pytest.approx([1.0, 1e-3, 1.0, 1e-3])
     for col in ("D_star", "features_per_dimension", "vulnerability", "relu_vulnerability", "train_loss", "test_loss"):
         assert np.all(np.isfinite(models[col])), col
-    assert len(pq.read_table(tmp_path / "instances.parquet")) == 8
+    inst = pq.read_table(tmp_path / "instances.parquet").to_pydict()
+    assert len(inst["instance"]) == 8 and np.all(np.isfinite(inst["expected_loss"]))
+    for v in range(2):  # per variant and density, the kept fit is the one with the lowest expected loss
+        for d in range(2):
+            fits = [4 * v + 2 * d, 4 * v + 2 * d + 1]
+            best = min(fits, key=lambda k: inst["expected_loss"][k])
+            assert [inst["kept"][k] for k in fits] == [k == best for k in fits]
     w = load_file(str(tmp_path / "weights.safetensors"))
     assert w["W_relu-output"].shape == (4, 5, 20) and w["b_linear"].shape == (4, 20)
     saved = json.loads((tmp_path / "summary.json").read_text())

@@ -105,13 +105,16 @@ def test_intro_draws_the_lowest_expected_loss_fit(tmp_path):
 def test_basic_tiny_run_writes_every_output(tmp_path, capsys):
     pytest.importorskip("numba")
     out = tmp_path / "basic"
-    code, stdout, err = run_cli(["basic", "--fits", "1", "--steps", "30", "--batch-size", "16", "--backend", "cpu",
+    code, stdout, err = run_cli(["basic", "--fits", "2", "--steps", "30", "--batch-size", "16", "--backend", "cpu",
                                  "--no-progress", "--out", str(out)], capsys)
     assert code == 0, err
     for f in ["spec.json", "summary.json", *basic.EXPERIMENT.outputs]:
         assert (out / f).is_file(), f
     inst = pq.read_table(out / "instances.parquet").to_pydict()
-    assert sorted(set(inst["variant"])) == ["linear", "relu-output"] and len(inst["variant"]) == 14
+    assert sorted(set(inst["variant"])) == ["linear", "relu-output"] and len(inst["variant"]) == 28
+    for lo in range(0, 28, 2):  # per variant and density, the drawn fit has the lowest expected loss
+        best = min((lo, lo + 1), key=lambda k: inst["expected_loss"][k])
+        assert [inst["kept"][lo], inst["kept"][lo + 1]] == [lo == best, lo + 1 == best]
     w = json.loads((out / "spec.json").read_text())
     assert set(w["plan"]["chunk_size"]) == {"linear", "relu-output"}
 

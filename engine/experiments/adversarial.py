@@ -3,8 +3,8 @@ Robustness").
 
 n = 20, m = 5, importance 0.9^i, every feature of the same density, swept log-spaced from
 ``density_max`` (1) down to ``density_min`` (0.001); relu-output models and, as the baseline, linear
-models at the same densities; ``fits`` per point, the lowest final training loss kept
-(base.best_of_fits).
+models at the same densities; ``fits`` per point, the one with the lowest expected loss kept
+(engine.expected_loss.equal_density_expected_losses, base.best_of_fits).
 
 The attack (per kept model, float64): a fixed test sample x (test_samples, 20) of the model's data
 distribution (uniforms from the Philox stream keyed by (seed, instance 0, step 0, stream 2), which
@@ -44,6 +44,7 @@ import torch
 
 from .. import metrics, reference, rng
 from ..errors import SpecError
+from ..expected_loss import equal_density_expected_losses
 from ..plots import plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int, check_density
 from ..store import write_parquet, write_tensors
@@ -76,7 +77,7 @@ class AdversarialSpec(CommonSpec):
     density_max: float = option(1.0, "Highest feature density (densest point), in [2^-24, 1].")
     density_min: float = option(1e-3, "Lowest feature density, in [2^-24, 1].")
     points: int = option(10, "Densities, log-spaced from density-max down to density-min.")
-    fits: int = option(3, "Models trained per point; the lowest-loss one is analysed (the paper's protocol).")
+    fits: int = option(3, "Models trained per point; the one with the lowest expected loss is analysed (the paper keeps the lowest-loss).")
     importance_decay: float = option(0.9, "Importance of feature i is importance_decay^i.")
     attack_scale: float = option(0.1, "Attack L2 norm as a fraction of the mean input norm of the test sample.")
     test_samples: int = option(16384, "Rows of the fixed test sample (input norm, attack, test loss).")
@@ -253,7 +254,9 @@ class Adversarial(Experiment):
         for v in VARIANTS:
             res = results[v]
             loss = res.loss.numpy().astype(np.float64)
-            kept = best_of_fits(loss, spec.fits, res.diverged)
+            expected = equal_density_expected_losses(res.W, res.b, table["density"],
+                                                     np.tile(spec.importance(), (len(loss), 1)), v, seed=spec.seed)
+            kept = best_of_fits(expected, spec.fits, res.diverged)
             W = res.W[kept].double()
             b = res.b[kept].double()
             dstar = metrics.dimensions_per_feature(W).numpy()
@@ -277,7 +280,8 @@ class Adversarial(Experiment):
                     r[key] = np.where(no_model, np.nan, val)
             rows[v] = r
             is_kept = kept_column(len(loss), kept, res.diverged)
-            instances[v] = {**table, "variant": [v] * len(loss), "train_loss": loss, "diverged": res.diverged, "kept": is_kept,
+            instances[v] = {**table, "variant": [v] * len(loss), "train_loss": loss, "expected_loss": expected,
+                            "diverged": res.diverged, "kept": is_kept,
                             "D_star": metrics.dimensions_per_feature(res.W).numpy()}
             tensors[f"W_{v}"], tensors[f"b_{v}"] = res.W, res.b
         def cat(d):  # both variants' rows, relu-output first
