@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import reference, rng
+from .errors import SpecError
 
 MAX_FEATURES = 12  # 4,096 active sets
 
@@ -179,7 +180,19 @@ def equal_density_expected_losses(W, b, density, importance, variant: str = "rel
     active (size_probabilities), the conditional losses on size_sample(seed, n, rows); strata
     below NEGLIGIBLE probability for every model are left out. What privileged-basis ranks its fits
     by (n = 10: 1,024 active sets, too many for grid_sample's per-set grids)."""
-    n = np.shape(W)[2]
+    if len(np.shape(W)) != 3:
+        raise SpecError("W", "a (K, m, n) tensor", tuple(np.shape(W)))
+    K, n = np.shape(W)[0], np.shape(W)[2]
+    density = np.asarray(density, dtype=np.float64)
+    if density.shape != (K,):
+        raise SpecError("density", f"one density per model, shape ({K},)", tuple(density.shape))
+    if not ((density >= 0) & (density <= 1)).all():
+        raise SpecError("density", "in [0, 1]", float(density[~((density >= 0) & (density <= 1))][0]))
+    if np.shape(b) != (K, n) or np.shape(importance) != (K, n):
+        raise SpecError("b and importance", f"shape ({K}, {n}) to match W",
+                        (tuple(np.shape(b)), tuple(np.shape(importance))))
+    if variant not in ("relu-output", "relu-hidden", "linear"):
+        raise SpecError("variant", "relu-output, relu-hidden or linear (tied models)", variant)
     probs = size_probabilities(density, n)  # (K, n + 1)
     used = np.flatnonzero(probs.max(0) >= NEGLIGIBLE)
     sample = size_sample(seed, n, rows)

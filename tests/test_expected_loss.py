@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine import expected_loss as el, reference
+from engine.errors import SpecError
 
 
 def test_set_probabilities_are_exact():
@@ -130,3 +131,15 @@ def test_equal_density_expected_loss_matches_a_plain_sample_for_ten_features():
     all_strata = np.einsum("ks,ks->k", cond, el.size_probabilities(sparse, n))
     np.testing.assert_allclose(el.equal_density_expected_losses(W, b, sparse, imp, "relu-hidden"), all_strata,
                                rtol=1e-9)
+
+
+def test_equal_density_expected_loss_refuses_bad_input_by_name():
+    W, b, imp = torch.zeros(2, 1, 3), torch.zeros(2, 3), np.ones((2, 3))
+    for args, field in [((W, b, [0.5, 1.5], imp), "density: must be in \\[0, 1\\]"),
+                        ((W, b, [0.5], imp), "density: must be one density per model"),
+                        ((W, b[:, :2], [0.5, 0.5], imp), "b and importance"),
+                        ((W[0], b, [0.5, 0.5], imp), "W: must be a \\(K, m, n\\) tensor")]:
+        with pytest.raises(SpecError, match=field):
+            el.equal_density_expected_losses(*args)
+    with pytest.raises(SpecError, match="variant"):
+        el.equal_density_expected_losses(W, b, [0.5, 0.5], imp, "abs-computation")
