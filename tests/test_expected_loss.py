@@ -143,3 +143,47 @@ def test_equal_density_expected_loss_refuses_bad_input_by_name():
             el.equal_density_expected_losses(*args)
     with pytest.raises(SpecError, match="variant"):
         el.equal_density_expected_losses(W, b, [0.5, 0.5], imp, "abs-computation")
+
+
+def test_set_states_enumerate_the_set_rules_exactly():
+    p = np.array([[0.2] * 4 + [0.5, 0.1], [1.0] * 6])
+    sets = (("correlated", 0, 2), ("anticorrelated", 2, 2))  # features 4, 5 in no set
+    masks, probs = el.set_states(6, sets, p)
+    assert masks.shape == (2 * 3 * 2 * 2, 6) and probs.sum(1) == pytest.approx([1.0, 1.0], rel=1e-12)
+    assert not (masks[:, 2] & masks[:, 3]).any()  # an anticorrelated set: never two members at once
+    assert (masks[:, 0] == masks[:, 1]).all()  # a correlated set: all or none
+    want = {(True, True, False, True, False, True): 0.2 * (0.2 / 2) * 0.5 * 0.1,
+            (False, False, False, False, False, False): 0.8 * 0.8 * 0.5 * 0.9}
+    for mask, q in want.items():
+        j = [k for k, m in enumerate(masks) if tuple(m) == mask][0]
+        assert probs[0, j] == pytest.approx(q, rel=1e-12)
+    assert probs[1].max() == 0.5 and np.count_nonzero(probs[1]) == 2  # dense: correlated on, one anti member
+    with pytest.raises(SpecError, match="sets: must be at most"):
+        el.set_states(13, (), np.full((1, 13), 0.5))
+
+
+def test_without_sets_the_state_sample_is_the_per_set_grid():
+    """No sets: the states are the 2^n active sets and, with <= 5 active, the same midpoint grid as
+    instance_expected_losses, so the two agree to rounding (the sums run in another order)."""
+    gen = torch.Generator().manual_seed(2)
+    W = torch.randn(4, 2, 5, generator=gen, dtype=torch.float64)
+    b = torch.randn(4, 5, generator=gen, dtype=torch.float64) * 0.1
+    p = np.array([[0.01] * 5, [0.1] * 5, [0.5, 0.4, 0.3, 0.2, 0.1], [1.0] * 5])
+    imp = np.tile(0.9 ** np.arange(5), (4, 1))
+    np.testing.assert_allclose(el.set_expected_losses(W, b, p, imp, ()), el.instance_expected_losses(W, b, p, imp),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("setup", ["corr2x2", "anti2x2", "corr3x2", "corr2x10"])
+def test_set_expected_loss_matches_a_plain_sample_of_the_set_rule(setup):
+    from engine.experiments.correlated import SETUPS
+    n, m, sets = SETUPS[setup]
+    gen = torch.Generator().manual_seed(n + len(sets))
+    W = torch.randn(3, m, n, generator=gen, dtype=torch.float64) * 0.6
+    b = torch.randn(3, n, generator=gen, dtype=torch.float64) * 0.1
+    p = np.array([0.9, 0.2, 0.03])[:, None] * np.ones(n)
+    est = el.set_expected_losses(W, b, p, np.ones_like(p), sets)
+    u = torch.rand(3, 1 << 18, n, generator=gen, dtype=torch.float64)
+    x = reference.features_from_uniform(u, torch.tensor(p), sets)
+    plain = reference.instance_loss(W, b, x, torch.ones(3, n, dtype=torch.float64), "relu-output").numpy()
+    assert est == pytest.approx(plain, rel=0.02)

@@ -27,11 +27,15 @@ def test_block_cosines_separate_within_and_across_sets():
 
 
 def test_a_tiny_run_writes_its_outputs(tmp_path):
-    spec = co.CorrelatedSpec(fits=1, points=2, steps=20, batch_size=16, backend="torch")
+    spec = co.CorrelatedSpec(fits=2, points=2, steps=20, batch_size=16, backend="torch")
     summary = runner.run(co.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
     assert [c["name"] for c in summary["checks"]] == ["correlated-orthogonal", "anticorrelated-antipodal",
                                                       "sets-collapse", "local-bases"]
     sets = pq.read_table(tmp_path / "sets.parquet").to_pydict()
     assert len(sets["setup"]) == 2 + 2 + 3 * 2 + 2 and set(sets["kind"]) == {"correlated", "anticorrelated"}
     inst = pq.read_table(tmp_path / "instances.parquet").to_pydict()
-    assert np.bincount([list(co.SETUPS).index(s) for s in inst["setup"]]).tolist() == [1, 1, 2, 1]
+    assert np.bincount([list(co.SETUPS).index(s) for s in inst["setup"]]).tolist() == [2, 2, 4, 2]
+    assert np.all(np.isfinite(inst["expected_loss"]))
+    for lo in range(0, 10, 2):  # per setup and density, the analysed fit has the lowest expected loss
+        best = min((lo, lo + 1), key=lambda k: inst["expected_loss"][k])
+        assert [inst["kept"][lo], inst["kept"][lo + 1]] == [lo == best, lo + 1 == best]

@@ -1,6 +1,7 @@
 """Correlated and anticorrelated features (the paper's section of that name).
 
-Four setups (importance 1, ``fits`` models each, the lowest-loss one analysed):
+Four setups (importance 1, ``fits`` models each, the one with the lowest expected loss analysed:
+engine.expected_loss.set_expected_losses, exact in which sets are active):
 - ``corr2x2``: n=4 in m=2, 2 sets of 2 correlated features, at ``density``;
 - ``anti2x2``: n=4 in m=2, 2 sets of 2 anticorrelated features, at ``density``;
 - ``corr3x2``: n=6 in m=2, 3 sets of 2 correlated features, densities log spaced from density_min
@@ -25,6 +26,7 @@ import torch
 
 from .. import metrics
 from ..errors import SpecError
+from ..expected_loss import set_expected_losses
 from ..plots import feature_arrows, plt, save
 from ..spec import DataSpec, ModelSpec, _check_int, check_density
 from ..store import write_parquet, write_tensors
@@ -46,7 +48,7 @@ class CorrelatedSpec(CommonSpec):
     points: int = option(7, "Densities of the corr3x2 sweep, log spaced from density_min to density_max.")
     density_min: float = option(0.01, "Sparsest density of the corr3x2 sweep, in [2^-24, 1].")
     density_max: float = option(1.0, "Densest density of the corr3x2 sweep, in [2^-24, 1].")
-    fits: int = option(10, "Models trained per setup and density; the lowest-loss one is analysed.")
+    fits: int = option(10, "Models trained per setup and density; the one with the lowest expected loss is analysed.")
 
     def __post_init__(self):
         check_density("density", self.density)
@@ -131,10 +133,12 @@ class Correlated(Experiment):
             res = results[name]
             dens = spec.densities(name)
             loss = res.loss.numpy()
-            kept = best_of_fits(loss, spec.fits, res.diverged)
+            p = np.repeat(dens, spec.fits)[:, None] * np.ones(n)
+            expected = set_expected_losses(res.W, res.b, p, np.ones_like(p), sets, seed=spec.seed)
+            kept = best_of_fits(expected, spec.fits, res.diverged)
             kept_W[name] = res.W[kept]
             instances.append({"setup": [name] * len(loss), "density": np.repeat(dens, spec.fits),
-                              "fit": np.tile(np.arange(spec.fits), len(dens)), "final_loss": loss,
+                              "fit": np.tile(np.arange(spec.fits), len(dens)), "final_loss": loss, "expected_loss": expected,
                               "diverged": res.diverged, "kept": kept_column(len(loss), kept, res.diverged)})
             for j, geo in enumerate(set_geometry(res.W[kept], sets)):
                 for s, g in enumerate(geo):
@@ -220,7 +224,7 @@ def figure(path, spec, kept_W, within, across) -> None:
     fig.colorbar(im, ax=ax, shrink=0.8)
     for ax in axes[len(panels) + 1:]:
         ax.axis("off")
-    fig.suptitle("Correlated and anticorrelated features: lowest-loss model per setup (colour = feature set)")
+    fig.suptitle("Correlated and anticorrelated features: lowest expected loss model per setup (colour = feature set)")
     save(fig, path)
 
 
