@@ -10,8 +10,13 @@ The expected loss of a model at feature densities p (n,) is sum over active sets
 E[loss | exactly A active]. The probabilities are exact (set_probabilities); only the values of the
 active features are sampled (stratified_sample: random rows; grid_sample: a midpoint grid, for few
 features), one fixed sample that every model sees (common random numbers): the comparison of two
-models is then much less noisy than either estimate. Used
-with tied (W, b) models of n <= MAX_FEATURES features (2^n active sets).
+models is then much less noisy than either estimate. For tied (W, b) models (relu-output,
+relu-hidden, linear):
+- instance_expected_losses: any densities, n <= MAX_FEATURES (2^n active sets);
+- equal_density_expected_losses: one density per model (all n features), any n: exact in how many
+  features are active, the active set sampled;
+- set_expected_losses: data with feature sets (DataSpec.sets), exact in which sets are active.
+Samples are made one active set (state, stratum) at a time, so memory stays within one of them.
 """
 from __future__ import annotations
 
@@ -22,14 +27,64 @@ import torch
 
 from . import reference, rng
 from .errors import SpecError
+from .spec import _check_int
 
-MAX_FEATURES = 12  # 4,096 active sets
+# 256 active sets: at most 2.4M rows of grid_sample per model (56 sets of 5 features x 8^5 points);
+# n = 12 took a minute and 12 GiB per model. Beyond it: equal_density_expected_losses (one density
+# per model) or set_expected_losses with its own limit on states.
+MAX_FEATURES = 8
+TIED_VARIANTS = ("relu-output", "relu-hidden", "linear")
+
+
+def _float64(name: str, value, what: str) -> torch.Tensor:
+    """value as a float64 tensor without autograd history (nn.Parameter and numpy views welcome), or a
+    SpecError naming the field."""
+    try:
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(torch.float64)
+        return torch.tensor(np.array(value, dtype=np.float64))  # a copy: read-only views are fine
+    except (TypeError, ValueError) as err:
+        raise SpecError(name, what, type(value).__name__) from err
+
+
+def check_models(W, b, importance=None, variant: str = "relu-output"):
+    """Validated float64 copies of tied models: W (K, m, n), b (K, n), importance (K, n) finite and
+    >= 0 (None: all ones). SpecError, naming the field, for anything else."""
+    W = _float64("W", W, "a (K, m, n) array of numbers")
+    if W.dim() != 3 or min(W.shape) < 1:
+        raise SpecError("W", "a (K, m, n) array with K, m, n >= 1", tuple(W.shape))
+    K, n = W.shape[0], W.shape[2]
+    b = _float64("b", b, f"a ({K}, {n}) array of numbers")
+    if tuple(b.shape) != (K, n):
+        raise SpecError("b", f"shape ({K}, {n}) to match W", tuple(b.shape))
+    imp = torch.ones(K, n, dtype=torch.float64) if importance is None else \
+        _float64("importance", importance, f"a ({K}, {n}) array of numbers")
+    if tuple(imp.shape) != (K, n):
+        raise SpecError("importance", f"shape ({K}, {n}) to match W", tuple(imp.shape))
+    if not (torch.isfinite(imp) & (imp >= 0)).all():
+        raise SpecError("importance", "finite and >= 0", float(imp[~(torch.isfinite(imp) & (imp >= 0))][0]))
+    if variant not in TIED_VARIANTS:
+        raise SpecError("variant", "relu-output, relu-hidden or linear (tied models)", variant)
+    return W, b, imp
+
+
+def check_densities(name: str, p, shape: tuple) -> np.ndarray:
+    """p as float64 of the given shape with every value in [0, 1], or a SpecError naming ``name``."""
+    try:
+        p = np.array(p, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise SpecError(name, "numbers in [0, 1]", type(p).__name__) from err
+    if p.shape != shape:
+        raise SpecError(name, f"shape {shape}", p.shape)
+    bad = ~((p >= 0) & (p <= 1))
+    if bad.any():
+        raise SpecError(name, "in [0, 1]", float(p[bad][0]))
+    return p
 
 
 def active_sets(n: int) -> np.ndarray:
     """Every set of active features as a bool mask (2^n, n), by size then index (row 0: none)."""
-    if not 1 <= n <= MAX_FEATURES:
-        raise ValueError(f"n must be in [1, {MAX_FEATURES}] for an enumeration of active sets (got {n})")
+    _check_int("n", n, 1, MAX_FEATURES)
     masks = [np.array([(s >> i) & 1 for i in range(n)], bool) for s in range(2 ** n)]
     return np.array(sorted(masks, key=lambda m: (m.sum(), [-int(v) for v in m])))
 
@@ -37,6 +92,9 @@ def active_sets(n: int) -> np.ndarray:
 def set_probabilities(p) -> np.ndarray:
     """P(exactly the features of each active set are active), (P, 2^n), for densities p (P, n)."""
     p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 2:
+        raise SpecError("p", "densities of shape (P, n)", p.shape)
+    p = check_densities("p", p, p.shape)
     sets = active_sets(p.shape[1])
     return np.prod(np.where(sets[None], p[:, None, :], 1 - p[:, None, :]), axis=2)
 
@@ -48,6 +106,8 @@ def stratified_sample(seed: int, n: int, rows_single: int) -> list[torch.Tensor]
     from the data distribution given that exactly those features are active. rows_j = rows_single /
     4^(size - 1), at least 64: the single-feature sets, which carry most of the loss when sparse, get
     the most; the empty set one row (its loss is exact)."""
+    _check_int("seed", seed, 0, 2**63 - 1)
+    _check_int("rows_single", rows_single, 1)
     out = []
     for j, mask in enumerate(active_sets(n)):
         k = int(mask.sum())
@@ -57,14 +117,18 @@ def stratified_sample(seed: int, n: int, rows_single: int) -> list[torch.Tensor]
     return out
 
 
-# Points per axis grid_sample gives a set of many features at least, while the set stays within
+# Points per axis a grid gives a set of many features at least, while the set stays within
 # MAX_GRID_ROWS: 8 (a bias of ~0.4% in E[u^2]) for up to 5 features; round(points^(1/k)) alone gave a
 # set of 5 only 5 per axis at 4,096 points (~1%, on every loss at density 1).
 MIN_AXIS, MAX_GRID_ROWS = 8, 2 ** 15
+# A set (state) of at most this many active features gets a midpoint grid, one with more random rows:
+# past 5 the grid drops below MIN_AXIS (3 per axis for 8 features, 2 for 9-12) and its midpoint bias
+# reached -3% of the expected loss at n = 10, density 0.7, and -10% at density 1.
+GRID_FEATURES = 5
 
 
 def grid_axis(k: int, points: int) -> int:
-    """Points per axis of grid_sample's grid for a set of k active features: round(points^(1/k)), at
+    """Points per axis of the midpoint grid for a set of k active features: round(points^(1/k)), at
     least 2, raised towards MIN_AXIS while the grid keeps within MAX_GRID_ROWS rows."""
     g = max(2, int(round(points ** (1.0 / k))))
     while g < MIN_AXIS and (g + 1) ** k <= MAX_GRID_ROWS:
@@ -72,26 +136,45 @@ def grid_axis(k: int, points: int) -> int:
     return g
 
 
+def state_rows(mask: np.ndarray, s: int, seed: int = 0, points: int = 4096, rows: int = 8192) -> torch.Tensor:
+    """Evaluation rows (rows_s, n) float64 for one state: the features of mask (n,) active with
+    independent uniform values, the others 0. k = 0 active: one zero row; k <= GRID_FEATURES: a
+    midpoint grid, grid_axis(k, points) values (i + 1/2) / g per active feature, every combination
+    (its mean is the midpoint rule for the conditional expectation, error ~1/g^2 for the
+    piecewise-quadratic losses of ReLU models, against 1/sqrt(rows) for random rows); more: ``rows``
+    random rows from the evaluation stream keyed by (seed, instance s, step 3, rng.STREAM_EVAL)."""
+    n, idx = len(mask), np.flatnonzero(mask)
+    k = len(idx)
+    if k == 0:
+        return torch.zeros(1, n, dtype=torch.float64)
+    if k <= GRID_FEATURES:
+        g = grid_axis(k, points)
+        values = torch.cartesian_prod(*[(torch.arange(g, dtype=torch.float64) + 0.5) / g] * k).reshape(-1, k)
+    else:
+        values = rng.uniforms(seed, torch.tensor([s]), 3, rows, k, stream=rng.STREAM_EVAL)[0].double()
+    x = torch.zeros(values.shape[0], n, dtype=torch.float64)
+    x[:, torch.as_tensor(idx)] = values
+    return x
+
+
+def _check_sample_sizes(seed, points, rows):
+    _check_int("seed", seed, 0, 2**63 - 1)
+    _check_int("points", points, 1)
+    _check_int("rows", rows, 1)
+
+
+def state_sample(masks: np.ndarray, seed: int = 0, points: int = 4096, rows: int = 8192) -> list[torch.Tensor]:
+    """state_rows for each state of masks (S, n) (set_states, active_sets), state s keyed by its index."""
+    _check_sample_sizes(seed, points, rows)
+    return [state_rows(mask, s, seed, points, rows) for s, mask in enumerate(masks)]
+
+
 def grid_sample(n: int, points: int) -> list[torch.Tensor]:
-    """A deterministic evaluation sample, stratified by active set like stratified_sample, whose rows
-    are a midpoint grid instead of random draws: for set j of active_sets(n) with k members, g =
-    grid_axis(k, points) values (i + 1/2) / g per active feature, every combination
-    (g^k rows), the others 0; the empty set one row. The mean over a set's rows is the midpoint rule
-    for E[loss | exactly that set active], whose error falls as 1/g^2 for the piecewise-quadratic
-    losses of ReLU models, against 1/sqrt(rows) for random rows: the phase diagram's seeds differ by
-    a few percent in the pair sets' losses, which 1,024 random rows per pair could not rank."""
-    out = []
-    for mask in active_sets(n):
-        k = int(mask.sum())
-        x = torch.zeros(1, n, dtype=torch.float64)
-        if k:
-            g = grid_axis(k, points)
-            axis = (torch.arange(g, dtype=torch.float64) + 0.5) / g
-            grid = torch.cartesian_prod(*[axis] * k).reshape(-1, k)
-            x = torch.zeros(grid.shape[0], n, dtype=torch.float64)
-            x[:, torch.as_tensor(np.flatnonzero(mask))] = grid
-        out.append(x)
-    return out
+    """A deterministic evaluation sample, stratified by active set like stratified_sample: for set j of
+    active_sets(n), state_rows (a midpoint grid for sets of <= GRID_FEATURES features, else ``points``
+    random rows of evaluation seed 0). The phase diagram's seeds differ by a few percent in the pair
+    sets' losses, which 1,024 random rows per pair could not rank; the grid can."""
+    return state_sample(active_sets(n), 0, points, points)
 
 
 # Doubles per intermediate tensor (models x rows x n) of conditional_losses: ~8 MB, so a big sample
@@ -99,26 +182,25 @@ def grid_sample(n: int, points: int) -> list[torch.Tensor]:
 ELEMENTS = 2 ** 20
 
 
-def conditional_losses(W, b, sample: list[torch.Tensor], importance=None, variant: str = "relu-output",
-                       chunk: int = 256) -> np.ndarray:
-    """float64 loss of each model W (K, m, n), b (K, n) given each active set: (K, len(sample)), by
-    engine.reference.instance_loss on each set's rows (stratified_sample or grid_sample; every model
-    sees the same examples). importance: (K, n) per model, or None for all ones. Models go through in
-    groups of at most ``chunk``, fewer where a set has many rows (ELEMENTS per intermediate); each
-    model's loss is computed alone, so the grouping never changes a number."""
-    W = torch.as_tensor(W, dtype=torch.float64)
-    b = torch.as_tensor(b, dtype=torch.float64)
-    K, n = W.shape[0], W.shape[2]
-    imp = (torch.ones(K, n, dtype=torch.float64) if importance is None
-           else torch.as_tensor(np.asarray(importance, dtype=np.float64)))
-    out = np.empty((K, len(sample)))
-    for j, x in enumerate(sample):
-        step = max(1, min(chunk, ELEMENTS // (x.shape[0] * max(n, W.shape[1]))))
+def conditional_losses(W, b, sample, importance=None, variant: str = "relu-output", chunk: int = 256) -> np.ndarray:
+    """float64 loss of each model W (K, m, n), b (K, n) given each active set: (K, S) for a sample of S
+    row blocks (a list, or any iterable: a generator keeps one block in memory at a time), by
+    engine.reference.instance_loss on each block's rows (every model sees the same examples).
+    importance: (K, n) per model, or None for all ones. Models go through in groups of at most
+    ``chunk``, fewer where a block has many rows (ELEMENTS per intermediate); each model's loss is
+    computed alone, so the grouping never changes a number."""
+    W, b, imp = check_models(W, b, importance, variant)
+    K, m, n = W.shape
+    columns = []
+    for x in sample:
+        col = np.empty(K)
+        step = max(1, min(chunk, ELEMENTS // (x.shape[0] * max(n, m))))
         for lo in range(0, K, step):
             Wc, bc, ic = W[lo:lo + step], b[lo:lo + step], imp[lo:lo + step]
-            out[lo:lo + step, j] = reference.instance_loss(Wc, bc, x[None].expand(Wc.shape[0], -1, -1), ic,
-                                                           variant).numpy()
-    return out
+            col[lo:lo + step] = reference.instance_loss(Wc, bc, x[None].expand(Wc.shape[0], -1, -1), ic,
+                                                        variant).numpy()
+        columns.append(col)
+    return np.stack(columns, axis=1) if columns else np.empty((K, 0))
 
 
 def expected_losses(cond: np.ndarray, p) -> np.ndarray:
@@ -132,6 +214,19 @@ def own_expected_losses(cond: np.ndarray, p) -> np.ndarray:
     return np.einsum("ks,ks->k", cond, set_probabilities(p))
 
 
+def instance_expected_losses(W, b, p, importance, points: int = 4096) -> np.ndarray:
+    """Each model's expected loss at its own densities p (K, n) and importances (K, n), on
+    grid_sample(n, points) made one set at a time: (K,) float64 (NaN for NaN weights). W (K, m, n),
+    b (K, n) relu-output models of n <= MAX_FEATURES features. What the phase diagram and intro rank
+    their fits by."""
+    W, b, imp = check_models(W, b, importance)
+    p = check_densities("p", p, (W.shape[0], W.shape[2]))
+    _check_int("n", W.shape[2], 1, MAX_FEATURES)
+    _check_sample_sizes(0, points, points)
+    sample = (state_rows(mask, s, 0, points, points) for s, mask in enumerate(active_sets(W.shape[2])))
+    return own_expected_losses(conditional_losses(W, b, sample, imp), p)
+
+
 # Strata of size_sample whose probability is below this for every model are not evaluated: each
 # conditional loss is at most sum_i I_i / n (bounded weights aside), so they move no ranking.
 NEGLIGIBLE = 1e-12
@@ -139,37 +234,47 @@ NEGLIGIBLE = 1e-12
 
 def size_probabilities(p, n: int) -> np.ndarray:
     """P(exactly k of n independent features are active), k = 0..n, for models whose features all
-    have density p (P,): the binomial pmf, (P, n + 1) float64."""
-    p = np.asarray(p, dtype=np.float64).reshape(-1, 1)
+    have density p (P,): the binomial pmf, (P, n + 1) float64, computed in logs (any n)."""
+    _check_int("n", n, 1)
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    p = check_densities("density", p, p.shape)[:, None]
     k = np.arange(n + 1)
-    comb = np.array([math.comb(n, int(j)) for j in k], dtype=np.float64)
-    return comb * p ** k * (1 - p) ** (n - k)  # numpy: 0 ** 0 = 1, so p = 0 and p = 1 are exact
+    log_comb = np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) for j in k])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pmf = log_comb + np.where(k == 0, 0.0, k * np.log(p)) + np.where(k == n, 0.0, (n - k) * np.log1p(-p))
+    return np.exp(log_pmf)  # p = 0 or 1: log 0 = -inf where a factor vanishes, exp gives exact 0 and 1
 
 
-def size_sample(seed: int, n: int, rows: int, single_points: int = 512) -> list[torch.Tensor]:
-    """A fixed evaluation sample stratified by the number of active features, for models whose n
-    features are independent and share one density (any n; active_sets' 2^n sets stop at 12).
-    Entry k (k = 0..n) holds float64 rows (rows_k, n) with exactly k active features: k = 0 one zero
-    row; k = 1 a midpoint grid, single_points values (i + 1/2) / single_points for each feature in
-    turn (n x single_points rows: the sparse end's loss is mostly single features, and the grid
-    makes it near exact); k >= 2 ``rows`` random rows whose active set is uniform over the k-subsets
-    (given that k features are active and all share one density, every k-subset is equally likely)
-    and whose active values are uniform. The draws come from the Philox evaluation stream keyed by
-    (seed, instance k, steps 1 and 2, rng.STREAM_EVAL): step 1 picks each row's set (its k smallest
-    of n uniforms), step 2 gives the values; stratified_sample uses step 0 only."""
-    out = [torch.zeros(1, n, dtype=torch.float64)]
-    if n >= 1:
+def size_stratum(seed: int, n: int, k: int, rows: int = 8192, single_points: int = 512) -> torch.Tensor:
+    """Evaluation rows float64 with exactly k of n features active, for models whose features are
+    independent and share one density: k = 0 one zero row; k = 1 a midpoint grid, single_points values
+    (i + 1/2) / single_points for each feature in turn (n x single_points rows: the sparse end's loss
+    is mostly single features, and the grid makes it near exact); k >= 2 ``rows`` random rows whose
+    active set is uniform over the k-subsets (given that k features are active and all share one
+    density, every k-subset is equally likely) and whose active values are uniform. The draws come
+    from the Philox evaluation stream keyed by (seed, instance k, steps 1 and 2, rng.STREAM_EVAL):
+    step 1 picks each row's set (its k smallest of n uniforms), step 2 gives the values."""
+    if k == 0:
+        return torch.zeros(1, n, dtype=torch.float64)
+    if k == 1:
         axis = (torch.arange(single_points, dtype=torch.float64) + 0.5) / single_points
         single = torch.zeros(n, single_points, n, dtype=torch.float64)
         single[torch.arange(n), :, torch.arange(n)] = axis
-        out.append(single.reshape(n * single_points, n))
-    for k in range(2, n + 1):
-        order = rng.uniforms(seed, torch.tensor([k]), 1, rows, n, stream=rng.STREAM_EVAL)[0].argsort(dim=1)
-        active = torch.zeros(rows, n, dtype=torch.bool)
-        active.scatter_(1, order[:, :k], True)
-        u = rng.uniforms(seed, torch.tensor([k]), 2, rows, n, stream=rng.STREAM_EVAL)[0].double()
-        out.append(u * active)
-    return out
+        return single.reshape(n * single_points, n)
+    order = rng.uniforms(seed, torch.tensor([k]), 1, rows, n, stream=rng.STREAM_EVAL)[0].argsort(dim=1)
+    active = torch.zeros(rows, n, dtype=torch.bool)
+    active.scatter_(1, order[:, :k], True)
+    u = rng.uniforms(seed, torch.tensor([k]), 2, rows, n, stream=rng.STREAM_EVAL)[0].double()
+    return u * active
+
+
+def size_sample(seed: int, n: int, rows: int, single_points: int = 512, sizes=None) -> list[torch.Tensor]:
+    """size_stratum for each count k in ``sizes`` (default 0..n): a fixed evaluation sample
+    stratified by the number of active features. Each stratum holds up to rows x n doubles: ask only
+    for the counts you need at large n."""
+    _check_int("n", n, 1)
+    _check_sample_sizes(seed, single_points, rows)
+    return [size_stratum(seed, n, int(k), rows, single_points) for k in (range(n + 1) if sizes is None else sizes)]
 
 
 def equal_density_expected_losses(W, b, density, importance, variant: str = "relu-output", seed: int = 0,
@@ -177,32 +282,19 @@ def equal_density_expected_losses(W, b, density, importance, variant: str = "rel
     """Each model's expected loss when its n features are independent with one density each model's
     own: W (K, m, n), b (K, n) tied models of ``variant`` (relu-output, relu-hidden, linear), density
     (K,), importance (K, n) -> (K,) float64, NaN for NaN weights. Exact in how many features are
-    active (size_probabilities), the conditional losses on size_sample(seed, n, rows); strata
-    below NEGLIGIBLE probability for every model are left out. What privileged-basis ranks its fits
-    by (n = 10: 1,024 active sets, too many for grid_sample's per-set grids)."""
-    if len(np.shape(W)) != 3:
-        raise SpecError("W", "a (K, m, n) tensor", tuple(np.shape(W)))
-    K, n = np.shape(W)[0], np.shape(W)[2]
-    density = np.asarray(density, dtype=np.float64)
-    if density.shape != (K,):
-        raise SpecError("density", f"one density per model, shape ({K},)", tuple(density.shape))
-    if not ((density >= 0) & (density <= 1)).all():
-        raise SpecError("density", "in [0, 1]", float(density[~((density >= 0) & (density <= 1))][0]))
-    if np.shape(b) != (K, n) or np.shape(importance) != (K, n):
-        raise SpecError("b and importance", f"shape ({K}, {n}) to match W",
-                        (tuple(np.shape(b)), tuple(np.shape(importance))))
-    if variant not in ("relu-output", "relu-hidden", "linear"):
-        raise SpecError("variant", "relu-output, relu-hidden or linear (tied models)", variant)
+    active (size_probabilities), the conditional losses on size_stratum(seed, n, k, rows), made one
+    stratum at a time; strata below NEGLIGIBLE probability for every model are left out. What
+    privileged-basis, basic and adversarial rank their fits by (n = 10: 1,024 active sets)."""
+    W, b, imp = check_models(W, b, importance, variant)
+    density = check_densities("density", density, (W.shape[0],))
+    _check_sample_sizes(seed, 1, rows)
+    n = W.shape[2]
     probs = size_probabilities(density, n)  # (K, n + 1)
     used = np.flatnonzero(probs.max(0) >= NEGLIGIBLE)
-    sample = size_sample(seed, n, rows)
-    cond = conditional_losses(W, b, [sample[k] for k in used], importance, variant)  # (K, len(used))
+    cond = conditional_losses(W, b, (size_stratum(seed, n, int(k), rows) for k in used), imp, variant)
     return np.einsum("ks,ks->k", cond, probs[:, used])
 
 
-# A state of set_states with at most this many active features gets a midpoint grid (grid_axis),
-# one with more random rows: a grid of 10 features would need 2^10 points at 2 per axis.
-GRID_FEATURES = 5
 MAX_STATES = 4096
 
 
@@ -213,6 +305,9 @@ def set_states(n: int, sets, p) -> tuple[np.ndarray, np.ndarray]:
     member) or all on (p_a); an anticorrelated set off (1 - p_a) or exactly member j on (p_a / size
     each); a feature in no set off or on (1 - p_i, p_i). S = the product of the units' counts."""
     p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != n:
+        raise SpecError("p", f"densities of shape (K, {n})", p.shape)
+    p = check_densities("p", p, p.shape)
     in_set = np.zeros(n, bool)
     units = []  # per unit: [(members on, probability (K,)), ...]
     for kind, a, size in sets:
@@ -236,44 +331,16 @@ def set_states(n: int, sets, p) -> tuple[np.ndarray, np.ndarray]:
     return np.array(masks), np.stack(probs, axis=1)
 
 
-def state_sample(masks: np.ndarray, seed: int, points: int = 4096, rows: int = 8192) -> list[torch.Tensor]:
-    """One fixed evaluation sample per state (masks (S, n) from set_states), float64 rows (rows_s, n)
-    whose active features are independent uniforms and the others 0 (every set rule gives its active
-    members independent uniform values): a midpoint grid (grid_axis(k, points) per axis) for states
-    of k <= GRID_FEATURES active features, else ``rows`` random rows from the evaluation stream keyed by
-    (seed, instance s, step 3, rng.STREAM_EVAL)."""
-    out = []
-    for s, mask in enumerate(masks):
-        k, idx = int(mask.sum()), torch.as_tensor(np.flatnonzero(mask))
-        if k == 0:
-            out.append(torch.zeros(1, len(mask), dtype=torch.float64))
-            continue
-        if k <= GRID_FEATURES:
-            g = grid_axis(k, points)
-            values = torch.cartesian_prod(*[(torch.arange(g, dtype=torch.float64) + 0.5) / g] * k).reshape(-1, k)
-        else:
-            values = rng.uniforms(seed, torch.tensor([s]), 3, rows, k, stream=rng.STREAM_EVAL)[0].double()
-        x = torch.zeros(values.shape[0], len(mask), dtype=torch.float64)
-        x[:, idx] = values
-        out.append(x)
-    return out
-
-
 def set_expected_losses(W, b, p, importance, sets, variant: str = "relu-output", seed: int = 0,
                         points: int = 4096, rows: int = 65536) -> np.ndarray:
     """Each model's expected loss on data with feature sets (DataSpec.sets): W (K, m, n), b (K, n)
     tied models, p (K, n) densities, importance (K, n) -> (K,) float64 (NaN for NaN weights). Exact in
-    which features are active (set_states), the values on state_sample. What correlated ranks its fits by;
-    rows 65,536: its sets of 10 put 10 or 20 features in a state, and at 8,192 random rows two fits
-    0.4% apart in expected loss swapped places with the sample's seed (at 65,536 they did not)."""
-    masks, probs = set_states(np.shape(W)[2], sets, p)
-    cond = conditional_losses(W, b, state_sample(masks, seed, points, rows), importance, variant)
-    return np.einsum("ks,ks->k", cond, probs)
-
-
-def instance_expected_losses(W, b, p, importance, points: int = 4096) -> np.ndarray:
-    """Each model's expected loss at its own densities p (K, n) and importances (K, n), on
-    grid_sample(n, points): (K,) float64 (NaN for NaN weights). W (K, m, n), b (K, n) relu-output models.
-    What the phase diagram and intro rank their fits by."""
-    n = np.shape(p)[1]
-    return own_expected_losses(conditional_losses(W, b, grid_sample(n, points), importance), p)
+    which features are active (set_states), the values on state_rows, one state at a time. What
+    correlated ranks its fits by; rows 65,536: its sets of 10 put 10 or 20 features in a state, and
+    at 8,192 random rows two fits 0.4% apart in expected loss swapped places with the sample's seed
+    (at 65,536 they did not)."""
+    W, b, imp = check_models(W, b, importance, variant)
+    _check_sample_sizes(seed, points, rows)
+    masks, probs = set_states(W.shape[2], sets, check_densities("p", p, (W.shape[0], W.shape[2])))
+    sample = (state_rows(mask, s, seed, points, rows) for s, mask in enumerate(masks))
+    return np.einsum("ks,ks->k", conditional_losses(W, b, sample, imp, variant), probs)

@@ -18,7 +18,7 @@ def test_set_probabilities_are_exact():
     assert probs[1, 0] == 0.0  # feature 0 always active: the empty set never happens
     assert el.active_sets(1).tolist() == [[False], [True]]
     assert el.active_sets(3).sum(1).tolist() == [0, 1, 1, 1, 2, 2, 2, 3]  # by size
-    with pytest.raises(ValueError, match="n must be in"):
+    with pytest.raises(SpecError, match=r"n: must be an integer in \[1, 8\]"):
         el.active_sets(el.MAX_FEATURES + 1)
 
 
@@ -136,13 +136,32 @@ def test_equal_density_expected_loss_matches_a_plain_sample_for_ten_features():
 def test_equal_density_expected_loss_refuses_bad_input_by_name():
     W, b, imp = torch.zeros(2, 1, 3), torch.zeros(2, 3), np.ones((2, 3))
     for args, field in [((W, b, [0.5, 1.5], imp), "density: must be in \\[0, 1\\]"),
-                        ((W, b, [0.5], imp), "density: must be one density per model"),
-                        ((W, b[:, :2], [0.5, 0.5], imp), "b and importance"),
-                        ((W[0], b, [0.5, 0.5], imp), "W: must be a \\(K, m, n\\) tensor")]:
+                        ((W, b, [0.5], imp), "density: must be shape \\(2,\\)"),
+                        ((W, b[:, :2], [0.5, 0.5], imp), "b: must be shape \\(2, 3\\)"),
+                        ((W[0], b, [0.5, 0.5], imp), "W: must be a \\(K, m, n\\) array")]:
         with pytest.raises(SpecError, match=field):
             el.equal_density_expected_losses(*args)
     with pytest.raises(SpecError, match="variant"):
         el.equal_density_expected_losses(W, b, [0.5, 0.5], imp, "abs-computation")
+    bad = [(dict(importance=-imp), "importance: must be finite and >= 0"),
+           (dict(importance=imp * np.nan), "importance: must be finite and >= 0"),
+           (dict(seed=-1), "seed: must be an integer in"), (dict(seed=2 ** 64), "seed: must be an integer in"),
+           (dict(seed=1.5), "seed"), (dict(rows=0), "rows: must be an integer >= 1"), (dict(rows=1.5), "rows"),
+           (dict(W=torch.zeros(0, 1, 3), b=torch.zeros(0, 3), density=[], importance=np.ones((0, 3))), "W: must be"),
+           (dict(W=[["a"]]), "W: must be"), (dict(density=["x", "y"]), "density: must be numbers")]
+    for change, field in bad:
+        kw = {**dict(W=W, b=b, density=[0.5, 0.5], importance=imp), **change}
+        with pytest.raises(SpecError, match=field):
+            el.equal_density_expected_losses(kw.pop("W"), kw.pop("b"), kw.pop("density"), kw.pop("importance"), **kw)
+    with pytest.raises(SpecError, match="density: must be in"):
+        el.size_probabilities([2.0], 3)
+    for p, field in [([0.5, 0.5], r"p: must be shape \(2, 3\)"), (np.full((2, 4), 0.5), "p: must be shape"),
+                     (np.full((2, 3), 1.5), r"p: must be in \[0, 1\]")]:
+        with pytest.raises(SpecError, match=field):
+            el.instance_expected_losses(W, b, p, imp)
+    with pytest.raises(SpecError, match=r"n: must be an integer in \[1, 8\]"):
+        el.instance_expected_losses(torch.zeros(1, 1, 9), torch.zeros(1, 9), np.full((1, 9), 0.5), np.ones((1, 9)))
+
 
 
 def test_set_states_enumerate_the_set_rules_exactly():
@@ -187,3 +206,55 @@ def test_set_expected_loss_matches_a_plain_sample_of_the_set_rule(setup):
     x = reference.features_from_uniform(u, torch.tensor(p), sets)
     plain = reference.instance_loss(W, b, x, torch.ones(3, n, dtype=torch.float64), "relu-output").numpy()
     assert est == pytest.approx(plain, rel=0.02)
+
+
+def test_expected_losses_take_parameters_and_read_only_views():
+    """An nn.Parameter (autograd history) and a read-only numpy view work as plain arrays, silently."""
+    import warnings
+    gen = torch.Generator().manual_seed(4)
+    W = torch.nn.Parameter(torch.randn(2, 2, 4, generator=gen))
+    b = torch.zeros(2, 4)
+    imp = np.broadcast_to(0.9 ** np.arange(4), (2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = el.equal_density_expected_losses(W, b, [0.1, 0.5], imp)
+        c = el.instance_expected_losses(W, b, np.full((2, 4), 0.3), imp)
+    np.testing.assert_array_equal(a, el.equal_density_expected_losses(W.detach(), b, [0.1, 0.5], np.array(imp)))
+    assert np.isfinite(c).all()
+
+
+def test_large_n_uses_only_the_strata_that_matter():
+    """size_probabilities in logs holds for any n (math.comb overflowed a float past n ~ 1,030), and
+    equal_density_expected_losses makes only the strata it evaluates: n = 400 at density 0.002 needs
+    counts 0..~10, not 401 strata of 8,192 x 400 doubles."""
+    probs = el.size_probabilities([0.0, 0.002, 0.5, 1.0], 2000)
+    assert probs.sum(1) == pytest.approx([1.0] * 4, rel=1e-9) and probs[0, 0] == 1.0 and probs[3, -1] == 1.0
+    assert probs[2, 1000] == pytest.approx(0.017839, rel=1e-4)  # the central binomial term
+    n = 400
+    used = np.flatnonzero(el.size_probabilities([0.002], n)[0] >= el.NEGLIGIBLE)
+    assert used.max() < 20
+    W = torch.randn(1, 3, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.05
+    got = el.equal_density_expected_losses(W, torch.zeros(1, n), [0.002], np.ones((1, n)), rows=512)
+    # against a plain sample of the data: 2^15 rows (each ~0.8 active features)
+    u = torch.rand(1, 1 << 15, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = reference.features_from_uniform(u, torch.full((1, n), 0.002, dtype=torch.float64))
+    plain = reference.instance_loss(W, torch.zeros(1, n, dtype=torch.float64), x, torch.ones(1, n, dtype=torch.float64),
+                                    "relu-output")
+    assert got == pytest.approx(plain.numpy(), rel=0.03)
+
+
+def test_grid_sample_is_unbiased_past_five_features():
+    """Sets of more than GRID_FEATURES features get random rows: a midpoint grid of 2-3 points per axis
+    underestimated dense losses by 3-10% at n = 10 (n = 8 here, the most instance_expected_losses takes)."""
+    gen = torch.Generator().manual_seed(8)
+    n, m = 8, 5
+    W = torch.randn(2, m, n, generator=gen, dtype=torch.float64) * 0.8
+    b = torch.randn(2, n, generator=gen, dtype=torch.float64) * 0.1
+    imp = np.ones((2, n))
+    p = np.array([[1.0] * n, [0.7] * n])
+    got = el.instance_expected_losses(W, b, p, imp)
+    u = torch.rand(2, 1 << 17, n, generator=gen, dtype=torch.float64)
+    x = reference.features_from_uniform(u, torch.tensor(p))
+    plain = reference.instance_loss(W, b, x, torch.as_tensor(imp), "relu-output").numpy()
+    assert got == pytest.approx(plain, rel=0.01)
+    assert got == pytest.approx(el.equal_density_expected_losses(W, b, p[:, 0], imp, rows=1 << 15), rel=0.01)
