@@ -17,7 +17,7 @@ import click
 from . import backends
 from .errors import BackendUnavailable, SpecError, TrainingDiverged, TrainingFailed, UnsupportedShape
 from .experiments import EXPERIMENTS, memory, runner
-from .experiments.base import CommonSpec, default_preset, option_name, spec_fields
+from .experiments.base import CommonSpec, default_preset, option_name, spec_fields, status_word
 
 
 class UserError(click.ClickException):
@@ -89,7 +89,7 @@ def _common_options(exp) -> list[click.Option]:
                      help="CPU threads of the cpu backend (default: all cores) and of the torch backend on a CPU "
                           "(default: torch's own setting)."),
         click.Option(["--out"], type=str, default=None,
-                     help=f"Run directory (default {exp.default_out(exp.make_spec(), '<preset>')}). Re-running the "
+                     help=f"Run directory (default {exp.default_out_help()}). Re-running the "
                           "same command resumes; --preset and --backend auto then keep what the run was started with."),
         click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Show a progress bar."),
         click.Option(["--ray"], is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
@@ -176,7 +176,8 @@ def _run_experiment(exp, preset, backend, out, progress, threads, ray, **options
         name = e.field if e.field in NOT_OPTIONS else option_name(e.field)
         raise UserError(f"{name}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
     except (BackendUnavailable, UnsupportedShape) as e:
-        raise UserError(str(e))
+        msg = str(e)  # the API's field name "backend:" is the option --backend here, as SpecError's are
+        raise UserError("--" + msg if msg.startswith("backend:") else msg)
     except (TrainingDiverged, TrainingFailed) as e:
         click.echo(f"supbench: error: {e}", err=True)
         sys.exit(1)
@@ -193,7 +194,8 @@ def _run_experiment(exp, preset, backend, out, progress, threads, ray, **options
     for line in exp.report(spec, summary):
         click.echo(line)
     for c in summary["checks"]:
-        click.echo(f"check {'pass' if c['passed'] else 'FAIL'}: {c['name']}: {c['claim']} "
+        click.echo(f"check not run: {c['name']}: {c['claim']} (needs {c['expected']})" if c["passed"] is None else
+                   f"check {status_word(c)}: {c['name']}: {c['claim']} "
                    f"(measured {runner.format_measured(c['measured'])}; expected {c['expected']})")
     rate = summary["instance_steps_per_second"]
     if summary["chunks_trained"] == 0:

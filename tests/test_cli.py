@@ -150,6 +150,7 @@ def test_triton_backend_without_gpu_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     code, _, err = run_cli(["--backend", "triton", "--out", str(tmp_path / "t")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "triton" in err and "GPU" in err
+    assert err.startswith("supbench: error: --backend: ")  # the option, as every other refusal names it
 
 
 def test_unwritable_out_is_refused(tmp_path, capsys):

@@ -48,6 +48,7 @@ def test_tiny_run_writes_every_output(tmp_path):
             assert [inst["kept"][k] for k in fits] == [k == best for k in fits]
     w = load_file(str(tmp_path / "weights.safetensors"))
     assert w["W_relu-output"].shape == (4, 5, 20) and w["b_linear"].shape == (4, 20)
+    assert w["kept_linear"].tolist() == [k - 4 for k in range(4, 8) if inst["kept"][k]]
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert [c["name"] for c in saved["checks"]] == ["vulnerability-rises", "linear-flat",
                                                    "tracks-features-per-dimension"]

@@ -37,3 +37,60 @@ def test_a_tiny_run_writes_its_outputs_and_checks(tmp_path):
         best = min(fits, key=lambda k: inst["expected_loss"][k])
         assert [inst["kept"][k] for k in fits] == [k == best for k in fits]
     assert all(np.isfinite(inst["expected_loss"])) and inst["final_loss"] != inst["expected_loss"]
+
+
+def planted_checks(tmp_path, W, **spec):
+    """The checks of privileged-basis's analysis on planted weights W (points, 5, 10), one fit each."""
+    import torch
+    from engine.experiments.base import JobResult
+    from engine.store import RunDir
+    s = pb.PrivilegedBasisSpec(fits=1, **spec)
+    res = {"models": JobResult(torch.as_tensor(W), torch.zeros(len(W), 10), torch.zeros(len(W)))}
+    run = RunDir.open(tmp_path, {"x": 1})
+    try:
+        return {c["name"]: c for c in pb.EXPERIMENT.analyse(s, res, run)["checks"]}
+    finally:
+        run.close()
+
+
+def test_dead_neurons_are_not_monosemantic_and_negative_columns_drive_nothing(tmp_path):
+    W = np.zeros((2, 5, 10), np.float32)  # density 0.7: every neuron dead
+    W[1, np.arange(5), np.arange(5)] = 1.0  # density 0.03: 5 features driving, neuron 0 shared ...
+    W[1, 0, 5] = 0.8
+    W[1, :, 6:] = -1.0  # ... and 4 columns of norm 2 whose negative weights pass nothing
+    checks = planted_checks(tmp_path, W, points=2, density_max=0.7, density_min=0.03)
+    assert checks["dense-monosemantic"]["measured"] == [0, 0] and checks["dense-monosemantic"]["passed"] is False
+    # represented (norm >= 0.5) would count 10 > 5 features; driving counts 6
+    assert checks["sparse-polysemantic"]["measured"] == [1, 6] and checks["sparse-polysemantic"]["passed"] is True
+    W[0, np.arange(5), np.arange(5)] = 1.0  # dense: one feature per neuron
+    assert planted_checks(tmp_path / "b", W, points=2, density_max=0.7, density_min=0.03)[
+        "dense-monosemantic"]["passed"] is True
+
+
+def test_a_sweep_that_misses_a_regime_says_its_check_was_not_run(tmp_path):
+    from engine.experiments import runner as rn
+    spec = pb.PrivilegedBasisSpec(points=2, fits=1, steps=20, batch_size=16, density_max=0.4, density_min=0.05,
+                                  backend="torch")
+    summary = runner.run(pb.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
+    assert [(c["name"], c["passed"]) for c in summary["checks"]] == [("dense-monosemantic", None),
+                                                                   ("sparse-polysemantic", None)]
+    assert summary["checks_not_run"] == 2 and summary["checks_passed"] == 0
+    assert "a density >= 0.5 in the sweep (--density-max; this run's densest is 0.4)" == \
+        summary["checks"][0]["expected"]
+    text = (tmp_path / "README.txt").read_text()
+    assert "[not run] dense-monosemantic" in text and "[not run] sparse-polysemantic" in text
+    assert rn.status_word(summary["checks"][0]) == "not run"
+
+
+def test_the_command_line_prints_a_check_it_could_not_make_as_not_run(tmp_path, capsys):
+    import pytest
+    from engine.cli import main
+    with pytest.raises(SystemExit) as e:  # as tests/test_cli.py: main returns on success, exits on error
+        main(["run", "privileged-basis", "--points", "2", "--fits", "1", "--steps", "20", "--batch-size", "16",
+              "--density-max", "0.6", "--density-min", "0.05", "--backend", "torch", "--no-progress",
+              "--out", str(tmp_path / "r")])
+        raise SystemExit(0)
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "check not run: sparse-polysemantic:" in out and "(needs a density <= 0.04 in the sweep" in out
+    assert "check pass: dense-monosemantic" in out or "check FAIL: dense-monosemantic" in out

@@ -284,6 +284,7 @@ class Adversarial(Experiment):
                             "diverged": res.diverged, "kept": is_kept,
                             "D_star": metrics.dimensions_per_feature(res.W).numpy()}
             tensors[f"W_{v}"], tensors[f"b_{v}"] = res.W, res.b
+            tensors[f"kept_{v}"] = torch.as_tensor(kept)
         def cat(d):  # both variants' rows, relu-output first
             return {k: np.concatenate([np.asarray(d[v][k]) for v in VARIANTS]) for k in d[VARIANTS[0]]}
         write_parquet(run_dir.root / "models.parquet", cat(rows))
@@ -291,7 +292,8 @@ class Adversarial(Experiment):
         write_tensors(run_dir.root / "weights.safetensors", tensors,
                       metadata={"layout": "W_<variant> (instances, n_hidden=5, n_features=20), b_<variant> "
                                           "(instances, 20); rows as instances.parquet for that variant "
-                                          "(density-major, fits within a density)"})
+                                          "(density-major, fits within a density); kept_<variant>: the "
+                                          "instance analysed per density"})
         plot_vulnerability(run_dir.figures / "vulnerability.png", rows)
 
         relu, lin = rows["relu-output"], rows["linear"]

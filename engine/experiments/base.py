@@ -191,6 +191,17 @@ def check(name: str, claim: str, measured, passed: bool, expected: str) -> dict:
             "passed": bool(passed) and _all_finite(measured)}
 
 
+def check_not_run(name: str, claim: str, needs: str) -> dict:
+    """A paper check this run could not make (its sweep misses the regime the claim is about):
+    listed as not run, never as passed, so a run whose options skip a claim says so. passed is None."""
+    return {"name": name, "claim": claim, "measured": None, "expected": needs, "passed": None}
+
+
+def status_word(c: dict) -> str:
+    """'pass', 'FAIL' or 'not run' for a check of summary.json."""
+    return "not run" if c["passed"] is None else ("pass" if c["passed"] else "FAIL")
+
+
 def _all_finite(v) -> bool:
     if isinstance(v, dict):
         return all(_all_finite(x) for x in v.values())
@@ -266,6 +277,10 @@ class Experiment:
 
     def default_out(self, spec, preset: str) -> Path:
         return Path("runs") / f"{self.name}-{preset}"
+
+    def default_out_help(self) -> str:
+        """default_out as --help writes it, with a placeholder for each part a run's options choose."""
+        return f"runs/{self.name}-<preset>"
 
     def jobs(self, spec) -> list[Job]:
         raise NotImplementedError

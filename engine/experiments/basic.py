@@ -68,6 +68,9 @@ class Basic(Experiment):
         from pathlib import Path
         return Path("runs") / f"basic-{spec.size}-{preset}"
 
+    def default_out_help(self):
+        return "runs/basic-<size>-<preset>"
+
     def job_sizes(self, spec):
         from .memory import JobSize
         n, m = spec.shape

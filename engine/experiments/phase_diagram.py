@@ -234,6 +234,9 @@ class PhaseDiagram(Experiment):
         from pathlib import Path
         return Path("runs") / f"{NAME}-{spec.features}f-{preset}"  # preset: quick, quick-fused or paper
 
+    def default_out_help(self):
+        return "runs/phase-diagram-<features>f-<preset>"
+
     def job_sizes(self, spec):
         from .memory import JobSize
         return [JobSize("models", spec.n_instances, spec.model.n_features, spec.model.n_hidden)]

@@ -30,7 +30,7 @@ from ..expected_loss import equal_density_expected_losses
 from ..plots import plt, save
 from ..spec import ModelSpec
 from ..store import write_parquet, write_tensors
-from .base import DensitySweep, DensitySweepSpec, check, option
+from .base import DensitySweep, DensitySweepSpec, check, check_not_run, option
 
 N_FEATURES, N_HIDDEN = 10, 5
 DRIVE = 0.3
@@ -51,13 +51,15 @@ def neuron_table(W: np.ndarray) -> dict:
     """Per model and neuron, from W (P, m, n): the features that drive it (W[j, i] >= DRIVE).
 
     Returns drivers (P, m) counts, driven_by (P, m, n) bool and, per model (P,): neurons
-    monosemantic / polysemantic / dead and features represented (||W_i|| >= 0.5)."""
+    monosemantic / polysemantic / dead, features represented (||W_i|| >= 0.5) and features driving
+    some neuron (a column of negative weights has norm but passes nothing through the hidden ReLU)."""
     driven_by = W >= DRIVE
     drivers = driven_by.sum(2)
     norms = np.linalg.norm(W, axis=1)
     return {"drivers": drivers, "driven_by": driven_by,
             "monosemantic": (drivers == 1).sum(1), "polysemantic": (drivers >= 2).sum(1),
-            "dead": (drivers == 0).sum(1), "represented": (norms >= metrics.NORM_THRESHOLD).sum(1)}
+            "dead": (drivers == 0).sum(1), "represented": (norms >= metrics.NORM_THRESHOLD).sum(1),
+            "driving": driven_by.any(1).sum(1)}
 
 
 class PrivilegedBasis(DensitySweep):
@@ -96,21 +98,32 @@ class PrivilegedBasis(DensitySweep):
         figure(run_dir.figures / "privileged_basis.png", dens, W, spec.importance())
         dense = dens >= 0.5
         sparse = dens <= 0.04
+        dense_claim = ("when dense (density >= 0.5) every neuron is monosemantic: each is driven by one feature "
+                       "of its own")
+        sparse_claim = ("when sparse (density <= 0.04) neurons are shared: polysemantic neurons, and more features "
+                        "driving neurons than neurons")
         checks = []
-        if dense.any():
-            poly = int(t["polysemantic"][dense].max())
-            checks.append(check("dense-monosemantic", "when dense (density >= 0.5) every neuron that is used is "
-                                "monosemantic (driven by one feature)", poly, poly == 0,
-                                "0 polysemantic neurons"))
+        if dense.any():  # every dense point: all 5 neurons monosemantic (a dead neuron is not a pass)
+            got = [int(t["monosemantic"][dense].min()), int(t["polysemantic"][dense].max())]
+            checks.append(check("dense-monosemantic", dense_claim, got, got == [N_HIDDEN, 0],
+                                f"[{N_HIDDEN} monosemantic, 0 polysemantic] at each"))
+        else:
+            checks.append(check_not_run("dense-monosemantic", dense_claim,
+                                        f"a density >= 0.5 in the sweep (--density-max; this run's densest "
+                                        f"is {dens.max():.3g})"))
         if sparse.any():
             k = int(np.flatnonzero(sparse)[-1])
-            got = [int(t["polysemantic"][k]), int(t["represented"][k])]
-            checks.append(check("sparse-polysemantic", f"when sparse (density {dens[k]:.3g}) neurons are shared: "
-                                "polysemantic neurons, and more features represented than neurons", got,
+            got = [int(t["polysemantic"][k]), int(t["driving"][k])]
+            checks.append(check("sparse-polysemantic", sparse_claim + f" (density {dens[k]:.3g})", got,
                                 got[0] >= 1 and got[1] > N_HIDDEN, f"[>= 1, > {N_HIDDEN}]"))
+        else:
+            checks.append(check_not_run("sparse-polysemantic", sparse_claim,
+                                        f"a density <= 0.04 in the sweep (--density-min; this run's sparsest "
+                                        f"is {dens.min():.3g})"))
         return {"densities": dens.tolist(), "represented": t["represented"].tolist(),
                 "monosemantic_neurons": t["monosemantic"].tolist(), "polysemantic_neurons": t["polysemantic"].tolist(),
-                "dead_neurons": t["dead"].tolist(), "checks": checks}
+                "dead_neurons": t["dead"].tolist(), "features_driving_neurons": t["driving"].tolist(),
+                "checks": checks}
 
     def report(self, spec, summary):
         rows = ", ".join(f"{d:.3g}: {r} feat / {p} poly" for d, r, p in

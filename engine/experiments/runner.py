@@ -30,7 +30,7 @@ from ..errors import SpecError, TrainingDiverged
 from ..store import DamagedFile, RunDir, read_checked, spec_hash, write_json, write_tensors, write_text
 from ..train import default_chunk_size, plan_chunks
 from . import memory
-from .base import FUSED_BACKENDS, Experiment, Job, JobResult, divergence_check, option_name
+from .base import FUSED_BACKENDS, Experiment, Job, JobResult, divergence_check, option_name, status_word
 
 
 def data_stream(backend: str, device: str) -> str:
@@ -446,7 +446,8 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
         if (failed := divergence_check(results)) is not None:
             checks.append(failed)
         summary = {"experiment": exp.name, **analysis, "checks": checks,
-                   "checks_passed": sum(c["passed"] for c in checks), "checks_total": len(checks),
+                   "checks_passed": sum(c["passed"] is True for c in checks), "checks_total": len(checks),
+                   "checks_not_run": sum(c["passed"] is None for c in checks),
                    "n_instances": sum(j.n_instances for j in jobs), "diverged_instances": diverged,
                    "wall_seconds": time.perf_counter() - t0,
                    **timing, "backend": plan["backend"], "plan": plan, "preset": run_dir.recorded.get("preset"),
@@ -539,7 +540,8 @@ def readme_text(exp: Experiment, spec, out: Path, summary: dict) -> str:
     lines += ["Files: spec.json (what was run, and the chunk plan), "
              "summary.json (results, paper checks, timing, environment), " + ", ".join(exp.outputs), "",
              "Paper checks:"]
-    lines += [f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['claim']} (measured {format_measured(c['measured'])}; "
+    lines += [f"  [not run] {c['name']}: {c['claim']} (needs {c['expected']})" if c["passed"] is None else
+              f"  [{status_word(c)}] {c['name']}: {c['claim']} (measured {format_measured(c['measured'])}; "
               f"expected {c['expected']})" for c in summary["checks"]]
     return "\n".join(lines) + "\n"
 
