@@ -27,7 +27,7 @@ import torch
 
 from . import reference, rng
 from .errors import SpecError
-from .spec import _check_int
+from .spec import ModelSpec, _check_int
 
 # 256 active sets: at most 2.4M rows of grid_sample per model (56 sets of 5 features x 8^5 points);
 # n = 12 took a minute and 12 GiB per model. Beyond it: equal_density_expected_losses (one density
@@ -182,25 +182,33 @@ def grid_sample(n: int, points: int) -> list[torch.Tensor]:
 ELEMENTS = 2 ** 20
 
 
+def _block_losses(K: int, width: int, sample, loss, chunk: int = 256) -> np.ndarray:
+    """(K, S) float64: loss(lo, hi, x) -> (hi - lo,) for models lo..hi-1 on each row block x of the
+    sample (any iterable), models in groups of at most ``chunk``, fewer where a block has many rows
+    (ELEMENTS doubles per intermediate of ``width`` columns). Each model's loss is computed alone,
+    so the grouping never changes a number."""
+    columns = []
+    for x in sample:
+        col = np.empty(K)
+        step = max(1, min(chunk, ELEMENTS // (x.shape[0] * width)))
+        for lo in range(0, K, step):
+            col[lo:lo + step] = loss(lo, min(K, lo + step), x).numpy()
+        columns.append(col)
+    return np.stack(columns, axis=1) if columns else np.empty((K, 0))
+
+
 def conditional_losses(W, b, sample, importance=None, variant: str = "relu-output", chunk: int = 256) -> np.ndarray:
     """float64 loss of each model W (K, m, n), b (K, n) given each active set: (K, S) for a sample of S
     row blocks (a list, or any iterable: a generator keeps one block in memory at a time), by
     engine.reference.instance_loss on each block's rows (every model sees the same examples).
-    importance: (K, n) per model, or None for all ones. Models go through in groups of at most
-    ``chunk``, fewer where a block has many rows (ELEMENTS per intermediate); each model's loss is
-    computed alone, so the grouping never changes a number."""
+    importance: (K, n) per model, or None for all ones. Grouping models (``chunk``) never changes a
+    number (_block_losses)."""
     W, b, imp = check_models(W, b, importance, variant)
     K, m, n = W.shape
-    columns = []
-    for x in sample:
-        col = np.empty(K)
-        step = max(1, min(chunk, ELEMENTS // (x.shape[0] * max(n, m))))
-        for lo in range(0, K, step):
-            Wc, bc, ic = W[lo:lo + step], b[lo:lo + step], imp[lo:lo + step]
-            col[lo:lo + step] = reference.instance_loss(Wc, bc, x[None].expand(Wc.shape[0], -1, -1), ic,
-                                                        variant).numpy()
-        columns.append(col)
-    return np.stack(columns, axis=1) if columns else np.empty((K, 0))
+
+    def loss(lo, hi, x):
+        return reference.instance_loss(W[lo:hi], b[lo:hi], x[None].expand(hi - lo, -1, -1), imp[lo:hi], variant)
+    return _block_losses(K, max(n, m), sample, loss, chunk)
 
 
 def expected_losses(cond: np.ndarray, p) -> np.ndarray:
@@ -277,22 +285,69 @@ def size_sample(seed: int, n: int, rows: int, single_points: int = 512, sizes=No
     return [size_stratum(seed, n, int(k), rows, single_points) for k in (range(n + 1) if sizes is None else sizes)]
 
 
+def _equal_density(K: int, n: int, density: np.ndarray, seed: int, rows: int, width: int, loss,
+                   signed: bool = False) -> np.ndarray:
+    """sum over k of P(k active) x E[loss | k active] per model (K,), each stratum (size_stratum) made
+    once and evaluated only for the models to which it is at least NEGLIGIBLE (a model at density 1
+    needs only k = n). loss(models (idx,), x) -> (len(idx),). signed: active values 2 u - 1 (the
+    abs-computation inputs, engine.reference.features_from_uniform's rule)."""
+    _check_sample_sizes(seed, 1, rows)
+    probs = size_probabilities(density, n)  # (K, n + 1)
+    out = np.zeros(K)
+    for k in np.flatnonzero(probs.max(0) >= NEGLIGIBLE):
+        models = np.flatnonzero(probs[:, k] >= NEGLIGIBLE)
+        x = size_stratum(seed, n, int(k), rows)
+        if signed:
+            x = torch.where(x != 0, 2.0 * x - 1.0, x)
+        cond = _block_losses(len(models), width, [x], lambda lo, hi, x: loss(models[lo:hi], x))[:, 0]
+        out[models] += probs[models, k] * cond
+    return out
+
+
 def equal_density_expected_losses(W, b, density, importance, variant: str = "relu-output", seed: int = 0,
                                   rows: int = 8192) -> np.ndarray:
     """Each model's expected loss when its n features are independent with one density each model's
     own: W (K, m, n), b (K, n) tied models of ``variant`` (relu-output, relu-hidden, linear), density
     (K,), importance (K, n) -> (K,) float64, NaN for NaN weights. Exact in how many features are
     active (size_probabilities), the conditional losses on size_stratum(seed, n, k, rows), made one
-    stratum at a time; strata below NEGLIGIBLE probability for every model are left out. What
+    stratum at a time; a model leaves out the strata below NEGLIGIBLE probability for it. What
     privileged-basis, basic and adversarial rank their fits by (n = 10: 1,024 active sets)."""
     W, b, imp = check_models(W, b, importance, variant)
     density = check_densities("density", density, (W.shape[0],))
-    _check_sample_sizes(seed, 1, rows)
-    n = W.shape[2]
-    probs = size_probabilities(density, n)  # (K, n + 1)
-    used = np.flatnonzero(probs.max(0) >= NEGLIGIBLE)
-    cond = conditional_losses(W, b, (size_stratum(seed, n, int(k), rows) for k in used), imp, variant)
-    return np.einsum("ks,ks->k", cond, probs[:, used])
+    K, m, n = W.shape
+
+    def loss(idx, x):
+        i = torch.as_tensor(idx)
+        return reference.instance_loss(W[i], b[i], x[None].expand(len(idx), -1, -1), imp[i], variant)
+    return _equal_density(K, n, density, seed, rows, max(n, m), loss)
+
+
+UNTIED_SHAPES = {"W1": "(K, m, n)", "b1": "(K, m)", "W2": "(K, n, m)", "b2": "(K, n)"}
+
+
+def untied_equal_density_expected_losses(params: dict, density, importance, seed: int = 0,
+                                         rows: int = 8192) -> np.ndarray:
+    """equal_density_expected_losses for the untied abs-computation model: params {W1 (K, m, n), b1
+    (K, m), W2 (K, n, m), b2 (K, n)}, inputs 2 u - 1 when active (uniform on [-1, 1)), target |x|
+    (engine.reference.params_instance_loss). What computation ranks its fits by when it has several."""
+    if not isinstance(params, dict) or set(params) != set(UNTIED_SHAPES):
+        raise SpecError("params", "a dict of W1, b1, W2, b2", sorted(params) if isinstance(params, dict) else params)
+    P = {k: _float64(k, v, f"a {UNTIED_SHAPES[k]} array of numbers") for k, v in params.items()}
+    if P["W1"].dim() != 3 or min(P["W1"].shape) < 1:
+        raise SpecError("W1", "a (K, m, n) array with K, m, n >= 1", tuple(P["W1"].shape))
+    K, m, n = P["W1"].shape
+    for k, want in (("b1", (K, m)), ("W2", (K, n, m)), ("b2", (K, n))):
+        if tuple(P[k].shape) != want:
+            raise SpecError(k, f"shape {want} to match W1", tuple(P[k].shape))
+    _, _, imp = check_models(P["W1"], P["b2"], importance)  # importance: (K, n), finite, >= 0
+    density = check_densities("density", density, (K,))
+    model = ModelSpec(n, m, "abs-computation")
+
+    def loss(idx, x):
+        i = torch.as_tensor(idx)
+        return reference.params_instance_loss({k: v[i] for k, v in P.items()}, x[None].expand(len(idx), -1, -1),
+                                              imp[i], model)
+    return _equal_density(K, n, density, seed, rows, max(n, m), loss, signed=True)
 
 
 MAX_STATES = 4096

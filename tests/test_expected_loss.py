@@ -258,3 +258,26 @@ def test_grid_sample_is_unbiased_past_five_features():
     plain = reference.instance_loss(W, b, x, torch.as_tensor(imp), "relu-output").numpy()
     assert got == pytest.approx(plain, rel=0.01)
     assert got == pytest.approx(el.equal_density_expected_losses(W, b, p[:, 0], imp, rows=1 << 15), rel=0.01)
+
+
+def test_untied_expected_loss_matches_a_plain_sample_of_signed_inputs():
+    """abs-computation (inputs 2u - 1 when active, target |x|): against params_instance_loss on a plain
+    sample of the signed rule; bad params refused by name."""
+    from engine.spec import ModelSpec
+    gen = torch.Generator().manual_seed(30)
+    n, m, K = 30, 12, 3
+    P = {"W1": torch.randn(K, m, n, generator=gen, dtype=torch.float64) * 0.4,
+         "b1": torch.randn(K, m, generator=gen, dtype=torch.float64) * 0.1,
+         "W2": torch.randn(K, n, m, generator=gen, dtype=torch.float64).abs() * 0.3,
+         "b2": torch.randn(K, n, generator=gen, dtype=torch.float64) * 0.1}
+    d = np.array([0.5, 0.05, 0.005])
+    imp = np.tile(0.8 ** np.arange(n), (K, 1))
+    est = el.untied_equal_density_expected_losses(P, d, imp)
+    u = torch.rand(K, 1 << 16, n, generator=gen, dtype=torch.float64)
+    x = reference.features_from_uniform(u, torch.tensor(d[:, None] * np.ones(n)), signed=True)
+    plain = reference.params_instance_loss(P, x, torch.as_tensor(imp), ModelSpec(n, m, "abs-computation")).numpy()
+    assert est == pytest.approx(plain, rel=0.02)
+    with pytest.raises(SpecError, match="params: must be a dict of W1, b1, W2, b2"):
+        el.untied_equal_density_expected_losses({"W1": P["W1"]}, d, imp)
+    with pytest.raises(SpecError, match=r"W2: must be shape \(3, 30, 12\)"):
+        el.untied_equal_density_expected_losses({**P, "W2": P["W2"].transpose(1, 2)}, d, imp)

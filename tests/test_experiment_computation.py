@@ -1,5 +1,6 @@
 """computation: neuron rescaling keeps the function, the R^2 of planted models, a tiny run end to end."""
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from engine import reference
@@ -61,6 +62,18 @@ def test_a_tiny_run_writes_its_outputs(tmp_path):
     assert (tmp_path / "neurons.parquet").stat().st_size > 0
     assert len(summary["features_computed"]) == len(co.DENSITIES)
     assert (tmp_path / "figures/computation.png").stat().st_size > 10_000
+    assert "expected_loss" not in pq.read_table(tmp_path / "instances.parquet").column_names  # one fit: no ranking
+
+
+def test_several_fits_are_ranked_by_expected_loss(tmp_path):
+    spec = co.ComputationSpec(features=8, hidden=3, fits=2, steps=20, batch_size=16, test_examples=200,
+                              backend="torch")
+    runner.run(co.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
+    inst = pq.read_table(tmp_path / "instances.parquet").to_pydict()
+    assert np.all(np.isfinite(inst["expected_loss"])) and len(inst["expected_loss"]) == 2 * len(co.DENSITIES)
+    for lo in range(0, 2 * len(co.DENSITIES), 2):
+        best = min((lo, lo + 1), key=lambda k: inst["expected_loss"][k])
+        assert [inst["kept"][lo], inst["kept"][lo + 1]] == [lo == best, lo + 1 == best]
 
 
 def test_features_per_neuron_counts_weights_of_at_least_a_quarter_and_skips_dead_neurons():
