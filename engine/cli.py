@@ -194,9 +194,7 @@ def _run_experiment(exp, preset, backend, out, progress, threads, ray, **options
     for line in exp.report(spec, summary):
         click.echo(line)
     for c in summary["checks"]:
-        click.echo(f"check not run: {c['name']}: {c['claim']} (needs {c['expected']})" if c["passed"] is None else
-                   f"check {status_word(c)}: {c['name']}: {c['claim']} "
-                   f"(measured {runner.format_measured(c['measured'])}; expected {c['expected']})")
+        click.echo(f"check {status_word(c)}: {runner.check_line(c)}")
     rate = summary["instance_steps_per_second"]
     if summary["chunks_trained"] == 0:
         click.echo(f"wall time: {time.perf_counter() - t0:.1f} s; nothing to train (every chunk was already in {out})"

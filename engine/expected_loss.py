@@ -20,6 +20,7 @@ Samples are made one active set (state, stratum) at a time, so memory stays with
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -27,9 +28,9 @@ import torch
 
 from . import reference, rng
 from .errors import SpecError
-from .spec import ModelSpec, _check_int
+from .spec import ModelSpec, _check_int, check_sets
 
-# 256 active sets: at most 2.4M rows of grid_sample per model (56 sets of 5 features x 8^5 points);
+# 256 active sets: at most 2.65M rows of grid_sample per model (56 sets of 5 features x 8^5 points);
 # n = 12 took a minute and 12 GiB per model. Beyond it: equal_density_expected_losses (one density
 # per model) or set_expected_losses with its own limit on states.
 MAX_FEATURES = 8
@@ -235,9 +236,18 @@ def instance_expected_losses(W, b, p, importance, points: int = 4096) -> np.ndar
     return own_expected_losses(conditional_losses(W, b, sample, imp), p)
 
 
-# Strata of size_sample whose probability is below this for every model are not evaluated: each
-# conditional loss is at most sum_i I_i / n (bounded weights aside), so they move no ranking.
+# A model leaves out stratum k >= 1 when P(k active) < NEGLIGIBLE x P(some feature active): relative,
+# because at very low density the whole loss is that small (an absolute 1e-12 cut the pair stratum at
+# density 5e-7, n = 2, and tied two fits that differ only there). The k = 0 stratum is always kept.
 NEGLIGIBLE = 1e-12
+
+
+def kept_strata(probs: np.ndarray) -> np.ndarray:
+    """bool (K, n + 1): the strata each model evaluates, from size_probabilities (K, n + 1)."""
+    keep = probs >= NEGLIGIBLE * (1.0 - probs[:, :1])
+    keep[:, 1:] &= probs[:, 1:] > 0
+    keep[:, 0] = probs[:, 0] > 0
+    return keep
 
 
 def size_probabilities(p, n: int) -> np.ndarray:
@@ -253,27 +263,45 @@ def size_probabilities(p, n: int) -> np.ndarray:
     return np.exp(log_pmf)  # p = 0 or 1: log 0 = -inf where a factor vanishes, exp gives exact 0 and 1
 
 
-def size_stratum(seed: int, n: int, k: int, rows: int = 8192, single_points: int = 512) -> torch.Tensor:
+def size_blocks(seed: int, n: int, k: int, rows: int = 8192, single_points: int = 512) -> list[torch.Tensor]:
     """Evaluation rows float64 with exactly k of n features active, for models whose features are
-    independent and share one density: k = 0 one zero row; k = 1 a midpoint grid, single_points values
-    (i + 1/2) / single_points for each feature in turn (n x single_points rows: the sparse end's loss
-    is mostly single features, and the grid makes it near exact); k >= 2 ``rows`` random rows whose
-    active set is uniform over the k-subsets (given that k features are active and all share one
-    density, every k-subset is equally likely) and whose active values are uniform. The draws come
-    from the Philox evaluation stream keyed by (seed, instance k, steps 1 and 2, rng.STREAM_EVAL):
-    step 1 picks each row's set (its k smallest of n uniforms), step 2 gives the values."""
+    independent and share one density (given k active, every k-subset is then equally likely), as
+    blocks whose row-weighted mean loss is E[loss | k active]:
+    - k = 0: one zero row;
+    - k = 1: n blocks, feature i's holding single_points midpoints (j + 1/2) / single_points (the sparse
+      end's loss is mostly single features, and the grid makes it near exact; one block per feature
+      keeps memory at single_points x n, not n^2 x single_points);
+    - k >= 2: one block. When the C(n, k) subsets fit in ``rows``, each gets rows // C(n, k) rows
+      (balanced: at n = 10, 8,192 random subsets left the fits' differences about twice as noisy);
+      else ``rows`` rows whose subset is the k smallest of n uniforms (uniform over subsets). Active
+      values are uniforms; draws from the Philox evaluation stream keyed by (seed, instance k, steps
+      1 (subsets) and 2 (values), rng.STREAM_EVAL)."""
+    _check_int("k", k, 0, n)
     if k == 0:
-        return torch.zeros(1, n, dtype=torch.float64)
+        return [torch.zeros(1, n, dtype=torch.float64)]
     if k == 1:
         axis = (torch.arange(single_points, dtype=torch.float64) + 0.5) / single_points
-        single = torch.zeros(n, single_points, n, dtype=torch.float64)
-        single[torch.arange(n), :, torch.arange(n)] = axis
-        return single.reshape(n * single_points, n)
-    order = rng.uniforms(seed, torch.tensor([k]), 1, rows, n, stream=rng.STREAM_EVAL)[0].argsort(dim=1)
-    active = torch.zeros(rows, n, dtype=torch.bool)
-    active.scatter_(1, order[:, :k], True)
-    u = rng.uniforms(seed, torch.tensor([k]), 2, rows, n, stream=rng.STREAM_EVAL)[0].double()
-    return u * active
+        blocks = []
+        for i in range(n):
+            x = torch.zeros(single_points, n, dtype=torch.float64)
+            x[:, i] = axis
+            blocks.append(x)
+        return blocks
+    subsets = math.comb(n, k)
+    if subsets <= rows:
+        each = rows // subsets
+        idx = torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.int64).repeat_interleave(each, 0)
+    else:
+        idx = rng.uniforms(seed, torch.tensor([k]), 1, rows, n, stream=rng.STREAM_EVAL)[0].argsort(dim=1)[:, :k]
+    active = torch.zeros(idx.shape[0], n, dtype=torch.bool)
+    active.scatter_(1, idx, True)
+    u = rng.uniforms(seed, torch.tensor([k]), 2, idx.shape[0], n, stream=rng.STREAM_EVAL)[0].double()
+    return [u * active]
+
+
+def size_stratum(seed: int, n: int, k: int, rows: int = 8192, single_points: int = 512) -> torch.Tensor:
+    """size_blocks as one tensor (rows_k, n): every row with exactly k of n features active."""
+    return torch.cat(size_blocks(seed, n, k, rows, single_points))
 
 
 def size_sample(seed: int, n: int, rows: int, single_points: int = 512, sizes=None) -> list[torch.Tensor]:
@@ -288,18 +316,20 @@ def size_sample(seed: int, n: int, rows: int, single_points: int = 512, sizes=No
 def _equal_density(K: int, n: int, density: np.ndarray, seed: int, rows: int, width: int, loss,
                    signed: bool = False) -> np.ndarray:
     """sum over k of P(k active) x E[loss | k active] per model (K,), each stratum (size_stratum) made
-    once and evaluated only for the models to which it is at least NEGLIGIBLE (a model at density 1
-    needs only k = n). loss(models (idx,), x) -> (len(idx),). signed: active values 2 u - 1 (the
+    once and evaluated only for the models that keep it (kept_strata: a model at density 1 needs only
+    k = n). loss(models (idx,), x) -> (len(idx),). signed: active values 2 u - 1 (the
     abs-computation inputs, engine.reference.features_from_uniform's rule)."""
     _check_sample_sizes(seed, 1, rows)
     probs = size_probabilities(density, n)  # (K, n + 1)
+    keep = kept_strata(probs)
     out = np.zeros(K)
-    for k in np.flatnonzero(probs.max(0) >= NEGLIGIBLE):
-        models = np.flatnonzero(probs[:, k] >= NEGLIGIBLE)
-        x = size_stratum(seed, n, int(k), rows)
+    for k in np.flatnonzero(keep.any(0)):
+        models = np.flatnonzero(keep[:, k])
+        blocks = size_blocks(seed, n, int(k), rows)
         if signed:
-            x = torch.where(x != 0, 2.0 * x - 1.0, x)
-        cond = _block_losses(len(models), width, [x], lambda lo, hi, x: loss(models[lo:hi], x))[:, 0]
+            blocks = [torch.where(x != 0, 2.0 * x - 1.0, x) for x in blocks]
+        weights = np.array([x.shape[0] for x in blocks], dtype=np.float64)
+        cond = _block_losses(len(models), width, blocks, lambda lo, hi, x: loss(models[lo:hi], x)) @ (weights / weights.sum())
         out[models] += probs[models, k] * cond
     return out
 
@@ -310,7 +340,7 @@ def equal_density_expected_losses(W, b, density, importance, variant: str = "rel
     own: W (K, m, n), b (K, n) tied models of ``variant`` (relu-output, relu-hidden, linear), density
     (K,), importance (K, n) -> (K,) float64, NaN for NaN weights. Exact in how many features are
     active (size_probabilities), the conditional losses on size_stratum(seed, n, k, rows), made one
-    stratum at a time; a model leaves out the strata below NEGLIGIBLE probability for it. What
+    stratum at a time; a model leaves out the strata kept_strata drops for it. What
     privileged-basis, basic and adversarial rank their fits by (n = 10: 1,024 active sets)."""
     W, b, imp = check_models(W, b, importance, variant)
     density = check_densities("density", density, (W.shape[0],))
@@ -363,6 +393,7 @@ def set_states(n: int, sets, p) -> tuple[np.ndarray, np.ndarray]:
     if p.ndim != 2 or p.shape[1] != n:
         raise SpecError("p", f"densities of shape (K, {n})", p.shape)
     p = check_densities("p", p, p.shape)
+    sets = check_sets(sets, p)  # DataSpec's rule: disjoint, in range, one density per set
     in_set = np.zeros(n, bool)
     units = []  # per unit: [(members on, probability (K,)), ...]
     for kind, a, size in sets:

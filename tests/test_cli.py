@@ -122,11 +122,14 @@ def test_killed_process_loses_no_finished_chunk(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = sorted(p.name for p in out.glob("chunks/models_?????????-?????????.safetensors"))
-    assert done and not list(out.glob("chunks/*.tmp"))
+    # A kill that lands inside the atomic write of the next chunk leaves its temporary file (seen once
+    # in a full run on a loaded machine): never taken for a chunk, and removed when the run reopens.
+    assert done
     before = {n: (out / "chunks" / n).read_bytes() for n in done}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert all((out / "chunks" / n).read_bytes() == before[n] for n in done)  # not retrained
+    assert not list(out.glob("chunks/*.tmp")) and not list(out.glob("*.tmp"))
     assert (out / "summary.json").exists()
 
 

@@ -125,8 +125,8 @@ def test_equal_density_expected_loss_matches_a_plain_sample_for_ten_features():
     W[1, 0, 0] = float("nan")
     with_nan = el.equal_density_expected_losses(W, b, dens, imp, "relu-hidden")
     assert np.isnan(with_nan[1]) and with_nan[[0, 2]].tolist() == est[[0, 2]].tolist()
-    sparse = np.array([1e-3, 1e-3, 1e-3])  # strata k >= 5 are below NEGLIGIBLE here
-    assert (el.size_probabilities(sparse, n).max(0) < el.NEGLIGIBLE).sum() == 6
+    sparse = np.array([1e-3, 1e-3, 1e-3])  # strata k >= 6 are below NEGLIGIBLE x P(any active) here
+    assert (~el.kept_strata(el.size_probabilities(sparse, n))).all(0).tolist() == [False] * 6 + [True] * 5
     cond = el.conditional_losses(W, b, el.size_sample(0, n, 8192), imp, "relu-hidden")  # every stratum
     all_strata = np.einsum("ks,ks->k", cond, el.size_probabilities(sparse, n))
     np.testing.assert_allclose(el.equal_density_expected_losses(W, b, sparse, imp, "relu-hidden"), all_strata,
@@ -281,3 +281,36 @@ def test_untied_expected_loss_matches_a_plain_sample_of_signed_inputs():
         el.untied_equal_density_expected_losses({"W1": P["W1"]}, d, imp)
     with pytest.raises(SpecError, match=r"W2: must be shape \(3, 30, 12\)"):
         el.untied_equal_density_expected_losses({**P, "W2": P["W2"].transpose(1, 2)}, d, imp)
+
+
+def test_the_stratum_cut_is_relative_so_very_sparse_fits_still_rank():
+    """n = 2, m = 2: an antipodal pair and an orthogonal pair reconstruct single features alike and
+    differ only when both are active. At density 5e-7 P(both) = 2.5e-13 is below an absolute 1e-12
+    (the first version of the cut, which tied them), but not below 1e-12 x P(any active)."""
+    W = torch.tensor([[[1.0, -1.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    b = torch.zeros(2, 2, dtype=torch.float64)
+    got = el.equal_density_expected_losses(W, b, [5e-7, 5e-7], np.ones((2, 2)))
+    assert got[1] == 0.0 and got[0] > 0.0
+
+
+def test_size_blocks_are_balanced_over_subsets_and_single_features_one_block_each():
+    n = 6
+    single = el.size_blocks(0, n, 1, single_points=16)
+    assert len(single) == n and all(x.shape == (16, n) and (x[:, i] > 0).all() for i, x in enumerate(single))
+    (pairs,) = el.size_blocks(0, n, 2, rows=100)  # C(6, 2) = 15 <= 100: 6 rows per pair
+    _, counts = torch.unique((pairs > 0).int() @ (2 ** torch.arange(n, dtype=torch.int32)), return_counts=True)
+    assert pairs.shape == (90, n) and counts.tolist() == [6] * 15
+    (triples,) = el.size_blocks(0, n, 3, rows=10)  # C(6, 3) = 20 > 10: random subsets
+    assert triples.shape == (10, n) and ((triples > 0).sum(1) == 3).all()
+    for k in (-1, 7):
+        with pytest.raises(SpecError, match=r"k: must be an integer in \[0, 6\]"):
+            el.size_sample(0, n, 8, sizes=[k])
+
+
+def test_set_states_refuses_what_dataspec_refuses():
+    p = np.full((1, 4), 0.1)
+    with pytest.raises(SpecError, match="sets: must be disjoint"):
+        el.set_states(4, (("correlated", 0, 3), ("correlated", 2, 2)), p)
+    p[0, 1] = 0.2
+    with pytest.raises(SpecError, match="sets: must be sets whose members share one feature probability"):
+        el.set_states(4, (("correlated", 0, 2),), p)

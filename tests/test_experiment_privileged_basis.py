@@ -37,6 +37,15 @@ def test_a_tiny_run_writes_its_outputs_and_checks(tmp_path):
         best = min(fits, key=lambda k: inst["expected_loss"][k])
         assert [inst["kept"][k] for k in fits] == [k == best for k in fits]
     assert all(np.isfinite(inst["expected_loss"])) and inst["final_loss"] != inst["expected_loss"]
+    # the column is relu-hidden's expected loss at each instance's density and the spec's importance
+    from safetensors.torch import load_file
+    from engine.expected_loss import equal_density_expected_losses
+    w = load_file(str(tmp_path / "weights.safetensors"))
+    again = equal_density_expected_losses(w["W"], w["b"], inst["density"], np.tile(spec.importance(), (6, 1)),
+                                          "relu-hidden", seed=spec.seed)
+    np.testing.assert_array_equal(again, inst["expected_loss"])
+    assert not np.allclose(again, equal_density_expected_losses(w["W"], w["b"], inst["density"],
+                                                                np.tile(spec.importance(), (6, 1)), "relu-output"))
 
 
 def planted_checks(tmp_path, W, **spec):

@@ -248,6 +248,13 @@ def best_of_fits(loss: np.ndarray, fits: int, diverged: np.ndarray | None = None
     return np.arange(loss.shape[0]) * fits + lowest_loss(loss, div)
 
 
+class _Placeholder(dict):
+    """format_map values: the given ones, and "<key>" for any other key."""
+
+    def __missing__(self, key):
+        return f"<{key}>"
+
+
 class Experiment:
     """Base of every experiment. Subclasses set the class attributes and implement jobs/analyse."""
 
@@ -275,12 +282,15 @@ class Experiment:
     def make_spec(self, **fields):
         return self.spec_cls(**fields)
 
+    # The default run directory under runs/: {name}, {preset} and any spec field, e.g. {size}.
+    out_template = "{name}-{preset}"
+
     def default_out(self, spec, preset: str) -> Path:
-        return Path("runs") / f"{self.name}-{preset}"
+        return Path("runs") / self.out_template.format(name=self.name, preset=preset, **dataclasses.asdict(spec))
 
     def default_out_help(self) -> str:
-        """default_out as --help writes it, with a placeholder for each part a run's options choose."""
-        return f"runs/{self.name}-<preset>"
+        """default_out as --help writes it: <field> for each part a run's options choose."""
+        return "runs/" + self.out_template.format_map(_Placeholder(name=self.name))
 
     def jobs(self, spec) -> list[Job]:
         raise NotImplementedError

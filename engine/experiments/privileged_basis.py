@@ -74,7 +74,7 @@ class PrivilegedBasis(DensitySweep):
         "paper": dict(points=9, fits=1000, steps=10_000, batch_size=1024, lr=1e-3),
     }
     outputs = ("instances.parquet", "neurons.parquet", "weights.safetensors", "figures/privileged_basis.png")
-    quick_cost = "450 models x 10,000 steps; 34 s on 2 CPU cores (cpu backend, Intel Xeon)"
+    quick_cost = "450 models x 10,000 steps; 32-38 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     def analyse(self, spec, results, run_dir):
         res = results["models"]

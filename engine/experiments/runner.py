@@ -540,10 +540,16 @@ def readme_text(exp: Experiment, spec, out: Path, summary: dict) -> str:
     lines += ["Files: spec.json (what was run, and the chunk plan), "
              "summary.json (results, paper checks, timing, environment), " + ", ".join(exp.outputs), "",
              "Paper checks:"]
-    lines += [f"  [not run] {c['name']}: {c['claim']} (needs {c['expected']})" if c["passed"] is None else
-              f"  [{status_word(c)}] {c['name']}: {c['claim']} (measured {format_measured(c['measured'])}; "
-              f"expected {c['expected']})" for c in summary["checks"]]
+    lines += [f"  [{status_word(c)}] {check_line(c)}" for c in summary["checks"]]
     return "\n".join(lines) + "\n"
+
+
+def check_line(c: dict) -> str:
+    """A check of summary.json in words, after its status: "name: claim (measured ...; expected ...)",
+    or "(needs ...)" for one the run could not make. The CLI and README.txt both print it."""
+    if c["passed"] is None:
+        return f"{c['name']}: {c['claim']} (needs {c['expected']})"
+    return f"{c['name']}: {c['claim']} (measured {format_measured(c['measured'])}; expected {c['expected']})"
 
 
 def replanned(plan: dict) -> bool:
