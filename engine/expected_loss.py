@@ -230,7 +230,6 @@ def instance_expected_losses(W, b, p, importance, points: int = 4096) -> np.ndar
     their fits by."""
     W, b, imp = check_models(W, b, importance)
     p = check_densities("p", p, (W.shape[0], W.shape[2]))
-    _check_int("n", W.shape[2], 1, MAX_FEATURES)
     _check_sample_sizes(0, points, points)
     sample = (state_rows(mask, s, 0, points, points) for s, mask in enumerate(active_sets(W.shape[2])))
     return own_expected_losses(conditional_losses(W, b, sample, imp), p)
@@ -313,24 +312,30 @@ def size_sample(seed: int, n: int, rows: int, single_points: int = 512, sizes=No
     return [size_stratum(seed, n, int(k), rows, single_points) for k in (range(n + 1) if sizes is None else sizes)]
 
 
-def _equal_density(K: int, n: int, density: np.ndarray, seed: int, rows: int, width: int, loss,
-                   signed: bool = False) -> np.ndarray:
-    """sum over k of P(k active) x E[loss | k active] per model (K,), each stratum (size_stratum) made
-    once and evaluated only for the models that keep it (kept_strata: a model at density 1 needs only
-    k = n). loss(models (idx,), x) -> (len(idx),). signed: active values 2 u - 1 (the
-    abs-computation inputs, engine.reference.features_from_uniform's rule)."""
+def _equal_density(P: dict, imp: torch.Tensor, model: ModelSpec, density: np.ndarray, seed: int,
+                   rows: int) -> np.ndarray:
+    """sum over k of P(k active) x E[loss | k active] per model (K,) for validated float64 parameters
+    P of ``model`` (engine.reference.params_instance_loss: any variant), each stratum (size_blocks)
+    made once and evaluated only for the models that keep it (kept_strata: a model at density 1 needs
+    only k = n). Untied (abs-computation) inputs are reference.signed_values of the rows."""
     _check_sample_sizes(seed, 1, rows)
+    n, m = model.n_features, model.n_hidden
     probs = size_probabilities(density, n)  # (K, n + 1)
     keep = kept_strata(probs)
-    out = np.zeros(K)
+    out = np.zeros(len(density))
+
+    def loss(models, x):
+        i = torch.as_tensor(models)
+        return reference.params_instance_loss({k: v[i] for k, v in P.items()}, x[None].expand(len(models), -1, -1),
+                                              imp[i], model)
     for k in np.flatnonzero(keep.any(0)):
         models = np.flatnonzero(keep[:, k])
         blocks = size_blocks(seed, n, int(k), rows)
-        if signed:
-            blocks = [torch.where(x != 0, 2.0 * x - 1.0, x) for x in blocks]
+        if not model.tied:
+            blocks = [reference.signed_values(x) for x in blocks]
         weights = np.array([x.shape[0] for x in blocks], dtype=np.float64)
-        cond = _block_losses(len(models), width, blocks, lambda lo, hi, x: loss(models[lo:hi], x)) @ (weights / weights.sum())
-        out[models] += probs[models, k] * cond
+        cond = _block_losses(len(models), max(n, m), blocks, lambda lo, hi, x: loss(models[lo:hi], x))
+        out[models] += probs[models, k] * (cond @ (weights / weights.sum()))
     return out
 
 
@@ -339,17 +344,12 @@ def equal_density_expected_losses(W, b, density, importance, variant: str = "rel
     """Each model's expected loss when its n features are independent with one density each model's
     own: W (K, m, n), b (K, n) tied models of ``variant`` (relu-output, relu-hidden, linear), density
     (K,), importance (K, n) -> (K,) float64, NaN for NaN weights. Exact in how many features are
-    active (size_probabilities), the conditional losses on size_stratum(seed, n, k, rows), made one
+    active (size_probabilities), the conditional losses on size_blocks(seed, n, k, rows), made one
     stratum at a time; a model leaves out the strata kept_strata drops for it. What
     privileged-basis, basic and adversarial rank their fits by (n = 10: 1,024 active sets)."""
     W, b, imp = check_models(W, b, importance, variant)
     density = check_densities("density", density, (W.shape[0],))
-    K, m, n = W.shape
-
-    def loss(idx, x):
-        i = torch.as_tensor(idx)
-        return reference.instance_loss(W[i], b[i], x[None].expand(len(idx), -1, -1), imp[i], variant)
-    return _equal_density(K, n, density, seed, rows, max(n, m), loss)
+    return _equal_density({"W": W, "b": b}, imp, ModelSpec(W.shape[2], W.shape[1], variant), density, seed, rows)
 
 
 UNTIED_SHAPES = {"W1": "(K, m, n)", "b1": "(K, m)", "W2": "(K, n, m)", "b2": "(K, n)"}
@@ -371,13 +371,7 @@ def untied_equal_density_expected_losses(params: dict, density, importance, seed
             raise SpecError(k, f"shape {want} to match W1", tuple(P[k].shape))
     _, _, imp = check_models(P["W1"], P["b2"], importance)  # importance: (K, n), finite, >= 0
     density = check_densities("density", density, (K,))
-    model = ModelSpec(n, m, "abs-computation")
-
-    def loss(idx, x):
-        i = torch.as_tensor(idx)
-        return reference.params_instance_loss({k: v[i] for k, v in P.items()}, x[None].expand(len(idx), -1, -1),
-                                              imp[i], model)
-    return _equal_density(K, n, density, seed, rows, max(n, m), loss, signed=True)
+    return _equal_density(P, imp, ModelSpec(n, m, "abs-computation"), density, seed, rows)
 
 
 MAX_STATES = 4096

@@ -64,9 +64,13 @@ def features_from_uniform(u: torch.Tensor, p: torch.Tensor, sets=(), signed: boo
             j = torch.clamp(torch.floor(u0 * inv[..., a] * size), max=size - 1).long()
             members = torch.arange(size, device=u.device)
             x[..., a:a + size] = torch.where(on[..., None] & (j[..., None] == members), u[..., a + 1:a + 2], zero)
-    if signed:
-        x = torch.where(x != 0, 2.0 * x - 1.0, zero)
-    return x
+    return signed_values(x) if signed else x
+
+
+def signed_values(x: torch.Tensor) -> torch.Tensor:
+    """The abs-computation inputs from features x in [0, 1): an active value v becomes 2 v - 1, uniform
+    on [-1, 1); inactive features (0) stay 0."""
+    return torch.where(x != 0, 2.0 * x - 1.0, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def sample_batch(p: torch.Tensor, batch_size: int, generator: torch.Generator, sets=(),
