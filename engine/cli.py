@@ -86,8 +86,8 @@ def _common_options(exp) -> list[click.Option]:
                      help="auto (triton on a CUDA GPU, else cpu if numba is installed, else torch; a resumed run "
                           "keeps the backend it was started on), torch, triton or cpu."),
         click.Option(["--threads"], type=_Number(int), default=None,
-                     help="CPU threads of the cpu backend (default: all cores) and of the torch backend on a CPU "
-                          "(default: torch's own setting)."),
+                     help="CPU threads of the cpu backend (default: all cores), of the torch backend on a CPU and "
+                          "of the analysis (default: torch's own setting)."),
         click.Option(["--out"], type=str, default=None,
                      help=f"Run directory (default {exp.default_out_help()}). Re-running the "
                           "same command resumes; --preset and --backend auto then keep what the run was started with."),

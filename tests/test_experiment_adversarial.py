@@ -37,7 +37,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     models = pq.read_table(tmp_path / "models.parquet").to_pydict()
     assert models["variant"] == ["relu-output"] * 2 + ["linear"] * 2
     assert models["density"] == pytest.approx([1.0, 1e-3, 1.0, 1e-3])
-    for col in ("D_star", "features_per_dimension", "vulnerability", "relu_vulnerability", "train_loss", "test_loss"):
+    for col in ("D_star", "features_per_dimension", "vulnerability", "relu_vulnerability", "final_loss", "test_loss"):
         assert np.all(np.isfinite(models[col])), col
     inst = pq.read_table(tmp_path / "instances.parquet").to_pydict()
     assert len(inst["instance"]) == 8 and np.all(np.isfinite(inst["expected_loss"]))

@@ -41,7 +41,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     inst = pq.read_table(tmp_path / "instances.parquet").to_pydict()
     assert len(inst["instance"]) == 8 and sum(inst["kept"]) == 4
     # the kept fit of each point is its lowest float64 evaluation loss
-    ev = np.array(inst["eval_loss"]).reshape(4, 2)
+    ev = np.array(inst["expected_loss"]).reshape(4, 2)
     assert points["instance"] == list(np.arange(4) * 2 + ev.argmin(1))
     w = load_file(str(tmp_path / "weights.safetensors"))
     assert w["W"].shape == (8, 2, 5) and w["b"].shape == (8, 5)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
@@ -254,6 +255,10 @@ def test_every_experiment_runs_from_the_command_line(name, tmp_path, capsys):
         assert (out / f).is_file(), f
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checks_total"] == len(summary["checks"]) >= 1 and stdout.count("check ") >= 1
+    if "instances.parquet" in EXPERIMENTS[name].outputs:  # the README's common columns
+        cols = set(pq.read_table(out / "instances.parquet").column_names)
+        common = {"instance", "final_loss", "diverged", "kept", "seed_index" if name == "phase-diagram" else "fit"}
+        assert common <= cols, common - cols
 
 
 def test_rerunning_a_finished_run_keeps_its_training_record(tmp_path, capsys):
@@ -320,3 +325,15 @@ def test_a_checkpointed_chunk_split_for_memory_is_not_counted_as_resumed(tmp_pat
         summary = runner.run(pd.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
     # the halves trained from step 0: nothing continued from the checkpoint
     assert summary["chunks_from_checkpoint"] == 0 and summary["instance_steps_trained"] == 4 * 300
+
+
+def test_the_analysis_keeps_to_threads(tmp_path, monkeypatch):
+    """--threads bounds the analysis too (torch's float64 ranking), and torch's setting is restored after:
+    a probe measured the analysis 4-7x slower on a loaded 2-core machine with torch's default threads."""
+    seen, analyse = [], pd.EXPERIMENT.analyse
+    monkeypatch.setattr(pd.EXPERIMENT, "analyse", lambda *a: seen.append(torch.get_num_threads()) or analyse(*a))
+    before = torch.get_num_threads()
+    spec = pd.PhaseDiagramSpec(grid=3, seeds=2, steps=30, batch_size=16, backend="torch")
+    runner.run(pd.EXPERIMENT, spec, tmp_path / "one", progress=False, log=lambda m: None, threads=1)
+    runner.run(pd.EXPERIMENT, spec, tmp_path / "default", progress=False, log=lambda m: None)
+    assert seen == [1, before] and torch.get_num_threads() == before

@@ -107,7 +107,7 @@ def instance_table(spec: AdversarialSpec) -> dict:
     d = spec.densities()
     di, fi = np.meshgrid(np.arange(d.size), np.arange(spec.fits), indexing="ij")
     di, fi = di.ravel(), fi.ravel()
-    return {"instance": np.arange(di.size), "density_index": di, "fit_index": fi, "density": d[di]}
+    return {"instance": np.arange(di.size), "density_index": di, "fit": fi, "density": d[di]}
 
 
 def test_uniforms(spec: AdversarialSpec) -> torch.Tensor:
@@ -271,7 +271,7 @@ class Adversarial(Experiment):
                     found[key].append(a[key])
                 found["test_loss"].append(float(reference.instance_loss(W[k:k + 1], b[k:k + 1], x[None], imp[None], v)))
             r = {"variant": [v] * len(dens), "density": dens, "instance": kept, "D_star": dstar,
-                 "features_per_dimension": 1 / dstar, "train_loss": loss[kept],
+                 "features_per_dimension": 1 / dstar, "final_loss": loss[kept],
                  **{k: np.asarray(val) for k, val in found.items() if not k.endswith("_direction")},
                  **{k: [direction_name(c) for c in val] for k, val in found.items() if k.endswith("_direction")}}
             no_model = res.diverged[kept]  # points whose fits all diverged: no figures from them
@@ -280,7 +280,7 @@ class Adversarial(Experiment):
                     r[key] = np.where(no_model, np.nan, val)
             rows[v] = r
             is_kept = kept_column(len(loss), kept, res.diverged)
-            instances[v] = {**table, "variant": [v] * len(loss), "train_loss": loss, "expected_loss": expected,
+            instances[v] = {**table, "variant": [v] * len(loss), "final_loss": loss, "expected_loss": expected,
                             "diverged": res.diverged, "kept": is_kept,
                             "D_star": metrics.dimensions_per_feature(res.W).numpy()}
             tensors[f"W_{v}"], tensors[f"b_{v}"] = res.W, res.b

@@ -98,7 +98,7 @@ class Basic(Experiment):
             superposed[v] = (rep & (sup >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).tolist()
             # The m most important features, and only they, are represented.
             top_m[v] = [bool(r[:m].all() and not r[m:].any()) for r in rep]
-            rows.append({"variant": [v] * len(loss), "density": np.repeat(DENSITIES, spec.fits),
+            rows.append({"variant": [v] * len(loss), "instance": np.arange(len(loss)), "density": np.repeat(DENSITIES, spec.fits),
                          "fit": np.tile(np.arange(spec.fits), P), "final_loss": loss, "expected_loss": expected,
                          "diverged": res.diverged,
                          "kept": kept_column(len(loss), kept, res.diverged)})

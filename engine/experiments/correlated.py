@@ -137,7 +137,7 @@ class Correlated(Experiment):
             expected = set_expected_losses(res.W, res.b, p, np.ones_like(p), sets, seed=spec.seed)
             kept = best_of_fits(expected, spec.fits, res.diverged)
             kept_W[name] = res.W[kept]
-            instances.append({"setup": [name] * len(loss), "density": np.repeat(dens, spec.fits),
+            instances.append({"setup": [name] * len(loss), "instance": np.arange(len(loss)), "density": np.repeat(dens, spec.fits),
                               "fit": np.tile(np.arange(spec.fits), len(dens)), "final_loss": loss, "expected_loss": expected,
                               "diverged": res.diverged, "kept": kept_column(len(loss), kept, res.diverged)})
             for j, geo in enumerate(set_geometry(res.W[kept], sets)):

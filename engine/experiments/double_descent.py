@@ -140,7 +140,8 @@ class DoubleDescent(Experiment):
             h = data @ res.W[k].double().T  # (T, m) hidden vectors of the training examples
             norms = metrics.feature_norms(res.W[k:k + 1])[0].numpy()
             kept[T] = (res.W[k].numpy(), h.numpy())
-            rows.append({"examples": [T] * len(train_loss), "fit": np.arange(len(train_loss)), "train_loss": train_loss,
+            rows.append({"examples": [T] * len(train_loss), "instance": np.arange(len(train_loss)),
+                         "fit": np.arange(len(train_loss)), "final_loss": train_loss,
                          "test_loss": test, "diverged": res.diverged, "kept": (np.arange(len(train_loss)) == k) & ok})
             sizes.append({"examples": T, "mean_test_loss": float(test[ok].mean()) if ok.any() else float("nan"),
                           "mean_train_loss": float(train_loss[ok].mean()) if ok.any() else float("nan"),
@@ -192,9 +193,9 @@ def figure(path, spec, rows, sizes, kept, zero_loss) -> None:
     ax = fig.add_subplot(grid[:, 0])
     for r in rows:
         ax.scatter(r["examples"], r["test_loss"], s=10, color="#c44e52", alpha=0.5)
-        ax.scatter(r["examples"], np.maximum(r["train_loss"], 1e-9), s=10, color="#3b75af", alpha=0.5)
+        ax.scatter(r["examples"], np.maximum(r["final_loss"], 1e-9), s=10, color="#3b75af", alpha=0.5)
     ax.plot(T, [s["mean_test_loss"] for s in sizes], color="#c44e52", label="test loss")
-    floor = any(np.any(np.asarray(r["train_loss"]) < 1e-9) for r in rows)
+    floor = any(np.any(np.asarray(r["final_loss"]) < 1e-9) for r in rows)
     ax.plot(T, np.maximum([s["mean_train_loss"] for s in sizes], 1e-9), color="#3b75af",
             label="train loss" + (" (below 1e-9 drawn at 1e-9)" if floor else ""))
     ax.axhline(zero_loss, color="0.5", ls="--", lw=1, label="zero model (test)")

@@ -116,7 +116,7 @@ def instance_table(spec: NonUniformSpec) -> dict:
     r = spec.rel_axis()
     pi, fi = np.meshgrid(np.arange(r.size), np.arange(spec.fits), indexing="ij")
     pi, fi = pi.ravel(), fi.ravel()
-    return {"instance": np.arange(pi.size), "point_index": pi, "fit_index": fi, "rel_density": r[pi],
+    return {"instance": np.arange(pi.size), "point_index": pi, "fit": fi, "rel_density": r[pi],
             "density_feature0": spec.density * r[pi]}
 
 
@@ -315,14 +315,14 @@ class NonUniform(Experiment):
 
         points = {"point_index": np.arange(P), "rel_density": rel, "density_feature0": probs[:, 0],
                   "instance": kept, "geometry": [GEOMETRIES[g] for g in codes], "dropped_feature": dropped,
-                  "loss": eval_loss[kept], "train_loss": train_loss[kept],
+                  "expected_loss": eval_loss[kept], "final_loss": train_loss[kept],
                   "represented": (norms[kept] > metrics.NORM_THRESHOLD).sum(1),
                   **{f"D_{i}": dims[kept, i] for i in range(N_FEATURES)},
                   **{f"norm_{i}": norms[kept, i] for i in range(N_FEATURES)},
                   "pentagon_loss": pent, "pentagon_from_rel": np.where(pent_src >= 0, rel[pent_src], np.nan),
                   "digons_loss": dig, "digons_from_rel": np.where(dig_src >= 0, rel[dig_src], np.nan)}
         is_kept = kept_column(P * F, kept, res.diverged)
-        instances = {**table, "train_loss": train_loss, "eval_loss": eval_loss, "diverged": res.diverged,
+        instances = {**table, "final_loss": train_loss, "expected_loss": eval_loss, "diverged": res.diverged,
                      "geometry": [GEOMETRIES[g] for g in codes_all], "dropped_feature": dropped_all,
                      "represented": (norms > metrics.NORM_THRESHOLD).sum(1), "kept": is_kept}
         write_parquet(run_dir.root / "points.parquet", points)

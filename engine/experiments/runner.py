@@ -441,7 +441,10 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
                                                         **timing, "plan": plan, "error": "every instance diverged"})
             raise TrainingDiverged(f"every {everything[0]} instance diverged (NaN/inf loss or weights): nothing to "
                                    "analyse; a lower --lr usually trains them")
-        analysis = exp.analyse(spec, results, run_dir)
+        # The analysis (torch, float64, on the CPU) keeps to --threads too: on a shared machine torch's
+        # default of every core made the float64 ranking several times slower than one thread.
+        with backends.torch_threads(threads, "cpu"):
+            analysis = exp.analyse(spec, results, run_dir)
         checks = analysis.pop("checks", [])
         if (failed := divergence_check(results)) is not None:
             checks.append(failed)
