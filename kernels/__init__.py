@@ -45,7 +45,7 @@ def _wide_vector_features() -> str | None:
     256-bit registers there. On cores with two 512-bit FMA pipes (measured: this project's Intel Xeon,
     one core's sgemm at 62 FLOP/cycle) that is half their width; parts with one 512-bit pipe or that
     slow their clock for 512-bit code are unmeasured. The arithmetic of every lane is the same at either
-    width (no reassociation), so this only changes speed (README, the cpu backend: 1.05-1.29x on that
+    width (no reassociation), so this only changes speed (docs/cpu_backend.md: 1.05-1.29x on that
     Xeon, with the kernels' work arrays aligned)."""
     if "NUMBA_ENABLE_AVX" in _os.environ:
         return None
