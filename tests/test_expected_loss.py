@@ -1,4 +1,7 @@
 """engine/expected_loss.py: expected losses exact in which features are active, one sample for all models."""
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -77,13 +80,13 @@ def test_size_sample_strata_hold_exactly_k_active_with_uniform_sets():
     assert len(sample) == n + 1 and sample[0].tolist() == [[0.0] * n]
     assert sample[1].shape == (n * 16, n) and ((sample[1] > 0).sum(1) == 1).all()
     assert sorted(sample[1][sample[1] > 0].tolist()) == sorted([(i + 0.5) / 16 for i in range(16)] * n)
-    for k in range(2, n + 1):
-        x = sample[k]
-        assert x.shape == (rows, n) and ((x > 0).sum(1) == k).all() and float(x.max()) < 1.0
-    # the six pairs of 4 features are equally likely (1,000 rows each expected; 5 sigma ~ 140)
+    for k in range(2, n + 1):  # pairs: a 31 x 31 jittered grid each (1,000 rows per pair fit); triples on
+        x = sample[k]          # 1,500 rows each, all four features on all 6,000
+        assert x.shape == (6 * 31 ** 2 if k == 2 else rows, n) and ((x > 0).sum(1) == k).all() and float(x.max()) < 1.0
+    # the six pairs of 4 features are equally likely: as many rows each
     _, counts = torch.unique((sample[2] > 0).int() @ torch.tensor([1, 2, 4, 8], dtype=torch.int32),
                              return_counts=True)
-    assert len(counts) == 6 and (counts - rows / 6).abs().max() < 140
+    assert counts.tolist() == [31 ** 2] * 6
     assert abs(float(sample[3][sample[3] > 0].mean()) - 0.5) < 0.01  # values uniform on [0, 1)
     assert torch.equal(sample[2], el.size_sample(3, n, rows, single_points=16)[2])  # fixed: same seed, same rows
     assert not torch.equal(sample[2], el.size_sample(4, n, rows, single_points=16)[2])
@@ -297,14 +300,39 @@ def test_size_blocks_are_balanced_over_subsets_and_single_features_one_block_eac
     n = 6
     single = el.size_blocks(0, n, 1, single_points=16)
     assert len(single) == n and all(x.shape == (16, n) and (x[:, i] > 0).all() for i, x in enumerate(single))
-    (pairs,) = el.size_blocks(0, n, 2, rows=100)  # C(6, 2) = 15 <= 100: 6 rows per pair
+    (pairs,) = el.size_blocks(0, n, 2, rows=100)  # C(6, 2) = 15 <= 100: 6 rows per pair, a 2 x 2 grid of 4
     _, counts = torch.unique((pairs > 0).int() @ (2 ** torch.arange(n, dtype=torch.int32)), return_counts=True)
-    assert pairs.shape == (90, n) and counts.tolist() == [6] * 15
+    assert pairs.shape == (60, n) and counts.tolist() == [4] * 15
     (triples,) = el.size_blocks(0, n, 3, rows=10)  # C(6, 3) = 20 > 10: random subsets
     assert triples.shape == (10, n) and ((triples > 0).sum(1) == 3).all()
     for k in (-1, 7):
         with pytest.raises(SpecError, match=r"k: must be an integer in \[0, 6\]"):
             el.size_sample(0, n, 8, sizes=[k])
+
+
+@pytest.mark.parametrize("k, each", [(2, 4), (2, 30), (2, 49), (3, 7), (3, 1), (5, 40)])
+def test_balanced_strata_values_are_stratified(k, each):
+    """size_blocks' values in a balanced stratum (value_design): a pair's rows hold one point in each cell of
+    a g x g grid (g = isqrt(each)); a larger subset's rows a Latin hypercube: each member's values one per
+    1/each interval. Every value in (0, 1), active; same seed, same values."""
+    n = k + 2
+    subsets = math.comb(n, k)
+    (x,) = el.size_blocks(7, n, k, rows=subsets * each)
+    g = math.isqrt(each)
+    per = g * g if k == 2 and g >= 2 else each
+    assert x.shape == (subsets * per, n) and ((x > 0).sum(1) == k).all() and float(x.max()) < 1.0
+    for s, members in enumerate(itertools.combinations(range(n), k)):
+        rows = x[s * per:(s + 1) * per]
+        assert ((rows > 0).sum(0) > 0).nonzero().flatten().tolist() == list(members)
+        v = rows[:, list(members)]
+        if per == g * g and k == 2:
+            cells = (v * g).floor().long()
+            assert sorted((cells[:, 0] * g + cells[:, 1]).tolist()) == list(range(g * g))
+        else:
+            for j in range(k):
+                assert sorted((v[:, j] * per).floor().long().tolist()) == list(range(per))
+    assert torch.equal(x, el.size_blocks(7, n, k, rows=subsets * each)[0])
+    assert not torch.equal(x, el.size_blocks(8, n, k, rows=subsets * each)[0])
 
 
 def test_set_states_refuses_what_dataspec_refuses():

@@ -48,6 +48,11 @@ def test_tiny_run_writes_every_output(tmp_path):
             assert [inst["kept"][k] for k in fits] == [k == best for k in fits]
     w = load_file(str(tmp_path / "weights.safetensors"))
     assert w["W_relu-output"].shape == (4, 5, 20) and w["b_linear"].shape == (4, 20)
+    # the column is the estimate at RANKING_ROWS rows per count of active features, from the saved weights
+    from engine.expected_loss import RANKING_ROWS, equal_density_expected_losses
+    again = equal_density_expected_losses(w["W_linear"], w["b_linear"], inst["density"][4:],
+                                          np.tile(spec.importance(), (4, 1)), "linear", seed=spec.seed, rows=RANKING_ROWS)
+    assert again.tolist() == inst["expected_loss"][4:]
     assert w["kept_linear"].tolist() == [k - 4 for k in range(4, 8) if inst["kept"][k]]
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert [c["name"] for c in saved["checks"]] == ["vulnerability-rises", "linear-flat",

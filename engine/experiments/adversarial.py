@@ -44,7 +44,7 @@ import torch
 
 from .. import metrics, reference, rng
 from ..errors import SpecError
-from ..expected_loss import equal_density_expected_losses
+from ..expected_loss import RANKING_ROWS, equal_density_expected_losses
 from ..plots import plt, save
 from ..spec import DataSpec, ModelSpec, _check_float, _check_int, check_density
 from ..store import write_parquet, write_tensors
@@ -255,7 +255,8 @@ class Adversarial(Experiment):
             res = results[v]
             loss = res.loss.numpy().astype(np.float64)
             expected = equal_density_expected_losses(res.W, res.b, table["density"],
-                                                     np.tile(spec.importance(), (len(loss), 1)), v, seed=spec.seed)
+                                                     np.tile(spec.importance(), (len(loss), 1)), v, seed=spec.seed,
+                                                     rows=RANKING_ROWS)
             kept = best_of_fits(expected, spec.fits, res.diverged)
             W = res.W[kept].double()
             b = res.b[kept].double()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..expected_loss import equal_density_expected_losses
+from ..expected_loss import RANKING_ROWS, equal_density_expected_losses
 from ..plots import plt, save
 from ..spec import DataSpec, ModelSpec, _check_int
 from ..store import write_parquet, write_tensors
@@ -86,7 +86,8 @@ class Basic(Experiment):
             res = results[v]
             loss = res.loss.numpy()
             expected = equal_density_expected_losses(res.W, res.b, np.repeat(DENSITIES, spec.fits),
-                                                     np.tile(spec.importance(), (len(loss), 1)), v, seed=spec.seed)
+                                                     np.tile(spec.importance(), (len(loss), 1)), v, seed=spec.seed,
+                                                     rows=RANKING_ROWS)
             kept = best_of_fits(expected, spec.fits, res.diverged)
             W, b = res.W[kept], res.b[kept]
             kept_W[v], kept_b[v] = W.numpy(), b.numpy()
