@@ -342,3 +342,28 @@ def test_set_states_refuses_what_dataspec_refuses():
     p[0, 1] = 0.2
     with pytest.raises(SpecError, match="sets: must be sets whose members share one feature probability"):
         el.set_states(4, (("correlated", 0, 2),), p)
+
+
+def test_probe_ranking_noise_reports_every_density_and_refuses_other_runs(tmp_path, capsys):
+    """bench.probe_ranking_noise on a tiny finished basic run: a block per variant and rows, a line per
+    density whose seed-0 pick is the run's own kept fit when the run's seed is 0."""
+    import pyarrow.parquet as pq
+    from bench import probe_ranking_noise
+    from engine.experiments import basic, runner
+    spec = basic.BasicSpec(fits=2, steps=20, batch_size=16, backend="torch")
+    runner.run(basic.EXPERIMENT, spec, tmp_path / "run", progress=False, log=lambda m: None)
+    lines = probe_ranking_noise.probe(tmp_path / "run", 2, [256])
+    assert len(lines) == 2 * (1 + len(basic.DENSITIES)) and lines[0].startswith("basic linear, 256 rows")
+    probe_ranking_noise.main(["--run", str(tmp_path / "run"), "--seeds", "2", "--rows", str(basic.RANKING_ROWS)])
+    out = capsys.readouterr().out.splitlines()
+    inst = pq.read_table(tmp_path / "run/instances.parquet").to_pydict()
+    kept = [inst["fit"][i] for i in range(len(inst["kept"])) if inst["kept"][i] and inst["variant"][i] == "linear"]
+    seed0 = [int(line.split("[")[1].split(",")[0]) for line in out[1:1 + len(basic.DENSITIES)]]
+    assert seed0 == kept
+    with pytest.raises(SystemExit) as e:
+        probe_ranking_noise.main(["--run", str(tmp_path / "run"), "--seeds", "1"])
+    assert e.value.code == 2 and "--seeds: at least 2" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/spec.json").write_text('{"experiment": "phase-diagram"}')
+    with pytest.raises(SystemExit, match="--run: a basic, adversarial, privileged-basis run"):
+        probe_ranking_noise.main(["--run", str(tmp_path / "other")])
