@@ -233,7 +233,7 @@ class Adversarial(Experiment):
     results_format = 1
     analysis_fields = ("attack_scale", "test_samples")  # analysis only: changing them never retrains
     outputs = ("models.parquet", "instances.parquet", "weights.safetensors", "figures/vulnerability.png")
-    quick_cost = "60 models x 10,000 steps; 15 s on 2 CPU cores (cpu backend, Intel Xeon)"
+    quick_cost = "60 models x 10,000 steps; 19 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     def job_sizes(self, spec):
         from .memory import JobSize

@@ -62,7 +62,7 @@ class Basic(Experiment):
         "paper": dict(fits=10, steps=20_000, batch_size=1024, lr=1e-3),
     }
     outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/basic.png")
-    quick_cost = "42 models x 20,000 steps; 17 s on 2 CPU cores (cpu backend, Intel Xeon)"
+    quick_cost = "42 models x 20,000 steps; 19 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     out_template = "basic-{size}-{preset}"
 
