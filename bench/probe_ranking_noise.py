@@ -3,7 +3,8 @@
 
 For a finished basic, adversarial or privileged-basis run (the experiments that rank their fits by
 engine.expected_loss.equal_density_expected_losses), per model variant and rows per count of active
-features: each fit's estimate under evaluation seeds 0..seeds-1 (the run itself used its own seed),
+features (default: the rows the experiment ranks with, RANKED): each fit's estimate under evaluation
+seeds 0..seeds-1 (the run itself used its own seed),
 then per density the fit each seed would keep, the gap between the two best fits (of the mean
 estimates) and the largest relative standard deviation of a fit's estimate over the seeds. Picks
 that change with the seed are ranked by chance; the gap says how much that matters. Analysis only
@@ -19,10 +20,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from safetensors.torch import load_file
 
-from engine.expected_loss import equal_density_expected_losses
+from engine.expected_loss import RANKING_ROWS, equal_density_expected_losses
 from engine.experiments import EXPERIMENTS
 
-RANKED = ("basic", "adversarial", "privileged-basis")
+# The experiments this probes, and the rows per count of active features each ranks its fits with.
+RANKED = {"basic": RANKING_ROWS, "adversarial": RANKING_ROWS, "privileged-basis": 8192}
 
 
 def spec_of(run: Path):
@@ -35,12 +37,13 @@ def spec_of(run: Path):
     return exp, exp.make_spec(**{k: v for k, v in rec.items() if k in exp.spec_cls.__dataclass_fields__})
 
 
-def probe(run: Path, seeds: int, rows_list: list[int]) -> list[str]:
-    """The report's lines (see the module docstring)."""
+def probe(run: Path, seeds: int, rows_list: list[int] | None = None) -> list[str]:
+    """The report's lines (see the module docstring); rows_list None: the experiment's own rows."""
     exp, spec = spec_of(run)
+    rows_list = rows_list or [RANKED[exp.name]]
     inst = pq.read_table(run / "instances.parquet").to_pydict()
     w = load_file(str(run / "weights.safetensors"))
-    variants = sorted(set(inst["variant"])) if "variant" in inst else [spec.model.variant]
+    variants = sorted(set(inst["variant"])) if "variant" in inst else [exp.model.variant]
     lines = []
     for v in variants:
         idx = [i for i, x in enumerate(inst.get("variant", [v] * len(inst["density"]))) if x == v]
@@ -65,7 +68,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.probe_ranking_noise", description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a finished basic, adversarial or privileged-basis run")
     ap.add_argument("--seeds", type=int, default=4, help="evaluation seeds (at least 2)")
-    ap.add_argument("--rows", type=int, nargs="+", default=[8192], help="rows per count of active features")
+    ap.add_argument("--rows", type=int, nargs="+", default=None,
+                    help="rows per count of active features (default: the experiment's own)")
     args = ap.parse_args(argv)
     if args.seeds < 2:
         ap.error("--seeds: at least 2")

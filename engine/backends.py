@@ -45,8 +45,9 @@ def check_threads(threads) -> None:
 
 @contextlib.contextmanager
 def torch_threads(threads: int | None, device):
-    """torch.set_num_threads(threads) inside the block when training with torch on a CPU (the torch
-    backend's share of ``--threads``), torch's previous setting restored after; nothing otherwise."""
+    """torch.set_num_threads(threads) inside the block when torch computes on a CPU (the torch backend's
+    training, and every run's analysis: ``--threads``), torch's previous setting restored after;
+    nothing otherwise."""
     before = torch.get_num_threads()
     if threads and torch.device(device).type == "cpu":
         torch.set_num_threads(threads)

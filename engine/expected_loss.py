@@ -101,10 +101,19 @@ def set_probabilities(p) -> np.ndarray:
     return np.prod(np.where(sets[None], p[:, None, :], 1 - p[:, None, :]), axis=2)
 
 
+def eval_values(seed: int, instance: int, step: int, rows: int, k: int) -> torch.Tensor:
+    """(rows, k) float64 strictly inside (0, 1): the Philox evaluation stream's uniforms keyed by (seed,
+    instance, step, rng.STREAM_EVAL), multiples of 2^-24 in [0, 1), moved to the middle of their bins
+    (+2^-25). An active feature's value is then never 0, which would make it inactive (probability 2^-24
+    per draw), and the values stay uniform over the 2^24 bins."""
+    u = rng.uniforms(seed, torch.tensor([instance]), step, rows, k, stream=rng.STREAM_EVAL)[0].double()
+    return u + 2.0 ** -25
+
+
 def stratified_sample(seed: int, n: int, rows_single: int) -> list[torch.Tensor]:
     """One fixed evaluation sample, stratified by active set: for set j of active_sets(n), float64
-    examples (rows_j, n) whose active features are uniforms of the Philox evaluation stream keyed by
-    (seed, instance j, step 0, rng.STREAM_EVAL), which no training draw uses, and the others 0: draws
+    examples (rows_j, n) whose active features are eval_values(seed, instance j, step 0) (a stream no
+    training draw uses), and the others 0: draws
     from the data distribution given that exactly those features are active. rows_j = rows_single /
     4^(size - 1), at least 64: the single-feature sets, which carry most of the loss when sparse, get
     the most; the empty set one row (its loss is exact)."""
@@ -114,8 +123,7 @@ def stratified_sample(seed: int, n: int, rows_single: int) -> list[torch.Tensor]
     for j, mask in enumerate(active_sets(n)):
         k = int(mask.sum())
         rows = 1 if k == 0 else max(64, rows_single // 4 ** (k - 1))
-        u = rng.uniforms(seed, torch.tensor([j]), 0, rows, n, stream=rng.STREAM_EVAL)[0].double()
-        out.append(u * torch.as_tensor(mask, dtype=torch.float64))
+        out.append(eval_values(seed, j, 0, rows, n) * torch.as_tensor(mask, dtype=torch.float64))
     return out
 
 
@@ -144,7 +152,7 @@ def state_rows(mask: np.ndarray, s: int, seed: int = 0, points: int = 4096, rows
     midpoint grid, grid_axis(k, points) values (i + 1/2) / g per active feature, every combination
     (its mean is the midpoint rule for the conditional expectation, error ~1/g^2 for the
     piecewise-quadratic losses of ReLU models, against 1/sqrt(rows) for random rows); more: ``rows``
-    random rows from the evaluation stream keyed by (seed, instance s, step 3, rng.STREAM_EVAL)."""
+    random rows, eval_values(seed, instance s, step 3)."""
     n, idx = len(mask), np.flatnonzero(mask)
     k = len(idx)
     if k == 0:
@@ -153,7 +161,7 @@ def state_rows(mask: np.ndarray, s: int, seed: int = 0, points: int = 4096, rows
         g = grid_axis(k, points)
         values = torch.cartesian_prod(*[(torch.arange(g, dtype=torch.float64) + 0.5) / g] * k).reshape(-1, k)
     else:
-        values = rng.uniforms(seed, torch.tensor([s]), 3, rows, k, stream=rng.STREAM_EVAL)[0].double()
+        values = eval_values(seed, s, 3, rows, k)
     x = torch.zeros(values.shape[0], n, dtype=torch.float64)
     x[:, torch.as_tensor(idx)] = values
     return x
@@ -273,14 +281,16 @@ def size_blocks(seed: int, n: int, k: int, rows: int = 8192, single_points: int 
       keeps memory at single_points x n, not n^2 x single_points);
     - k >= 2: one block. When the C(n, k) subsets fit in ``rows``, each gets the same rows (balanced: at
       n = 10, 8,192 random subsets left the fits' differences about twice as noisy), e = rows // C(n, k)
-      of them, whose values are stratified (value_design): a pair's on a jittered g x g grid, g = isqrt(e)
-      (one uniform point in each cell; k = 2 carries most of the loss at densities 0.003-0.03), a larger
-      subset's a Latin hypercube of e points (each feature's values one per 1/e interval). Else ``rows``
-      rows whose subset is the k smallest of n uniforms (uniform over subsets), with uniform values.
-      Draws from the Philox evaluation stream keyed by (seed, instance k, step, rng.STREAM_EVAL): step 1
-      the subsets, 2 the values' uniforms, 4 the Latin hypercube's orders.
-    Every design is unbiased. Against uniform values in balanced subsets, changing the seed moved a fit's
-    estimate 4-8x less at n = 10 (privileged-basis) and 3-6x less at n = 20 at densities 0.003-0.03 (basic)."""
+      of them, with stratified values (value_design): a pair's on a jittered g x g grid, g = isqrt(e)
+      (one uniform point per cell; at n = 20, k = 2 carried 30-40% of basic's loss and most of its
+      estimate's spread at densities 0.003-0.03), a larger subset's a Latin hypercube of e points (each
+      feature's values one per 1/e interval). Else ``rows`` rows whose subset is the k smallest of n
+      uniforms (uniform over subsets), with uniform values. Draws from the Philox evaluation stream
+      keyed by (seed, instance k, step, rng.STREAM_EVAL): step 1 the subsets, 2 the values' uniforms
+      (eval_values), 4 the Latin hypercube's orders.
+    The k >= 2 designs are unbiased (k = 1's midpoint grid has an O(1/single_points^2) bias). Against
+    uniform values in balanced subsets, changing the seed moved a fit's estimate 4-8x less at n = 10
+    (privileged-basis) and 3-6x less at n = 20 at densities 0.003-0.03 (basic)."""
     _check_int("k", k, 0, n)
     if k == 0:
         return [torch.zeros(1, n, dtype=torch.float64)]
@@ -297,8 +307,7 @@ def size_blocks(seed: int, n: int, k: int, rows: int = 8192, single_points: int 
         idx = rng.uniforms(seed, torch.tensor([k]), 1, rows, n, stream=rng.STREAM_EVAL)[0].argsort(dim=1)[:, :k]
         active = torch.zeros(idx.shape[0], n, dtype=torch.bool)
         active.scatter_(1, idx, True)
-        u = rng.uniforms(seed, torch.tensor([k]), 2, idx.shape[0], n, stream=rng.STREAM_EVAL)[0].double()
-        return [u * active]
+        return [eval_values(seed, k, 2, idx.shape[0], n) * active]
     values = value_design(seed, k, subsets, rows // subsets)  # (subsets, e', k)
     combos = torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.int64)
     x = torch.zeros(subsets, values.shape[1], n, dtype=torch.float64)
@@ -311,12 +320,12 @@ def value_design(seed: int, k: int, subsets: int, each: int) -> torch.Tensor:
     k-subsets (size_blocks' balanced strata). k = 2 with each >= 4: a jittered grid, g = isqrt(each),
     e' = g^2 rows, row (a, b) = ((a, b) + u) / g; else a Latin hypercube, e' = each rows, feature j's
     value in row r (pi_j(r) + u) / each, pi_j a random order of the rows (each = 1: plain uniforms).
-    u: the evaluation stream's uniforms at step 2 (instance k), the orders from step 4."""
+    u: eval_values at step 2 (instance k), so every value is strictly inside (0, 1); the orders from
+    the evaluation stream at step 4."""
     g = math.isqrt(each)
     grid = k == 2 and g >= 2
     rows = g * g if grid else each
-    u = rng.uniforms(seed, torch.tensor([k]), 2, subsets * rows, k, stream=rng.STREAM_EVAL)[0].double()
-    u = u.reshape(subsets, rows, k)
+    u = eval_values(seed, k, 2, subsets * rows, k).reshape(subsets, rows, k)
     if grid:
         cells = torch.cartesian_prod(torch.arange(g), torch.arange(g)).double()  # (g^2, 2)
         return (cells[None] + u) / g

@@ -344,22 +344,27 @@ def test_set_states_refuses_what_dataspec_refuses():
         el.set_states(4, (("correlated", 0, 2),), p)
 
 
-def test_probe_ranking_noise_reports_every_density_and_refuses_other_runs(tmp_path, capsys):
-    """bench.probe_ranking_noise on a tiny finished basic run: a block per variant and rows, a line per
-    density whose seed-0 pick is the run's own kept fit when the run's seed is 0."""
+@pytest.mark.parametrize("name", ["basic", "privileged-basis"])
+def test_probe_ranking_noise_reproduces_the_runs_picks_and_refuses_other_runs(name, tmp_path, capsys):
+    """bench.probe_ranking_noise on a tiny finished run: a block per variant and rows, a line per density;
+    at the experiment's own rows (the default) seed 0, the run's seed, picks the run's kept fits."""
     import pyarrow.parquet as pq
     from bench import probe_ranking_noise
-    from engine.experiments import basic, runner
-    spec = basic.BasicSpec(fits=2, steps=20, batch_size=16, backend="torch")
-    runner.run(basic.EXPERIMENT, spec, tmp_path / "run", progress=False, log=lambda m: None)
-    lines = probe_ranking_noise.probe(tmp_path / "run", 2, [256])
-    assert len(lines) == 2 * (1 + len(basic.DENSITIES)) and lines[0].startswith("basic linear, 256 rows")
-    probe_ranking_noise.main(["--run", str(tmp_path / "run"), "--seeds", "2", "--rows", str(basic.RANKING_ROWS)])
-    out = capsys.readouterr().out.splitlines()
+    from engine.experiments import EXPERIMENTS, runner
+    exp = EXPERIMENTS[name]
+    spec = exp.make_spec(fits=2, steps=20, batch_size=16, backend="torch")
+    runner.run(exp, spec, tmp_path / "run", progress=False, log=lambda m: None)
     inst = pq.read_table(tmp_path / "run/instances.parquet").to_pydict()
-    kept = [inst["fit"][i] for i in range(len(inst["kept"])) if inst["kept"][i] and inst["variant"][i] == "linear"]
-    seed0 = [int(line.split("[")[1].split(",")[0]) for line in out[1:1 + len(basic.DENSITIES)]]
-    assert seed0 == kept
+    variants = sorted(set(inst.get("variant", ["relu-hidden"])))
+    points = len(set(inst["density"]))
+    lines = probe_ranking_noise.probe(tmp_path / "run", 2, [256])
+    assert len(lines) == len(variants) * (1 + points) and lines[0].startswith(f"{name} {variants[0]}, 256 rows")
+    probe_ranking_noise.main(["--run", str(tmp_path / "run"), "--seeds", "2"])
+    out = capsys.readouterr().out.splitlines()
+    rows = range(len(inst["kept"]))  # the first variant's kept fit per density, densest first (the probe's order)
+    kept = {inst["density"][i]: inst["fit"][i] for i in rows
+            if inst["kept"][i] and inst.get("variant", variants * len(rows))[i] == variants[0]}
+    assert [int(line.split("[")[1].split(",")[0]) for line in out[1:1 + points]] == [kept[d] for d in sorted(kept)[::-1]]
     with pytest.raises(SystemExit) as e:
         probe_ranking_noise.main(["--run", str(tmp_path / "run"), "--seeds", "1"])
     assert e.value.code == 2 and "--seeds: at least 2" in capsys.readouterr().err
@@ -367,3 +372,14 @@ def test_probe_ranking_noise_reports_every_density_and_refuses_other_runs(tmp_pa
     (tmp_path / "other/spec.json").write_text('{"experiment": "phase-diagram"}')
     with pytest.raises(SystemExit, match="--run: a basic, adversarial, privileged-basis run"):
         probe_ranking_noise.main(["--run", str(tmp_path / "other")])
+
+
+def test_no_evaluation_value_is_zero():
+    """An active feature's value 0 would make it inactive: the evaluation uniforms (multiples of 2^-24 in
+    [0, 1)) are moved to the middle of their bins. value_design(0, 2, 69378, 4) drew a 0 before (a review
+    found it; the draw u = 0 has probability 2^-24)."""
+    from engine import rng
+    v = el.eval_values(0, 2, 2, 69378 * 4, 2)
+    u = rng.uniforms(0, torch.tensor([2]), 2, 69378 * 4, 2, stream=rng.STREAM_EVAL)[0].double()
+    assert torch.equal(v, u + 2.0 ** -25) and float(u.min()) == 0.0 and 0.0 < float(v.min()) and float(v.max()) < 1.0
+    assert float(el.value_design(0, 2, 69378, 4).min()) > 0.0
