@@ -337,3 +337,14 @@ def test_the_analysis_keeps_to_threads(tmp_path, monkeypatch):
     runner.run(pd.EXPERIMENT, spec, tmp_path / "one", progress=False, log=lambda m: None, threads=1)
     runner.run(pd.EXPERIMENT, spec, tmp_path / "default", progress=False, log=lambda m: None)
     assert seen == [1, before] and torch.get_num_threads() == before
+
+
+def test_the_analysis_is_announced_when_progress_is_shown(tmp_path):
+    """Long work shows progress: after the training bar, one line says the analysis is running (basic
+    --size large ranks its fits for half a minute); --no-progress keeps the log to what it was."""
+    spec = pd.PhaseDiagramSpec(grid=3, seeds=2, steps=30, batch_size=16, backend="torch")
+    shown, quiet = [], []
+    runner.run(pd.EXPERIMENT, spec, tmp_path / "a", progress=True, log=shown.append)
+    runner.run(pd.EXPERIMENT, spec, tmp_path / "b", progress=False, log=quiet.append)
+    assert "phase-diagram: analysing 18 trained models (checks, tables, figures)" in shown
+    assert not any("analysing" in m for m in quiet)

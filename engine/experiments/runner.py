@@ -441,6 +441,8 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
                                                         **timing, "plan": plan, "error": "every instance diverged"})
             raise TrainingDiverged(f"every {everything[0]} instance diverged (NaN/inf loss or weights): nothing to "
                                    "analyse; a lower --lr usually trains them")
+        if progress:  # the bar has ended; ranking fits and drawing figures can take seconds to a minute
+            log(f"{exp.name}: analysing {sum(j.n_instances for j in jobs):,} trained models (checks, tables, figures)")
         # The analysis (torch, float64, on the CPU) keeps to --threads too: on a shared machine torch's
         # default of every core made the float64 ranking several times slower than one thread.
         with backends.torch_threads(threads, "cpu"):
