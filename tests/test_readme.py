@@ -30,3 +30,16 @@ def test_readme_documents_every_experiment_with_a_figure():
     for fig in re.findall(r"\]\((docs/figures/[^)]+\.png)\)", readme):
         assert (root / fig).is_file(), fig
     assert len(re.findall(r"\]\((docs/figures/[^)]+\.png)\)", readme)) >= len(EXPERIMENTS)
+
+
+def test_load_run_example_runs_on_a_finished_run(tmp_path):
+    """The README's load_run example, on a tiny basic run in place of runs/basic-small-quick."""
+    from engine.experiments import basic, runner
+    src = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"```python\n(from engine import load_run\n.*?)```", src, re.S).group(1)
+    assert '"runs/basic-small-quick"' in code
+    runner.run(basic.EXPERIMENT, basic.BasicSpec(fits=1, steps=10, batch_size=8, backend="torch"), tmp_path / "run",
+               progress=False, log=lambda m: None)
+    scope = {}
+    exec(compile(code.replace('"runs/basic-small-quick"', repr(str(tmp_path / "run"))), "README.md", "exec"), scope)
+    assert scope["run"].experiment == "basic" and len(scope["run"].checks) == 3

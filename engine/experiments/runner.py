@@ -544,6 +544,8 @@ def readme_text(exp: Experiment, spec, out: Path, summary: dict) -> str:
                   "from this directory (its spec.json holds the plan), not in a new one.", ""]
     lines += ["Files: spec.json (what was run, and the chunk plan), "
              "summary.json (results, paper checks, timing, environment), " + ", ".join(exp.outputs), "",
+             "Read it in Python (tables, weights, checks):",
+             f"    from engine import load_run; run = load_run({str(Path(out).resolve())!r})", "",
              "Paper checks:"]
     lines += [f"  [{status_word(c)}] {check_line(c)}" for c in summary["checks"]]
     return "\n".join(lines) + "\n"
