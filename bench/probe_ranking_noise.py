@@ -3,7 +3,7 @@
 
 For a finished basic, adversarial or privileged-basis run (the experiments that rank their fits by
 engine.expected_loss.equal_density_expected_losses), per model variant and rows per count of active
-features (default: the rows the experiment ranks with, RANKED): each fit's estimate under evaluation
+features (default: the rows the experiment ranks with, Experiment.ranking_rows): each fit's estimate under evaluation
 seeds 0..seeds-1 (the run itself used its own seed),
 then per density the fit each seed would keep, the gap between the two best fits (of the mean
 estimates) and the largest relative standard deviation of a fit's estimate over the seeds. Picks
@@ -20,11 +20,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from safetensors.torch import load_file
 
-from engine.expected_loss import RANKING_ROWS, equal_density_expected_losses
+from engine.expected_loss import equal_density_expected_losses
 from engine.experiments import EXPERIMENTS
 
-# The experiments this probes, and the rows per count of active features each ranks its fits with.
-RANKED = {"basic": RANKING_ROWS, "adversarial": RANKING_ROWS, "privileged-basis": 8192}
+# The experiments this probes (those ranking their fits by the equal-density expected loss), and the
+# rows per count of active features each ranks them with (Experiment.ranking_rows).
+RANKED = {name: exp.ranking_rows for name, exp in EXPERIMENTS.items() if exp.ranking_rows}
 
 
 def spec_of(run: Path):

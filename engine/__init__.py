@@ -12,6 +12,7 @@ from .train import TrainResult, train
 
 __all__ = ["ModelSpec", "DataSpec", "TrainSpec", "train", "TrainResult", "metrics", "theory",
            "SpecError", "BackendUnavailable", "UnsupportedShape", "load_run", "Run"]
+__version__ = "0.1.0"
 
 
 def __getattr__(name):
@@ -20,4 +21,3 @@ def __getattr__(name):
         from . import results
         return getattr(results, name)
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
-__version__ = "0.1.0"

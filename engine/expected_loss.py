@@ -173,10 +173,11 @@ def _check_sample_sizes(seed, points, rows):
     _check_int("rows", rows, 1)
 
 
-def state_sample(masks: np.ndarray, seed: int = 0, points: int = 4096, rows: int = 8192) -> list[torch.Tensor]:
-    """state_rows for each state of masks (S, n) (set_states, active_sets), state s keyed by its index."""
+def state_sample(masks: np.ndarray, seed: int = 0, points: int = 4096, rows: int = 8192):
+    """state_rows for each state of masks (S, n) (set_states, active_sets), state s keyed by its index:
+    a generator, so one state's rows are in memory at a time (conditional_losses takes any iterable)."""
     _check_sample_sizes(seed, points, rows)
-    return [state_rows(mask, s, seed, points, rows) for s, mask in enumerate(masks)]
+    return (state_rows(mask, s, seed, points, rows) for s, mask in enumerate(masks))
 
 
 def grid_sample(n: int, points: int) -> list[torch.Tensor]:
@@ -184,7 +185,7 @@ def grid_sample(n: int, points: int) -> list[torch.Tensor]:
     active_sets(n), state_rows (a midpoint grid for sets of <= GRID_FEATURES features, else ``points``
     random rows of evaluation seed 0). The phase diagram's seeds differ by a few percent in the pair
     sets' losses, which 1,024 random rows per pair could not rank; the grid can."""
-    return state_sample(active_sets(n), 0, points, points)
+    return list(state_sample(active_sets(n), 0, points, points))
 
 
 # Doubles per intermediate tensor (models x rows x n) of conditional_losses: ~8 MB, so a big sample
@@ -239,9 +240,7 @@ def instance_expected_losses(W, b, p, importance, points: int = 4096) -> np.ndar
     their fits by."""
     W, b, imp = check_models(W, b, importance)
     p = check_densities("p", p, (W.shape[0], W.shape[2]))
-    _check_sample_sizes(0, points, points)
-    sample = (state_rows(mask, s, 0, points, points) for s, mask in enumerate(active_sets(W.shape[2])))
-    return own_expected_losses(conditional_losses(W, b, sample, imp), p)
+    return own_expected_losses(conditional_losses(W, b, state_sample(active_sets(W.shape[2]), 0, points, points), imp), p)
 
 
 # A model leaves out stratum k >= 1 when P(k active) < NEGLIGIBLE x P(some feature active): relative,
@@ -465,5 +464,4 @@ def set_expected_losses(W, b, p, importance, sets, variant: str = "relu-output",
     W, b, imp = check_models(W, b, importance, variant)
     _check_sample_sizes(seed, points, rows)
     masks, probs = set_states(W.shape[2], sets, check_densities("p", p, (W.shape[0], W.shape[2])))
-    sample = (state_rows(mask, s, seed, points, rows) for s, mask in enumerate(masks))
-    return np.einsum("ks,ks->k", conditional_losses(W, b, sample, imp, variant), probs)
+    return np.einsum("ks,ks->k", conditional_losses(W, b, state_sample(masks, seed, points, rows), imp, variant), probs)

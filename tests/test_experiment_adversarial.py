@@ -48,8 +48,9 @@ def test_tiny_run_writes_every_output(tmp_path):
             assert [inst["kept"][k] for k in fits] == [k == best for k in fits]
     w = load_file(str(tmp_path / "weights.safetensors"))
     assert w["W_relu-output"].shape == (4, 5, 20) and w["b_linear"].shape == (4, 20)
-    # the column is the estimate at RANKING_ROWS rows per count of active features, from the saved weights
+    # the column is the estimate at the experiment's ranking rows per count of active features, from the saved weights
     from engine.expected_loss import RANKING_ROWS, equal_density_expected_losses
+    assert adv.EXPERIMENT.ranking_rows == RANKING_ROWS
     again = equal_density_expected_losses(w["W_linear"], w["b_linear"], inst["density"][4:],
                                           np.tile(spec.importance(), (4, 1)), "linear", seed=spec.seed, rows=RANKING_ROWS)
     assert again.tolist() == inst["expected_loss"][4:]

@@ -233,6 +233,7 @@ class Adversarial(Experiment):
     results_format = 1
     analysis_fields = ("attack_scale", "test_samples")  # analysis only: changing them never retrains
     outputs = ("models.parquet", "instances.parquet", "weights.safetensors", "figures/vulnerability.png")
+    ranking_rows = RANKING_ROWS
     quick_cost = "60 models x 10,000 steps; 19 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     def job_sizes(self, spec):
@@ -256,7 +257,7 @@ class Adversarial(Experiment):
             loss = res.loss.numpy().astype(np.float64)
             expected = equal_density_expected_losses(res.W, res.b, table["density"],
                                                      np.tile(spec.importance(), (len(loss), 1)), v, seed=spec.seed,
-                                                     rows=RANKING_ROWS)
+                                                     rows=self.ranking_rows)
             kept = best_of_fits(expected, spec.fits, res.diverged)
             W = res.W[kept].double()
             b = res.b[kept].double()

@@ -267,6 +267,9 @@ class Experiment:
     quick_cost: str = ""       # measured wall time of the quick preset, for `supbench list`
 
     analysis_fields: tuple = ()  # spec fields only the analysis reads: changing them never retrains
+    # Rows per count of active features of the equal-density expected loss its fits are ranked by
+    # (engine.expected_loss.equal_density_expected_losses); 0: not ranked that way. bench.probe_ranking_noise reads it.
+    ranking_rows: int = 0
 
     def preset_name(self, preset: str, backend: str) -> str:
         """The preset ``preset`` (quick or paper) becomes for the backend that will train it:

@@ -62,6 +62,7 @@ class Basic(Experiment):
         "paper": dict(fits=10, steps=20_000, batch_size=1024, lr=1e-3),
     }
     outputs = ("instances.parquet", "features.parquet", "weights.safetensors", "figures/basic.png")
+    ranking_rows = RANKING_ROWS
     quick_cost = "42 models x 20,000 steps; 19 s on 2 CPU cores (cpu backend, Intel Xeon)"
 
     out_template = "basic-{size}-{preset}"
@@ -87,7 +88,7 @@ class Basic(Experiment):
             loss = res.loss.numpy()
             expected = equal_density_expected_losses(res.W, res.b, np.repeat(DENSITIES, spec.fits),
                                                      np.tile(spec.importance(), (len(loss), 1)), v, seed=spec.seed,
-                                                     rows=RANKING_ROWS)
+                                                     rows=self.ranking_rows)
             kept = best_of_fits(expected, spec.fits, res.diverged)
             W, b = res.W[kept], res.b[kept]
             kept_W[v], kept_b[v] = W.numpy(), b.numpy()
