@@ -18,6 +18,31 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_collection_finish(session):
+    """Start the children of the tests that are to run and list one in their module's EARLY_CHILDREN
+    (tests/early_children.py: their cold compilations then run on the core the suite leaves idle)."""
+    if session.config.option.collectonly:
+        return
+    jobs = {}
+    for item in session.items:
+        make = getattr(item.module, "EARLY_CHILDREN", {}).get(item.originalname)
+        job = make() if make else None
+        if job is not None:
+            jobs[item.originalname] = job
+    if jobs:
+        import early_children  # (tests/, on sys.path once its modules are collected)
+
+        early_children.start(jobs)
+
+
+def pytest_sessionfinish(session):
+    """Kill an early child still running (its test deselected by -x, a crash, ^C)."""
+    import sys
+
+    if "early_children" in sys.modules:
+        sys.modules["early_children"].stop()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     """Every test run writes pytest-benchmark's JSON (all timings) to .benchmarks/pytest-benchmark.json,

@@ -5,6 +5,10 @@ shape, each block in one pass (the last two in the flat form, at 128 lanes only)
 the generic per-lane copy's gradients bit for bit and train alike, in every setting the per-lane copy
 has (variants, optimizers, partial last blocks, lane widths, feature sets, finite datasets, sparse
 blocks), and the engine must send exactly those shapes there."""
+import sys
+from pathlib import Path
+
+import early_children
 import numpy as np
 import pytest
 
@@ -133,28 +137,41 @@ def test_a_tiny_copy_refuses_another_shape():
                sets=(), finite=False, steps=1, K=2, seed=0)
 
 
+# The flat-block test's child: a fresh, uncached copy of the n=20, m=5 segment (numba shows no machine code
+# of a cached one), trained one step as train_steps would its own, then its packed FMAs counted. About 50 s
+# of cold compilation, so conftest.py starts it when collection ends (tests/early_children.py).
+FLAT_CHILD = """
+import re, sys
+from unittest import mock
+sys.path.insert(0, sys.argv[1])
+from numba import njit
+import test_cpu_tiny as t
+from kernels import cpu_tiny, cpu_train
+from kernels.cpu_tiles import FASTMATH
+
+n, m = 20, 5
+assert (n, m) in cpu_tiny.FLAT_SHAPES
+inst = njit(fastmath=FASTMATH)(cpu_train._specialise(
+    cpu_train._train_instance_template, "_test_instance_flat", ROWWISE=False, TINY=True, TINY_N=n, TINY_M=m,
+    _tiny_block=cpu_tiny.tiny_block_20x5, _tiny_sums=cpu_tiny.tiny_sums_20x5))
+segment = njit(parallel=True)(cpu_train._specialise(
+    cpu_train._train_segment_template, "_test_segment_flat", _train_instance=inst, TINY=True, TINY_N=n, TINY_M=m,
+    TINY_LANES=cpu_tiny.FLAT_LANES))
+with mock.patch.dict(cpu_train.TINY_SEGMENTS, {(n, m): segment}):  # train_steps compiles it as it would its own
+    t._train(segment, n, m, variant="relu-output", optimizer="adamw", batch=64, lanes=cpu_tiny.FLAT_LANES, sets=(),
+             finite=False, steps=1, K=1, seed=0)
+asm = "\\n".join(segment.inspect_asm().values())
+print(len(re.findall(r"\\bvfn?m(?:add|sub)\\d+ps\\b", asm)))
+"""
+FLAT_ARGV = [sys.executable, "-c", FLAT_CHILD, str(Path(__file__).resolve().parent)]
+EARLY_CHILDREN = {"test_the_flat_blocks_are_vector_code": lambda: (FLAT_ARGV, early_children.own_cache_env("flat"))}
+
+
 def test_the_flat_blocks_are_vector_code():
     """A flat block is worth its copy only as vector code: LLVM keeps the n=20, m=5 one scalar, 6x slower
     and with the same numbers, unless it may merge the rows' overlap checks (slp_vectorize's
     merge_checks). The scalar form has none of the block's 500 multiply-adds per lane in packed
-    registers. A fresh, uncached copy of the segment (numba shows no machine code of a cached one)."""
-    import re
-    from unittest import mock
-
-    from numba import njit
-    from kernels.cpu_tiles import FASTMATH
-
-    n, m = 20, 5
-    assert (n, m) in cpu_tiny.FLAT_SHAPES
-    inst = njit(fastmath=FASTMATH)(cpu_train._specialise(
-        cpu_train._train_instance_template, "_test_instance_flat", ROWWISE=False, TINY=True, TINY_N=n, TINY_M=m,
-        _tiny_block=cpu_tiny.tiny_block_20x5, _tiny_sums=cpu_tiny.tiny_sums_20x5))
-    segment = njit(parallel=True)(cpu_train._specialise(
-        cpu_train._train_segment_template, "_test_segment_flat", _train_instance=inst, TINY=True, TINY_N=n, TINY_M=m,
-        TINY_LANES=cpu_tiny.FLAT_LANES))
-    with mock.patch.dict(cpu_train.TINY_SEGMENTS, {(n, m): segment}):  # train_steps compiles it as it would its own
-        _train(segment, n, m, variant="relu-output", optimizer="adamw", batch=64, lanes=cpu_tiny.FLAT_LANES, sets=(),
-               finite=False, steps=1, K=1, seed=0)
-    asm = "\n".join(segment.inspect_asm().values())
-    packed = len(re.findall(r"\bvfn?m(?:add|sub)\d+ps\b", asm))
+    registers. Counted in a child (FLAT_CHILD) on a fresh, uncached copy of the segment."""
+    packed = int(early_children.answer("test_the_flat_blocks_are_vector_code", FLAT_ARGV,
+                                       early_children.own_cache_env("flat")).split()[-1])
     assert packed >= 500, f"{packed} packed FMAs: the flat block was not vectorised"

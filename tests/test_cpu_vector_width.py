@@ -8,13 +8,18 @@ Here a child process compiles the kernels as a user's own NUMBA_CPU_FEATURES wou
 features as LLVM tunes them: no 512-bit request, so none of those paths) and trains the same models;
 both must end in the same states and loss histories. Skipped where this process has no 512-bit code
 (there the rest of the suite already runs the paths the child would). One cold compile of each
-kernel path in the child, about two minutes, once per source change (numba caches it by CPU features).
+kernel path in the child, about three minutes, once per source change (numba caches it by CPU features,
+in its own cache directory: see _plain_env).
+
+When the whole suite runs, the plain child starts as soon as collection ends (tests/early_children.py), so its
+compilation runs on the core the suite leaves idle; the 512-bit child runs in the test's turn, when the
+suite has compiled (and cached) every path it takes.
 """
 import json
 import os
-import subprocess
 import sys
 
+import early_children
 import pytest
 
 pytest.importorskip("numba")
@@ -76,25 +81,44 @@ print(json.dumps({"wide": [cpu_products.WIDE_VECTORS, cpu_products.WIDE_TILES, c
 """
 
 
-def _run(env) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CASES)], env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _has_wide_paths() -> bool:
+    return bool(cpu_products.WIDE_VECTORS and cpu_products.WIDE_TILES and cpu_train.PHILOX_16)
+
+
+def _base_env() -> dict:
+    mine = ("NUMBA_CPU_FEATURES", "SUPBENCH_NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")
+    return {k: v for k, v in os.environ.items() if k not in mine}
+
+
+def _plain_env() -> dict:
+    """The plain child's environment: the host's CPU features as a user would name them, and a numba
+    cache directory of its own, since it compiles beside the suite (tests/early_children.py says why)."""
+    from llvmlite import binding
+
+    env = _base_env()
+    env["NUMBA_CPU_FEATURES"] = binding.get_host_cpu_features().flatten()
+    return early_children.own_cache_env("plain", env)
+
+
+ARGV = [sys.executable, "-c", CHILD, json.dumps(CASES)]
+TEST = "test_512_bit_paths_train_bit_for_bit_like_the_plain_ones"
+# The plain child's compilation is the suite's longest (about three minutes cold): conftest.py starts it
+# when collection ends (tests/early_children.py).
+EARLY_CHILDREN = {TEST: lambda: (ARGV, _plain_env()) if _has_wide_paths() else None}
+
+
+def _hashes(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_512_bit_paths_train_bit_for_bit_like_the_plain_ones():
-    if not (cpu_products.WIDE_VECTORS and cpu_products.WIDE_TILES and cpu_train.PHILOX_16):
+    if not _has_wide_paths():
         pytest.skip("no 512-bit code paths in this process (not an Intel AVX-512 host, or NUMBA_CPU_FEATURES set)")
-    from llvmlite import binding
-
     paths = {cpu_train.uses_rowwise(n, m, lanes or cpu_train.lanes_for(n, m)) for _, n, m, lanes, *_ in CASES}
     assert paths == {True, False}  # row-by-row and per-lane models both
-    mine = ("NUMBA_CPU_FEATURES", "SUPBENCH_NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")
-    base = {k: v for k, v in os.environ.items() if k not in mine}
-    wide = _run(base)
-    plain = _run({**base, "NUMBA_CPU_FEATURES": binding.get_host_cpu_features().flatten()})
+    plain = _hashes(early_children.answer(TEST, ARGV, _plain_env()))
+    wide = _hashes(early_children.answer(TEST + " (512-bit)", ARGV, _base_env()))
     assert wide["wide"] == [True, True, True] and plain["wide"] == [False, False, False]
     for case, a, b in zip(CASES, wide["hashes"], plain["hashes"]):
         assert a == b, f"{case}: 512-bit paths {a[:12]}, plain {b[:12]}"
