@@ -19,16 +19,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """Start the children of the tests that are to run and list one in their module's EARLY_CHILDREN
-    (tests/early_children.py: their cold compilations then run on the core the suite leaves idle)."""
+    """Start in the background the child process of each selected test that its module lists in
+    EARLY_CHILDREN (tests/early_children.py: their cold compilations then run on the core the suite
+    leaves idle)."""
     if session.config.option.collectonly:
         return
     jobs = {}
     for item in session.items:
-        make = getattr(item.module, "EARLY_CHILDREN", {}).get(item.originalname)
+        module, name = getattr(item, "module", None), getattr(item, "originalname", None)  # (test functions only)
+        make = getattr(module, "EARLY_CHILDREN", {}).get(name)
         job = make() if make else None
         if job is not None:
-            jobs[item.originalname] = job
+            jobs[(module.__name__, name)] = job
     if jobs:
         import early_children  # (tests/, on sys.path once its modules are collected)
 
@@ -36,7 +38,7 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session):
-    """Kill an early child still running (its test deselected by -x, a crash, ^C)."""
+    """Kill an early child still running (its test not reached: -x stopped the run, ^C, an internal error)."""
     import sys
 
     if "early_children" in sys.modules:

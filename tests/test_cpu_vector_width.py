@@ -87,7 +87,7 @@ def _has_wide_paths() -> bool:
 
 def _base_env() -> dict:
     mine = ("NUMBA_CPU_FEATURES", "SUPBENCH_NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")
-    return {k: v for k, v in os.environ.items() if k not in mine}
+    return early_children.child_env({k: v for k, v in os.environ.items() if k not in mine})
 
 
 def _plain_env() -> dict:
@@ -117,8 +117,8 @@ def test_512_bit_paths_train_bit_for_bit_like_the_plain_ones():
         pytest.skip("no 512-bit code paths in this process (not an Intel AVX-512 host, or NUMBA_CPU_FEATURES set)")
     paths = {cpu_train.uses_rowwise(n, m, lanes or cpu_train.lanes_for(n, m)) for _, n, m, lanes, *_ in CASES}
     assert paths == {True, False}  # row-by-row and per-lane models both
-    plain = _hashes(early_children.answer(TEST, ARGV, _plain_env()))
-    wide = _hashes(early_children.answer(TEST + " (512-bit)", ARGV, _base_env()))
+    plain = _hashes(early_children.answer(__name__, TEST, EARLY_CHILDREN[TEST]))
+    wide = _hashes(early_children.run_now(ARGV, _base_env()))
     assert wide["wide"] == [True, True, True] and plain["wide"] == [False, False, False]
     for case, a, b in zip(CASES, wide["hashes"], plain["hashes"]):
         assert a == b, f"{case}: 512-bit paths {a[:12]}, plain {b[:12]}"
