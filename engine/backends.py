@@ -92,9 +92,10 @@ def resolve(name: str, model=None, train=None, log=None, sets=(), examples: int 
                 return fallback
         return "triton"
     if name == "triton" and not triton_usable():
-        raise BackendUnavailable("backend: 'triton' needs triton and a CUDA GPU, and none is available here; use --backend torch or auto")
+        raise BackendUnavailable("backend: 'triton' needs triton and a CUDA GPU, and none is available here; "
+                                 "choose torch or auto")
     if name == "cpu" and not cpu_usable():
-        raise BackendUnavailable("backend: 'cpu' needs numba (pip install numba); use --backend torch or auto")
+        raise BackendUnavailable("backend: 'cpu' needs numba (pip install numba); choose torch or auto")
     return name
 
 
@@ -141,4 +142,4 @@ def check_supported(backend: str, model, train, sets=(), examples: int = 0, devi
         check(model, train, sets, examples)
     if backend == "cpu" and not cpu_supports(model):
         raise UnsupportedShape(f"backend: cpu does not train {model.variant!r} models (its kernels implement "
-                               f"{', '.join(CPU_VARIANTS)}); use --backend torch")
+                               f"{', '.join(CPU_VARIANTS)}); choose torch")

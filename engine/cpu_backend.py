@@ -11,6 +11,7 @@ from training.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -73,14 +74,34 @@ def kernel_path(model: ModelSpec, lanes: int | None = None, batch: int | None = 
     return f"tiny-{n}x{m}" if segment is not cpu_train.train_segment_lanes else "lanes"
 
 
-def compile(path: str = "lanes") -> float:
+# A compilation still running after this many seconds is announced (compile's ``log``): loading from the
+# disk cache takes about 0.3 s, a cold compilation 10-75 s with nothing else on screen.
+ANNOUNCE_AFTER_S = 2.0
+
+
+def compile(path: str = "lanes", log=None) -> float:
     """Compile (or load from the on-disk cache) the training loop ``path`` (PATHS; kernel_path(model,
     batch=train.batch_size) gives a run's) on a small problem; returns the seconds it took the first time
-    in this process, 0.0 afterwards, so that callers report it apart from training."""
+    in this process, 0.0 afterwards, so that callers report it apart from training. ``log``: a function
+    of one line, called if it is still compiling after ANNOUNCE_AFTER_S (long work shows itself)."""
     if path not in PATHS:
         raise ValueError(f"path: one of {', '.join(PATHS)} (got {path!r})")
     if path in _COMPILED:
         return 0.0
+    announce = None
+    if log is not None:
+        announce = threading.Timer(ANNOUNCE_AFTER_S, log, (f"cpu backend: compiling the {path} training loop "
+                                                          "(once per checkout and kernel source; 10-75 s)",))
+        announce.daemon = True
+        announce.start()
+    try:
+        return _compile(path)
+    finally:
+        if announce is not None:
+            announce.cancel()
+
+
+def _compile(path: str) -> float:
     t0 = time.perf_counter()
     n, m = _PROBLEM[path]
     model = ModelSpec(n, m, "abs-computation" if path == "untied" else "relu-output")

@@ -219,28 +219,57 @@ def conditional_losses(W, b, sample, importance=None, variant: str = "relu-outpu
 
     def loss(lo, hi, x):
         return reference.instance_loss(W[lo:hi], b[lo:hi], x[None].expand(hi - lo, -1, -1), imp[lo:hi], variant)
-    return _block_losses(K, max(n, m), sample, loss, chunk)
+    return _block_losses(K, max(n, m), _row_blocks(sample, n), loss, chunk)
+
+
+def _row_blocks(sample, n: int):
+    """The blocks of ``sample`` as float64 tensors (rows, n), lazily; SpecError naming ``sample`` for
+    anything else (a sample made for another n, a flat array)."""
+    for x in sample:
+        x = _float64("sample", x, f"row blocks of shape (rows, {n})")
+        if x.dim() != 2 or x.shape[1] != n:
+            raise SpecError("sample", f"row blocks of shape (rows, {n}) to match W (grid_sample({n}, ...))",
+                            tuple(x.shape))
+        yield x
+
+
+def _check_sets_of(cond: np.ndarray, p) -> tuple[np.ndarray, np.ndarray]:
+    """cond (K, 2^n) as float64 and the set probabilities of densities p (P, n): SpecError naming p
+    when its n does not match cond's 2^n columns."""
+    cond = np.asarray(cond, dtype=np.float64)
+    if cond.ndim != 2 or cond.shape[1] < 2 or cond.shape[1] & (cond.shape[1] - 1):
+        raise SpecError("cond", "a (K, 2^n) array from conditional_losses", cond.shape)
+    probs = set_probabilities(p)
+    if cond.shape[1] != probs.shape[1]:
+        n = cond.shape[1].bit_length() - 1
+        raise SpecError("p", f"densities of {n} features, to match cond's 2^{n} active sets", np.shape(p))
+    return cond, probs
 
 
 def expected_losses(cond: np.ndarray, p) -> np.ndarray:
     """Expected loss of each model on each distribution: cond (K, 2^n) from conditional_losses, p
     (P, n) densities -> (K, P). Exact in which features are active; only the values are sampled."""
-    return cond @ set_probabilities(p).T
+    cond, probs = _check_sets_of(cond, p)
+    return cond @ probs.T
 
 
 def own_expected_losses(cond: np.ndarray, p) -> np.ndarray:
     """Expected loss of each model at its own densities: cond (K, 2^n), p (K, n) -> (K,)."""
-    return np.einsum("ks,ks->k", cond, set_probabilities(p))
+    cond, probs = _check_sets_of(cond, p)
+    if probs.shape[0] != cond.shape[0]:
+        raise SpecError("p", f"one row of densities per model ({cond.shape[0]})", probs.shape[0])
+    return np.einsum("ks,ks->k", cond, probs)
 
 
-def instance_expected_losses(W, b, p, importance, points: int = 4096) -> np.ndarray:
+def instance_expected_losses(W, b, p, importance, points: int = 4096, variant: str = "relu-output") -> np.ndarray:
     """Each model's expected loss at its own densities p (K, n) and importances (K, n), on
     grid_sample(n, points) made one set at a time: (K,) float64 (NaN for NaN weights). W (K, m, n),
-    b (K, n) relu-output models of n <= MAX_FEATURES features. What the phase diagram and intro rank
-    their fits by."""
-    W, b, imp = check_models(W, b, importance)
+    b (K, n) tied models of ``variant`` (relu-output, relu-hidden, linear) of n <= MAX_FEATURES
+    features. What the phase diagram and intro rank their fits by."""
+    W, b, imp = check_models(W, b, importance, variant)
     p = check_densities("p", p, (W.shape[0], W.shape[2]))
-    return own_expected_losses(conditional_losses(W, b, state_sample(active_sets(W.shape[2]), 0, points, points), imp), p)
+    sample = state_sample(active_sets(W.shape[2]), 0, points, points)
+    return own_expected_losses(conditional_losses(W, b, sample, imp, variant), p)
 
 
 # A model leaves out stratum k >= 1 when P(k active) < NEGLIGIBLE x P(some feature active): relative,

@@ -30,10 +30,18 @@ def _is_int_in(value, lo: int, hi: int | None = None) -> bool:
     return ok and (hi is None or value <= hi)
 
 
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """Raise SpecError unless value is an integer in [lo, hi]; returns it as a Python int (a numpy
+    integer kept in a spec would make its to_dict() unwritable as JSON)."""
     if not _is_int_in(value, lo, hi):
         allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
         raise SpecError(name, allowed, value)
+    return int(value)
+
+
+def _set_int(spec, name: str, lo: int, hi: int | None = None) -> None:
+    """Check the integer field ``name`` of a frozen spec and store it as a Python int."""
+    object.__setattr__(spec, name, _check_int(name, getattr(spec, name), lo, hi))
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -80,8 +88,8 @@ class ModelSpec:
     variant: str = "relu-output"
 
     def __post_init__(self):
-        _check_int("n_features", self.n_features, 1)
-        _check_int("n_hidden", self.n_hidden, 1)
+        _set_int(self, "n_features", 1)
+        _set_int(self, "n_hidden", 1)
         _check_choice("variant", self.variant, VARIANTS)
 
     def to_dict(self) -> dict:
@@ -157,7 +165,7 @@ class DataSpec:
         object.__setattr__(self, "feature_probability", p)
         object.__setattr__(self, "importance", imp)
         object.__setattr__(self, "sets", check_sets(() if self.sets is None else self.sets, p))
-        _check_int("examples", self.examples, 0, 2**20)  # a batch: TrainSpec.batch_size's range
+        _set_int(self, "examples", 0, 2**20)  # a batch: TrainSpec.batch_size's range
 
     @property
     def n_instances(self) -> int:
@@ -262,8 +270,8 @@ class TrainSpec:
     precision: str = "fp32"
 
     def __post_init__(self):
-        _check_int("steps", self.steps, 1, MAX_STEPS)
-        _check_int("batch_size", self.batch_size, 1, 2**20)
+        _set_int(self, "steps", 1, MAX_STEPS)
+        _set_int(self, "batch_size", 1, 2**20)
         # Stored as Python floats (a number string or a tensor would be kept as given otherwise).
         object.__setattr__(self, "lr", _check_float("lr", self.lr, FLOAT32_TINY, 10.0, lo_text="2^-126"))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -277,7 +285,7 @@ class TrainSpec:
         object.__setattr__(self, "beta2", _check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True))
         object.__setattr__(self, "eps", _check_float("eps", self.eps, FLOAT32_TINY, 1.0, lo_text="2^-126"))
         _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _set_int(self, "seed", 0, 2**63 - 1)
         _check_choice("precision", self.precision, PRECISIONS)
 
     def lr_at(self, step: int) -> float:

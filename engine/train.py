@@ -117,7 +117,8 @@ def train(model: ModelSpec, data: DataSpec, training: TrainSpec | None = None, *
     if name == "cpu":
         from . import cpu_backend
         cpu_backend.set_threads(threads or cpu_backend.max_threads())
-        compile_seconds = cpu_backend.compile(cpu_backend.kernel_path(model, batch=training.batch_size))
+        compile_seconds = cpu_backend.compile(cpu_backend.kernel_path(model, batch=training.batch_size),
+                                              log=(lambda m: tqdm.write(m)) if progress else None)
     K = data.n_instances
     outs = []
     t0 = time.perf_counter()

@@ -509,3 +509,20 @@ def test_instance_groups_deal_every_instance_once_round_robin(K, T):
     assert sorted(k for s in shares for k in s) == list(range(K))
     assert max(map(len, shares)) - min(map(len, shares)) <= size
     assert 1 <= size <= 64 and (K < 4 * T or count >= 4 * T)
+
+
+def test_a_slow_compilation_says_so_while_it_runs_and_a_fast_one_stays_quiet(monkeypatch):
+    """A cold compilation takes 10-75 s with nothing on screen before the training bar: compile's log
+    hears one line once it has run ANNOUNCE_AFTER_S; a load from the disk cache (0.3 s) says nothing."""
+    import time
+
+    lines = []
+    monkeypatch.setattr(cpu_backend, "_COMPILED", {})
+    monkeypatch.setattr(cpu_backend, "ANNOUNCE_AFTER_S", 0.05)
+    monkeypatch.setattr(cpu_backend, "_compile", lambda path: time.sleep(0.5) or 0.5)
+    assert cpu_backend.compile("rows", log=lines.append) == 0.5
+    assert len(lines) == 1 and "compiling the rows training loop" in lines[0]
+    monkeypatch.setattr(cpu_backend, "_compile", lambda path: 0.01)
+    cpu_backend.compile("lanes", log=lines.append)
+    time.sleep(0.2)  # (a timer left running would have fired by now)
+    assert len(lines) == 1

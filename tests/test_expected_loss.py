@@ -164,6 +164,36 @@ def test_equal_density_expected_loss_refuses_bad_input_by_name():
             el.instance_expected_losses(W, b, p, imp)
     with pytest.raises(SpecError, match=r"n: must be an integer in \[1, 8\]"):
         el.instance_expected_losses(torch.zeros(1, 1, 9), torch.zeros(1, 9), np.full((1, 9), 0.5), np.ones((1, 9)))
+    with pytest.raises(SpecError, match="variant: must be relu-output, relu-hidden or linear"):
+        el.instance_expected_losses(W, b, np.full((2, 3), 0.5), imp, variant="abs-computation")
+    # samples and set losses that do not fit the models: one line naming the argument, not a torch error
+    W5, b5 = torch.zeros(2, 2, 5), torch.zeros(2, 5)
+    for sample in (el.grid_sample(4, 64), np.zeros((10, 5)), [np.zeros((3, 5, 1))]):
+        with pytest.raises(SpecError, match=r"sample: must be row blocks of shape \(rows, 5\)"):
+            el.conditional_losses(W5, b5, sample)
+    cond = el.conditional_losses(W5, b5, el.grid_sample(5, 64))
+    with pytest.raises(SpecError, match="p: must be densities of 5 features, to match cond's 2\\^5 active sets"):
+        el.expected_losses(cond, np.full((1, 4), 0.1))
+    with pytest.raises(SpecError, match=r"cond: must be a \(K, 2\^n\) array"):
+        el.expected_losses(cond[:, :7], np.full((1, 3), 0.1))
+    with pytest.raises(SpecError, match=r"p: must be one row of densities per model \(2\)"):
+        el.own_expected_losses(cond, np.full((3, 5), 0.1))
+
+
+@pytest.mark.parametrize("variant", ["relu-hidden", "linear"])
+def test_instance_expected_losses_score_the_variant_they_are_given(variant):
+    """The same models scored as their own variant agree with equal_density_expected_losses (another
+    design, exact in how many features are active) and differ from a relu-output reading of their
+    weights (what instance_expected_losses computed for every variant before it took one)."""
+    g = torch.Generator().manual_seed(3)
+    K, m, n = 6, 2, 5
+    W, b = torch.randn(K, m, n, generator=g) * 0.7, torch.randn(K, n, generator=g) * 0.2
+    imp = np.tile(0.9 ** np.arange(n), (K, 1))
+    p = np.full((K, n), 0.1)
+    own = el.instance_expected_losses(W, b, p, imp, variant=variant)
+    other = el.equal_density_expected_losses(W, b, np.full(K, 0.1), imp, variant)
+    assert own == pytest.approx(other, rel=0.01)
+    assert np.abs(own / el.instance_expected_losses(W, b, p, imp) - 1).max() > 0.05
 
 
 

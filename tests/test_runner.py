@@ -87,9 +87,10 @@ def test_resume_with_another_backend_is_one_line_another_chunk_size_replans(tmp_
     out = str(tmp_path / "r")
     assert run_cli([*TINY, "--backend", "cpu", "--out", out], capsys)[0] == 0
     # Finished: any backend may re-analyse it (nothing is trained), and the protocol is analysis only.
-    code, _, err = run_cli([*TINY, "--backend", "torch", "--protocol", "drop-worst", "--out", out], capsys)
+    code, text, err = run_cli([*TINY, "--backend", "torch", "--protocol", "drop-worst", "--out", out], capsys)
     summary = json.loads((tmp_path / "r/summary.json").read_text())
     assert code == 0 and summary["chunks_trained"] == 0 and summary["backend"] == "cpu", err
+    assert "trained (on cpu): nothing trains on torch" in text + err  # the explicit backend is not silently dropped
     for chunk in (tmp_path / "r/chunks").glob("*.safetensors"):
         chunk.unlink()  # as if cut short before its only chunk was saved
     code, _, err = run_cli([*TINY, "--backend", "torch", "--out", out], capsys)

@@ -42,6 +42,22 @@ def test_data_spec_broadcasts_importance_and_round_trips():
         DataSpec(np.full((4, 3), 0.5), np.ones(5))
 
 
+def test_specs_given_numpy_numbers_write_plain_json():
+    """A researcher's numpy integers (np.arange, a sweep grid) are stored as Python ints: to_dict() and
+    spec.json must be plain JSON (json.dumps refused numpy int64 before)."""
+    import json
+
+    from engine.experiments import phase_diagram
+
+    m = ModelSpec(np.int64(5), np.int32(2))
+    t = TrainSpec(steps=np.int64(50), batch_size=np.int16(7), seed=np.uint8(3))
+    d = DataSpec(np.full((1, 2), 0.5), examples=np.int64(4))
+    assert json.loads(json.dumps(m.to_dict())) == {"n_features": 5, "n_hidden": 2, "variant": "relu-output"}
+    assert json.loads(json.dumps(t.to_dict()))["steps"] == 50 and type(t.seed) is int and type(d.examples) is int
+    spec = phase_diagram.EXPERIMENT.spec_cls(steps=np.int64(100), lr=np.float32(0.5), seed=np.int64(2))
+    assert json.loads(json.dumps(spec.fields_dict()))["steps"] == 100 and type(spec.lr) is float
+
+
 def test_train_spec_round_trip_and_schedules():
     t = TrainSpec(steps=101, schedule="cosine")
     assert TrainSpec.from_dict(t.to_dict()) == t

@@ -40,6 +40,15 @@ def default_preset(backend: str) -> str:
     return "paper" if backend == "triton" else "quick"
 
 
+def _plain(value):
+    """value with numpy scalars (also inside tuples and lists) as the Python numbers they hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 def option(default, help: str, **meta):
     """A spec field with its CLI help text (and optional ``choices`` for string fields)."""
     return field(default=default, metadata={"help": help, **meta})
@@ -63,6 +72,8 @@ class CommonSpec:
     chunk_size: int = option(0, "Instances per chunk (0: automatic, decided once and recorded in spec.json).")
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # numpy scalars as Python numbers: spec.json is plain JSON
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
         if self.backend not in ("torch", "triton", "cpu"):
             raise SpecError("backend", "torch, triton or cpu (auto is resolved before the spec is made)", self.backend)
         _check_int("chunk_size", self.chunk_size, 0)

@@ -78,7 +78,8 @@ class DimensionalitySpec(UniformSpec):
 
     points: int = option(20, "Densities in the sweep: 1/(1-S) log-spaced from 1 to inv-density-max.")
     inv_density_max: float = option(100.0, "Largest 1/(1-S) = 1/density of the sweep (its sparsest point).")
-    fits: int = option(2, "Models trained per point; the lowest-loss one is analysed (the paper's protocol).")
+    fits: int = option(2, "Models trained per point; the one with the lowest final training loss is "
+                                 "analysed (final_loss: the mean over the last steps).")
     steps: int = option(2000, "Training steps per model.")
     batch_size: int = option(128, "Examples per training step.")
     lr: float = option(1e-2, "Learning rate.")

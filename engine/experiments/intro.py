@@ -31,7 +31,8 @@ N_FEATURES, N_HIDDEN = 5, 2
 class IntroSpec(DensitySweepSpec):
     n_features: ClassVar[int] = N_FEATURES
     points: int = option(10, "Densities from density_max down to density_min (log spaced), at least 2.")
-    fits: int = option(5, "Models trained per density; the lowest-loss one is drawn (the paper's protocol).")
+    fits: int = option(5, "Models trained per density; the one with the lowest expected loss is drawn (the notebook "
+                                 "trains one; several keep a stuck fit out of the figure).")
     density_min: float = option(0.05, "Sparsest density (the notebook's 1/20), in [2^-24, 1].")
     density_max: float = option(1.0, "Densest density, in [2^-24, 1].")
     importance_decay: float = option(0.9, "Feature i has importance decay^i.")

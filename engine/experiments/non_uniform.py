@@ -79,7 +79,7 @@ class NonUniformSpec(CommonSpec):
     rel_min: float = option(1e-3, "Lowest relative density of feature 0 (its density / density).")
     rel_max: float = option(10.0, "Highest relative density of feature 0.")
     points: int = option(41, "Relative densities, log-spaced from rel-min to rel-max (1 is added if missing).")
-    fits: int = option(10, "Models trained per point; the lowest-loss one is analysed (the paper's protocol).")
+    fits: int = option(10, "Models trained per point; the one with the lowest expected loss is analysed.")
     eval_samples: int = option(16384, "Rows of the evaluation sample per single-feature active set (a quarter of "
                                "that per pair, and so on): expected losses, choice of the kept fit.")
     steps: int = option(5000, "Training steps per model.")

@@ -313,7 +313,7 @@ def _train_jobs(exp: Experiment, jobs: list[Job], plan: dict, run: RunDir, store
         from .. import cpu_backend
         cpu_backend.set_threads(threads or cpu_backend.max_threads())
         paths = sorted({cpu_backend.kernel_path(j.model, batch=j.train.batch_size) for j, _, _ in todo})
-        compile_seconds = sum(cpu_backend.compile(path) for path in paths)
+        compile_seconds = sum(cpu_backend.compile(path, log=log if progress else None) for path in paths)
         if compile_seconds > 2:
             log(f"cpu backend: compiled the training loop in {compile_seconds:.0f} s (cached on disk from now on)")
     total = sum((b - a) * j.train.steps for j, a, b in todo)
@@ -417,6 +417,9 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
         trained = store.scan()
         if all(store.has(j.name, a, b) for j in jobs for a, b in recorded["chunks"][j.name]):
             plan = recorded  # nothing to train: analyse what is there, whatever this machine could train
+            if spec.backend != recorded["backend"]:
+                log(f"note: every model of this run is trained (on {recorded['backend']}): nothing trains on "
+                    f"{spec.backend}, the run is analysed again")
         else:
             plan = reconcile_plan(recorded, proposed, spec, trained)
             if plan["chunks"] != recorded["chunks"]:
