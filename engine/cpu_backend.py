@@ -5,7 +5,7 @@ the torch backend instead. Same contract as engine.torch_backend.train_chunk, an
 the triton backend: batches come from the Philox stream keyed by (seed, instance, step), so a
 chunk's result does not depend on chunking, thread count, segment sizes or resumes.
 
-Compilation happens once per machine (numba caches it on disk beside kernels/); ``compile(path)``
+Compilation happens once per checkout and kernel source (numba caches it on disk beside kernels/); ``compile(path)``
 triggers it on a small problem of the path a run needs (kernel_path) so callers can time it apart
 from training.
 """
@@ -90,8 +90,8 @@ def compile(path: str = "lanes", log=None) -> float:
         return 0.0
     announce = None
     if log is not None:
-        announce = threading.Timer(ANNOUNCE_AFTER_S, log, (f"cpu backend: compiling the {path} training loop "
-                                                          "(once per checkout and kernel source; 10-75 s)",))
+        announce = threading.Timer(ANNOUNCE_AFTER_S, log, (f"cpu backend: readying the {path} training loop "
+                                                          "(a checkout's first run compiles it: 10-75 s)",))
         announce.daemon = True
         announce.start()
     try:
@@ -99,6 +99,7 @@ def compile(path: str = "lanes", log=None) -> float:
     finally:
         if announce is not None:
             announce.cancel()
+            announce.join()  # (a line already being written ends before compile returns)
 
 
 def _compile(path: str) -> float:

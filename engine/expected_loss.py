@@ -242,7 +242,8 @@ def _check_sets_of(cond: np.ndarray, p) -> tuple[np.ndarray, np.ndarray]:
     probs = set_probabilities(p)
     if cond.shape[1] != probs.shape[1]:
         n = cond.shape[1].bit_length() - 1
-        raise SpecError("p", f"densities of {n} features, to match cond's 2^{n} active sets", np.shape(p))
+        raise SpecError("p", f"densities of {n} feature{'s' * (n > 1)}, to match cond's 2^{n} active sets",
+                        np.shape(p))
     return cond, probs
 
 

@@ -24,7 +24,7 @@ VARIANTS = ("relu-output", "linear")
 
 
 SETS_UNSUPPORTED = ("backend: triton draws fresh independent features only (no correlated or anticorrelated "
-                    "sets, no finite dataset); use --backend cpu or torch")
+                    "sets, no finite dataset); choose cpu or torch")
 
 
 def check_supported(model: ModelSpec, train: TrainSpec, sets=(), examples: int = 0) -> None:
@@ -34,7 +34,7 @@ def check_supported(model: ModelSpec, train: TrainSpec, sets=(), examples: int =
         raise UnsupportedShape(SETS_UNSUPPORTED)
     if model.variant not in VARIANTS:
         raise UnsupportedShape(f"backend: triton does not train {model.variant!r} models (its kernels implement "
-                               f"{' and '.join(VARIANTS)}); use --backend cpu or torch")
+                               f"{' and '.join(VARIANTS)}); choose cpu or torch")
     reason = layout.supported(model.n_features, model.n_hidden)
     if reason:
         raise UnsupportedShape(reason)

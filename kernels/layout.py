@@ -123,5 +123,5 @@ def supported(n: int, m: int) -> str | None:
     """None if a path trains (n, m); else the reason, naming the limit."""
     if n > BLOCKED_MAX_N or m > BLOCKED_MAX_M:
         return (f"triton backend: n_features must be <= {BLOCKED_MAX_N} and n_hidden <= {BLOCKED_MAX_M} "
-                f"(got n_features={n}, n_hidden={m}); use --backend torch for this shape")
+                f"(got n_features={n}, n_hidden={m}); choose the torch backend for this shape")
     return None

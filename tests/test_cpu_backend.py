@@ -521,7 +521,7 @@ def test_a_slow_compilation_says_so_while_it_runs_and_a_fast_one_stays_quiet(mon
     monkeypatch.setattr(cpu_backend, "ANNOUNCE_AFTER_S", 0.05)
     monkeypatch.setattr(cpu_backend, "_compile", lambda path: time.sleep(0.5) or 0.5)
     assert cpu_backend.compile("rows", log=lines.append) == 0.5
-    assert len(lines) == 1 and "compiling the rows training loop" in lines[0]
+    assert len(lines) == 1 and "readying the rows training loop" in lines[0]
     monkeypatch.setattr(cpu_backend, "_compile", lambda path: 0.01)
     cpu_backend.compile("lanes", log=lines.append)
     time.sleep(0.2)  # (a timer left running would have fired by now)

@@ -10,7 +10,7 @@ from engine.spec import ModelSpec, TrainSpec
 
 def test_triton_refuses_relu_hidden_up_front():
     pytest.importorskip("triton")
-    with pytest.raises(UnsupportedShape, match="relu-hidden.*--backend cpu or torch"):
+    with pytest.raises(UnsupportedShape, match="relu-hidden.*choose cpu or torch"):
         backends.check_supported("triton", ModelSpec(10, 5, "relu-hidden"), TrainSpec())
     backends.check_supported("triton", ModelSpec(10, 5, "relu-output"), TrainSpec())  # still fine
 

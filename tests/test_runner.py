@@ -90,7 +90,7 @@ def test_resume_with_another_backend_is_one_line_another_chunk_size_replans(tmp_
     code, text, err = run_cli([*TINY, "--backend", "torch", "--protocol", "drop-worst", "--out", out], capsys)
     summary = json.loads((tmp_path / "r/summary.json").read_text())
     assert code == 0 and summary["chunks_trained"] == 0 and summary["backend"] == "cpu", err
-    assert "trained (on cpu): nothing trains on torch" in text + err  # the explicit backend is not silently dropped
+    assert "already trained (on cpu): nothing trains here" in text + err  # --backend torch is not silently dropped
     for chunk in (tmp_path / "r/chunks").glob("*.safetensors"):
         chunk.unlink()  # as if cut short before its only chunk was saved
     code, _, err = run_cli([*TINY, "--backend", "torch", "--out", out], capsys)

@@ -418,8 +418,8 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
         if all(store.has(j.name, a, b) for j in jobs for a, b in recorded["chunks"][j.name]):
             plan = recorded  # nothing to train: analyse what is there, whatever this machine could train
             if spec.backend != recorded["backend"]:
-                log(f"note: every model of this run is trained (on {recorded['backend']}): nothing trains on "
-                    f"{spec.backend}, the run is analysed again")
+                log(f"note: every model of this run is already trained (on {recorded['backend']}): nothing "
+                    "trains here, the run is analysed again")
         else:
             plan = reconcile_plan(recorded, proposed, spec, trained)
             if plan["chunks"] != recorded["chunks"]:
