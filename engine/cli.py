@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sys
 import time
 from pathlib import Path
@@ -174,7 +175,11 @@ def _run_experiment(exp, preset, backend, out, progress, threads, ray, **options
         summary = runner.run(exp, spec, out, progress=progress, log=log, threads=threads, preset=preset, ray=ray)
     except SpecError as e:
         name = e.field if e.field in NOT_OPTIONS else option_name(e.field)
-        raise UserError(f"{name}: must be {e.allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
+        allowed = e.allowed
+        for f, _ in spec_fields(exp.spec_cls):  # another option named in the message: as the user typed it
+            if "_" in f.name:
+                allowed = re.sub(rf"\b{f.name}\b", option_name(f.name), allowed)
+        raise UserError(f"{name}: must be {allowed}" + (f" (got {e.got!r})" if e.got is not None else ""))
     except (BackendUnavailable, UnsupportedShape) as e:
         msg = str(e)  # the API's field name "backend:" is the option --backend here, as SpecError's are
         raise UserError("--" + msg if msg.startswith("backend:") else msg)

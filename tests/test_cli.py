@@ -148,6 +148,12 @@ def test_bad_input_is_one_line_exit_2(args, option, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_refusal_names_every_option_as_the_user_types_it(tmp_path, capsys):
+    """Not the API's field name: '--density-max: must be a number >= --density-min (0.5)'."""
+    code, _, err = run_cli(["--density-max", "0.1", "--density-min", "0.5", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "--density-max: must be a number >= --density-min (0.5)" in err and "density_" not in err
+
+
 @pytest.mark.skipif(backends.triton_usable() and __import__("torch").cuda.is_available(), reason="GPU present")
 def test_triton_backend_without_gpu_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
