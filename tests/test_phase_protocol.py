@@ -99,3 +99,35 @@ def test_the_minima_probe_retrains_missed_cells_and_leaves_the_initialisation_as
     shares = [float(w.strip(",;")) for line in lines for w in line.split(": ", 1)[1].split() if w[0].isdigit()
               and "." in w and not w.endswith("s")]
     assert shares and all(0 <= v <= 1 for v in shares)
+
+
+@pytest.mark.parametrize("features", [2, 3])
+def test_the_boundary_check_fails_maps_that_agreement_alone_passes(features):
+    """Maps drawn by hand from theory: the boundary ignoring r (superposition iff s < 0.3), or theory's
+    read at 1.5x and 0.7x the density. Agreement (share of cells) passes each in 2->1 (>= 0.9); the
+    boundary check (engine.experiments.phase_diagram.boundary_shifts) must fail them and pass theory
+    itself, and a boundary one grid step off."""
+    from engine import theory
+    from engine.experiments import phase_diagram as pd
+
+    spec = pd.PhaseDiagramSpec(grid=20, features=features)
+    d, r = spec.axes()
+    di, ri = np.meshgrid(np.arange(20), np.arange(20), indexing="ij")
+    s, rr = d[di.ravel()], r[ri.ravel()]
+    names = {k: p for k, p in enumerate(("not represented", "dedicated", "superposition"))}
+
+    def theory_map(scale):
+        return np.array([names[int(theory.phase(features, density=min(1.0, a / scale), rel_importance=b))]
+                         for a, b in zip(s, rr)])
+
+    def share(empirical):
+        cells = {"importance_index": ri.ravel(), "empirical_phase": empirical, "theory_phase": theory_map(1.0)}
+        shifts = pd.boundary_shifts(cells, d)
+        step = (np.log10(d[-1]) - np.log10(d[0])) / 19
+        return float(np.mean(np.abs(shifts) <= max(pd.BOUNDARY_DECADES, step) + 1e-9))
+
+    flat = np.where(s < 0.3, "superposition", np.where(rr > 1, "dedicated", "not represented"))
+    step_off = theory_map(10 ** 0.105)  # one grid step (0.105 decades) denser, as the trained maps lean
+    assert share(theory_map(1.0)) == 1.0 and share(step_off) >= pd.BOUNDARY_SHARE
+    for wrong in (flat, theory_map(1.5), theory_map(0.7)):
+        assert share(wrong) < pd.BOUNDARY_SHARE

@@ -104,6 +104,28 @@ class PhaseDiagramSpec(CommonSpec):
 
 PROTOCOLS = ("drop-worst", "best")
 
+# The boundary check, column by column: in each relative-importance column, the number of densities at
+# which the extra feature is in superposition, trained against theory, read as a shift of the boundary
+# in decades of density; at most BOUNDARY_DECADES (and never less than one grid step) in BOUNDARY_SHARE
+# of the columns. Why: agreement alone passes maps drawn by hand with a boundary that ignores r
+# (superposition iff s < 0.3: 0.93 of the 20 x 20 cells) or sits 1.5x too high or 0.7x too low (0.915,
+# 0.925); in those, 50-70% of the columns are off by more than 0.15 decades. The quick runs (2->1, 3->2,
+# at 1537e76) have every column within one step (0.105 decades), the trained boundary at most one
+# step denser than theory's; 0.15 decades is also 3 steps of the paper's 50 x 50 grid.
+BOUNDARY_DECADES = 0.15
+BOUNDARY_SHARE = 0.9
+
+
+def boundary_shifts(cells: dict, d: np.ndarray) -> np.ndarray:
+    """(columns,) the shift in decades of density of the trained superposition boundary against theory's
+    in each relative-importance column of ``cells`` (cells.parquet's columns): (cells in superposition,
+    trained minus theory) x the grid step. d: the density axis (spec.axes()[0], log-spaced, >= 2 values)."""
+    step = (math.log10(d[-1]) - math.log10(d[0])) / (len(d) - 1)
+    cols = np.asarray(cells["importance_index"])
+    emp = np.asarray(cells["empirical_phase"]) == "superposition"
+    th = np.asarray(cells["theory_phase"]) == "superposition"
+    return np.array([(emp[cols == j].sum() - th[cols == j].sum()) * step for j in np.unique(cols)])
+
 
 def kept_seeds(loss: np.ndarray, protocol: str, diverged: np.ndarray | None = None) -> np.ndarray:
     """Which seeds of each grid point its phase is made from: bool (cells, seeds) from loss (cells, seeds).
@@ -277,7 +299,20 @@ class PhaseDiagram(Experiment):
                       if sparse_sup is not None else
                       check_not_run("sparse-superposition", sparse_claim, "a grid cell with density <= 0.1 and r in "
                                     "[0.5, 2] where theory says superposition (--density-min, --importance-min/max)"))
+        boundary_claim = (f"the superposition boundary follows theory's: in at least {BOUNDARY_SHARE:.0%} of the "
+                          f"importance columns within {BOUNDARY_DECADES} decades of density (or one grid step)")
+        if d[-1] > d[0]:
+            shifts = boundary_shifts(cells, d)
+            step = (math.log10(d[-1]) - math.log10(d[0])) / (G - 1)
+            share = float(np.mean(np.abs(shifts) <= max(BOUNDARY_DECADES, step) + 1e-9))
+            checks.append(check("boundary", boundary_claim, share, share >= BOUNDARY_SHARE,
+                                f">= {BOUNDARY_SHARE} of the columns"))
+        else:
+            checks.append(check_not_run("boundary", boundary_claim, "densities that differ (--density-min below "
+                                        "--density-max)"))
+            shifts = np.array([])
         return {"agreement": _json_number(agreement), "protocol": spec.protocol,
+                "boundary_shift_decades": [round(float(x), 4) for x in shifts],
                 "agreement_by_protocol": {k: _json_number(v) for k, v in by_protocol.items()},
                 "grid_cells": G * G, "cells_diverged": n_div,
                 "phase_counts": {p: int((emp == k).sum()) for k, p in enumerate(metrics.PHASES)},
