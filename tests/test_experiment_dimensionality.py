@@ -117,6 +117,30 @@ def test_checks_fail_without_the_plateau_or_the_dense_point(tmp_path):
     assert not checks["half-plateau"]["passed"] and checks["half-plateau"]["measured"]["points"] == 0
 
 
+def _fans(m, n):
+    """(m, n): in each plane (e0, e1), (e2, e3), ..., 4 unit vectors at 0, 45, 90, 135 degrees, rest zero: a
+    tight frame, so every D_i is 1/2, but no two features are opposite (lowest cosine -0.71)."""
+    W = np.zeros((m, n))
+    f = 0
+    for plane in range(m // 2):
+        for i in range(4):
+            if f < n:
+                a = math.pi * i / 4
+                W[2 * plane, f], W[2 * plane + 1, f] = math.cos(a), math.sin(a)
+                f += 1
+    return W
+
+
+def test_the_checks_are_not_fooled_by_shrunk_weights_or_a_tight_frame(tmp_path):
+    """Two wrong models the checks passed before (a helper's audit): dense weights shrunk to 0.3 (nothing
+    represented; D* = 11, above the old one-sided bound) and 1/2-line features without an antipodal partner."""
+    m, n = 4, 10
+    _, checks, summary = _analyse(tmp_path, [0.3 * _identity(m, n), _fans(m, n), _fans(m, n), _polygons(m, n, 5)])
+    assert not checks["dense"]["passed"] and checks["dense"]["measured"] == pytest.approx(1 / 0.09, rel=1e-5)
+    assert summary["fraction_counts"][f"{summary['inv_density'][1]:.4g}"]["1/2"] == 8  # on the line ...
+    assert not checks["sticky-half"]["passed"] and checks["sticky-half"]["measured"] == 0  # ... but not antipodal
+
+
 def test_best_of_fits_decides_what_is_analysed(tmp_path):
     # The pairs are the higher-loss fit here: the random lower-loss fit is analysed instead.
     m, n = 4, 10
