@@ -80,6 +80,15 @@ def test_intro_checks_pass_on_the_paper_geometry_and_fail_otherwise(tmp_path):
     a = np.array([0, 0.3, 0.6, 0.9, 1.2])
     squashed = torch.tensor(np.stack([np.cos(a), np.sin(a)]), dtype=torch.float32)
     assert not checks_of(intro_checks(tmp_path / "c", [two_dedicated(), squashed]))["sparse-pentagon"]
+    # A fan 36 degrees apart: a tight frame, every D_i = 2/5 (passed before), but no pentagon.
+    a = np.radians(36.0 * np.arange(5))
+    fan = torch.tensor(np.stack([np.cos(a), np.sin(a)]), dtype=torch.float32)
+    fanned = intro_checks(tmp_path / "d", [two_dedicated(), fan])
+    assert not checks_of(fanned)["sparse-pentagon"] and fanned["checks"][1]["measured"][1] < 0.05
+    # Dense: two features kept, but the least important two, antipodal in one dimension (passed before).
+    antipodal = torch.zeros(2, 5)
+    antipodal[0, 3], antipodal[0, 4] = 1.0, -1.0
+    assert not checks_of(intro_checks(tmp_path / "e", [antipodal, pentagon()]))["dense-keeps-m"]
 
 
 def test_intro_draws_the_lowest_expected_loss_fit(tmp_path):

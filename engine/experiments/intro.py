@@ -76,14 +76,26 @@ class Intro(DensitySweep):
                                           "kept: the instance drawn per density"})
         figure(run_dir.figures / "intro.png", dens, W.numpy(), spec.importance())
         # Every D_i of a pentagon is 2/5 (their mean is 2/5 for any clean solution with two dimensions in
-        # use, e.g. two dedicated features and three dropped: test the worst one).
+        # use, e.g. two dedicated features and three dropped: test the worst one). Any tight frame of five
+        # unit vectors has D_i = 2/5 too (e.g. a fan 36 degrees apart), so the angles between neighbours
+        # must be the pentagon's 72 degrees as well. Dense: the two kept are the two most important, at
+        # right angles (two kept antipodal in one dimension would also be "2 features").
         pentagon_err = float(np.abs(dim[-1] - 0.4).max())
+        gap_err = float(np.abs(neighbour_angles(W[-1].numpy()) - 72.0).max())
+        w0 = W[0].numpy()
+        cos01 = abs(float(w0[:, 0] @ w0[:, 1])) / max(float(np.linalg.norm(w0[:, 0]) * np.linalg.norm(w0[:, 1])),
+                                                       1e-12)
+        dense_ok = represented[0] == N_HIDDEN and bool((norms[0, :N_HIDDEN] >= metrics.NORM_THRESHOLD).all())
         checks = [
             check("dense-keeps-m", f"at the densest point (density {dens[0]:.3g}) the model keeps only as many "
-                  "features as dimensions", int(represented[0]), represented[0] == N_HIDDEN, "2 features"),
+                  "features as dimensions: the two most important, at right angles",
+                  [int(represented[0]), round(cos01, 4)], dense_ok and cos01 < 0.1,
+                  "[2 features (features 0 and 1), |cos| < 0.1]"),
             check("sparse-pentagon", f"at the sparsest density ({dens[-1]:.3g}) all 5 features are represented, "
-                  "as a pentagon (every D_i near 2/5)", [int(represented[-1]), round(pentagon_err, 4)],
-                  represented[-1] == N_FEATURES and pentagon_err < 0.05, "[5, max |D_i - 2/5| < 0.05]"),
+                  "as a pentagon (every D_i near 2/5, neighbours 72 degrees apart)",
+                  [int(represented[-1]), round(pentagon_err, 4), round(gap_err, 1)],
+                  represented[-1] == N_FEATURES and pentagon_err < 0.05 and gap_err <= 10.0,
+                  "[5, max |D_i - 2/5| < 0.05, max |angle - 72| <= 10 degrees]"),
         ]
         return {"densities": dens.tolist(), "represented": represented.tolist(),
                 # D* = m / ||W||_F^2 (1 with 2 unit features, 2/5 for the pentagon); the mean of D_i is
@@ -93,6 +105,14 @@ class Intro(DensitySweep):
     def report(self, spec, summary):
         pairs = ", ".join(f"{d:.3g}: {r}" for d, r in zip(summary["densities"], summary["represented"]))
         return [f"intro (n=5, m=2): features represented by density: {pairs}"]
+
+
+def neighbour_angles(w: np.ndarray) -> np.ndarray:
+    """Degrees between neighbouring represented features of w (2, n) going round the circle, (k,) for k
+    represented (norm >= metrics.NORM_THRESHOLD); empty for none, [360] for one."""
+    keep = np.linalg.norm(w, axis=0) >= metrics.NORM_THRESHOLD
+    a = np.sort(np.degrees(np.arctan2(w[1, keep], w[0, keep])))
+    return np.diff(np.r_[a, a[:1] + 360.0])
 
 
 def figure(path, densities, W, importance) -> None:
