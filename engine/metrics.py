@@ -69,6 +69,23 @@ def dimensions_per_feature(W) -> torch.Tensor:
     return W.shape[1] / (W**2).sum(dim=(1, 2))
 
 
+# A regular pentagon's neighbours are 72 degrees apart: within this many, a 2-D model of five features
+# counts as one (intro's and non-uniform's pentagon). Intro's quick run is within 2 degrees; non-uniform's
+# fits with every D_i within 0.05 of 2/5 spread continuously up to 14.3 (quick run, 2e79435); a fan 36
+# degrees apart, which has every D_i = 2/5 too, is 36 or more off.
+PENTAGON_ANGLE_TOLERANCE = 20.0
+
+
+def neighbour_angles(w) -> np.ndarray:
+    """Degrees between neighbouring represented features of a 2-D model w (2, n), going round the circle:
+    (k,) for k features of norm >= NORM_THRESHOLD (empty for none, [360] for one). A regular pentagon
+    gives 72 five times; D_i alone cannot tell it from other tight frames (a fan 36 degrees apart)."""
+    w = np.asarray(w, dtype=np.float64)
+    keep = np.linalg.norm(w, axis=0) >= NORM_THRESHOLD
+    a = np.sort(np.degrees(np.arctan2(w[1, keep], w[0, keep])))
+    return np.diff(np.r_[a, a[:1] + 360.0])
+
+
 def classify(norm, sup) -> np.ndarray:
     """Phase of a feature from its norm and superposition (the documented thresholds):
     not represented if ||W_i|| < 0.5; else superposition if s_i >= 0.5; else dedicated; and

@@ -131,3 +131,21 @@ def test_pentagon_beats_digons_at_uniform_density_and_loses_when_feature0_is_rar
                               nu.feature_probability(spec, [1.0, 0.01]))  # (model, point)
     assert loss[0, 0] < loss[1, 0] and loss[1, 1] < loss[0, 1]
     assert np.all(np.isfinite(loss))
+
+
+def test_a_fan_with_every_d_i_at_two_fifths_is_no_pentagon():
+    """Five unit vectors 36 degrees apart form a tight frame (every D_i = 2/5, as a pentagon's) but no
+    pentagon: classify_geometry wants neighbours 72 degrees apart (metrics.PENTAGON_ANGLE_TOLERANCE)."""
+    import math
+
+    from engine import metrics
+
+    def ring(step_deg):
+        a = np.radians(step_deg * np.arange(5))
+        return np.stack([np.cos(a), np.sin(a)])
+
+    W = torch.tensor(np.stack([ring(72.0), ring(36.0)]), dtype=torch.float32)
+    assert np.allclose(metrics.dimensionality(W).numpy(), 0.4, atol=1e-5)
+    codes, _ = nu.classify_geometry(W)
+    assert codes.tolist() == [nu.PENTAGON, nu.OTHER] and math.isclose(metrics.neighbour_angles(W[1]).max(), 216.0,
+                                                                       rel_tol=1e-5)

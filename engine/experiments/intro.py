@@ -81,7 +81,7 @@ class Intro(DensitySweep):
         # must be the pentagon's 72 degrees as well. Dense: the two kept are the two most important, at
         # right angles (two kept antipodal in one dimension would also be "2 features").
         pentagon_err = float(np.abs(dim[-1] - 0.4).max())
-        gap_err = float(np.abs(neighbour_angles(W[-1].numpy()) - 72.0).max())
+        gap_err = float(np.abs(metrics.neighbour_angles(W[-1].numpy()) - 72.0).max())
         w0 = W[0].numpy()
         cos01 = abs(float(w0[:, 0] @ w0[:, 1])) / max(float(np.linalg.norm(w0[:, 0]) * np.linalg.norm(w0[:, 1])),
                                                        1e-12)
@@ -94,8 +94,8 @@ class Intro(DensitySweep):
             check("sparse-pentagon", f"at the sparsest density ({dens[-1]:.3g}) all 5 features are represented, "
                   "as a pentagon (every D_i near 2/5, neighbours 72 degrees apart)",
                   [int(represented[-1]), round(pentagon_err, 4), round(gap_err, 1)],
-                  represented[-1] == N_FEATURES and pentagon_err < 0.05 and gap_err <= 10.0,
-                  "[5, max |D_i - 2/5| < 0.05, max |angle - 72| <= 10 degrees]"),
+                  represented[-1] == N_FEATURES and pentagon_err < 0.05 and gap_err <= metrics.PENTAGON_ANGLE_TOLERANCE,
+                  f"[5, max |D_i - 2/5| < 0.05, max |angle - 72| <= {metrics.PENTAGON_ANGLE_TOLERANCE:g} degrees]"),
         ]
         return {"densities": dens.tolist(), "represented": represented.tolist(),
                 # D* = m / ||W||_F^2 (1 with 2 unit features, 2/5 for the pentagon); the mean of D_i is
@@ -105,14 +105,6 @@ class Intro(DensitySweep):
     def report(self, spec, summary):
         pairs = ", ".join(f"{d:.3g}: {r}" for d, r in zip(summary["densities"], summary["represented"]))
         return [f"intro (n=5, m=2): features represented by density: {pairs}"]
-
-
-def neighbour_angles(w: np.ndarray) -> np.ndarray:
-    """Degrees between neighbouring represented features of w (2, n) going round the circle, (k,) for k
-    represented (norm >= metrics.NORM_THRESHOLD); empty for none, [360] for one."""
-    keep = np.linalg.norm(w, axis=0) >= metrics.NORM_THRESHOLD
-    a = np.sort(np.degrees(np.arctan2(w[1, keep], w[0, keep])))
-    return np.diff(np.r_[a, a[:1] + 360.0])
 
 
 def figure(path, densities, W, importance) -> None:

@@ -139,7 +139,9 @@ def classify_geometry(W) -> tuple[np.ndarray, np.ndarray]:
     codes = np.full(len(norms), OTHER, dtype=np.int64)
     dropped = np.full(len(norms), -1, dtype=np.int64)
     for k in range(len(norms)):
-        if rep[k].all() and np.all(np.abs(dims[k] - 2 / 5) <= D_TOLERANCE):
+        if (rep[k].all() and np.all(np.abs(dims[k] - 2 / 5) <= D_TOLERANCE)
+                and np.all(np.abs(metrics.neighbour_angles(W[k]) - 72.0) <= metrics.PENTAGON_ANGLE_TOLERANCE)):
+            # (every D_i = 2/5 also holds for other tight frames of five vectors: a fan 36 degrees apart)
             codes[k] = PENTAGON
         elif rep[k].sum() == N_FEATURES - 1:
             idx = np.flatnonzero(rep[k])
@@ -183,7 +185,7 @@ def check_pentagon(rel, codes, dims) -> dict:
     """The kept model at relative density 1 is a pentagon. rel (P,), codes (P,), dims (P, 5)."""
     k = int(np.argmin(np.abs(np.log(rel))))
     return check("pentagon-at-uniform", "with every feature equally sparse (relative density 1) the five features "
-                 "form a pentagon (D_i = 2/5)", [round(float(d), 3) for d in dims[k]],
+                 "form a pentagon (D_i = 2/5, neighbours 72 degrees apart)", [round(float(d), 3) for d in dims[k]],
                  codes[k] == PENTAGON and np.isclose(rel[k], 1.0), "D_i of the kept model at r = 1 within 0.05 of 0.4")
 
 
