@@ -36,6 +36,13 @@ def feature_norms(W) -> torch.Tensor:
     return torch.linalg.vector_norm(_as_tensor(W), dim=1)
 
 
+def feature_cosines(W) -> torch.Tensor:
+    """cos(W_i, W_j) as (K, n, n) [i, j] (a zero column counts as direction 0: cosine 0)."""
+    W = _as_tensor(W)
+    Wh = W / torch.linalg.vector_norm(W, dim=1).clamp_min(_EPS)[:, None, :]
+    return torch.bmm(Wh.transpose(1, 2), Wh)
+
+
 def _overlaps(W):
     """(hat W_i . W_j)^2 as (K, n, n) [i, j], and the norms (K, n)."""
     W = _as_tensor(W)

@@ -132,9 +132,7 @@ def plateau_run(inv_density, d_star, lo: float = PLATEAU[0], hi: float = PLATEAU
 def most_opposed_cosines(W: torch.Tensor) -> np.ndarray:
     """(K, n) for W (K, m, n): each feature's lowest cosine with another feature's column (1 where n = 1;
     a zero column counts as direction 0, cosine 0)."""
-    Wd = W.double()
-    hat = Wd / Wd.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    cos = hat.transpose(1, 2) @ hat                                  # (K, n, n)
+    cos = metrics.feature_cosines(W)                                # (K, n, n), float64
     cos.diagonal(dim1=1, dim2=2).fill_(float("inf"))
     lowest = cos.min(dim=2).values
     return torch.where(torch.isinf(lowest), torch.ones_like(lowest), lowest).numpy()

@@ -82,9 +82,7 @@ class Intro(DensitySweep):
         # right angles (two kept antipodal in one dimension would also be "2 features").
         pentagon_err = float(np.abs(dim[-1] - 0.4).max())
         gap_err = float(np.abs(metrics.neighbour_angles(W[-1].numpy()) - 72.0).max())
-        w0 = W[0].numpy()
-        cos01 = abs(float(w0[:, 0] @ w0[:, 1])) / max(float(np.linalg.norm(w0[:, 0]) * np.linalg.norm(w0[:, 1])),
-                                                       1e-12)
+        cos01 = abs(float(metrics.feature_cosines(W[:1])[0, 0, 1]))
         dense_ok = represented[0] == N_HIDDEN and bool((norms[0, :N_HIDDEN] >= metrics.NORM_THRESHOLD).all())
         checks = [
             check("dense-keeps-m", f"at the densest point (density {dens[0]:.3g}) the model keeps only as many "

@@ -133,8 +133,7 @@ def classify_geometry(W) -> tuple[np.ndarray, np.ndarray]:
     norms = metrics.feature_norms(W).numpy()
     dims = metrics.dimensionality(W).numpy()
     Wd = torch.as_tensor(W, dtype=torch.float64)
-    unit = Wd / metrics.feature_norms(Wd).clamp_min(1e-12)[:, None, :]
-    cos = torch.bmm(unit.transpose(1, 2), unit).numpy()  # (K, n, n)
+    cos = metrics.feature_cosines(Wd).numpy()  # (K, n, n)
     rep = norms > metrics.NORM_THRESHOLD
     codes = np.full(len(norms), OTHER, dtype=np.int64)
     dropped = np.full(len(norms), -1, dtype=np.int64)
