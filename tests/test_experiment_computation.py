@@ -108,3 +108,28 @@ def test_the_recipe_probe_runs_and_leaves_the_initialisation_as_it_was(capsys):
     out = capsys.readouterr().out
     assert "W2 init scale 1.0, 2 fit(s)" in out and out.count("every fit:") == 2
     assert reference.W2_INIT_SCALE == default
+
+
+def test_untrained_and_dead_models_have_no_polysemantic_neurons():
+    """Found by an audit: counted on raw weights, an untrained init (every neuron carries several
+    features at random) and a model whose neurons never fire (b1 = -100) passed sparse-polysemantic.
+    Only features computed at least one sign of, in neurons that fire, count."""
+    spec = co.ComputationSpec(features=30, hidden=12, test_examples=1000)
+    u = co.eval_uniforms(spec)
+    init = co.rescale_neurons({k: v[0] for k, v in reference.init_params(spec.model, 0, torch.tensor([0])).items()})
+    raw = co.features_per_neuron(init)
+    assert co._share(raw, lambda c: c >= 2) >= co.MOSTLY  # the old count: "polysemantic"
+    for P in (init, {**init, "b1": torch.full((12,), -100.0)}):
+        used = co.used_features_per_neuron(P, co.feature_r2(P, spec, 0.001, u), co.fires(P, 0.001, u))
+        assert co._share(used, lambda c: c >= 2) == 0.0
+    assert not co.fires({**init, "b1": torch.full((12,), -100.0)}, 0.001, u).any()
+    assert co.fires({**init, "b1": torch.full((12,), 0.1)}, 0.001, u).all()
+    # A neuron carrying two computed features (0 and 1: ReLU(x_0) and ReLU(-x_0) style pairs) counts 2.
+    W1, W2 = torch.zeros(12, 30), torch.zeros(30, 12)
+    for i in range(6):
+        W1[2 * i, i], W1[2 * i + 1, i] = 1.0, -1.0
+        W2[i, 2 * i] = W2[i, 2 * i + 1] = 1.0
+    W1[0, 1] = 0.5  # neuron 0 also reads feature 1 (computed by neurons 2 and 3)
+    P = {"W1": W1, "b1": torch.zeros(12), "W2": W2, "b2": torch.zeros(30)}
+    used = co.used_features_per_neuron(P, co.feature_r2(P, spec, 0.01, u), co.fires(P, 0.01, u))
+    assert used.tolist() == [2] + [1] * 11

@@ -29,6 +29,65 @@ def test_a_tiny_run_writes_its_outputs(tmp_path):
     spec = dd.DoubleDescentSpec(features=10, points=3, examples_min=2, examples_max=50, fits=2, steps=30,
                                 test_examples=500, backend="torch")
     summary = runner.run(dd.EXPERIMENT, spec, tmp_path, progress=False, log=lambda m: None)
-    assert [c["name"] for c in summary["checks"]] == ["test-loss-peak", "memorize-then-generalize"]
+    assert [c["name"] for c in summary["checks"]] == ["test-loss-peak", "memorize-then-generalize",
+                                                      "large-data-beats-memorizing"]
     sizes = pq.read_table(tmp_path / "sizes.parquet").to_pydict()
     assert sizes["examples"] == spec.sizes() and len(summary["mean_test_loss"]) == 3
+
+
+def test_row_losses_average_the_models_per_test_example():
+    spec = dd.DoubleDescentSpec(features=6, test_examples=700)
+    x = dd.test_sample(spec)
+    W, b = torch.randn(3, 2, 6), torch.randn(3, 6) * 0.1
+    per = ((reference.forward(W.double(), b.double(), x.expand(3, -1, -1), "relu-output") - x) ** 2).mean(2)
+    assert torch.allclose(dd.row_losses(W, b, x, rows=97), per.mean(0), rtol=1e-12)
+    assert np.allclose(dd.test_losses(W, b, x, rows=97), per.mean(1).numpy(), rtol=1e-12)
+
+
+def test_paired_z_is_the_mean_difference_in_standard_errors():
+    g = torch.Generator().manual_seed(0)
+    low = torch.rand(5000, generator=g, dtype=torch.float64)
+    high = low + 0.01 + 0.1 * torch.randn(5000, generator=g, dtype=torch.float64)
+    d = (high - low).numpy()
+    assert abs(dd.paired_z(low, high) - d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))) < 1e-9
+    assert dd.paired_z(low, low) == -np.inf  # no difference at all is not "below"
+
+
+# Medians over fits per size, shaped like the quick run (n=100, density 0.01; x 1e-3).
+EXAMPLES = [3, 6, 14, 30, 65, 139, 300, 646, 1392, 3000]
+REAL_TEST = np.array([3.30, 3.30, 3.62, 3.38, 4.54, 4.96, 3.93, 3.22, 3.20, 3.19]) * 1e-3
+REAL_TRAIN = np.array([1e-13, 2e-12, 1.2e-4, 1.4e-3, 1.9e-3, 2.2e-3, 2.6e-3, 2.9e-3, 3.0e-3, 3.04e-3])
+
+
+def _rows(mean, seed):
+    g = torch.Generator().manual_seed(seed)
+    return mean + 0.002 * torch.rand(20_000, generator=g, dtype=torch.float64)
+
+
+def _checks(test, train=REAL_TRAIN, last_shift=-0.00011):
+    zero = _rows(0.00238, 1)  # the zero model's per-example losses, mean ~3.38e-3
+    first = zero - 0.00007 + 0.0001 * torch.randn(20_000, generator=torch.Generator().manual_seed(2),
+                                                  dtype=torch.float64)
+    last = zero + last_shift + 0.0001 * torch.randn(20_000, generator=torch.Generator().manual_seed(3),
+                                                    dtype=torch.float64)
+    return {c["name"]: c["passed"] for c in dd.descent_checks(test, train, EXAMPLES, first, last, zero)}
+
+
+def test_a_real_descent_passes_every_check():
+    assert _checks(REAL_TEST) == {"test-loss-peak": True, "memorize-then-generalize": True,
+                                  "large-data-beats-memorizing": True}
+
+
+def test_wrong_descents_fail():
+    # The audit's model: every size from T=6 on is the zero model (one fit of T=65 off at random, which
+    # the median ignores): no peak, and the largest dataset learned nothing.
+    zero_like = REAL_TEST.copy()
+    zero_like[1:] = 3.38e-3
+    got = _checks(zero_like, train=np.r_[REAL_TRAIN[0], np.full(9, 3.3e-3)], last_shift=0.0)
+    assert got == {"test-loss-peak": False, "memorize-then-generalize": True, "large-data-beats-memorizing": False}
+    # A peak at one size only (its neighbours at the ends' level).
+    lone = np.full(10, 3.3e-3)
+    lone[5] = 5e-3
+    assert _checks(lone)["test-loss-peak"] is False
+    # A test loss that rises to the largest size peaks at an end: no double descent.
+    assert _checks(np.linspace(3.3e-3, 5e-3, 10))["test-loss-peak"] is False

@@ -65,15 +65,44 @@ def planted_checks(tmp_path, W, **spec):
 def test_dead_neurons_are_not_monosemantic_and_negative_columns_drive_nothing(tmp_path):
     W = np.zeros((2, 5, 10), np.float32)  # density 0.7: every neuron dead
     W[1, np.arange(5), np.arange(5)] = 1.0  # density 0.03: 5 features driving, neuron 0 shared ...
-    W[1, 0, 5] = 0.8
+    W[1, 0, 5] = 0.9  # (read back at 0.81)
     W[1, :, 6:] = -1.0  # ... and 4 columns of norm 2 whose negative weights pass nothing
     checks = planted_checks(tmp_path, W, points=2, density_max=0.7, density_min=0.03)
-    assert checks["dense-monosemantic"]["measured"] == [0, 0] and checks["dense-monosemantic"]["passed"] is False
+    assert checks["dense-monosemantic"]["measured"] == [0, 0, 0] and checks["dense-monosemantic"]["passed"] is False
     # represented (norm >= 0.5) would count 10 > 5 features; driving counts 6
     assert checks["sparse-polysemantic"]["measured"] == [1, 6] and checks["sparse-polysemantic"]["passed"] is True
     W[0, np.arange(5), np.arange(5)] = 1.0  # dense: one feature per neuron
     assert planted_checks(tmp_path / "b", W, points=2, density_max=0.7, density_min=0.03)[
         "dense-monosemantic"]["passed"] is True
+
+
+def test_read_back_is_the_models_output_for_one_active_feature():
+    import torch
+    from engine import reference
+    W, b = torch.randn(4, 5, 10, dtype=torch.float64), 0.3 * torch.randn(4, 10, dtype=torch.float64)
+    eye = torch.eye(10, dtype=torch.float64).expand(4, 10, 10)
+    want = torch.diagonal(reference.forward(W, b, eye, "relu-hidden"), dim1=1, dim2=2)
+    np.testing.assert_allclose(pb.read_back(W.numpy(), b.numpy()), want.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_wrong_models_fail_the_checks(tmp_path):
+    """Found by an audit: all five neurons on feature 0 passed dense-monosemantic, and 83% of random
+    inits passed sparse-polysemantic (weights >= 0.3 everywhere, read back by nothing)."""
+    import torch
+    from engine import reference
+    from engine.spec import ModelSpec
+    W = np.zeros((2, 5, 10), np.float32)
+    W[:, :, 0] = 1 / np.sqrt(5)  # every neuron driven by feature 0 alone (read back at 1)
+    checks = planted_checks(tmp_path, W, points=2, density_max=0.7, density_min=0.03)
+    assert checks["dense-monosemantic"]["measured"] == [5, 1, 0] and checks["dense-monosemantic"]["passed"] is False
+    inits = reference.init_weights(ModelSpec(10, 5, "relu-hidden"), 0, torch.arange(200)).numpy()
+    raw, read = pb.neuron_table(inits), pb.neuron_table(inits, np.zeros((200, 10)))
+    assert ((raw["polysemantic"] >= 1) & (raw["driving"] > 5)).mean() > 0.7  # the old criterion
+    assert not ((read["shared_neurons"] >= 1) & (read["driving_read_back"] > 5)).any()
+    k = int(np.flatnonzero((raw["polysemantic"] >= 1) & (raw["driving"] > 5))[0])
+    sparse = planted_checks(tmp_path / "r", np.stack([inits[k], inits[k]]), points=2, density_max=0.7,
+                            density_min=0.03)["sparse-polysemantic"]
+    assert sparse["passed"] is False
 
 
 def test_a_sweep_that_misses_a_regime_says_its_check_was_not_run(tmp_path):
