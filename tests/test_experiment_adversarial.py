@@ -120,10 +120,31 @@ def test_relu_gating_hides_the_attack_from_the_sample_average():
 
 def test_checks_pass_and_fail():
     fpd = np.array([1.0, 2.0, 4.0, 3.5])
-    assert adv.check_rise(fpd, np.array([1.0, 2.0, 3.5, 3.0]))["passed"]  # 3.5x at the most superposition
-    assert not adv.check_rise(fpd, np.array([1.0, 2.0, 2.5, 4.0]))["passed"]  # 4x, but not where fpd is largest
+    sup = np.array([0, 10, 20, 18])
+    assert adv.check_rise(fpd, np.array([1.0, 2.0, 3.5, 3.0]), sup)["passed"]  # 3.5x at the most superposition
+    assert not adv.check_rise(fpd, np.array([1.0, 2.0, 2.5, 4.0]), sup)["passed"]  # 4x, but not where fpd is largest
     assert adv.check_linear_flat(np.array([1.0, 1.01, 0.99]))["passed"]
     assert not adv.check_linear_flat(np.array([1.0, 1.5, 0.99]))["passed"]
     assert adv.check_tracking(fpd, fpd * 1.1)["passed"]
     assert not adv.check_tracking(fpd, np.array([4.0, 3.0, 1.0, 2.0]))["passed"]
     assert not adv.check_tracking(fpd, np.ones(4))["passed"]  # flat: no correlation to speak of
+
+
+def test_a_rise_without_superposition_fails():
+    """An audit's counter-example: dedicated features (no superposition) whose norms grow with
+    sparsity, sqrt(1..6), raise features per dimension (||W||_F^2 / m) and the vulnerability together
+    and passed every check."""
+    W = []
+    for c in np.linspace(1.0, 6.0, 6):
+        w = torch.zeros(5, 20, dtype=torch.float64)
+        w[range(5), range(5)] = math.sqrt(c)
+        W.append(w)
+    W = torch.stack(W)
+    fpd = 1 / metrics.dimensions_per_feature(W).numpy()
+    vuln = np.array([adv.attack(w, torch.zeros(20, dtype=torch.float64), sample(), "relu-output", 0.1)["vulnerability"]
+                     for w in W])
+    sup = ((metrics.feature_norms(W) >= metrics.NORM_THRESHOLD)
+           & (metrics.superposition(W) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
+    assert vuln[-1] / vuln[0] == pytest.approx(6.0) and adv.check_tracking(fpd, vuln)["passed"]
+    got = adv.check_rise(fpd, vuln, sup)
+    assert got["measured"] == {"rise": pytest.approx(6.0), "in_superposition": 0} and got["passed"] is False

@@ -39,3 +39,26 @@ def test_a_tiny_run_writes_its_outputs(tmp_path):
     for lo in range(0, 10, 2):  # per setup and density, the analysed fit has the lowest expected loss
         best = min((lo, lo + 1), key=lambda k: inst["expected_loss"][k])
         assert [inst["kept"][lo], inst["kept"][lo + 1]] == [lo == best, lo + 1 == best]
+
+
+def test_fit_shares_count_every_converged_fit():
+    """local-bases wants most fits, not only the kept one: trained on independent features, 1 of 10
+    fits had local bases by chance and the set-aware ranking kept it (an audit's control)."""
+    from engine.experiments.base import JobResult
+    local = torch.zeros(10, 20)
+    local[range(10), range(10)] = 1.0
+    local[range(10), range(10, 20)] = 1.0  # each set its own orthonormal basis: within 0, across 0.1
+    mixed = torch.eye(10)[:, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9]] + 0.0  # pairs in a set share
+    orth = torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0]])  # sets {0,1}, {2,3} orthogonal inside
+    anti = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]])  # antipodal inside
+    results = {
+        "corr2x2": JobResult(torch.stack([orth, orth, anti, orth]), torch.zeros(4, 4),
+                             torch.tensor([0.0, 0.0, 0.0, math.nan])),  # the last diverged: not counted
+        "anti2x2": JobResult(torch.stack([anti, orth, orth, orth]), torch.zeros(4, 4), torch.zeros(4)),
+        "corr2x10": JobResult(torch.stack([local, mixed, mixed]), torch.zeros(3, 20), torch.zeros(3)),
+    }
+    shares = co.fit_shares(results)
+    assert shares == {"corr2x2_orthogonal": 2 / 3, "anti2x2_antipodal": 0.25, "corr2x10_local_bases": 1 / 3}
+    assert co.local_bases(*co.block_cosines(local, co.SETUPS["corr2x10"][2]))
+    assert not co.local_bases(*co.block_cosines(mixed, co.SETUPS["corr2x10"][2]))
+    assert not co.local_bases(0.024, 0.06)  # the control's typical fit: across about within

@@ -152,3 +152,13 @@ def test_basic_checks_on_hand_made_models(tmp_path):
     assert good == {"linear-keeps-top-m": True, "relu-dense-like-linear": True, "relu-superposes-when-sparse": True}
     bad = basic_checks(tmp_path / "b", [top5] * 6 + [other5], [sup] + [top5] * 6)
     assert bad == {"linear-keeps-top-m": False, "relu-dense-like-linear": False, "relu-superposes-when-sparse": False}
+    # An audit's models: the top 5 represented with two of them antipodal in one dimension (norms alone
+    # passed), and a sparse model of 4 dedicated features and one antipodal pair (6 represented, 2 in
+    # superposition: passed as "superposes").
+    pair = top5.clone()
+    pair[4, 4], pair[3, 4] = 0.0, -1.0  # feature 4 antipodal to feature 3, dimension 4 unused
+    one_pair = top5.clone()
+    one_pair[3, 5] = -1.0  # feature 5 antipodal to feature 3
+    wrong = basic_checks(tmp_path / "c", [top5] * 6 + [pair], [pair] + [top5] * 3 + [one_pair] * 3)
+    assert wrong == {"linear-keeps-top-m": False, "relu-dense-like-linear": False,
+                     "relu-superposes-when-sparse": False}

@@ -33,6 +33,12 @@ from ..store import write_parquet, write_tensors
 from .base import CommonSpec, Experiment, Job, best_of_fits, check, check_not_run, kept_column, option
 
 COLLAPSED, ORTHOGONAL = 0.9, 0.2
+# corr2x10: a fit has local bases when its mean |cos| within a set is <= LOCAL_WITHIN and the mean
+# across sets is >= LOCAL_RATIO x that; the check wants it of the kept fit and of at least LOCAL_SHARE of
+# all fits. Quick run: 10 of 10 fits (ratios 9-51); trained on independent features (sets removed from
+# the data), 1 of 10 (the rest about equal within and across), and that one is what the set-aware
+# ranking kept, so the kept fit alone passed the control (an audit's finding).
+LOCAL_WITHIN, LOCAL_RATIO, LOCAL_SHARE = 0.05, 3.0, 0.5
 # name: (n, m, sets)
 SETUPS = {
     "corr2x2": (4, 2, (("correlated", 0, 2), ("correlated", 2, 2))),
@@ -104,6 +110,33 @@ def block_cosines(W: torch.Tensor, sets) -> tuple[float, float]:
     return float(C[same].mean()), float(C[other].mean())
 
 
+def local_bases(within: float, across: float) -> bool:
+    """Whether a corr2x10 fit's mean |cos| within sets and across sets (block_cosines) make local bases."""
+    return within <= LOCAL_WITHIN and across >= LOCAL_RATIO * within
+
+
+def fit_shares(results) -> dict:
+    """Shares of all converged fits (not only the kept) with each setup's geometry: corr2x2 with both sets
+    orthogonal, anti2x2 with both antipodal, corr2x10 with local bases. What the ranking leaves out: in
+    the 2x2 setups training alone reaches the paper's geometry about as often as symmetry does by chance
+    (trained on independent features, 20 of 30 fits were orthogonal and 10 of 30 antipodal: 2/3 and 1/3;
+    on anticorrelated sets 21 of 60 antipodal, on correlated sets 50 of 60 orthogonal). There the kept
+    fit shows the lower-expected-loss solution, which ranking by the set-aware expected loss finds."""
+    out = {}
+    for name, rule in (("corr2x2", lambda g: g["represented"] == 2 and g["max_abs_cos"] <= ORTHOGONAL),
+                       ("anti2x2", lambda g: g["represented"] == 2 and g["max_cos"] <= -COLLAPSED)):
+        res = results[name]
+        ok = ~np.asarray(res.diverged)
+        geo = set_geometry(res.W[torch.as_tensor(ok)], SETUPS[name][2])
+        out[name + ("_orthogonal" if name == "corr2x2" else "_antipodal")] = (
+            float(np.mean([all(rule(g) for g in row) for row in geo])) if geo else float("nan"))
+    res = results["corr2x10"]
+    fits = [k for k in range(res.W.shape[0]) if not res.diverged[k]]
+    out["corr2x10_local_bases"] = (float(np.mean([local_bases(*block_cosines(res.W[k], SETUPS["corr2x10"][2]))
+                                                  for k in fits])) if fits else float("nan"))
+    return out
+
+
 class Correlated(Experiment):
     name = "correlated"
     title = "correlated features go orthogonal, anticorrelated antipodal; dense correlated sets collapse (PCA-like)"
@@ -154,6 +187,7 @@ class Correlated(Experiment):
                                           "instances.parquet for that setup; kept_<setup>: the instance analysed "
                                           "per density"})
         geo = {name: set_geometry(kept_W[name], SETUPS[name][2]) for name in SETUPS}
+        shares = fit_shares(results)
         within, across = block_cosines(kept_W["corr2x10"][0], SETUPS["corr2x10"][2])
         figure(run_dir.figures / "correlated.png", spec, kept_W, within, across)
 
@@ -182,12 +216,15 @@ class Correlated(Experiment):
             check_not_run("sets-collapse", collapse_claim, "corr3x2 densities <= 0.5 (--density-min; this run's "
                           f"sparsest is {spec.sweep().min():.3g})"),
             check("local-bases", f"2 sets of 10 correlated features in m=10 get local orthogonal bases (mean |cos| "
-                  f"within a set <= 0.05 and below the mean across sets; density {spec.density:.3g})",
-                  [round(within, 4), round(across, 4)], within <= 0.05 and within < across, "[<= 0.05, > within]"),
+                  f"within a set <= {LOCAL_WITHIN} and across sets >= {LOCAL_RATIO:g}x that; density "
+                  f"{spec.density:.3g}): [kept fit's within, its across, share of all fits with local bases]",
+                  [round(within, 4), round(across, 4), round(shares["corr2x10_local_bases"], 3)],
+                  local_bases(within, across) and shares["corr2x10_local_bases"] >= LOCAL_SHARE,
+                  f"[<= {LOCAL_WITHIN}, >= {LOCAL_RATIO:g}x within, >= {LOCAL_SHARE}]"),
         ]
         return {"corr3x2_densities": spec.sweep().tolist(), "corr3x2_sets_collapsed": collapsed,
                 "corr3x2_sets_represented": represented, "corr2x10_mean_abs_cos": {"within": within, "across": across},
-                "checks": checks}
+                "share_of_fits": shares, "checks": checks}
 
     def report(self, spec, summary):
         rows = ", ".join(f"{d:.3g}: {r} rep / {c} collapsed" for d, r, c in zip(
