@@ -92,7 +92,10 @@ def test_checks_pass_on_the_papers_geometry(tmp_path):
                                      good_fit=[0, 0, 1, 0])
     inv = spec.inv_density()
     assert checks["half-plateau"]["passed"]
-    assert checks["half-plateau"]["measured"] == {"points": 2, "inv_density_range": [inv[1], inv[2]]}
+    got = checks["half-plateau"]["measured"]
+    assert got["points"] == 2 and got["inv_density_range"] == [inv[1], inv[2]]
+    assert got["slopes_before_on_after"] == pytest.approx([math.log10(2) / math.log10(inv[1]), 0.0,
+                                                          math.log10(1.25) / math.log10(inv[3] / inv[2])], abs=1e-4)
     assert checks["dense"]["passed"] and checks["dense"]["measured"] == pytest.approx(1.0)
     assert checks["sticky-half"]["passed"] and checks["sticky-half"]["measured"] == 8
     np.testing.assert_allclose(summary["D_star"], [1.0, 0.5, 0.5, 0.4], atol=1e-6)
@@ -162,6 +165,23 @@ def test_plateau_run(d_star, points, first, last):
     run = dim.plateau_run(inv, d_star)
     assert run["points"] == points
     assert run["inv_density_range"] == (None if first is None else [inv[first], inv[last]])
+
+
+def test_a_smooth_power_law_has_no_plateau():
+    """An audit's finding: D* = (1/(1-S))^-0.4, no plateau at all, has two points of the quick grid in
+    [0.45, 0.55] (5.46 and 6.95) and passed. The quick run's own curve passes (slopes 1.33, 0.105, 0.72)."""
+    inv = np.logspace(0, 2, 20)
+    run = dim.plateau_run(inv, inv ** -0.4)
+    assert run["points"] == 2 and run["slopes"] == pytest.approx([0.4, 0.4, 0.4], rel=1e-9)
+    assert not dim.is_plateau(run)
+    quick = [1.0084, 1.0123, 0.9936, 0.9321, 0.6225, 0.4846, 0.4724, 0.4205, 0.3314, 0.2693, 0.2154, 0.1771,
+             0.144, 0.1176, 0.0989, 0.0834, 0.0721, 0.0631, 0.0569, 0.0528]
+    run = dim.plateau_run(inv, quick)
+    assert run["points"] == 2 and dim.is_plateau(run)
+    assert run["slopes"][1] < 0.15 * min(run["slopes"][0], run["slopes"][2])
+    # a run at the edge of the sweep cannot be compared with both sides: not a plateau
+    edge = dim.plateau_run(inv, np.r_[0.5, 0.5, inv[2:] ** -0.9])
+    assert edge["points"] == 2 and math.isnan(edge["slopes"][0]) and not dim.is_plateau(edge)
 
 
 def test_bad_fields_are_refused():

@@ -63,7 +63,7 @@ def _traj(kind, t=STEPS):
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind, expected", [("step", 1.0), ("log-ramp", 0.25 / 4), ("exp", 0.21), ("linear", 0.44)])
+@pytest.mark.parametrize("kind, expected", [("step", 1.0), ("log-ramp", 0.25 / 4), ("exp", 0.21), ("linear", 0.20)])
 def test_jump_share_of_known_trajectories(kind, expected):
     share, jump_step = ld.jump_shares(STEPS, _traj(kind)[:, None])
     assert share[0] == pytest.approx(expected, abs=0.03)
@@ -90,6 +90,31 @@ def test_loss_plateau_then_drop_passes():
     r = ld.loss_plateau(t, loss, [800, 1000, 1100, 1500])
     assert r["passed"] and r["plateau"] < 0.05 and r["drop"] > 0.5
     assert r["plateau_window"][1] <= r["jump_window"][0] * 1.0001
+
+
+def test_a_linear_ramp_ending_at_the_last_step_is_not_a_jump():
+    """An audit's finding: a ramp linear in steps makes 0.44 of its move in the last 0.25 decades, and
+    passed as a jump; windows ending in the last 0.25 decades are left out, so it scores 0.20."""
+    ramps = np.stack([_traj("linear"), _traj("linear") - 0.1], axis=1)  # ending on 1/2 and 2/5
+    s = ld.jump_summary(STEPS, ramps)
+    assert s["judged"] == 2 and s["jumping"] == 0
+    # a late step (at 3,000 of 10,000, 0.5 decades before the end) still counts
+    late = np.where(STEPS < 3000, 0.1, 0.5)[:, None]
+    assert ld.jump_summary(STEPS, late)["jumping"] == 1
+
+
+def test_the_flat_start_of_a_decay_is_no_plateau():
+    """An audit's finding: an exponential decay is flat at its start on a log axis, and that passed as a
+    plateau before the jumps. The plateau must now follow a first fall of DROP_MIN of the decrease."""
+    t = np.arange(10_000)
+    loss = 0.06 + 0.006 * np.exp(-t / 2000)
+    r = ld.loss_plateau(t, loss, [1000, 1500, 2000, 3000])
+    assert not r["passed"] and r["drop"] >= ld.DROP_MIN  # it drops across the jumps, but
+    assert r["plateau"] is None  # no 0.4-decade window after the first fifth of the fall ends before them
+    # the same decay after a first fall and a plateau passes
+    stepped = 0.06 + 0.006 * np.exp(-np.maximum(t - 400, 0) / 2000) + 0.008 * np.exp(-t / 10)
+    r = ld.loss_plateau(t, stepped, [1000, 1500, 2000, 3000])
+    assert r["passed"] and r["before"] >= ld.DROP_MIN
 
 
 @pytest.mark.parametrize("case", ["log-decline", "drop-elsewhere", "no-jumps", "rising"])

@@ -32,6 +32,12 @@ NAME = "dimensionality"
 # D* counts as on the 1/2 plateau within these bounds, and as dense ("1") within DENSE_TOLERANCE of 1
 # (both ways: weights shrunk to nothing also give D* above 1).
 PLATEAU = (0.45, 0.55)
+# ... and is a plateau only where D* is flat there: its log-log slope over the run at most
+# PLATEAU_FLATNESS x the slope over PLATEAU_SIDE decades of 1/(1-S) on either side. Two points inside
+# the band alone were met by a smooth power law with no plateau (an audit's finding); the quick run
+# has slopes 1.33 before, 0.105 on, 0.72 after the plateau (ratios 0.08 and 0.15).
+PLATEAU_SIDE = 0.2
+PLATEAU_FLATNESS = 0.5
 DENSE_TOLERANCE = 0.05
 # A feature on the 1/2 line counts as half of an antipodal pair when another feature's column points
 # the opposite way, cosine below this.
@@ -110,10 +116,14 @@ def instance_table(spec: DimensionalitySpec) -> dict:
 
 
 def plateau_run(inv_density, d_star, lo: float = PLATEAU[0], hi: float = PLATEAU[1]) -> dict:
-    """The longest run of consecutive sweep points with lo <= D* <= hi.
+    """The longest run of consecutive sweep points with lo <= D* <= hi, and how flat D* is there.
 
-    inv_density, d_star: (P,) in sweep order. Returns {"points": run length (0 if none),
-    "inv_density_range": [first, last] 1/(1-S) of the run (None if none)}; the first run wins a tie.
+    inv_density, d_star: (P,) in sweep order (1/(1-S) ascending). Returns {"points": run length (0 if
+    none), "inv_density_range": [first, last] 1/(1-S) of the run (None if none), "slopes": [before,
+    on, after]}: |d log10 D* / d log10 1/(1-S)| over PLATEAU_SIDE decades before the run's first
+    point, over the run, and over PLATEAU_SIDE decades after its last (log D* interpolated linearly
+    in log 1/(1-S); NaN where that reaches past the sweep or the run has one point). The first run
+    wins a tie.
     """
     d_star = np.asarray(d_star, np.float64)
     inside = (d_star >= lo) & (d_star <= hi)
@@ -126,7 +136,25 @@ def plateau_run(inv_density, d_star, lo: float = PLATEAU[0], hi: float = PLATEAU
                 best, best_start = i - start, start
             start = None
     rng = [float(inv_density[best_start]), float(inv_density[best_start + best - 1])] if best else None
-    return {"points": best, "inv_density_range": rng}
+    nan = float("nan")
+    slopes = [nan, nan, nan]
+    if best:
+        x = np.log10(np.asarray(inv_density, np.float64))
+        y = np.log10(np.maximum(d_star, 1e-300))
+        a, b = x[best_start], x[best_start + best - 1]
+
+        def slope(u, v):  # |d log D* / d log inv| between u < v (decades of 1/(1-S)) inside the sweep
+            if u < x[0] - 1e-9 or v > x[-1] + 1e-9 or not v > u:
+                return nan
+            return float(abs(np.interp(v, x, y) - np.interp(u, x, y)) / (v - u))
+        slopes = [slope(a - PLATEAU_SIDE, a), slope(a, b), slope(b, b + PLATEAU_SIDE)]
+    return {"points": best, "inv_density_range": rng, "slopes": slopes}
+
+
+def is_plateau(run: dict) -> bool:
+    """A plateau_run that is a plateau: >= 2 points, D* flatter on it than PLATEAU_FLATNESS x either side."""
+    before, on, after = run["slopes"]
+    return run["points"] >= 2 and bool(on <= PLATEAU_FLATNESS * min(before, after))
 
 
 def most_opposed_cosines(W: torch.Tensor) -> np.ndarray:
@@ -249,8 +277,11 @@ class Dimensionality(Experiment):
         most_half = int(np.max(points["on_1_2_antipodal"]))
         checks = [
             check("half-plateau", f"D* has a plateau at 1/2: within [{PLATEAU[0]}, {PLATEAU[1]}] over at least 2 "
-                  "consecutive sparsities", {"points": run["points"], "inv_density_range": run["inv_density_range"]},
-                  run["points"] >= 2, ">= 2 consecutive points"),
+                  f"consecutive sparsities, and flat there (log-log slope over the run <= {PLATEAU_FLATNESS} x the "
+                  f"slope over {PLATEAU_SIDE} decades of 1/(1-S) before and after it)",
+                  {"points": run["points"], "inv_density_range": run["inv_density_range"],
+                   "slopes_before_on_after": [round(v, 4) for v in run["slopes"]]},
+                  is_plateau(run), f">= 2 consecutive points; slope on <= {PLATEAU_FLATNESS} x before and after"),
             check("dense", f"dense features are not superposed: D* within {DENSE_TOLERANCE} of 1 at the densest "
                   f"point (1/(1-S) = {dense_inv:.3g}; ||W||_F^2 ~ m)", dense_d,
                   abs(dense_d - 1.0) <= DENSE_TOLERANCE, f"in [{1 - DENSE_TOLERANCE:g}, {1 + DENSE_TOLERANCE:g}]"),
