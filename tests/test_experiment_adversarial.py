@@ -147,4 +147,34 @@ def test_a_rise_without_superposition_fails():
            & (metrics.superposition(W) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
     assert vuln[-1] / vuln[0] == pytest.approx(6.0) and adv.check_tracking(fpd, vuln)["passed"]
     got = adv.check_rise(fpd, vuln, sup)
-    assert got["measured"] == {"rise": pytest.approx(6.0), "in_superposition": 0} and got["passed"] is False
+    assert got["measured"] == {"rise": pytest.approx(6.0), "in_superposition": [0, 0]} and got["passed"] is False
+    # a review's: the same 5 antipodal pairs (10 features in superposition) at every density, norms growing
+    pairs = torch.zeros(6, 5, 20, dtype=torch.float64)
+    for k, c in enumerate(np.linspace(1.0, 6.0, 6)):
+        pairs[k, range(5), range(5)] = math.sqrt(c)
+        pairs[k, range(5), range(5, 10)] = -math.sqrt(c)
+    sup = ((metrics.feature_norms(pairs) >= metrics.NORM_THRESHOLD)
+           & (metrics.superposition(pairs) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
+    fpd = 1 / metrics.dimensions_per_feature(pairs).numpy()
+    vuln = np.array([adv.attack(w, torch.zeros(20, dtype=torch.float64), sample(), "relu-output", 0.1)["vulnerability"]
+                     for w in pairs])
+    got = adv.check_rise(fpd, vuln, sup)
+    assert got["measured"]["in_superposition"] == [10, 10] and got["measured"]["rise"] > 3 and not got["passed"]
+
+
+def test_the_analysis_counts_superposition_of_the_kept_models(tmp_path):
+    """The wiring of vulnerability-rises: in_superposition comes from the kept relu models, densest first."""
+    from engine.experiments.base import JobResult
+    from engine.store import RunDir
+    spec = adv.AdversarialSpec(points=2, fits=1, test_samples=256)
+    dense = torch.zeros(5, 20)
+    dense[range(5), range(5)] = 1.0  # top 5 dedicated
+    pairs = dense.clone()
+    pairs[range(5), range(5, 10)] = -1.0  # 5 antipodal pairs: 10 features in superposition
+    res = {v: JobResult(torch.stack([dense, pairs]), torch.zeros(2, 20), torch.zeros(2)) for v in adv.VARIANTS}
+    summary = adv.EXPERIMENT.analyse(spec, res, RunDir(tmp_path))
+    rise = {c["name"]: c for c in summary["checks"]}["vulnerability-rises"]
+    assert rise["measured"]["in_superposition"] == [0, 10]
+    assert rise["measured"]["rise"] == pytest.approx(2.0) and rise["passed"] is False  # 2x: not several-fold
+    models = pq.read_table(tmp_path / "models.parquet").to_pydict()
+    assert models["in_superposition"] == [0, 10, 0, 10]

@@ -62,3 +62,11 @@ def test_fit_shares_count_every_converged_fit():
     assert co.local_bases(*co.block_cosines(local, co.SETUPS["corr2x10"][2]))
     assert not co.local_bases(*co.block_cosines(mixed, co.SETUPS["corr2x10"][2]))
     assert not co.local_bases(0.024, 0.06)  # the control's typical fit: across about within
+    # A model that learned nothing, or only one set, has no pair to judge (a review: (0, 0) passed).
+    sets = co.SETUPS["corr2x10"][2]
+    assert all(math.isnan(v) for v in co.block_cosines(torch.zeros(10, 20), sets))
+    one_set = local.clone()
+    one_set[:, 10:] = 0.0
+    within, across = co.block_cosines(one_set, sets)
+    assert within == 0.0 and math.isnan(across) and not co.local_bases(within, across)
+    assert not co.local_bases(0.0, 0.0)

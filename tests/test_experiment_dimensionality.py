@@ -179,9 +179,18 @@ def test_a_smooth_power_law_has_no_plateau():
     run = dim.plateau_run(inv, quick)
     assert run["points"] == 2 and dim.is_plateau(run)
     assert run["slopes"][1] < 0.15 * min(run["slopes"][0], run["slopes"][2])
-    # a run at the edge of the sweep cannot be compared with both sides: not a plateau
+    # a run at the edge of the sweep is compared with the side the sweep reaches (an audit: with
+    # --inv-density-max 6 the quick curve's plateau reaches the end) ...
     edge = dim.plateau_run(inv, np.r_[0.5, 0.5, inv[2:] ** -0.9])
-    assert edge["points"] == 2 and math.isnan(edge["slopes"][0]) and not dim.is_plateau(edge)
+    assert edge["points"] == 2 and math.isnan(edge["slopes"][0]) and dim.is_plateau(edge)
+    assert dim.is_plateau(dim.plateau_run(inv, np.r_[1.0, inv[1:-2] ** -0.9, 0.5, 0.5]))
+    # ... and a sweep that is all band has no side to compare with
+    assert not dim.is_plateau(dim.plateau_run(inv[:3], [0.5, 0.5, 0.5]))
+    # the flattest step counts, not the run end to end: a finer grid puts the steep flanks in the band
+    fine = np.logspace(0, 2, 30)
+    curve = 10 ** np.interp(np.log10(fine), np.log10(inv), np.log10(quick))
+    run = dim.plateau_run(fine, curve)
+    assert run["points"] == 3 and dim.is_plateau(run)
 
 
 def test_bad_fields_are_refused():

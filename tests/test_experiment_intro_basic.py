@@ -162,3 +162,8 @@ def test_basic_checks_on_hand_made_models(tmp_path):
     wrong = basic_checks(tmp_path / "c", [top5] * 6 + [pair], [pair] + [top5] * 3 + [one_pair] * 3)
     assert wrong == {"linear-keeps-top-m": False, "relu-dense-like-linear": False,
                      "relu-superposes-when-sparse": False}
+    # A review's: two of the top 5 at cos 0.69 (s = 0.48, under the 0.5 that means "in superposition").
+    tilted = top5.clone()
+    tilted[3, 4], tilted[4, 4] = 0.69, math.sqrt(1 - 0.69 ** 2)
+    got = basic_checks(tmp_path / "d", [top5] * 6 + [tilted], [tilted] + [sup] * 6)
+    assert got == {"linear-keeps-top-m": False, "relu-dense-like-linear": False, "relu-superposes-when-sparse": True}

@@ -99,6 +99,10 @@ def test_wrong_models_fail_the_checks(tmp_path):
     raw, read = pb.neuron_table(inits), pb.neuron_table(inits, np.zeros((200, 10)))
     assert ((raw["polysemantic"] >= 1) & (raw["driving"] > 5)).mean() > 0.7  # the old criterion
     assert not ((read["shared_neurons"] >= 1) & (read["driving_read_back"] > 5)).any()
+    # a bias cannot stand in for the feature's own drive (a review: every b_i = 0.6 passed half the inits)
+    for bias in (0.3, 0.6):
+        biased = pb.neuron_table(inits, np.full((200, 10), bias))
+        assert not ((biased["shared_neurons"] >= 1) & (biased["driving_read_back"] > 5)).any()
     k = int(np.flatnonzero((raw["polysemantic"] >= 1) & (raw["driving"] > 5))[0])
     sparse = planted_checks(tmp_path / "r", np.stack([inits[k], inits[k]]), points=2, density_max=0.7,
                             density_min=0.03)["sparse-polysemantic"]

@@ -26,6 +26,10 @@ from .base import CommonSpec, Experiment, Job, best_of_fits, check, kept_column,
 SIZES = {"small": (20, 5, 0.7), "large": (80, 20, 0.9)}  # n, m, importance decay (the paper's two figures)
 DENSITIES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 VARIANTS = ("linear", "relu-output")
+# A top-m feature counts as in a dimension of its own when its superposition s_i is at most this: trained
+# linear models have s_i <= 0.0008, relu-output at density 1 <= 0.00012 (quick runs, small and large);
+# two of the top m at cos 0.69 have s = 0.48, below the 0.5 of metrics.SUPERPOSITION_THRESHOLD (a review).
+DEDICATED_MAX = 0.05
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ class Basic(Experiment):
         n, m = spec.shape
         P = len(DENSITIES)
         rows, feats, kept_W, kept_b, tensors = [], [], {}, {}, {}
-        represented, superposed, top_m = {}, {}, {}
+        represented, superposed, top_m, top_m_sup = {}, {}, {}, {}
         for v in VARIANTS:
             res = results[v]
             loss = res.loss.numpy()
@@ -99,8 +103,9 @@ class Basic(Experiment):
             represented[v] = rep.sum(1).tolist()
             superposed[v] = (rep & (sup >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).tolist()
             # The m most important features, and only they, are represented, each in a dimension of its own
-            # (superposition below SUPERPOSITION_THRESHOLD: an antipodal pair has 1).
-            alone = sup < metrics.SUPERPOSITION_THRESHOLD
+            # (superposition s_i <= DEDICATED_MAX: an antipodal pair has 1).
+            alone = sup <= DEDICATED_MAX
+            top_m_sup[v] = [float(x[:m].max()) for x in sup]
             top_m[v] = [bool(r[:m].all() and a[:m].all() and not r[m:].any()) for r, a in zip(rep, alone)]
             rows.append({"variant": [v] * len(loss), "instance": np.arange(len(loss)), "density": np.repeat(DENSITIES, spec.fits),
                          "fit": np.tile(np.arange(spec.fits), P), "final_loss": loss, "expected_loss": expected,
@@ -124,12 +129,13 @@ class Basic(Experiment):
         most = max(represented["relu-output"][k] for k in sparse)
         checks = [
             check("linear-keeps-top-m", f"the linear model represents exactly the {m} most important features, "
-                  f"each without superposition (s_i < {metrics.SUPERPOSITION_THRESHOLD}), at every density "
+                  f"each without superposition (s_i <= {DEDICATED_MAX}), at every density "
                   "(measured: densities where it does)", sum(top_m["linear"]), all(top_m["linear"]),
                   f"all {P} densities"),
             check("relu-dense-like-linear", f"at density 1 the relu-output model also keeps exactly the top {m}, "
-                  "without superposition", represented["relu-output"][0], top_m["relu-output"][0],
-                  f"{m} (the top {m})"),
+                  f"without superposition (measured: features represented, largest s_i of the top {m})",
+                  [represented["relu-output"][0], round(top_m_sup["relu-output"][0], 4)], top_m["relu-output"][0],
+                  f"[{m} (the top {m}), <= {DEDICATED_MAX}]"),
             check("relu-superposes-when-sparse", f"at density <= 0.01 the relu-output model represents more "
                   f"features than its {m} dimensions, and more than {m} of them in superposition (s_i >= "
                   f"{metrics.SUPERPOSITION_THRESHOLD}; one antipodal pair beside dedicated dimensions has 2) "

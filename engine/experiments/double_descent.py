@@ -7,8 +7,8 @@ dataset stream; every step trains on the whole dataset), T log spaced from ``exa
 (``test_examples`` rows of the Philox evaluation stream, float64), the same for every model.
 Expected: small datasets are memorized (train loss ~0), large ones generalize (train ~ test, and a
 test loss clearly below the memorizers' and the zero model's), and between the two regimes the test
-loss peaks. The checks read the median over fits per size: the quick run's peak rests on half its fits
-(T=139: 3.41, 3.41, 6.51, 7.77 x 1e-3), so one fit's mean can make a peak that the others do not share.
+loss peaks. The checks read the median over fits per size, so one fit cannot make a peak that the
+others do not share (the quick run's peak rests on half its fits, T=139: 3.41, 3.41, 6.51, 7.77 x 1e-3).
 
 Geometry (the lowest-train-loss fit per T): features represented (||W_i|| >= 0.5) and data points
 memorized (training examples whose hidden vector h = W x has norm >= 0.5).
@@ -118,7 +118,10 @@ def paired_z(lower: torch.Tensor, higher: torch.Tensor) -> float:
     losses on the same N test examples (a paired difference, so the test set's own noise cancels)."""
     d = (higher - lower).double()
     se = float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else 0.0
-    return float(d.mean()) / se if se > 0 else (math.inf if float(d.mean()) > 0 else -math.inf)
+    if se > 0:
+        return float(d.mean()) / se
+    mean = float(d.mean())  # no spread: identical losses (0, no evidence), or a constant difference
+    return 0.0 if mean == 0 else math.copysign(math.inf, mean)
 
 
 def _fit_statistics(test: np.ndarray, train: np.ndarray) -> dict:
@@ -135,23 +138,24 @@ def descent_checks(test: np.ndarray, train: np.ndarray, examples: list, first_ro
     size (ascending ``examples``), and the per-test-example losses (N,) of the smallest size's and the
     largest size's fits (averaged over fits) and of the zero model.
 
-    Medians, so one fit cannot make (or hide) a peak; the peak must also span two adjacent sizes, so one
-    size's lucky draw cannot either; and the largest dataset must generalize: its test loss below the
+    Medians, so one fit cannot make (or hide) a peak: a median >= 1.1x the ends means at least half of
+    that size's fits are (an odd number of fits: the middle one; even: the upper middle one; with
+    --fits 2 that is one of the two). A peak
+    one grid size wide is a real one: the paper preset (n=1000, T=3..3000, 10 sizes) peaks at T=300
+    in 5 of 5 fits (3.6-31.9 x 1e-3 against 3.5 and 3.3 at the ends) with its neighbours at 1.0x. The
+    largest dataset must generalize: its test loss below the
     smallest's (memorized) and the zero model's, each by more than GENERALIZE_Z standard errors of the
     paired difference on the shared test set (a model that learned nothing scores 0 there)."""
     peak = int(np.nanargmax(test)) if np.isfinite(test).any() else 0
     interior = 0 < peak < len(test) - 1
-    ends = max(test[0], test[-1])
-    beside = float(max(test[peak - 1], test[peak + 1])) if interior else float("nan")
     z_small, z_zero = paired_z(last_rows, first_rows), paired_z(last_rows, zero_rows)
     return [
         check("test-loss-peak", f"the test loss peaks between the regimes: the median over fits of the test loss "
-              f"is highest at an inner dataset size, and there and at a size next to it at least {PEAK_MARGIN:.1f}x "
-              f"the test loss at both ends", {"peak_examples": examples[peak], "peak": float(test[peak]),
-                                              "next_to_peak": beside, "smallest": float(test[0]),
-                                              "largest": float(test[-1])},
-              interior and test[peak] >= PEAK_MARGIN * ends and beside >= PEAK_MARGIN * ends,
-              f"inner peak over two adjacent sizes, each >= {PEAK_MARGIN:.1f}x both ends"),
+              f"is highest at an inner dataset size, and there at least {PEAK_MARGIN:.1f}x the test loss at both "
+              f"ends", {"peak_examples": examples[peak], "peak": float(test[peak]), "smallest": float(test[0]),
+                        "largest": float(test[-1])},
+              interior and test[peak] >= PEAK_MARGIN * np.max([test[0], test[-1]]),  # NaN (all diverged): fail
+              f"inner peak, >= {PEAK_MARGIN:.1f}x both ends"),
         check("memorize-then-generalize", "the smallest dataset is memorized (train loss <= 1% of test loss) and "
               "the largest generalizes (train loss within 10% of test loss; medians over fits)",
               [float(train[0] / test[0]), float(train[-1] / test[-1])],
