@@ -121,8 +121,9 @@ def test_relu_gating_hides_the_attack_from_the_sample_average():
 def test_checks_pass_and_fail():
     fpd = np.array([1.0, 2.0, 4.0, 3.5])
     sup = np.array([0, 10, 20, 18])
-    assert adv.check_rise(fpd, np.array([1.0, 2.0, 3.5, 3.0]), sup)["passed"]  # 3.5x at the most superposition
-    assert not adv.check_rise(fpd, np.array([1.0, 2.0, 2.5, 4.0]), sup)["passed"]  # 4x, but not where fpd is largest
+    assert adv.check_rise(fpd, np.array([1.0, 2.0, 3.5, 3.0]), sup, fpd)["passed"]  # 3.5x at the most superposition
+    assert not adv.check_rise(fpd, np.array([1.0, 2.0, 2.5, 4.0]), sup, fpd)["passed"]  # 4x, not where fpd is largest
+    assert not adv.check_rise(fpd, np.array([1.0, 2.0, 3.5, 3.0]), sup, np.array([1.0, 2.0, 2.0, 2.0]))["passed"]
     assert adv.check_linear_flat(np.array([1.0, 1.01, 0.99]))["passed"]
     assert not adv.check_linear_flat(np.array([1.0, 1.5, 0.99]))["passed"]
     assert adv.check_tracking(fpd, fpd * 1.1)["passed"]
@@ -146,8 +147,10 @@ def test_a_rise_without_superposition_fails():
     sup = ((metrics.feature_norms(W) >= metrics.NORM_THRESHOLD)
            & (metrics.superposition(W) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
     assert vuln[-1] / vuln[0] == pytest.approx(6.0) and adv.check_tracking(fpd, vuln)["passed"]
-    got = adv.check_rise(fpd, vuln, sup)
-    assert got["measured"] == {"rise": pytest.approx(6.0), "in_superposition": [0, 0]} and got["passed"] is False
+    unit = np.array([adv.unit_column_vulnerability(w) for w in W])
+    got = adv.check_rise(fpd, vuln, sup, unit)
+    assert got["measured"] == {"rise": pytest.approx(6.0), "rise_unit_columns": pytest.approx(1.0),
+                               "in_superposition": [0, 0]} and got["passed"] is False
     # a review's: the same 5 antipodal pairs (10 features in superposition) at every density, norms growing
     pairs = torch.zeros(6, 5, 20, dtype=torch.float64)
     for k, c in enumerate(np.linspace(1.0, 6.0, 6)):
@@ -158,8 +161,25 @@ def test_a_rise_without_superposition_fails():
     fpd = 1 / metrics.dimensions_per_feature(pairs).numpy()
     vuln = np.array([adv.attack(w, torch.zeros(20, dtype=torch.float64), sample(), "relu-output", 0.1)["vulnerability"]
                      for w in pairs])
-    got = adv.check_rise(fpd, vuln, sup)
+    got = adv.check_rise(fpd, vuln, sup, np.array([adv.unit_column_vulnerability(w) for w in pairs]))
     assert got["measured"]["in_superposition"] == [10, 10] and got["measured"]["rise"] > 3 and not got["passed"]
+    # a second review's: dedicated at the densest point, then pairs whose norms grow: 12x from norms alone
+    grow = [torch.zeros(5, 20, dtype=torch.float64)]
+    grow[0][range(5), range(5)] = 1.0
+    for c in range(2, 7):
+        w = torch.zeros(5, 20, dtype=torch.float64)
+        w[range(5), range(5)] = math.sqrt(c)
+        w[range(5), range(5, 10)] = -math.sqrt(c)
+        grow.append(w)
+    grow = torch.stack(grow)
+    sup = ((metrics.feature_norms(grow) >= metrics.NORM_THRESHOLD)
+           & (metrics.superposition(grow) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
+    vuln = np.array([adv.attack(w, torch.zeros(20, dtype=torch.float64), sample(), "relu-output", 0.1)["vulnerability"]
+                     for w in grow])
+    unit = np.array([adv.unit_column_vulnerability(w) for w in grow])
+    got = adv.check_rise(1 / metrics.dimensions_per_feature(grow).numpy(), vuln, sup, unit)
+    assert got["measured"]["rise"] == pytest.approx(12.0) and got["measured"]["rise_unit_columns"] == pytest.approx(2.0)
+    assert got["measured"]["in_superposition"] == [0, 10] and got["passed"] is False
 
 
 def test_the_analysis_counts_superposition_of_the_kept_models(tmp_path):
@@ -175,6 +195,7 @@ def test_the_analysis_counts_superposition_of_the_kept_models(tmp_path):
     summary = adv.EXPERIMENT.analyse(spec, res, RunDir(tmp_path))
     rise = {c["name"]: c for c in summary["checks"]}["vulnerability-rises"]
     assert rise["measured"]["in_superposition"] == [0, 10]
+    assert rise["measured"]["rise_unit_columns"] == pytest.approx(2.0)
     assert rise["measured"]["rise"] == pytest.approx(2.0) and rise["passed"] is False  # 2x: not several-fold
     models = pq.read_table(tmp_path / "models.parquet").to_pydict()
     assert models["in_superposition"] == [0, 10, 0, 10]

@@ -162,6 +162,15 @@ def test_the_neuron_checks_take_shares_of_all_neurons(tmp_path):
     res = JobResult(None, None, torch.zeros(len(models)), params=params)
     summary = co.EXPERIMENT.analyse(spec, {"models": res}, RunDir(tmp_path))
     checks = {c["name"]: c for c in summary["checks"]}
-    assert checks["dense-monosemantic"]["measured"] == pytest.approx(2 / 12)
+    assert checks["dense-monosemantic"]["measured"] == [pytest.approx(2 / 12), 1]
     assert checks["sparse-polysemantic"]["measured"] == pytest.approx(2 / 12)
     assert not checks["dense-monosemantic"]["passed"] and not checks["sparse-polysemantic"]["passed"]
+    # A second review's: all 12 neurons on feature 0 (6 x ReLU(x_0), 6 x ReLU(-x_0), each writing 1/6 of
+    # |x_0|): every neuron monosemantic, but on one feature; the monosemantic ones must cover m/8 = 2.
+    one = {"W1": torch.zeros(12, 6), "b1": torch.zeros(12), "W2": torch.zeros(6, 12), "b2": torch.zeros(6)}
+    one["W1"][:, 0] = torch.tensor([1.0, -1.0] * 6)
+    one["W2"][0, :] = 1 / 6
+    params = {k: torch.stack([one[k]] * len(co.DENSITIES)) for k in one}
+    res = JobResult(None, None, torch.zeros(len(co.DENSITIES)), params=params)
+    got = {c["name"]: c for c in co.EXPERIMENT.analyse(spec, {"models": res}, RunDir(tmp_path / "one"))["checks"]}
+    assert got["dense-monosemantic"]["measured"] == [1.0, 1] and got["dense-monosemantic"]["passed"] is False

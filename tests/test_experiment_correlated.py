@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import pyarrow.parquet as pq
 import torch
 
@@ -47,7 +48,9 @@ def test_fit_shares_count_every_converged_fit():
     from engine.experiments.base import JobResult
     local = torch.zeros(10, 20)
     local[range(10), range(10)] = 1.0
-    local[range(10), range(10, 20)] = 1.0  # each set its own orthonormal basis: within 0, across 0.1
+    for j in range(0, 10, 2):  # each set its own orthonormal basis, the two 45 degrees apart
+        local[j, 10 + j] = local[j + 1, 10 + j] = local[j, 11 + j] = 1 / math.sqrt(2)
+        local[j + 1, 11 + j] = -1 / math.sqrt(2)
     mixed = torch.eye(10)[:, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9]] + 0.0  # pairs in a set share
     orth = torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0]])  # sets {0,1}, {2,3} orthogonal inside
     anti = torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]])  # antipodal inside
@@ -59,14 +62,21 @@ def test_fit_shares_count_every_converged_fit():
     }
     shares = co.fit_shares(results)
     assert shares == {"corr2x2_orthogonal": 2 / 3, "anti2x2_antipodal": 0.25, "corr2x10_local_bases": 1 / 3}
-    assert co.local_bases(*co.block_cosines(local, co.SETUPS["corr2x10"][2]))
-    assert not co.local_bases(*co.block_cosines(mixed, co.SETUPS["corr2x10"][2]))
-    assert not co.local_bases(0.024, 0.06)  # the control's typical fit: across about within
-    # A model that learned nothing, or only one set, has no pair to judge (a review: (0, 0) passed).
     sets = co.SETUPS["corr2x10"][2]
+    assert co.block_cosines(local, sets) == (pytest.approx(0.0, abs=1e-12), pytest.approx(2 * 0.7071 / 10, abs=1e-4))
+    assert co.local_bases(local, sets) and not co.local_bases(mixed, sets)
+    # A model that learned nothing, or only one set, has no pair to judge (a review: (0, 0) passed).
     assert all(math.isnan(v) for v in co.block_cosines(torch.zeros(10, 20), sets))
     one_set = local.clone()
     one_set[:, 10:] = 0.0
     within, across = co.block_cosines(one_set, sets)
-    assert within == 0.0 and math.isnan(across) and not co.local_bases(within, across)
-    assert not co.local_bases(0.0, 0.0)
+    assert within == 0.0 and math.isnan(across) and not co.local_bases(one_set, sets)
+    # A second review: 3 of 20 features learned; and 10 features in dimensions of their own.
+    few = torch.zeros(10, 20)
+    few[0, 0], few[1, 1], few[0, 10] = 1.0, 1.0, 1.0
+    assert co.block_cosines(few, sets) == (0.0, 0.5) and not co.local_bases(few, sets)
+    own = torch.zeros(10, 20)
+    own[range(5), range(5)] = 1.0
+    own[range(5, 10), range(10, 15)] = 1.0
+    own[0, 10] = 1e-3  # one column tilted
+    assert not co.local_bases(own, sets)

@@ -91,6 +91,10 @@ def test_wrong_descents_fail():
     # A peak one size wide, carried by the median, is a peak: the paper preset's (n=1000) at T=300.
     paper = np.array([3.49, 3.33, 3.36, 3.35, 3.33, 3.50, 6.04, 3.31, 3.28, 3.28]) * 1e-3
     assert _checks(paper)["test-loss-peak"] is True
+    # With 1 or 2 fits a median is one fit's: the peak check is not run.
+    zero = torch.zeros(20_000, dtype=torch.float64)
+    few = dd.descent_checks(REAL_TEST, REAL_TRAIN, EXAMPLES, zero, zero, zero, fits=2)
+    assert few[0]["name"] == "test-loss-peak" and few[0]["passed"] is None and "--fits >= 3" in few[0]["expected"]
     # A test loss that rises to the largest size peaks at an end: no double descent.
     assert _checks(np.linspace(3.3e-3, 5e-3, 10))["test-loss-peak"] is False
 

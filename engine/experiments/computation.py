@@ -13,9 +13,10 @@ Three counts per density, from the kept model:
   active half the time and the others at the training density; a constant output scores <= 0);
 - *one sign*: R^2 >= 0.15, which ReLU(x_i) alone (one neuron, one sign) reaches;
 - per neuron, the features it carries: rescaled |W1[j, i]| >= 0.25 (visible in the stacked plot).
-  The checks count only features computed at least one sign of, in neurons that can fire
-  (used_features_per_neuron): a neuron is monosemantic with one such feature, polysemantic with more,
-  and the checks take shares of all m neurons.
+  The checks count only neurons that can fire and write to an output (fires, writes): a neuron is
+  monosemantic when it carries exactly one feature and the model computes it at least one sign of
+  (R^2 >= HALF), polysemantic when it carries two or more such features (used_features_per_neuron,
+  neuron_shares); shares are of all m neurons, and the monosemantic ones must cover m/8 features.
 The paper: dense, every neuron is monosemantic; at 1-S = 0.001 every neuron is highly polysemantic,
 and the model "represents more features than it has neurons".
 
@@ -106,9 +107,11 @@ def fires(P: dict) -> torch.Tensor:
 
 def writes(P: dict) -> torch.Tensor:
     """(m,) bool: neurons whose output column reaches some output, max_i |W2[i, j]| at least WRITES x the
-    model's largest (the quick run's smallest is 0.036 of it). P: one model, rescaled."""
+    largest among neurons that can fire (the quick run's smallest is 0.036 of it; a never-firing neuron
+    with a huge column must not set the scale). P: one model, rescaled."""
     col = P["W2"].abs().amax(dim=0)
-    return col >= WRITES * col.max().clamp_min(1e-30)
+    live = col[fires(P)]
+    return col >= WRITES * (live.max() if live.numel() else col.max()).clamp_min(1e-30)
 
 
 def used_features_per_neuron(P: dict, r2: np.ndarray, firing: torch.Tensor) -> np.ndarray:
@@ -120,13 +123,17 @@ def used_features_per_neuron(P: dict, r2: np.ndarray, firing: torch.Tensor) -> n
     return (used.sum(dim=1) * (firing & writes(P))).numpy()
 
 
-def neuron_shares(P: dict, used: np.ndarray) -> tuple[float, float]:
-    """(monosemantic, polysemantic) shares of all m neurons of one rescaled model P, from
-    used_features_per_neuron: monosemantic carries exactly one feature, raw (carries), and the model
-    computes it; polysemantic carries two or more computed features. Shares of all m, not of the live
-    ones: otherwise two live neurons beside dead ones (or ones that write nowhere) made 1.0 (a review)."""
+def neuron_shares(P: dict, used: np.ndarray) -> tuple[float, float, int]:
+    """(monosemantic share, polysemantic share, distinct features of the monosemantic neurons) of one
+    rescaled model P, from used_features_per_neuron: monosemantic carries exactly one feature, raw
+    (carries), and the model computes it; polysemantic carries two or more computed features. Shares of
+    all m, not of the live ones: otherwise two live neurons beside dead ones (or ones that write
+    nowhere) made 1.0 (a review); distinct, because m neurons all on feature 0 are 'monosemantic' too
+    (a second review)."""
     raw = features_per_neuron(P)
-    return float(np.mean((used == 1) & (raw == 1))), float(np.mean(used >= 2))
+    mono = (used == 1) & (raw == 1)
+    distinct = len(set(carries(P)[torch.as_tensor(mono)].nonzero()[:, 1].tolist()))
+    return float(np.mean(mono)), float(np.mean(used >= 2)), distinct
 
 
 def eval_uniforms(spec: ComputationSpec) -> torch.Tensor:
@@ -224,8 +231,9 @@ class Computation(Experiment):
         sparse = [c for c, d in zip(computed, DENSITIES) if d <= 0.01]
         dense = computed[0]
         # A diverged kept model measures NaN, so its check fails (base.check) instead of reading 0.
-        mono = float("nan") if diverged[0] else neuron_shares(rescaled[0], used[0])[0]
+        mono, _, distinct = (float("nan"), None, 0) if diverged[0] else neuron_shares(rescaled[0], used[0])
         poly = float("nan") if diverged[-1] else neuron_shares(rescaled[-1], used[-1])[1]
+        least = -(-spec.hidden // 8)  # monosemantic neurons cover at least m/8 features (quick 11, paper 13)
         most = spec.hidden // 2  # a model without superposition computes at most m/2 (module docstring)
         checks = [
             check("computes-in-superposition", f"at low density (<= 0.01) the model computes |x_i| for more features "
@@ -234,11 +242,11 @@ class Computation(Experiment):
                   sparse, bool(sparse) and max(sparse) > most, f"> {most} at some density"),
             check("dense-without-superposition", f"when dense (density 1) it computes at most {most} features, two "
                   "neurons each", dense, 0 <= dense <= most, f"<= {most}"),
-            check("dense-monosemantic", f"when dense (density 1) the neurons are monosemantic: share of the "
+            check("dense-monosemantic", f"when dense (density 1) the neurons are monosemantic: [share of the "
                   f"{spec.hidden} neurons carrying one feature (rescaled |W1| >= {CARRIES}), which the model "
                   f"computes at least one sign of (R^2 >= {HALF}), in a neuron that can fire and writes to an "
-                  "output", mono,
-                  mono >= MOSTLY, f">= {MOSTLY}"),
+                  "output; distinct features among them]", [mono, distinct],
+                  mono >= MOSTLY and distinct >= least, f"[>= {MOSTLY}, >= {least}]"),
             check("sparse-polysemantic", f"at density {DENSITIES[-1]:g} the neurons are polysemantic: share of the "
                   f"{spec.hidden} neurons carrying two or more features the model computes (neurons that can fire "
                   "and write)", poly,

@@ -28,10 +28,9 @@ tests/test_experiment_learning_dynamics.py):
   PLATEAU_MAX of that decrease, and a drop of at least DROP_MIN across the window where the features
   jump: a plateau between two drops (a loss falling evenly in log steps over 3 decades moves 1/7.5 of
   its decrease in any 0.4 decades: no plateau; the flat start of an exponential decay, which passed
-  before the first drop was asked for, is no plateau either), and the drop across the jumps at least
-  DROP_RATIO x the fall over as wide a window just before them (a decay with a fast transient in
-  front met the rest). The quick run has fallen 52-57% of its decrease when its plateau (steps
-  ~140..400) starts; its drops are 5-11x the fall before them.
+  before the first drop was asked for, is no plateau either). The quick run has fallen 52-57% of its
+  decrease when its plateau (steps ~140..400) starts; its drops are 5-11x the fall over as wide a
+  window before them (reported as ``prior``; loss_plateau says why that is not a rule).
 - D* falls: dimensions per feature falls by at least DSTAR_FALL from its maximum during training
   (reached early, while every feature is still small) to its end value, as features pack into
   superposition.
@@ -60,7 +59,6 @@ MIN_MOVE = 0.1          # least |D_end - D_init| for a feature to count as havin
 PLATEAU_WINDOW = 0.4    # decades
 PLATEAU_MAX = 0.05      # of the loss's total decrease (step 10 to the end)
 DROP_MIN = 0.2          # of the loss's total decrease, across the window where features jump
-DROP_RATIO = 3.0        # ... and at least this x its fall over an equally wide window just before
 DSTAR_FALL = 0.2
 SMOOTH_DECADES = 0.05   # half-width of the log bins the loss is averaged over
 LOSS_FROM_STEP = 10     # the loss is judged from this step (earlier bins hold one or two batches)
@@ -167,10 +165,14 @@ def loss_plateau(steps, loss, jump_steps) -> dict:
     (max - min) of the loss over a window of PLATEAU_WINDOW decades that starts once the loss has
     fallen by DROP_MIN x total and ends at or before the jump window starts, / total (None when no
     such window fits); ``before`` = how far the loss had fallen when that window starts, / total;
-    ``prior`` = its fall over a window as wide as the jump window just before it, / total. passed:
-    plateau <= PLATEAU_MAX, drop >= DROP_MIN and drop >= DROP_RATIO x prior (the loss drops *while*
-    the features jump, not as it has been dropping all along: a decay with a fast transient in front
-    passed the other two, a review; the quick and paper runs have ratios 5.2-11.4).
+    ``prior`` = its fall over a window as wide as the jump window just before it, / total (reported:
+    the quick and paper runs drop 5-11x that across the jumps). passed: plateau <= PLATEAU_MAX and
+    drop >= DROP_MIN.
+    What it cannot tell apart: a loss falling smoothly in steps (a decay with a fast transient in front,
+    or a straight line) is, on the log-step axis the paper plots, a fall, a flat stretch and a drop.
+    A rule drop >= 3 x prior (tried) is met by any straight line (10^0.5 = 3.16 for the narrowest jump
+    window) and failed legitimate losses whose jumps spread over 1.3 decades (2.6), so it is not used;
+    the jumps check is what ties the drop to the features.
     """
     steps = np.asarray(steps, np.float64)
     jump_steps = np.asarray(jump_steps, np.float64)
@@ -212,8 +214,7 @@ def loss_plateau(steps, loss, jump_steps) -> dict:
         if best is None or span < best:
             best, where, before = span, [float(grid[i]), float(grid[j])], fallen
     result.update(plateau=best, drop=drop, before=before, prior=prior, jump_window=[float(10 ** lo), float(10 ** hi)],
-                  plateau_window=where, passed=bool(best is not None and best <= PLATEAU_MAX and drop >= DROP_MIN
-                                                    and drop >= DROP_RATIO * prior))
+                  plateau_window=where, passed=bool(best is not None and best <= PLATEAU_MAX and drop >= DROP_MIN))
     return result
 
 
@@ -375,8 +376,8 @@ class LearningDynamics(Experiment):
                   judged > 0 and jump_fraction >= 0.5, ">= 0.5 of the judged features (and at least one judged)"),
             check("loss-plateau", f"the loss plateaus before the features jump and drops while they do: after a "
                   f"first fall of >= {DROP_MIN:.0%} of the total decrease, a {PLATEAU_WINDOW}-decade stretch moving "
-                  f"<= {PLATEAU_MAX:.0%} of it, then >= {DROP_MIN:.0%} of it across the jumps, and >= "
-                  f"{DROP_RATIO:g}x the fall over as wide a window just before them (in at least half of the seeds)",
+                  f"<= {PLATEAU_MAX:.0%} of it, then >= {DROP_MIN:.0%} of it across the jumps (in at least half of "
+                  "the seeds; prior: the fall over as wide a window just before them, reported)",
                   [{"before": p["before"], "plateau": p["plateau"], "drop": p["drop"], "prior": p["prior"]}
                    for p in plateaus],
                   2 * plateau_seeds >= K, f"passes in >= {math.ceil(K / 2)} of {K} seeds"),

@@ -72,7 +72,7 @@ def neuron_table(W: np.ndarray, b: np.ndarray | None = None) -> dict:
     monosemantic / polysemantic / dead, features represented (||W_i|| >= 0.5) and features driving
     some neuron (a column of negative weights has norm but passes nothing through the hidden ReLU).
     With the biases b (P, n) also, counting only drive by features read back (|read_back - 1| <=
-    READ_BACK): read_back (P, n) bool, and per model own_neurons (monosemantic neurons driven by a
+    READ_BACK, and their own drive sum_j ReLU(W[j, i])^2 >= 1 - READ_BACK): read_back (P, n) bool, and per model own_neurons (monosemantic neurons driven by a
     read-back feature), own_features (distinct features among those), shared_neurons (neurons driven
     by two or more read-back features) and driving_read_back (read-back features driving a neuron)."""
     driven_by = W >= DRIVE
@@ -135,7 +135,8 @@ class PrivilegedBasis(DensitySweep):
         sparse = dens <= 0.04
         dense_claim = ("when dense (density >= 0.5) every neuron is monosemantic: each is driven by one feature "
                        "of its own, which the model reads back (alone at 1, output within "
-                       f"{READ_BACK} of 1): [such neurons, distinct features among them, polysemantic neurons]")
+                       f"{READ_BACK} of 1, by its own drive through the neurons, not the bias): [such neurons, "
+                       "distinct features among them, polysemantic neurons]")
         sparse_claim = ("when sparse (density <= 0.04) neurons are shared: [neurons driven by two or more "
                         "features the model reads back, read-back features driving a neuron]")
         checks = []
