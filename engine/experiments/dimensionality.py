@@ -291,9 +291,9 @@ class Dimensionality(Experiment):
         most_half = int(np.max(points["on_1_2_antipodal"]))
         checks = [
             check("half-plateau", f"D* has a plateau at 1/2: within [{PLATEAU[0]}, {PLATEAU[1]}] over at least 2 "
-                  f"consecutive sparsities, and flat there (the flattest log-log slope between its points <= "
-                  f"{PLATEAU_FLATNESS} x the slope over {PLATEAU_SIDE} decades of 1/(1-S) before and after it, one "
-                  "side at the sweep's end; NaN: past the sweep)",
+                  f"consecutive sparsities, and flat there (the log-log slope over its flattest {PLATEAU_STEP} "
+                  f"decades <= {PLATEAU_FLATNESS} x the slope over {PLATEAU_SIDE} decades of 1/(1-S) before and "
+                  "after it, one side at the sweep's end; None: past the sweep)",
                   {"points": run["points"], "inv_density_range": run["inv_density_range"],
                    "slopes_before_on_after": [round(v, 4) if np.isfinite(v) else None for v in run["slopes"]]},
                   is_plateau(run), f">= 2 consecutive points; slope on <= {PLATEAU_FLATNESS} x before and after"),
