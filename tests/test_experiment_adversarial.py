@@ -131,6 +131,11 @@ def test_checks_pass_and_fail():
     assert not adv.check_tracking(fpd, np.ones(4))["passed"]  # flat: no correlation to speak of
 
 
+def _in_superposition(W):
+    """Features in superposition per model of W (K, m, n), by the shared phase rule."""
+    return (metrics.classify(metrics.feature_norms(W), metrics.superposition(W)) == metrics.SUPERPOSITION).sum(1)
+
+
 def test_a_rise_without_superposition_fails():
     """An audit's counter-example: dedicated features (no superposition) whose norms grow with
     sparsity, sqrt(1..6), raise features per dimension (||W||_F^2 / m) and the vulnerability together
@@ -144,8 +149,7 @@ def test_a_rise_without_superposition_fails():
     fpd = 1 / metrics.dimensions_per_feature(W).numpy()
     vuln = np.array([adv.attack(w, torch.zeros(20, dtype=torch.float64), sample(), "relu-output", 0.1)["vulnerability"]
                      for w in W])
-    sup = ((metrics.feature_norms(W) >= metrics.NORM_THRESHOLD)
-           & (metrics.superposition(W) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
+    sup = _in_superposition(W)
     assert vuln[-1] / vuln[0] == pytest.approx(6.0) and adv.check_tracking(fpd, vuln)["passed"]
     unit = np.array([adv.unit_column_vulnerability(w) for w in W])
     got = adv.check_rise(fpd, vuln, sup, unit)
@@ -156,8 +160,7 @@ def test_a_rise_without_superposition_fails():
     for k, c in enumerate(np.linspace(1.0, 6.0, 6)):
         pairs[k, range(5), range(5)] = math.sqrt(c)
         pairs[k, range(5), range(5, 10)] = -math.sqrt(c)
-    sup = ((metrics.feature_norms(pairs) >= metrics.NORM_THRESHOLD)
-           & (metrics.superposition(pairs) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
+    sup = _in_superposition(pairs)
     fpd = 1 / metrics.dimensions_per_feature(pairs).numpy()
     vuln = np.array([adv.attack(w, torch.zeros(20, dtype=torch.float64), sample(), "relu-output", 0.1)["vulnerability"]
                      for w in pairs])
@@ -172,8 +175,7 @@ def test_a_rise_without_superposition_fails():
         w[range(5), range(5, 10)] = -math.sqrt(c)
         grow.append(w)
     grow = torch.stack(grow)
-    sup = ((metrics.feature_norms(grow) >= metrics.NORM_THRESHOLD)
-           & (metrics.superposition(grow) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
+    sup = _in_superposition(grow)
     vuln = np.array([adv.attack(w, torch.zeros(20, dtype=torch.float64), sample(), "relu-output", 0.1)["vulnerability"]
                      for w in grow])
     unit = np.array([adv.unit_column_vulnerability(w) for w in grow])

@@ -121,7 +121,7 @@ def test_untrained_and_dead_models_have_no_polysemantic_neurons():
     raw = co.features_per_neuron(init)
     assert np.mean(raw[raw > 0] >= 2) >= co.MOSTLY  # the old count: "polysemantic"
     for P in (init, {**init, "b1": torch.full((12,), -100.0)}):
-        used = co.used_features_per_neuron(P, co.feature_r2(P, spec, 0.001, u), co.fires(P))
+        used = co.used_features_per_neuron(P, co.feature_r2(P, spec, 0.001, u))
         assert np.mean(used >= 2) == 0.0
     assert not co.fires({**init, "b1": torch.full((12,), -100.0)}).any()
     assert co.fires({**init, "b1": torch.full((12,), 0.1)}).all()
@@ -135,7 +135,7 @@ def test_untrained_and_dead_models_have_no_polysemantic_neurons():
         W2[i, 2 * i] = W2[i, 2 * i + 1] = 1.0
     W1[0, 1] = 0.5  # neuron 0 also reads feature 1 (computed by neurons 2 and 3)
     P = {"W1": W1, "b1": torch.zeros(12), "W2": W2, "b2": torch.zeros(30)}
-    used = co.used_features_per_neuron(P, co.feature_r2(P, spec, 0.01, u), co.fires(P))
+    used = co.used_features_per_neuron(P, co.feature_r2(P, spec, 0.01, u))
     assert used.tolist() == [2] + [1] * 11
 
 

@@ -125,6 +125,18 @@ def attack_directions(W) -> torch.Tensor:
     return torch.cat([cols.T, -cols.T])
 
 
+def column_gains(W) -> torch.Tensor:
+    """End-to-end gain ||W^T W d|| of each candidate d of attack_directions(W), for one model W (m, n):
+    (2n,) float64, -inf for a zero column's candidate (never chosen). Computed as forward of the linear
+    variant at d with zero bias: the change of W^T W x + b under a perturbation d."""
+    W = torch.as_tensor(W, dtype=torch.float64)
+    dirs = attack_directions(W)
+    C = dirs.shape[0]
+    lin = reference.forward(W[None].expand(C, -1, -1), torch.zeros(C, W.shape[1], dtype=torch.float64),
+                            dirs[:, None, :], "linear")[:, 0]
+    return torch.where(torch.linalg.vector_norm(dirs, dim=1) > 0.5, torch.linalg.vector_norm(lin, dim=1), -math.inf)
+
+
 def attack(W, b, x, variant: str, scale: float) -> dict:
     """The attack on one model: W (m, n), b (n,), test sample x (B, n), all float64.
 
@@ -141,11 +153,7 @@ def attack(W, b, x, variant: str, scale: float) -> dict:
     C = dirs.shape[0]
     valid = torch.linalg.vector_norm(dirs, dim=1) > 0.5
     eps = scale * float(torch.linalg.vector_norm(x, dim=1).mean())
-    # End-to-end gain: the change of W^T W x + b under delta, i.e. forward of the linear variant at
-    # delta with zero bias (exactly W^T W delta).
-    lin = reference.forward(W.expand(C, -1, -1), torch.zeros(C, W.shape[2], dtype=torch.float64),
-                            dirs[:, None, :], "linear")[:, 0]
-    gain = torch.where(valid, torch.linalg.vector_norm(lin, dim=1), -math.inf)
+    gain = column_gains(W[0])
     clean = reference.forward(W, b, x[None], variant)[0]  # (B, n)
     attacked = reference.forward(W.expand(C, -1, -1), b.expand(C, -1), x[None] + eps * dirs[:, None, :], variant)
     change = torch.linalg.vector_norm(attacked - clean[None], dim=2) / eps  # (C, B)
@@ -174,8 +182,7 @@ def unit_column_vulnerability(W) -> float:
     W = torch.as_tensor(W, dtype=torch.float64)
     norms = torch.linalg.vector_norm(W, dim=0)
     U = torch.where(norms >= metrics.NORM_THRESHOLD, W / norms.clamp_min(1e-300), torch.zeros_like(W))
-    dirs = attack_directions(U)
-    return float(torch.linalg.vector_norm(dirs @ (U.T @ U), dim=1).max())
+    return float(column_gains(U).max())
 
 
 def check_rise(fpd: np.ndarray, vuln: np.ndarray, superposed: np.ndarray, unit_vuln: np.ndarray) -> dict:
@@ -289,8 +296,8 @@ class Adversarial(Experiment):
             W = res.W[kept].double()
             b = res.b[kept].double()
             dstar = metrics.dimensions_per_feature(W).numpy()
-            superposed = ((metrics.feature_norms(W) >= metrics.NORM_THRESHOLD)
-                          & (metrics.superposition(W) >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).numpy()
+            superposed = (metrics.classify(metrics.feature_norms(W), metrics.superposition(W))
+                          == metrics.SUPERPOSITION).sum(1)
             unit_vuln = np.array([unit_column_vulnerability(w) for w in W])
             found = {k: [] for k in ("eps", "mean_input_norm", "vulnerability", "vulnerability_direction",
                                      "relu_vulnerability", "relu_vulnerability_direction",

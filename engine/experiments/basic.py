@@ -101,7 +101,7 @@ class Basic(Experiment):
             dim = metrics.dimensionality(W).numpy()
             rep = norms >= metrics.NORM_THRESHOLD
             represented[v] = rep.sum(1).tolist()
-            superposed[v] = (rep & (sup >= metrics.SUPERPOSITION_THRESHOLD)).sum(1).tolist()
+            superposed[v] = (metrics.classify(norms, sup) == metrics.SUPERPOSITION).sum(1).tolist()
             # The m most important features, and only they, are represented, each in a dimension of its own
             # (superposition s_i <= DEDICATED_MAX: an antipodal pair has 1).
             alone = sup <= DEDICATED_MAX

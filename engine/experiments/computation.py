@@ -114,13 +114,13 @@ def writes(P: dict) -> torch.Tensor:
     return col >= WRITES * (live.max() if live.numel() else col.max()).clamp_min(1e-30)
 
 
-def used_features_per_neuron(P: dict, r2: np.ndarray, firing: torch.Tensor) -> np.ndarray:
+def used_features_per_neuron(P: dict, r2: np.ndarray) -> np.ndarray:
     """Per neuron (m,): the features it carries (carries) that the model computes at least one sign of
     (R^2 >= HALF), 0 for a neuron that cannot fire (``fires``) or writes nowhere (``writes``). What the
     mono/polysemantic checks count: raw weights pass an untrained init (every neuron carries several
     features at random) and a model whose neurons are all dead (b1 = -100; both found by an audit)."""
     used = carries(P) & torch.as_tensor(np.asarray(r2) >= HALF)[None, :]
-    return (used.sum(dim=1) * (firing & writes(P))).numpy()
+    return (used.sum(dim=1) * (fires(P) & writes(P))).numpy()
 
 
 def neuron_shares(P: dict, used: np.ndarray) -> tuple[float, float, int]:
@@ -206,7 +206,7 @@ class Computation(Experiment):
             diverged.append(bad)
             computed.append(-1 if bad else int(ok.sum()))
             carried.append(features_per_neuron(P))
-            used.append(used_features_per_neuron(P, r2, fires(P)))
+            used.append(used_features_per_neuron(P, r2))
             rows.append({"density": [d] * spec.features, "feature": np.arange(spec.features),
                          "importance": spec.importance(), "r2": np.where(bad, np.nan, r2), "computed": ok & ~bad,
                          "neurons_carrying": carries(P).sum(dim=0).numpy()})

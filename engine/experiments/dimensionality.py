@@ -32,8 +32,8 @@ NAME = "dimensionality"
 # D* counts as on the 1/2 plateau within these bounds, and as dense ("1") within DENSE_TOLERANCE of 1
 # (both ways: weights shrunk to nothing also give D* above 1).
 PLATEAU = (0.45, 0.55)
-# ... and is a plateau only where D* is flat there: its flattest log-log slope between consecutive
-# points of the run at most PLATEAU_FLATNESS x the slope over PLATEAU_SIDE decades of 1/(1-S) on
+# ... and is a plateau only where D* is flat there: its log-log slope over the run's flattest
+# PLATEAU_STEP decades at most PLATEAU_FLATNESS x the slope over PLATEAU_SIDE decades of 1/(1-S) on
 # either side (one side where the run is that close to the sweep's end). Two points inside the band
 # alone were met by a smooth power law with no plateau (an audit's finding); the quick run has slopes
 # 1.33 before, 0.105 on, 0.72 after the plateau (ratios 0.08 and 0.15). The slope on the plateau is

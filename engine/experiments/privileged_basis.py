@@ -58,11 +58,16 @@ class PrivilegedBasisSpec(DensitySweepSpec):
     importance_decay: float = option(0.75, "Feature i has importance decay^i.")
 
 
+def own_drive(W: np.ndarray) -> np.ndarray:
+    """(P, n) float64: what feature i alone at value 1 sends back to its own output through the neurons,
+    sum_j ReLU(W[j, i]) W[j, i] = sum_j ReLU(W[j, i])^2, from W (P, m, n)."""
+    return (np.clip(np.asarray(W, np.float64), 0, None) ** 2).sum(1)
+
+
 def read_back(W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(P, n) float64: model p's output for feature i when feature i alone is active at value 1,
-    ReLU(sum_j ReLU(W[j, i]) W[j, i] + b_i), from W (P, m, n) and b (P, n)."""
-    drive = np.clip(np.asarray(W, np.float64), 0, None) * np.asarray(W, np.float64)
-    return np.clip(drive.sum(1) + np.asarray(b, np.float64), 0, None)
+    ReLU(own_drive + b_i), from W (P, m, n) and b (P, n)."""
+    return np.clip(own_drive(W) + np.asarray(b, np.float64), 0, None)
 
 
 def neuron_table(W: np.ndarray, b: np.ndarray | None = None) -> dict:
@@ -86,8 +91,7 @@ def neuron_table(W: np.ndarray, b: np.ndarray | None = None) -> dict:
         # Read back: output within READ_BACK of 1, made by the feature's own drive sum_j ReLU(W[j, i])^2
         # (>= 1 - READ_BACK), not by its bias (with every b_i = 0.6, half of random inits passed the
         # sparse check on the output alone: a review).
-        drive = (np.clip(np.asarray(W, np.float64), 0, None) ** 2).sum(1)  # (P, n)
-        ok = (np.abs(read_back(W, b) - 1.0) <= READ_BACK) & (drive >= 1.0 - READ_BACK)
+        ok = (np.abs(read_back(W, b) - 1.0) <= READ_BACK) & (own_drive(W) >= 1.0 - READ_BACK)
         by_read = driven_by & ok[:, None, :]
         own = (drivers == 1) & (by_read.sum(2) == 1)  # (P, m): the neuron's only driver is read back
         table.update(read_back=ok, own_neurons=own.sum(1),
