@@ -35,7 +35,7 @@ from .base import CommonSpec, Experiment, Job, best_of_fits, check, check_not_ru
 COLLAPSED, ORTHOGONAL = 0.9, 0.2
 # corr2x10: a fit has local bases when its mean |cos| within a set is <= LOCAL_WITHIN and the mean
 # across sets is > LOCAL_RATIO x that (represented features only); the check wants it of the kept fit
-# and of at least LOCAL_SHARE of all fits. Quick run: 10 of 10 fits (ratios 9-51); trained on
+# and of at least LOCAL_SHARE of all fits. Quick run: 10 of 10 fits (ratios 9-51; 20 of 20 with 20 fits); trained on
 # independent features (sets removed from the data), 1 of 10 (the rest about equal within and across),
 # and that one is what the set-aware ranking kept, so the kept fit alone passed the control (an audit).
 LOCAL_WITHIN, LOCAL_RATIO, LOCAL_SHARE = 0.05, 3.0, 0.5
