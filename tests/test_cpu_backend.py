@@ -477,8 +477,12 @@ def test_512_bit_code_is_asked_for_by_import_kernels_and_a_users_choice_wins(tmp
 
     probe = ("import json, os, kernels; from kernels import cpu_products; print(json.dumps([os.environ.get("
              "'NUMBA_CPU_FEATURES'), cpu_products.WIDE_VECTORS, kernels._wide_vector_features() is not None]))")
+    import early_children
+
     mine = ("NUMBA_CPU_FEATURES", "SUPBENCH_NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_ENABLE_AVX")
-    env = {k: v for k, v in os.environ.items() if k not in mine}
+    # child_env: this checkout first on PYTHONPATH (the child runs in tmp_path, where an installed copy of
+    # another checkout, or none, would otherwise be imported)
+    env = early_children.child_env({k: v for k, v in os.environ.items() if k not in mine})
 
     def child(**extra):
         out = subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, cwd=tmp_path, capture_output=True,
