@@ -175,8 +175,19 @@ def render(records: list[tuple[Path, dict]], out_dir: Path) -> str:
                 lines += ["### End to end", "",
                           f"`{_without_out(e['command'])}`: {e['wall_seconds']:.1f} s wall ({e['train_seconds']:.1f} s training) for "
                           f"{e['n_instances']:,} models on {e['backend']}, "
-                          f"{e['instance_steps_per_second']:.3g} instance-steps/s, agreement with theory {e['agreement']:.3f}.", ""]
+                          f"{e['instance_steps_per_second']:.3g} instance-steps/s, agreement with theory {e['agreement']:.3f}"
+                          f"{_protocols(e)}.", ""]
     return "\n".join(lines)
+
+
+def _protocols(e: dict) -> str:
+    """' (best; drop-worst 0.920)' for an end-to-end record that names its protocol; '' for older records,
+    which did not (GPU records then ran the paper preset under drop-worst, CPU ones the quick preset)."""
+    if "protocol" not in e:
+        return ""
+    others = "; ".join(f"{p} {a:.3f}" for p, a in e.get("agreement_by_protocol", {}).items()
+                       if p != e["protocol"] and a is not None)
+    return f" ({e['protocol']}{'; ' + others if others else ''})"
 
 
 def main(argv=None) -> Path:

@@ -230,6 +230,7 @@ def end_to_end(smoke: bool, log, preset: str = "paper") -> dict:
     log(f"end-to-end phase diagram: {wall:.1f} s, agreement {summary['agreement']:.3f}")
     return {"command": "supbench run phase-diagram " + " ".join(args),  # without its temporary --out
             "wall_seconds": wall, "train_seconds": summary["train_seconds"], "agreement": summary["agreement"],
+            "protocol": summary["protocol"], "agreement_by_protocol": summary["agreement_by_protocol"],
             "backend": summary["backend"], "n_instances": summary["n_instances"],
             "instance_steps_per_second": summary["instance_steps_per_second"]}
 

@@ -172,12 +172,17 @@ def test_suite_smoke_records_and_report_renders(tmp_path):
     assert "error" not in e2e, e2e
     assert e2e["n_instances"] == 18 and e2e["wall_seconds"] > e2e["train_seconds"] > 0
     assert 0 <= e2e["agreement"] <= 1 and math.isclose(e2e["agreement"] * 9, round(e2e["agreement"] * 9))
+    # the protocol it was classified by is recorded, with the agreement under every protocol
+    assert e2e["agreement_by_protocol"][e2e["protocol"]] == e2e["agreement"] and len(e2e["agreement_by_protocol"]) == 2
     # The report ignores smoke records unless told otherwise, and renders them when told.
     md = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md")])
     assert "No GPU results recorded yet" in md.read_text()
     md = report.main(["--results", str(tmp_path), "--out", str(tmp_path / "B.md"), "--allow-smoke"])
     text = md.read_text()
     assert "### phase" in text and "triton-fp32/eager" in text and (tmp_path / "bench/results/smoke-scaling.png").exists()
+    other = next(p for p in e2e["agreement_by_protocol"] if p != e2e["protocol"])
+    assert (f"agreement with theory {e2e['agreement']:.3f} ({e2e['protocol']}; {other} "
+            f"{e2e['agreement_by_protocol'][other]:.3f})." in text)
 
 
 def test_suite_refuses_to_time_a_cpu_as_a_result():

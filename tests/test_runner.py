@@ -202,8 +202,9 @@ def test_help_gives_no_default_that_every_preset_overrides(capsys):
     assert "Training steps per model. Default, by preset: quick: 20000; paper: 20000." in out
     assert "Default 10000" not in out
     out = " ".join(run_cli(["--help"], capsys, command=("run", "phase-diagram"))[1].split())
-    # set by the quick presets, not by paper: the default (paper's) stays
-    assert "Default drop- worst. Presets: quick: best; quick on cpu/triton: best." in out
+    # every preset sets it (the paper's scale too classifies by the lowest-loss seed), so no other default shows
+    assert "Default, by preset: quick: best; quick on cpu/triton: best; paper: best." in out
+    assert "drop- worst (the paper's" in out
 
 
 def _bad_values():
