@@ -1,7 +1,8 @@
 """Why a phase-diagram run misses cells: retrain them under other settings.
 ``python -m bench.probe_phase_minima --run runs/phase-diagram-2f-paper [--variants 1,0.001,10000 0.5,0.001,10000]``
 
-Takes a finished 2->1 run's cells.parquet, the cells whose phase missed the theory and as many
+Takes a finished 2->1 run, the cells whose phase missed the theory under ``--protocol`` (default
+drop-worst, the paper's averaging, whatever protocol the run was analysed under) and as many
 matched ones (a control, drawn with a fixed seed), and trains ``--seeds`` fresh models per cell
 for each variant ``init_scale,lr,steps`` (init_scale multiplies the engine's per-instance Xavier
 draw: the notebook's xavier_normal_ on the 3-D tensor starts smaller; the rest of the training
@@ -30,9 +31,28 @@ def cell_phase(norm, sup, kept, seeds):
     """metrics.classify of the kept seeds' mean norm and superposition, per cell."""
     n_kept = kept.reshape(-1, seeds).sum(1)
 
-    def mean(v):
-        return np.where(kept, v, 0.0).reshape(-1, seeds).sum(1) / np.maximum(n_kept, 1)
+    def mean(v):  # NaN where no seed is kept (all diverged): classify calls that cell diverged, as the experiment
+        total = np.where(kept, v, 0.0).reshape(-1, seeds).sum(1)
+        return np.divide(total, n_kept, out=np.full(n_kept.shape, np.nan), where=n_kept > 0)
     return metrics.classify(mean(norm), mean(sup))
+
+
+def cell_matches(run: Path, protocol: str) -> dict:
+    """cells.parquet's columns (numpy arrays, one row per cell), with ``match`` recomputed from
+    instances.parquet under ``protocol`` (seeds ranked by their expected loss, as the experiment ranks them),
+    so the probe's cells do not depend on the protocol the run was last analysed under."""
+    c = {k: np.array(v) for k, v in pq.read_table(run / "cells.parquet").to_pydict().items()}
+    i = {k: np.array(v) for k, v in pq.read_table(run / "instances.parquet").to_pydict().items()}
+    grid = int(max(c["importance_index"].max(), c["density_index"].max())) + 1
+    order = np.lexsort((i["seed_index"], i["importance_index"], i["density_index"]))
+    seeds = int(i["seed_index"].max()) + 1
+    keys = (i["density_index"] * grid + i["importance_index"])[order].reshape(-1, seeds)[:, 0]
+    kept = pd.kept_seeds(i["expected_loss"][order].reshape(-1, seeds), protocol,
+                         i["diverged"][order].reshape(-1, seeds)).ravel()
+    codes = cell_phase(i["extra_norm"][order], i["extra_superposition"][order], kept, seeds)
+    phase = dict(zip(keys, np.array(metrics.PHASES)[codes]))
+    emp = np.array([phase[k] for k in c["density_index"] * grid + c["importance_index"]])
+    return {**c, "empirical_phase": emp, "match": emp == c["theory_phase"]}
 
 
 def main(argv=None):
@@ -41,15 +61,18 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", default=None, help="init_scale,lr,steps (default: the run's, then "
                                                                    "init x0.5 and x0.25, then lr x10)")
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--protocol", choices=pd.PROTOCOLS, default="drop-worst",
+                    help="whose misses to probe (default drop-worst, the paper's averaging)")
     args = ap.parse_args(argv)
     run_spec = json.loads((args.run / "spec.json").read_text())
-    spec = pd.PhaseDiagramSpec(**{k: v for k, v in run_spec.items() if k in pd.PhaseDiagramSpec.__dataclass_fields__})
+    fields = {**run_spec, **run_spec.get("analysis", {})}  # analysis-only options (eval_samples) live there
+    spec = pd.PhaseDiagramSpec(**{k: v for k, v in fields.items() if k in pd.PhaseDiagramSpec.__dataclass_fields__})
     if spec.features != 2:
         ap.error("--run: a 2->1 phase diagram (features 2)")
     base = spec.train_spec()
     variants = args.variants or [f"1,{base.lr},{base.steps}", f"0.5,{base.lr},{base.steps}",
                                  f"0.25,{base.lr},{base.steps}", f"1,{base.lr * 10},{base.steps}"]
-    c = {k: np.array(v) for k, v in pq.read_table(args.run / "cells.parquet").to_pydict().items()}
+    c = cell_matches(args.run, args.protocol)
     missed = np.where(~c["match"])[0]
     if missed.size == 0:
         print(f"{args.run}: every cell matched the theory; nothing to probe")
@@ -62,7 +85,7 @@ def main(argv=None):
     imp = np.ones_like(p)
     imp[:, 1] = rimp
     th = theory.phase(2, c["density"][cells], c["rel_importance"][cells])
-    print(f"{args.run}: {nm} missed cells, {matched.size} matched ones, {S} seeds each", flush=True)
+    print(f"{args.run}: {nm} cells missed under {args.protocol}, {matched.size} matched ones, {S} seeds each", flush=True)
     draw = reference.init_weights
     try:
         for v in variants:

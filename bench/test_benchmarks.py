@@ -185,6 +185,17 @@ def test_suite_smoke_records_and_report_renders(tmp_path):
             f"{e2e['agreement_by_protocol'][other]:.3f})." in text)
 
 
+def test_old_end_to_end_records_are_labelled_with_the_protocol_their_preset_had():
+    """Records from before the end-to-end run stored its protocol: the paper preset then meant drop-worst,
+    the quick one best; a command naming neither gets no label rather than a guess."""
+    cmd = "supbench run phase-diagram --preset {} --no-progress --out"
+    assert report._protocols({"command": cmd.format("paper"), "agreement": 0.918}) == " (drop-worst)"
+    assert report._protocols({"command": cmd.format("quick"), "agreement": 0.98}) == " (best)"
+    assert report._protocols({"command": "supbench run phase-diagram", "agreement": 0.98}) == ""
+    new = {"command": cmd.format("paper"), "protocol": "best", "agreement_by_protocol": {"drop-worst": 0.92, "best": 0.977}}
+    assert report._protocols(new) == " (best; drop-worst 0.920)"
+
+
 def test_suite_refuses_to_time_a_cpu_as_a_result():
     if torch.cuda.is_available():
         pytest.skip("GPU present")

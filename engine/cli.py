@@ -91,7 +91,8 @@ def _common_options(exp) -> list[click.Option]:
                           "of the analysis (default: torch's own setting)."),
         click.Option(["--out"], type=str, default=None,
                      help=f"Run directory (default {exp.default_out_help()}). Re-running the "
-                          "same command resumes; --preset and --backend auto then keep what the run was started with."),
+                          "same command resumes; --preset and --backend auto then keep what the run was started with "
+                          "(analysis-only options follow the command, with a note when they change)."),
         click.Option(["--progress/--no-progress"], default=True, show_default=True, help="Show a progress bar."),
         click.Option(["--ray"], is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
                      help="Train the chunks as Ray tasks: --ray alone starts a local Ray instance (--threads CPUs, "

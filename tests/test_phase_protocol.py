@@ -101,6 +101,29 @@ def test_the_minima_probe_retrains_missed_cells_and_leaves_the_initialisation_as
     assert shares and all(0 <= v <= 1 for v in shares)
 
 
+def test_the_minima_probe_finds_each_protocols_misses_whatever_the_run_was_analysed_under(tmp_path):
+    """probe_phase_minima.cell_matches recomputes each cell's phase from instances.parquet: under the
+    protocol a run was analysed under it gives that run's cells.parquet exactly, and under the other one
+    what a re-analysis under it writes."""
+    pytest.importorskip("numba")
+    import dataclasses
+
+    import pyarrow.parquet as pq
+    from bench.probe_phase_minima import cell_matches
+    from engine.experiments import phase_diagram as pd
+    from engine.experiments import runner
+    spec = pd.PhaseDiagramSpec(grid=4, seeds=3, steps=60, batch_size=32, backend="cpu", protocol="best")
+    run = tmp_path / "run"
+    for protocol in ("best", "drop-worst"):
+        runner.run(pd.EXPERIMENT, dataclasses.replace(spec, protocol=protocol), run, progress=False,
+                   log=lambda m: None)
+        cells = pq.read_table(run / "cells.parquet").to_pydict()
+        got = cell_matches(run, protocol)
+        assert got["empirical_phase"].tolist() == cells["empirical_phase"] and got["match"].tolist() == cells["match"]
+    # the protocols disagree on this run (2 of its 16 cells), so a probe that ignored --protocol fails above
+    assert (cell_matches(run, "best")["empirical_phase"] != cell_matches(run, "drop-worst")["empirical_phase"]).any()
+
+
 @pytest.mark.parametrize("features", [2, 3])
 def test_the_boundary_check_fails_maps_that_agreement_alone_passes(features):
     """Maps drawn by hand from theory: the boundary ignoring r (superposition iff s < 0.3), or theory's

@@ -2,9 +2,10 @@
 
 n = 2, m = 1 (or n = 3, m = 2) relu-output models; every feature has density s, the last one
 (the "extra" feature) has importance r, the others 1. The sweep is a grid of s (log) x r (log)
-with several seeds per point. Protocol (the paper's): per grid point, drop the seed with the
-highest loss, average the extra feature's norm and superposition over the rest, and classify that
-average (engine.metrics.classify); or ``best``: the lowest-loss seed alone. The analytic map is
+with several seeds per point. Protocol ``best`` (the default and every preset's): per grid point, the
+lowest-loss seed alone, classified by engine.metrics.classify; or ``drop-worst`` (the paper's): drop
+the seed with the highest loss, average the extra feature's norm and superposition over the rest, and
+classify that average. summary.json gives the agreement under both. The analytic map is
 engine.theory.phase; ``agreement`` is the fraction of grid cells where the two phases match.
 
 Which seed has the highest or lowest loss is judged on each model's expected loss (float64, exact

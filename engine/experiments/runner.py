@@ -409,8 +409,6 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
     identity = exp.identity(spec)
     run_dir = RunDir.open(out, {**identity, "preset": preset, "analysis": analysis, "plan": proposed})
     try:
-        if run_dir.recorded.get("analysis") != json.loads(json.dumps(analysis)):
-            run_dir.record("analysis", analysis)  # re-analysed under other analysis-only options
         recorded = run_dir.recorded.get("plan")
         check_plan(recorded, jobs, run_dir.root / "spec.json")
         store = ChunkStore(run_dir, jobs, identity, recorded["data_stream"], log)
@@ -435,6 +433,15 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
                 plan["backends_used"] = used + [plan["backend"]] if plan["backend"] not in used else used
                 run_dir.record_plan({**run_dir.recorded["plan"], "backend": plan["backend"], "device": plan["device"],
                                      "backends_used": plan["backends_used"]})
+        # Recorded once the run is known to go ahead (a refused resume leaves spec.json as it was).
+        was = run_dir.recorded.get("analysis")
+        if was != json.loads(json.dumps(analysis)):
+            run_dir.record("analysis", analysis)  # re-analysed under other analysis-only options
+            changed = [k for k in analysis if isinstance(was, dict) and k in was and was[k] != analysis[k]]
+            if changed:  # say so: a preset's analysis options may have changed since the run was made
+                now = " ".join(f"{option_name(k)} {analysis[k]}" for k in changed)
+                before = " ".join(f"{option_name(k)} {was[k]}" for k in changed)
+                log(f"note: analysed under {now}; this run was last analysed under {before} (give that to keep it)")
         results, timing = _train_jobs(exp, jobs, plan, run_dir, store, progress, log, checkpoint_every_s, threads,
                                       on_ray=ray is not None)
         everything = [name for name, res in results.items() if res.diverged.all()]
