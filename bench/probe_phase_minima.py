@@ -40,9 +40,15 @@ def cell_phase(norm, sup, kept, seeds):
 def cell_matches(run: Path, protocol: str) -> dict:
     """cells.parquet's columns (numpy arrays, one row per cell), with ``match`` recomputed from
     instances.parquet under ``protocol`` (seeds ranked by their expected loss, as the experiment ranks them),
-    so the probe's cells do not depend on the protocol the run was last analysed under."""
-    c = {k: np.array(v) for k, v in pq.read_table(run / "cells.parquet").to_pydict().items()}
-    i = {k: np.array(v) for k, v in pq.read_table(run / "instances.parquet").to_pydict().items()}
+    so the probe's cells do not depend on the protocol the run was last analysed under. Columns keep their
+    stored dtypes (float32 norms, as the experiment averages them). KeyError('expected_loss') for a run
+    analysed before that column existed."""
+    def columns(name):
+        table = pq.read_table(run / name)
+        return {k: np.asarray(table.column(k).to_numpy()) for k in table.column_names}
+    c, i = columns("cells.parquet"), columns("instances.parquet")
+    if "expected_loss" not in i:
+        raise KeyError("expected_loss")
     grid = int(max(c["importance_index"].max(), c["density_index"].max())) + 1
     order = np.lexsort((i["seed_index"], i["importance_index"], i["density_index"]))
     seeds = int(i["seed_index"].max()) + 1
@@ -72,7 +78,11 @@ def main(argv=None):
     base = spec.train_spec()
     variants = args.variants or [f"1,{base.lr},{base.steps}", f"0.5,{base.lr},{base.steps}",
                                  f"0.25,{base.lr},{base.steps}", f"1,{base.lr * 10},{base.steps}"]
-    c = cell_matches(args.run, args.protocol)
+    try:
+        c = cell_matches(args.run, args.protocol)
+    except KeyError:
+        ap.error("--run: its instances.parquet has no expected_loss (analysed before 2026-12-07); re-run the "
+                 "run's own command (README.txt) to re-analyse it first: nothing retrains")
     missed = np.where(~c["match"])[0]
     if missed.size == 0:
         print(f"{args.run}: every cell matched the theory; nothing to probe")

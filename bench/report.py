@@ -180,17 +180,20 @@ def render(records: list[tuple[Path, dict]], out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-# The protocol of end-to-end records from before they named it (2026-12-07), by the preset in their command:
-# the quick preset on a fused backend classified by the best seed from the start (f919c46), the paper
-# preset by drop-worst until 2026-12-07.
-OLD_RECORD_PROTOCOLS = {"--preset quick": "best", "--preset paper": "drop-worst"}
+# The protocol of end-to-end records from before they named it (2026-12-07), by the preset in their command
+# and the backend: the quick preset on a fused backend classified by the best seed from the start
+# (f919c46); the paper preset, and the torch backend's quick one, by drop-worst until 2026-12-07.
+OLD_RECORD_PROTOCOLS = {("--preset quick", "cpu"): "best", ("--preset quick", "triton"): "best",
+                        ("--preset quick", "torch"): "drop-worst", ("--preset paper", None): "drop-worst"}
 
 
 def _protocols(e: dict) -> str:
     """' (best; drop-worst 0.920)': the protocol the end-to-end agreement was classified by and the agreement
     under the other; for older records, which named neither, the protocol their preset had then."""
     if "protocol" not in e:
-        old = [p for flag, p in OLD_RECORD_PROTOCOLS.items() if flag in e.get("command", "")]
+        command = e.get("command") or ""
+        old = [p for (flag, backend), p in OLD_RECORD_PROTOCOLS.items()
+               if flag in command and backend in (None, e.get("backend"))]
         return f" ({old[0]})" if len(old) == 1 else ""
     others = "; ".join(f"{p} {a:.3f}" for p, a in e.get("agreement_by_protocol", {}).items()
                        if p != e["protocol"] and a is not None)

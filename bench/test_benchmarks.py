@@ -190,8 +190,13 @@ def test_old_end_to_end_records_are_labelled_with_the_protocol_their_preset_had(
     the quick one best; a command naming neither gets no label rather than a guess."""
     cmd = "supbench run phase-diagram --preset {} --no-progress --out"
     assert report._protocols({"command": cmd.format("paper"), "agreement": 0.918}) == " (drop-worst)"
-    assert report._protocols({"command": cmd.format("quick"), "agreement": 0.98}) == " (best)"
+    assert report._protocols({"command": cmd.format("quick"), "agreement": 0.98}) == ""  # backend unknown
     assert report._protocols({"command": "supbench run phase-diagram", "agreement": 0.98}) == ""
+    # the torch backend's quick preset classified by drop-worst until 2026-12-07; the paper preset on any backend
+    assert report._protocols({"command": cmd.format("quick"), "backend": "torch", "agreement": 0.95}) == " (drop-worst)"
+    assert report._protocols({"command": cmd.format("quick"), "backend": "cpu", "agreement": 0.98}) == " (best)"
+    assert report._protocols({"command": cmd.format("paper"), "backend": "triton", "agreement": 0.918}) == " (drop-worst)"
+    assert report._protocols({"command": None, "agreement": 0.9}) == ""
     new = {"command": cmd.format("paper"), "protocol": "best", "agreement_by_protocol": {"drop-worst": 0.92, "best": 0.977}}
     assert report._protocols(new) == " (best; drop-worst 0.920)"
 

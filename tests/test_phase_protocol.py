@@ -120,8 +120,28 @@ def test_the_minima_probe_finds_each_protocols_misses_whatever_the_run_was_analy
         cells = pq.read_table(run / "cells.parquet").to_pydict()
         got = cell_matches(run, protocol)
         assert got["empirical_phase"].tolist() == cells["empirical_phase"] and got["match"].tolist() == cells["match"]
-    # the protocols disagree on this run (2 of its 16 cells), so a probe that ignored --protocol fails above
-    assert (cell_matches(run, "best")["empirical_phase"] != cell_matches(run, "drop-worst")["empirical_phase"]).any()
+
+
+def test_the_minima_probe_classifies_a_hand_made_cell_under_each_protocol(tmp_path):
+    """Two cells, three seeds each, written by hand. Cell (0, 0): its best seed (lowest expected loss) is in
+    superposition, while drop-worst averages seeds 0 and 1 (norm 0.5, superposition 0.45: dedicated).
+    Cell (0, 1): seed 1 diverged and is never kept; both protocols end with seed 0 alone (dedicated)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from bench.probe_phase_minima import cell_matches
+    f32 = pa.float32()
+    pq.write_table(pa.table({
+        "instance": list(range(6)), "density_index": [0] * 6, "importance_index": [1, 1, 1, 0, 0, 0],
+        "seed_index": [0, 1, 2, 0, 1, 2],
+        "expected_loss": [2.0, 1.0, 3.0, 1.0, 2.0, 3.0], "diverged": [False, True, False, False, False, False],
+        "extra_norm": pa.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0], f32),
+        "extra_superposition": pa.array([0.1, 0.0, 0.0, 0.9, 0.0, 0.9], f32)}), tmp_path / "instances.parquet")
+    pq.write_table(pa.table({"density_index": [0, 0], "importance_index": [0, 1],
+                             "theory_phase": ["superposition", "dedicated"]}), tmp_path / "cells.parquet")
+    best, worst = cell_matches(tmp_path, "best"), cell_matches(tmp_path, "drop-worst")
+    assert best["empirical_phase"].tolist() == ["superposition", "dedicated"]
+    assert worst["empirical_phase"].tolist() == ["dedicated", "dedicated"]
+    assert best["match"].tolist() == [True, True] and worst["match"].tolist() == [False, True]
 
 
 @pytest.mark.parametrize("features", [2, 3])
@@ -154,3 +174,22 @@ def test_the_boundary_check_fails_maps_that_agreement_alone_passes(features):
     assert share(theory_map(1.0)) == 1.0 and share(step_off) >= pd.BOUNDARY_SHARE
     for wrong in (flat, theory_map(1.5), theory_map(0.7)):
         assert share(wrong) < pd.BOUNDARY_SHARE
+
+
+def test_the_minima_probe_refuses_a_run_analysed_before_expected_losses_in_one_line(tmp_path, capsys):
+    """A run whose instances.parquet predates the expected_loss column: one line saying how to re-analyse it."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from bench import probe_phase_minima
+    (tmp_path / "spec.json").write_text(json.dumps({"features": 2, "grid": 2, "seeds": 1}))
+    pq.write_table(pa.table({"density_index": [0], "importance_index": [0], "seed_index": [0], "final_loss": [1.0],
+                             "diverged": [False], "extra_norm": [1.0], "extra_superposition": [0.0]}),
+                   tmp_path / "instances.parquet")
+    pq.write_table(pa.table({"density_index": [0], "importance_index": [0], "theory_phase": ["dedicated"]}),
+                   tmp_path / "cells.parquet")
+    with pytest.raises(SystemExit) as e:
+        probe_phase_minima.main(["--run", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "no expected_loss" in err[-1] and "re-analyse" in err[-1]

@@ -93,7 +93,7 @@ def test_resume_with_another_backend_is_one_line_another_chunk_size_replans(tmp_
     assert "already trained (on cpu): nothing trains here" in text + err  # --backend torch is not silently dropped
     # a changed analysis option is said, with how to keep the old one (a preset's may change between versions)
     assert ("note: analysed under --protocol drop-worst; this run was last analysed under --protocol best "
-            "(give that to keep it)") in text + err
+            "(pass --protocol best to keep it)") in text + err
     assert json.loads((tmp_path / "r/spec.json").read_text())["analysis"]["protocol"] == "drop-worst"
     code, text, err = run_cli([*TINY, "--backend", "torch", "--protocol", "drop-worst", "--out", out], capsys)
     assert code == 0 and "note: analysed under" not in text + err  # the same again: nothing to say

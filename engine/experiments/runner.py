@@ -433,15 +433,15 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
                 plan["backends_used"] = used + [plan["backend"]] if plan["backend"] not in used else used
                 run_dir.record_plan({**run_dir.recorded["plan"], "backend": plan["backend"], "device": plan["device"],
                                      "backends_used": plan["backends_used"]})
-        # Recorded once the run is known to go ahead (a refused resume leaves spec.json as it was).
-        was = run_dir.recorded.get("analysis")
-        if was != json.loads(json.dumps(analysis)):
-            run_dir.record("analysis", analysis)  # re-analysed under other analysis-only options
-            changed = [k for k in analysis if isinstance(was, dict) and k in was and was[k] != analysis[k]]
-            if changed:  # say so: a preset's analysis options may have changed since the run was made
-                now = " ".join(f"{option_name(k)} {analysis[k]}" for k in changed)
-                before = " ".join(f"{option_name(k)} {was[k]}" for k in changed)
-                log(f"note: analysed under {now}; this run was last analysed under {before} (give that to keep it)")
+        # Analysis-only options that differ from the run's last analysis are said now (a preset's may have
+        # changed since the run was made) and recorded once the analysis is written, so a refused resume
+        # or an interrupted one leaves spec.json naming the analysis summary.json holds.
+        was, now = run_dir.recorded.get("analysis"), json.loads(json.dumps(analysis))
+        changed = [k for k in now if isinstance(was, dict) and k in was and was[k] != now[k]]
+        if changed:
+            after = " ".join(f"{option_name(k)} {now[k]}" for k in changed)
+            before = " ".join(f"{option_name(k)} {was[k]}" for k in changed)
+            log(f"note: analysed under {after}; this run was last analysed under {before} (pass {before} to keep it)")
         results, timing = _train_jobs(exp, jobs, plan, run_dir, store, progress, log, checkpoint_every_s, threads,
                                       on_ray=ray is not None)
         everything = [name for name, res in results.items() if res.diverged.all()]
@@ -471,6 +471,8 @@ def run(exp: Experiment, spec, out: Path, progress: bool = True, log=print, chec
         if timing["chunks_trained"] == 0:
             _keep_training_record(summary, run_dir.root / "summary.json")
         write_json(run_dir.root / "summary.json", summary)
+        if was != now:
+            run_dir.record("analysis", analysis)  # re-analysed under other analysis-only options
         write_text(run_dir.root / "README.txt", readme_text(exp, spec, run_dir.root, summary))
         return summary
     finally:
