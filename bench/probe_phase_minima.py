@@ -27,16 +27,6 @@ from engine.expected_loss import instance_expected_losses
 from engine.experiments import phase_diagram as pd
 
 
-def cell_phase(norm, sup, kept, seeds):
-    """metrics.classify of the kept seeds' mean norm and superposition, per cell."""
-    n_kept = kept.reshape(-1, seeds).sum(1)
-
-    def mean(v):  # NaN where no seed is kept (all diverged): classify calls that cell diverged, as the experiment
-        total = np.where(kept, v, 0.0).reshape(-1, seeds).sum(1)
-        return np.divide(total, n_kept, out=np.full(n_kept.shape, np.nan), where=n_kept > 0)
-    return metrics.classify(mean(norm), mean(sup))
-
-
 def cell_matches(run: Path, protocol: str) -> dict:
     """cells.parquet's columns (numpy arrays, one row per cell), with ``match`` recomputed from
     instances.parquet under ``protocol`` (seeds ranked by their expected loss, as the experiment ranks them),
@@ -55,7 +45,7 @@ def cell_matches(run: Path, protocol: str) -> dict:
     keys = (i["density_index"] * grid + i["importance_index"])[order].reshape(-1, seeds)[:, 0]
     kept = pd.kept_seeds(i["expected_loss"][order].reshape(-1, seeds), protocol,
                          i["diverged"][order].reshape(-1, seeds)).ravel()
-    codes = cell_phase(i["extra_norm"][order], i["extra_superposition"][order], kept, seeds)
+    codes = pd.cell_phase(i["extra_norm"][order], i["extra_superposition"][order], kept, seeds)
     phase = dict(zip(keys, np.array(metrics.PHASES)[codes]))
     emp = np.array([phase[k] for k in c["density_index"] * grid + c["importance_index"]])
     return {**c, "empirical_phase": emp, "match": emp == c["theory_phase"]}
@@ -106,8 +96,8 @@ def main(argv=None):
             # ranked as the experiment ranks them: by expected loss, not the training-loss window
             loss = instance_expected_losses(res.W, res.b, p, imp, spec.eval_samples)
             norm, sup = metrics.feature_norms(res.W)[:, -1].numpy(), metrics.superposition(res.W)[:, -1].numpy()
-            worst = cell_phase(norm, sup, pd.kept_seeds(loss.reshape(-1, S), "drop-worst").ravel(), S)
-            best = cell_phase(norm, sup, pd.kept_seeds(loss.reshape(-1, S), "best").ravel(), S)
+            worst = pd.cell_phase(norm, sup, pd.kept_seeds(loss.reshape(-1, S), "drop-worst").ravel(), S)
+            best = pd.cell_phase(norm, sup, pd.kept_seeds(loss.reshape(-1, S), "best").ravel(), S)
             single = metrics.classify(norm, sup).reshape(-1, S) == th[:, None]
             print(f"init x{scale:g} lr {lr:g} steps {int(steps)}: cells at the theory phase, drop-worst: missed "
                   f"{np.mean(worst[:nm] == th[:nm]):.3f}, matched {np.mean(worst[nm:] == th[nm:]):.3f}; best seed: "

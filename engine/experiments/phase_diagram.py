@@ -189,6 +189,20 @@ def expected_instance_losses(spec: PhaseDiagramSpec, W: torch.Tensor, b: torch.T
     return instance_expected_losses(W, b, data.feature_probability, data.importance, spec.eval_samples)
 
 
+def kept_mean(v: np.ndarray, kept: np.ndarray, seeds: int) -> np.ndarray:
+    """(cells,) the mean of v over each cell's kept seeds; NaN where a cell keeps none (all diverged).
+    v, kept: (cells * seeds,) in instance order (a cell's seeds consecutive); kept from kept_seeds."""
+    n_kept = kept.reshape(-1, seeds).sum(1)
+    total = np.where(kept, v, 0.0).reshape(-1, seeds).sum(1)
+    return np.divide(total, n_kept, out=np.full(n_kept.shape, np.nan), where=n_kept > 0)
+
+
+def cell_phase(norm: np.ndarray, sup: np.ndarray, kept: np.ndarray, seeds: int) -> np.ndarray:
+    """(cells,) phase codes (metrics.PHASES) of the kept seeds' mean extra-feature norm and superposition;
+    "diverged" where a cell keeps no seed. norm, sup, kept: (cells * seeds,) as kept_mean's."""
+    return metrics.classify(kept_mean(norm, kept, seeds), kept_mean(sup, kept, seeds))
+
+
 def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray,
             diverged: np.ndarray | None = None, rank_loss: np.ndarray | None = None) -> tuple[dict, dict, float, dict]:
     """Per-instance and per-cell tables, the agreement with theory under the spec's protocol, and
@@ -215,14 +229,6 @@ def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray,
     di, ri = np.meshgrid(np.arange(G), np.arange(G), indexing="ij")
     th = theory.phase(spec.features, d[di.ravel()], r[ri.ravel()])
 
-    def cell_phases(kept):
-        """Per cell: the phase of the kept seeds' mean norm and superposition, and the mean itself."""
-        def cell_mean(v):
-            n_kept = kept.reshape(G * G, S).sum(1)
-            total = np.where(kept, v, 0.0).reshape(G * G, S).sum(1)
-            return np.divide(total, n_kept, out=np.full(G * G, np.nan), where=n_kept > 0)  # NaN: none kept
-        return metrics.classify(cell_mean(norm), cell_mean(sup)), cell_mean
-
     def agreement_of(emp):
         trained = emp != metrics.DIVERGED
         return float(np.mean(emp[trained] == th[trained])) if trained.any() else float("nan")
@@ -230,10 +236,13 @@ def analyse(spec: PhaseDiagramSpec, W: torch.Tensor, loss: np.ndarray,
     cell_loss, cell_div = rank_loss.reshape(G * G, S), np.asarray(diverged, bool).reshape(G * G, S)
     by_protocol = {}
     for protocol in PROTOCOLS:
-        emp, _ = cell_phases(kept_seeds(cell_loss, protocol, cell_div).ravel())
-        by_protocol[protocol] = agreement_of(emp)
+        kept = kept_seeds(cell_loss, protocol, cell_div).ravel()
+        by_protocol[protocol] = agreement_of(cell_phase(norm, sup, kept, S))
     kept = kept_seeds(cell_loss, spec.protocol, cell_div).ravel()
-    empirical, cell_mean = cell_phases(kept)
+    empirical = cell_phase(norm, sup, kept, S)
+
+    def cell_mean(v):
+        return kept_mean(v, kept, S)
     mean_norm, mean_sup = cell_mean(norm), cell_mean(sup)
     agreement = by_protocol[spec.protocol]
     phase = np.where(diverged, metrics.DIVERGED, phase)  # flagged: weights may be finite, loss not
